@@ -1,0 +1,5 @@
+import sys
+
+from probinfer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,185 @@
+"""Export of weighted particle sets to :class:`arviz.InferenceData`.
+
+One function, :func:`to_inference_data`, serves every result type: each independent
+run becomes a chain of equally weighted draws (after a final resample), per-step
+statistics (ESS, resampling flags, evidence increments, temperatures, ...) go to a
+custom ``smc_steps`` group with dimensions ``(chain, step)``, and log evidence plus the
+library version go to the attributes. Works with ArviZ 0.2x (``InferenceData``) and
+ArviZ 1.x (``xarray.DataTree``), whose ``from_dict`` signatures differ.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from probinfer._version import __version__
+
+__all__ = ["STEPS_GROUP", "import_arviz", "to_inference_data", "values_to_dict"]
+
+STEPS_GROUP = "smc_steps"
+
+
+def import_arviz():
+    """Import ArviZ without its refactor ``FutureWarning`` (noise for our users)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def values_to_dict(values: Any, name: str = "x", _nested: bool = False) -> dict[str, np.ndarray]:
+    """Name the arrays of a particle-values pytree for ArviZ.
+
+    A dict keeps its keys (nested keys joined with ``.``), a bare array is called
+    ``name``, tuples/lists are ``name_0, name_1, ...``. Non-array stores must provide
+    ``to_dict()`` returning such a dict.
+    """
+    if hasattr(values, "to_dict") and callable(values.to_dict):
+        values = values.to_dict()
+    if isinstance(values, Mapping):
+        out: dict[str, np.ndarray] = {}
+        for k, v in values.items():
+            out.update(values_to_dict(v, f"{name}.{k}" if _nested else str(k), True))
+        return out
+    if isinstance(values, tuple | list):
+        out = {}
+        for i, v in enumerate(values):
+            out.update(values_to_dict(v, f"{name}_{i}", True))
+        return out
+    if isinstance(values, jax.Array | np.ndarray) or np.isscalar(values):
+        return {name: np.asarray(values)}
+    raise TypeError(
+        f"values of type {type(values).__name__} cannot be exported to ArviZ: use arrays, "
+        "a dict/tuple of arrays, or give the store a to_dict() method"
+    )
+
+
+def _equal_weights(log_weights) -> bool:
+    lw = np.asarray(log_weights)
+    return bool(np.all(lw == lw[0]) and np.isfinite(lw[0]))
+
+
+def _final_draws(particles, key, scheme: str, num_draws: int | None):
+    if num_draws is None and _equal_weights(particles.log_weights):
+        return particles
+    if key is None:
+        raise ValueError(
+            "key is required: the particles are weighted and must be resampled to equally "
+            "weighted draws for ArviZ"
+        )
+    return particles.resample(key, scheme=scheme, num=num_draws)
+
+
+def _attr_value(v):
+    arr = np.asarray(v)
+    if arr.ndim == 0:
+        return arr.item()
+    return arr.tolist()
+
+
+def to_inference_data(
+    runs: Sequence,
+    *,
+    key=None,
+    scheme: str = "systematic",
+    num_draws: int | None = None,
+    step_stats: Mapping[str, Any] | None = None,
+    log_evidence: Any | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    var_name: str = "x",
+):
+    """Build an ArviZ ``InferenceData`` (or ``DataTree`` on ArviZ 1.x) from particle runs.
+
+    Parameters
+    ----------
+    runs
+        One :class:`~probinfer.Particles` per independent run (a chain each). All runs
+        must give the same number of draws.
+    key
+        ``jax.random`` key for the final resample of weighted runs (split per run).
+    scheme
+        Resampling scheme of the final resample.
+    num_draws
+        Draws per chain (default: the number of particles).
+    step_stats
+        Per-step statistics, each of shape ``(chain, step)`` (or ``(step,)`` for a
+        single chain), stored in the ``smc_steps`` group.
+    log_evidence
+        Log evidence per chain (scalar for one chain); stored in the attributes
+        (``log_evidence``, and their mean-of-exp combination ``log_evidence_pooled``)
+        and as a variable of ``smc_steps``.
+    attrs
+        Extra attributes.
+    var_name
+        Name of the variable when particle values are a bare array.
+    """
+    import xarray as xr
+
+    az = import_arviz()
+    if len(runs) == 0:
+        raise ValueError("runs must contain at least one particle set")
+    keys = [None] * len(runs) if key is None else list(jax.random.split(key, len(runs)))
+    draws = [_final_draws(p, k, scheme, num_draws) for p, k in zip(runs, keys, strict=True)]
+    per_chain = [values_to_dict(d.values, var_name) for d in draws]
+    names = list(per_chain[0])
+    if any(list(c) != names for c in per_chain):
+        raise ValueError("all runs must hold the same variables")
+    sizes = {c[names[0]].shape[0] for c in per_chain}
+    if len(sizes) != 1:
+        raise ValueError(f"all runs must give the same number of draws, got {sorted(sizes)}")
+    posterior = {n: np.stack([c[n] for c in per_chain]) for n in names}
+
+    all_attrs: dict[str, Any] = {
+        "inference_library": "probinfer",
+        "inference_library_version": __version__,
+    }
+    steps: dict[str, np.ndarray] = {}
+    if step_stats:
+        for n, v in step_stats.items():
+            arr = np.asarray(v)
+            if arr.ndim == 1 and len(runs) == 1:
+                arr = arr[None]
+            if arr.ndim < 2 or arr.shape[0] != len(runs):
+                raise ValueError(
+                    f"step_stats[{n!r}] must have shape (chain, step, ...) with "
+                    f"{len(runs)} chains, got {arr.shape}"
+                )
+            steps[n] = arr
+    if log_evidence is not None:
+        le = np.atleast_1d(np.asarray(log_evidence, dtype=np.float64))
+        if le.shape != (len(runs),):
+            raise ValueError(f"log_evidence must have one value per chain ({len(runs)})")
+        all_attrs["log_evidence"] = _attr_value(le if len(runs) > 1 else le[0])
+        pooled = np.logaddexp.reduce(le) - np.log(len(le))
+        all_attrs["log_evidence_pooled"] = float(pooled)
+    if attrs:
+        all_attrs.update(
+            {k: _attr_value(v) if not isinstance(v, str) else v for k, v in attrs.items()}
+        )
+
+    params = inspect.signature(az.from_dict).parameters
+    if "posterior" in params:  # ArviZ 0.x
+        idata = az.from_dict(posterior=posterior, attrs=all_attrs)
+    else:  # ArviZ 1.x: nested dict of groups, returns a DataTree
+        idata = az.from_dict({"posterior": posterior}, attrs=all_attrs)
+
+    if steps or log_evidence is not None:
+        data_vars = {}
+        for n, arr in steps.items():
+            dims = ["chain", "step"] + [f"{n}_dim_{i}" for i in range(arr.ndim - 2)]
+            data_vars[n] = (dims, arr)
+        if log_evidence is not None:
+            data_vars["log_evidence"] = (["chain"], le)
+        ds = xr.Dataset(data_vars, coords={"chain": np.arange(len(runs))}, attrs=all_attrs)
+        if hasattr(idata, "add_groups"):
+            idata.add_groups({STEPS_GROUP: ds})
+        else:
+            idata[STEPS_GROUP] = ds
+    return idata

@@ -1,0 +1,205 @@
+"""The weighted particle set shared by every particle algorithm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from probinfer import weights as W
+from probinfer.resampling import Scheme, resample
+
+Array = jax.Array
+
+__all__ = ["Particles", "take"]
+
+
+def take(values: Any, indices: Array) -> Any:
+    """Select particles ``indices`` along the leading axis of a particle store.
+
+    ``values`` is either an object with a ``take(indices)`` method (non-array
+    stores such as token sequences with KV caches) or a pytree of arrays whose
+    leaves share a leading particle axis.
+    """
+    if hasattr(values, "take") and not isinstance(values, jax.Array):
+        return values.take(indices)
+    return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, indices, axis=0), values)
+
+
+def _num_in_store(values: Any) -> int | None:
+    if hasattr(values, "__len__") and not isinstance(values, dict | list | tuple | jax.Array):
+        return len(values)
+    leaves = jax.tree_util.tree_leaves(values)
+    if not leaves:
+        return None
+    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            "values must be a pytree whose leaves share a leading particle axis, "
+            f"got leading sizes {sorted(map(str, sizes))}"
+        )
+    return sizes.pop()
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclass(frozen=True)
+class Particles:
+    """An immutable weighted particle set.
+
+    Parameters
+    ----------
+    values
+        The particles: any pytree of arrays with a leading particle axis of size N,
+        or a non-array store implementing ``take(indices)`` and ``__len__``.
+    log_weights
+        Unnormalised log weights, shape ``(N,)``; ``-inf`` marks a particle with
+        zero weight. Defaults to zeros (equal weights).
+
+    Notes
+    -----
+    ``Particles`` is a JAX pytree (``values`` and ``log_weights`` are its children),
+    so it passes through ``jit``, ``vmap`` and ``lax.scan`` when ``values`` is an
+    array pytree. Shape checks run only on concrete inputs.
+    """
+
+    values: Any
+    log_weights: Array
+
+    def __init__(self, values: Any, log_weights: Array | None = None):
+        if log_weights is None:
+            n = _num_in_store(values)
+            if n is None:
+                raise ValueError("log_weights is required when values holds no arrays")
+            log_weights = jnp.zeros(n)
+        lw = jnp.asarray(log_weights)
+        if not isinstance(lw, jax.core.Tracer) and not isinstance(values, jax.core.Tracer):
+            if lw.ndim != 1:
+                raise ValueError(f"log_weights must be 1-D, got shape {lw.shape}")
+            n = _num_in_store(values)
+            if n is not None and n != lw.shape[0]:
+                raise ValueError(
+                    f"values has {n} particles along its leading axis but log_weights "
+                    f"has {lw.shape[0]}"
+                )
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "log_weights", lw)
+
+    # pytree protocol -------------------------------------------------------
+    def tree_flatten(self):
+        return (self.values, self.log_weights), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "values", children[0])
+        object.__setattr__(obj, "log_weights", children[1])
+        return obj
+
+    # weights ---------------------------------------------------------------
+    @property
+    def num_particles(self) -> int:
+        """N, the number of particles."""
+        return self.log_weights.shape[0]
+
+    def __len__(self) -> int:
+        return self.num_particles
+
+    @property
+    def normalized_weights(self) -> Array:
+        """Weights normalised to sum to one."""
+        return W.normalize(self.log_weights)
+
+    @property
+    def ess(self) -> Array:
+        """Effective sample size ``1 / sum w_i^2``, in ``[1, N]``."""
+        return W.ess(self.log_weights)
+
+    @property
+    def log_mean_weight(self) -> Array:
+        """``log mean_i exp(log w_i)``: the evidence increment of the current weights."""
+        return W.log_mean_weight(self.log_weights)
+
+    # operations ------------------------------------------------------------
+    def reweight(self, log_potential: Array) -> Particles:
+        """Multiply the weights by ``exp(log_potential)`` (one value per particle)."""
+        return Particles(self.values, self.log_weights + jnp.asarray(log_potential))
+
+    def take(self, indices: Array) -> Particles:
+        """The particles at ``indices``, keeping their log weights."""
+        indices = jnp.asarray(indices)
+        return Particles(take(self.values, indices), jnp.take(self.log_weights, indices))
+
+    def resample(
+        self, key: Array, scheme: Scheme = "systematic", num: int | None = None
+    ) -> Particles:
+        """Resample to ``num`` equally weighted particles (default N) with ``scheme``.
+
+        See :func:`probinfer.resample` for the schemes. The returned set has zero
+        log weights; the evidence increment was ``self.log_mean_weight``.
+        """
+        idx = resample(key, self.log_weights, num=num, scheme=scheme)
+        return Particles(take(self.values, idx), jnp.zeros(idx.shape[0]))
+
+    def expectation(self, f: Callable[[Any], Array] | None = None) -> Array:
+        """Self-normalised estimate of ``E[f(x)]``, ``sum_i w_i f(x_i)``.
+
+        Parameters
+        ----------
+        f
+            Maps the batched ``values`` (leading particle axis) to an array, or pytree
+            of arrays, with the same leading axis. Default: the identity.
+        """
+        fx = self.values if f is None else f(self.values)
+        w = self.normalized_weights
+
+        def weighted(leaf):
+            leaf = jnp.asarray(leaf)
+            if leaf.ndim == 0 or leaf.shape[0] != w.shape[0]:
+                raise ValueError(
+                    f"f must return arrays with a leading axis of {w.shape[0]} particles, "
+                    f"got shape {leaf.shape}"
+                )
+            return jnp.tensordot(w.astype(leaf.dtype), leaf, axes=(0, 0))
+
+        return jax.tree_util.tree_map(weighted, fx)
+
+    def to_distribution(self):
+        """This particle set as a :class:`~probinfer.distributions.WeightedEmpirical`."""
+        from probinfer.distributions import WeightedEmpirical
+
+        return WeightedEmpirical(self.values, self.log_weights)
+
+    def to_arviz(
+        self,
+        key: Array | None = None,
+        *,
+        scheme: Scheme = "systematic",
+        num_draws: int | None = None,
+        attrs: dict | None = None,
+    ):
+        """Export as :class:`arviz.InferenceData` with one chain of equally weighted draws.
+
+        Parameters
+        ----------
+        key
+            Key for the final resample. Required unless the weights are already equal.
+        scheme
+            Resampling scheme for the final resample.
+        num_draws
+            Number of draws (default N).
+        attrs
+            Extra attributes stored on the InferenceData.
+        """
+        from probinfer.inference_data import to_inference_data
+
+        return to_inference_data([self], key=key, scheme=scheme, num_draws=num_draws, attrs=attrs)
+
+    def __repr__(self) -> str:
+        try:
+            ess = f"{float(self.ess):.1f}"
+        except Exception:  # traced
+            ess = "?"
+        return f"Particles(num_particles={self.num_particles}, ess={ess})"

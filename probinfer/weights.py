@@ -1,0 +1,92 @@
+"""Log-weight arithmetic shared by every weighted-particle algorithm.
+
+All functions take unnormalised log weights with a leading particle axis and are
+safe to call under ``jax.jit`` (the validating function :func:`check_log_weights`
+only validates concrete arrays; traced arrays pass through).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+Array = jax.Array
+
+__all__ = [
+    "check_log_weights",
+    "ess",
+    "log_mean_weight",
+    "log_normalize",
+    "normalize",
+    "should_resample",
+]
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_log_weights(log_weights, name: str = "log_weights") -> Array:
+    """Validate a vector of log weights and return it as a 1-D JAX array.
+
+    Raises
+    ------
+    ValueError
+        If the array is not 1-D and non-empty, contains NaN or ``+inf``, or if every
+        entry is ``-inf`` (the weights cannot be normalised). Traced values (inside
+        ``jit``) are only checked for shape.
+    """
+    lw = jnp.asarray(log_weights)
+    if lw.ndim != 1 or lw.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {lw.shape}")
+    if not jnp.issubdtype(lw.dtype, jnp.floating):
+        lw = lw.astype(jnp.float32)
+    if _is_concrete(lw):
+        if bool(jnp.any(jnp.isnan(lw))):
+            raise ValueError(f"{name} contains NaN at index {int(jnp.argmax(jnp.isnan(lw)))}")
+        if bool(jnp.any(lw == jnp.inf)):
+            raise ValueError(f"{name} contains +inf; weights must be finite or -inf")
+        if bool(jnp.all(lw == -jnp.inf)):
+            raise ValueError(f"{name} are all -inf: every particle has zero weight")
+    return lw
+
+
+def log_normalize(log_weights: Array) -> Array:
+    """Normalised log weights, ``log w_i - logsumexp(log w)``."""
+    lw = jnp.asarray(log_weights)
+    return lw - logsumexp(lw, axis=0)
+
+
+def normalize(log_weights: Array) -> Array:
+    """Normalised weights ``w_i = exp(log w_i) / sum_j exp(log w_j)``."""
+    return jnp.exp(log_normalize(log_weights))
+
+
+def ess(log_weights: Array) -> Array:
+    """Effective sample size ``1 / sum_i w_i^2`` of normalised weights, in ``[1, N]``.
+
+    Computed as ``exp(2 logsumexp(lw) - logsumexp(2 lw))`` so that it is stable for
+    log weights of any magnitude.
+    """
+    lw = jnp.asarray(log_weights)
+    return jnp.exp(2.0 * logsumexp(lw, axis=0) - logsumexp(2.0 * lw, axis=0))
+
+
+def log_mean_weight(log_weights: Array) -> Array:
+    """``log((1/N) sum_i exp(log w_i))``: the SMC evidence increment of a weighting step."""
+    lw = jnp.asarray(log_weights)
+    return logsumexp(lw, axis=0) - jnp.log(lw.shape[0])
+
+
+def should_resample(log_weights: Array, threshold: float = 0.5) -> Array:
+    """ESS trigger: resample when ``ESS < threshold * N``.
+
+    ``threshold >= 1`` resamples at every step (the ESS of uniform weights equals N
+    only up to rounding, so it is treated as "always"); ``threshold <= 0`` never
+    resamples. Returns a boolean scalar array (usable under ``jit``).
+    """
+    lw = jnp.asarray(log_weights)
+    n = lw.shape[0]
+    always = jnp.asarray(threshold) >= 1.0
+    return jnp.logical_or(always, ess(lw) < threshold * n)
