@@ -9,8 +9,9 @@ import jax
 import numpy as np
 
 from probinfer.inference_data import to_inference_data
-from probinfer.lgssm import LinearGaussianSSM, bootstrap_filter, kalman_filter
+from probinfer.lgssm import LinearGaussianSSM, kalman_filter
 from probinfer.particles import Particles
+from probinfer.smc.state_space import particle_filter
 
 
 def run_lgssm_demo(
@@ -36,8 +37,8 @@ def run_lgssm_demo(
     start = time.perf_counter()
     runs = []
     for key in jax.random.split(key_pf, chains):
-        res = bootstrap_filter(
-            key, ssm, ys, num_particles, ess_threshold=ess_threshold, scheme=scheme
+        res = particle_filter(
+            key, ssm, ys, num_particles, ess_threshold=ess_threshold, scheme=scheme, quantiles=()
         )
         jax.block_until_ready(res)
         runs.append(res)

@@ -169,6 +169,7 @@ def to_inference_data(
         idata = az.from_dict(posterior=posterior, attrs=all_attrs)
     else:  # ArviZ 1.x: nested dict of groups, returns a DataTree
         idata = az.from_dict({"posterior": posterior}, attrs=all_attrs)
+    idata["posterior"].attrs.update(all_attrs)
 
     if steps or log_evidence is not None:
         data_vars = {}

@@ -1,5 +1,7 @@
-"""Linear-Gaussian state-space models: simulation, the exact Kalman filter, and a
-jitted bootstrap particle filter used as the reference example.
+"""Linear-Gaussian state-space models: simulation and the exact Kalman filter.
+
+Particle filters for these models are :func:`probinfer.smc.particle_filter` (bootstrap,
+or guided with the locally optimal proposal); :func:`bootstrap_filter` is a shorthand.
 
 Model (``x_t`` in R^d, ``y_t`` in R^p, ``t = 1..T``)::
 
@@ -20,14 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinfer.particles import Particles
-from probinfer.resampling import Scheme, resample
-from probinfer.weights import ess, log_mean_weight, should_resample
+from probinfer.resampling import Scheme
 
 Array = jax.Array
 
 __all__ = [
-    "BootstrapResult",
     "KalmanResult",
     "LinearGaussianSSM",
     "bootstrap_filter",
@@ -161,17 +160,6 @@ def kalman_filter(ssm: LinearGaussianSSM, observations) -> KalmanResult:
     return KalmanResult(means, covs, float(incs.sum()), incs)
 
 
-class BootstrapResult(NamedTuple):
-    """Output of :func:`bootstrap_filter`."""
-
-    particles: Particles  # weighted particles approximating p(x_T | y_1:T)
-    log_evidence: Array  # float64 sum of the increments (float32 if x64 is off)
-    log_evidence_increments: Array  # (T,)
-    filtering_means: Array  # (T, d)
-    ess: Array  # (T,) ESS after weighting at each step
-    resampled: Array  # (T,) whether resampling happened before propagating at step t
-
-
 def bootstrap_filter(
     key: Array,
     ssm: LinearGaussianSSM,
@@ -180,81 +168,14 @@ def bootstrap_filter(
     *,
     ess_threshold: float = 0.5,
     scheme: Scheme = "systematic",
-) -> BootstrapResult:
-    """Bootstrap particle filter for a linear-Gaussian SSM, jitted under ``lax.scan``.
+):
+    """Bootstrap particle filter for a linear-Gaussian SSM.
 
-    Proposal = the state transition, weight = the observation density. Resampling
-    happens before propagation when ``ESS < ess_threshold * N``. The log evidence is
-    the sum of the per-step log mean weights (unbiased for ``p(y_1:T)`` on the
-    natural scale).
+    A thin wrapper of :func:`probinfer.smc.particle_filter` (``proposal="bootstrap"``),
+    kept for the reference example; see that function for the result.
     """
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
-        raise ValueError(f"num_particles must be an integer >= 2, got {num_particles!r}")
-    if not 0.0 <= ess_threshold <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
-    ys = jnp.asarray(_check_observations(ssm, observations), dtype=jnp.float32)
-    return _bootstrap(key, ssm, ys, num_particles, float(ess_threshold), scheme)
+    from probinfer.smc.state_space import particle_filter
 
-
-def _gaussian_logpdf_rows(resid: Array, chol: Array) -> Array:
-    z = jax.scipy.linalg.solve_triangular(chol, resid.T, lower=True).T
-    p = resid.shape[-1]
-    return (
-        -0.5 * jnp.sum(z**2, axis=-1)
-        - jnp.sum(jnp.log(jnp.diag(chol)))
-        - 0.5 * p * jnp.log(2 * jnp.pi)
+    return particle_filter(
+        key, ssm, observations, num_particles, ess_threshold=ess_threshold, scheme=scheme
     )
-
-
-def _bootstrap(key, ssm, ys, num_particles, ess_threshold, scheme):
-    f32 = jnp.float32
-    A, C = jnp.asarray(ssm.A, f32), jnp.asarray(ssm.C, f32)
-    LQ = jnp.asarray(np.linalg.cholesky(ssm.Q), f32)
-    LR = jnp.asarray(np.linalg.cholesky(ssm.R), f32)
-    L0 = jnp.asarray(np.linalg.cholesky(ssm.P0), f32)
-    m0 = jnp.asarray(ssm.m0, f32)
-    d = ssm.state_dim
-    return _bootstrap_jit(key, ys, A, C, LQ, LR, L0, m0, d, num_particles, ess_threshold, scheme)
-
-
-@jax.jit(static_argnums=(8, 9, 10, 11))
-def _bootstrap_jit(key, ys, A, C, LQ, LR, L0, m0, d, n, ess_threshold, scheme):
-    k_init, k_scan = jax.random.split(key)
-    x = m0 + jax.random.normal(k_init, (n, d)) @ L0.T
-    lw = jnp.zeros(n)
-
-    def weigh(x, lw, y):
-        lw_new = lw + _gaussian_logpdf_rows(y - x @ C.T, LR)
-        return lw_new, log_mean_weight(lw_new) - log_mean_weight(lw)
-
-    def summary(x, lw):
-        w = jnp.exp(lw - jax.scipy.special.logsumexp(lw))
-        return w @ x, ess(lw)
-
-    lw, inc0 = weigh(x, lw, ys[0])
-    mean0, ess0 = summary(x, lw)
-
-    def step(carry, inputs):
-        x, lw = carry
-        key, y = inputs
-        k_res, k_move = jax.random.split(key)
-        do = should_resample(lw, ess_threshold)
-        x, lw = jax.lax.cond(
-            do,
-            lambda: (x[resample(k_res, lw, scheme=scheme)], jnp.zeros_like(lw)),
-            lambda: (x, lw),
-        )
-        x = x @ A.T + jax.random.normal(k_move, (n, d)) @ LQ.T
-        lw, inc = weigh(x, lw, y)
-        mean, ess_t = summary(x, lw)
-        return (x, lw), (inc, mean, ess_t, do)
-
-    keys = jax.random.split(k_scan, ys.shape[0] - 1)
-    (x, lw), (incs, means, esses, flags) = jax.lax.scan(step, (x, lw), (keys, ys[1:]))
-    incs = jnp.concatenate([inc0[None], incs])
-    means = jnp.concatenate([mean0[None], means])
-    esses = jnp.concatenate([ess0[None], esses])
-    flags = jnp.concatenate([jnp.zeros(1, bool), flags])
-    acc = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    total = jnp.sum(incs.astype(acc))
-    return BootstrapResult(Particles(x, lw), total, incs, means, esses, flags)

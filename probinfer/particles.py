@@ -33,9 +33,9 @@ def _num_in_store(values: Any) -> int | None:
     if hasattr(values, "__len__") and not isinstance(values, dict | list | tuple | jax.Array):
         return len(values)
     leaves = jax.tree_util.tree_leaves(values)
-    if not leaves:
-        return None
-    sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in leaves}
+    if not leaves or not all(hasattr(leaf, "shape") for leaf in leaves):
+        return None  # an opaque store: its size cannot be checked
+    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(
             "values must be a pytree whose leaves share a leading particle axis, "

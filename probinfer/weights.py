@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
 Array = jax.Array
@@ -43,24 +44,40 @@ def check_log_weights(log_weights, name: str = "log_weights") -> Array:
     if not jnp.issubdtype(lw.dtype, jnp.floating):
         lw = lw.astype(jnp.float32)
     if _is_concrete(lw):
-        if bool(jnp.any(jnp.isnan(lw))):
-            raise ValueError(f"{name} contains NaN at index {int(jnp.argmax(jnp.isnan(lw)))}")
-        if bool(jnp.any(lw == jnp.inf)):
+        # numpy, not jnp: inside a jit trace jnp would stage these checks.
+        a = np.asarray(lw)
+        if np.any(np.isnan(a)):
+            raise ValueError(f"{name} contains NaN at index {int(np.argmax(np.isnan(a)))}")
+        if np.any(a == np.inf):
             raise ValueError(f"{name} contains +inf; weights must be finite or -inf")
-        if bool(jnp.all(lw == -jnp.inf)):
+        if np.all(a == -np.inf):
             raise ValueError(f"{name} are all -inf: every particle has zero weight")
     return lw
 
 
+def _shifted(log_weights: Array) -> tuple[Array, Array]:
+    """``(lw - max lw, max lw)``: exact shifts keep float32 weights accurate."""
+    lw = jnp.asarray(log_weights)
+    m = jnp.max(lw, axis=0)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    return lw - m, m
+
+
 def log_normalize(log_weights: Array) -> Array:
     """Normalised log weights, ``log w_i - logsumexp(log w)``."""
-    lw = jnp.asarray(log_weights)
-    return lw - logsumexp(lw, axis=0)
+    z, _ = _shifted(log_weights)
+    return z - jnp.log(jnp.sum(jnp.exp(z), axis=0))
 
 
 def normalize(log_weights: Array) -> Array:
-    """Normalised weights ``w_i = exp(log w_i) / sum_j exp(log w_j)``."""
-    return jnp.exp(log_normalize(log_weights))
+    """Normalised weights ``w_i = exp(log w_i) / sum_j exp(log w_j)``.
+
+    Computed as ``e_i / sum(e)`` with ``e = exp(lw - max lw)`` so that the weights sum
+    to one to within float rounding even for log weights of large magnitude.
+    """
+    z, _ = _shifted(log_weights)
+    e = jnp.exp(z)
+    return e / jnp.sum(e, axis=0)
 
 
 def ess(log_weights: Array) -> Array:

@@ -1,0 +1,74 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from probinfer import Particles
+from probinfer.inference_data import STEPS_GROUP, import_arviz, to_inference_data
+
+az = import_arviz()
+
+
+def _runs(chains=3, n=400):
+    runs = []
+    for c in range(chains):
+        k1, k2 = jax.random.split(jax.random.key(c))
+        values = {"mu": jax.random.normal(k1, (n,)), "beta": jax.random.normal(k2, (n, 2))}
+        runs.append(Particles(values, -0.5 * values["mu"] ** 2))
+    return runs
+
+
+def test_summary_ess_and_netcdf_round_trip(tmp_path):
+    runs = _runs()
+    idata = to_inference_data(
+        runs,
+        key=jax.random.key(9),
+        step_stats={"ess": np.ones((3, 5)), "resampled": np.zeros((3, 5), bool)},
+        log_evidence=[-1.0, -1.1, -0.9],
+        attrs={"model": "toy"},
+    )
+    post = idata.posterior
+    assert post["mu"].shape == (3, 400) and post["beta"].shape == (3, 400, 2)
+    summary = az.summary(idata)
+    assert {"mu", "beta[0]", "beta[1]"} <= set(summary.index)
+    assert np.all(np.isfinite(summary["mean"]))
+    ess = az.ess(idata)
+    assert float(ess["mu"]) > 100
+    steps = idata[STEPS_GROUP]
+    assert steps["ess"].dims == ("chain", "step")
+    assert idata.posterior.attrs["log_evidence"] == pytest.approx([-1.0, -1.1, -0.9])
+    assert idata.posterior.attrs["inference_library"] == "probinfer"
+    assert "inference_library_version" in idata.posterior.attrs
+
+    path = tmp_path / "run.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(str(path))
+    np.testing.assert_array_equal(back.posterior["mu"], post["mu"])
+    np.testing.assert_array_equal(back[STEPS_GROUP]["ess"], steps["ess"])
+    assert back.posterior.attrs["model"] == "toy"
+
+
+def test_draws_are_equally_weighted_resamples():
+    # A weight concentrated on one particle: every draw must be that particle.
+    p = Particles(jnp.arange(5.0), jnp.array([-jnp.inf, -jnp.inf, 0.0, -jnp.inf, -jnp.inf]))
+    idata = p.to_arviz(jax.random.key(0))
+    np.testing.assert_array_equal(idata.posterior["x"].values, np.full((1, 5), 2.0))
+
+
+def test_equal_weights_need_no_key_but_weighted_do():
+    p = Particles(jnp.arange(4.0))
+    assert p.to_arviz().posterior["x"].shape == (1, 4)
+    with pytest.raises(ValueError, match="key is required"):
+        Particles(jnp.arange(4.0), jnp.array([0.0, 1.0, 0.0, 0.0])).to_arviz()
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="at least one"):
+        to_inference_data([])
+    runs = _runs(chains=2)
+    with pytest.raises(ValueError, match="step_stats"):
+        to_inference_data(runs, key=jax.random.key(0), step_stats={"ess": np.ones((3, 4))})
+    with pytest.raises(ValueError, match="log_evidence"):
+        to_inference_data(runs, key=jax.random.key(0), log_evidence=[1.0])
+    with pytest.raises(TypeError, match="cannot be exported"):
+        to_inference_data([Particles(object(), jnp.zeros(2))])
