@@ -1,0 +1,229 @@
+"""A trained PFN: prediction as a batched :class:`BarDistribution`, save/load (safetensors + JSON).
+
+Files of a saved PFN (a directory):
+
+* ``model.safetensors``: network weights plus the bucket ``borders`` tensor;
+* ``config.json``: ``{"format": "probinfer-pfn", "version": 1, "model": PFNConfig, "prior": {...},
+  "training": {...}}``.
+
+Pickle is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amortized.model import PFNConfig, PFNTransformer
+
+__all__ = ["PFN", "FORMAT"]
+
+FORMAT = "probinfer-pfn"
+_VERSION = 1
+
+
+def _as_float_array(a, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(a, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numeric array, got {type(a).__name__}") from e
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    return arr
+
+
+def _file_names(path: Path, name: str | None) -> tuple[Path, Path]:
+    if name is None:
+        return path / "model.safetensors", path / "config.json"
+    return path / f"{name}.safetensors", path / f"{name}.json"
+
+
+def _to_jax(t: torch.Tensor):
+    """Torch (CPU/CUDA) -> JAX via DLPack (zero-copy), falling back to numpy."""
+    import jax
+
+    t = t.detach().contiguous()
+    try:
+        return jax.dlpack.from_dlpack(t)
+    except Exception:  # pragma: no cover - device/backends without a shared DLPack path
+        return jax.numpy.asarray(t.cpu().numpy())
+
+
+class PFN:
+    """A prior-data fitted network with its bucket borders.
+
+    Parameters
+    ----------
+    model : PFNTransformer
+    borders : array (K+1,)
+        Bucket borders of the bar-distribution head.
+    meta : dict, optional
+        JSON-serialisable description (prior, training command, metrics), saved with the model.
+    """
+
+    def __init__(self, model: PFNTransformer, borders, meta: dict | None = None):
+        if not isinstance(model, PFNTransformer):
+            raise TypeError(f"model must be a PFNTransformer, got {type(model).__name__}")
+        b = np.asarray(borders, dtype=np.float32)
+        if b.ndim != 1 or b.shape[0] != model.config.n_buckets + 1:
+            raise ValueError(
+                f"borders must have shape (n_buckets + 1,) = ({model.config.n_buckets + 1},), "
+                f"got {b.shape}"
+            )
+        if not np.all(np.diff(b) > 0):
+            raise ValueError("borders must be strictly increasing")
+        self.model = model
+        self.borders = b
+        self.meta = dict(meta or {})
+
+    @property
+    def config(self) -> PFNConfig:
+        return self.model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ prediction
+    def _inputs(self, x_train, y_train, x_test):
+        d = self.config.x_dim
+        xt = _as_float_array(x_train, "x_train")
+        yt = _as_float_array(y_train, "y_train")
+        xs = _as_float_array(x_test, "x_test")
+        single = yt.ndim == 1
+        if single:
+            xt, yt, xs = xt[None], yt[None], xs[None]
+            if d == 1:
+                xt = xt[..., None] if xt.ndim == 2 else xt
+                xs = xs[..., None] if xs.ndim == 2 else xs
+        elif d == 1:
+            xt = xt[..., None] if xt.ndim == 2 else xt
+            xs = xs[..., None] if xs.ndim == 2 else xs
+        if yt.ndim != 2:
+            raise ValueError(f"y_train must have shape (n,) or (B, n), got {yt.shape}")
+        b, n = yt.shape
+        if xt.shape != (b, n, d):
+            raise ValueError(
+                f"x_train must have shape {(n, d) if single else (b, n, d)} matching y_train "
+                f"(x_dim = {d}), got {xt.shape[1:] if single else xt.shape}"
+            )
+        if xs.ndim != 3 or xs.shape[0] != b or xs.shape[2] != d:
+            raise ValueError(
+                f"x_test must have shape {('m', d) if single else (b, 'm', d)} (x_dim = {d}), "
+                f"got {xs.shape[1:] if single else xs.shape}"
+            )
+        if xs.shape[1] == 0:
+            raise ValueError("x_test must contain at least one query point")
+        return xt, yt, xs, single
+
+    @torch.no_grad()
+    def predict_logits(self, x_train, y_train, x_test, batch_size: int = 1024) -> torch.Tensor:
+        """Bucket logits, shape ``(B, m, K)`` (or ``(m, K)`` for a single dataset)."""
+        xt, yt, xs, single = self._inputs(x_train, y_train, x_test)
+        dev = self.device
+        self.model.eval()
+        out = []
+        for i in range(0, xt.shape[0], batch_size):
+            sl = slice(i, i + batch_size)
+            out.append(
+                self.model(
+                    torch.from_numpy(xt[sl]).to(dev),
+                    torch.from_numpy(yt[sl]).to(dev),
+                    torch.from_numpy(xs[sl]).to(dev),
+                )
+            )
+        logits = torch.cat(out, dim=0)
+        return logits[0] if single else logits
+
+    def predict(self, x_train, y_train, x_test):
+        """Posterior predictive of ``y`` at ``x_test`` given the training set.
+
+        Parameters
+        ----------
+        x_train : array (n, d) or (n,) for d = 1; or (B, n, d) / (B, n) for B datasets
+        y_train : array (n,) or (B, n); ``n = 0`` gives the (learned) prior predictive
+        x_test : array (m, d) or (m,); or (B, m, d) / (B, m)
+
+        Returns
+        -------
+        BarDistribution
+            Batch shape ``(m,)`` or ``(B, m)``; the logits cross to JAX via DLPack.
+        """
+        from probinfer.distributions.bar import BarDistribution
+
+        logits = self.predict_logits(x_train, y_train, x_test)
+        return BarDistribution(np.asarray(self.borders), _to_jax(logits))
+
+    # ------------------------------------------------------------------ persistence
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        sd["borders"] = torch.from_numpy(self.borders.copy())
+        return sd
+
+    def save(self, directory: str | os.PathLike, name: str | None = None) -> Path:
+        """Write the weights and the JSON config into ``directory`` (atomically).
+
+        File names: ``model.safetensors`` + ``config.json``, or ``{name}.safetensors`` +
+        ``{name}.json`` when ``name`` is given.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        w_file, cfg_file = _file_names(path, name)
+        tmp = w_file.with_name(w_file.name + ".tmp")
+        save_file(self.state_tensors(), str(tmp))
+        os.replace(tmp, w_file)
+        cfg = {"format": FORMAT, "version": _VERSION, "model": self.config.to_dict(), **self.meta}
+        tmpj = cfg_file.with_name(cfg_file.name + ".tmp")
+        tmpj.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        os.replace(tmpj, cfg_file)
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        expected_config: PFNConfig | None = None,
+        name: str | None = None,
+    ) -> PFN:
+        """Load a PFN saved by :meth:`save`.
+
+        Raises ``ValueError`` when the files are missing, the JSON is not a PFN config, the
+        config differs from ``expected_config``, or the weights do not match the config.
+        """
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        w_file, cfg_file = _file_names(path, name)
+        if not cfg_file.is_file() or not w_file.is_file():
+            raise ValueError(
+                f"directory must contain {cfg_file.name} and {w_file.name}, got {str(path)!r}"
+            )
+        cfg = json.loads(cfg_file.read_text())
+        if cfg.get("format") != FORMAT:
+            raise ValueError(f"config.json format must be {FORMAT!r}, got {cfg.get('format')!r}")
+        config = PFNConfig.from_dict(cfg["model"])
+        if expected_config is not None and config != expected_config:
+            raise ValueError(
+                f"checkpoint config {config} does not match the expected config {expected_config}"
+            )
+        tensors = load_file(str(w_file))
+        borders = tensors.pop("borders", None)
+        if borders is None:
+            raise ValueError("model.safetensors has no 'borders' tensor")
+        model = PFNTransformer(config)
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise ValueError(
+                f"weights in model.safetensors do not match config {config}: {e}"
+            ) from e
+        model.to(device).eval()
+        meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "model")}
+        return cls(model, borders.numpy(), meta)

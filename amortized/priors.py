@@ -1,0 +1,268 @@
+"""Priors over datasets for prior-data fitted networks.
+
+A :class:`Prior` draws a batch of regression datasets ``(x, y)`` from an explicit key:
+``x`` has shape ``(B, N, d)`` and ``y`` shape ``(B, N)`` (numpy, float32). A PFN is trained on
+such draws and learns the posterior predictive distribution of the prior (Müller et al. 2022).
+
+Built-ins: :class:`GPPrior` (RBF kernel, fixed hyperparameters or log-normal hyperpriors),
+:class:`BayesianLinearPrior`, :class:`MLPPrior` (random Bayesian neural networks) and
+:class:`NumPyroPrior` (any NumPyro model with an ``x`` argument and an observed-free ``y`` site).
+
+Keys are ``jax.random`` keys (or integer seeds); the same key always gives the same datasets.
+Sampling uses numpy in float64 (batched Cholesky), then casts to float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "BayesianLinearPrior",
+    "GPPrior",
+    "MLPPrior",
+    "NumPyroPrior",
+    "Prior",
+    "numpy_rng",
+]
+
+
+def numpy_rng(key) -> np.random.Generator:
+    """A numpy ``Generator`` seeded deterministically from a jax key or an integer seed."""
+    if isinstance(key, (int, np.integer)):
+        return np.random.default_rng(int(key))
+    import jax
+
+    data = np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key, dtype=np.uint32)
+    return np.random.default_rng(data.ravel().tolist())
+
+
+def _is_typed_key(key) -> bool:
+    import jax
+
+    return hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _check_sizes(n_datasets: int, n_points: int) -> None:
+    if not isinstance(n_datasets, (int, np.integer)) or n_datasets < 1:
+        raise ValueError(f"n_datasets must be a positive integer, got {n_datasets!r}")
+    if not isinstance(n_points, (int, np.integer)) or n_points < 1:
+        raise ValueError(f"n_points must be a positive integer, got {n_points!r}")
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """Samples batches of datasets.
+
+    Attributes
+    ----------
+    x_dim : int
+        Input dimension ``d``.
+    """
+
+    x_dim: int
+
+    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``x`` ``(n_datasets, n_points, x_dim)`` and ``y`` ``(n_datasets, n_points)``."""
+        ...
+
+
+def _uniform_x(rng: np.random.Generator, b: int, n: int, d: int) -> np.ndarray:
+    return rng.uniform(0.0, 1.0, size=(b, n, d))
+
+
+def rbf_kernel(x1: np.ndarray, x2: np.ndarray, lengthscale, outputscale) -> np.ndarray:
+    """RBF kernel ``outputscale * exp(-|x1 - x2|^2 / (2 lengthscale^2))``, batched over axis 0.
+
+    ``lengthscale`` and ``outputscale`` are scalars or arrays of shape ``(B,)``.
+    """
+    ls = np.asarray(lengthscale, dtype=float)
+    os_ = np.asarray(outputscale, dtype=float)
+    if ls.ndim:
+        ls = ls[:, None, None]
+        os_ = os_[:, None, None] if os_.ndim else os_
+    elif os_.ndim:
+        os_ = os_[:, None, None]
+    d2 = np.sum((x1[..., :, None, :] - x2[..., None, :, :]) ** 2, axis=-1)
+    return os_ * np.exp(-0.5 * d2 / ls**2)
+
+
+@dataclass(frozen=True)
+class GPPrior:
+    """Gaussian-process regression prior with an RBF kernel on ``x ~ U[0, 1]^d``.
+
+    ``y = f(x) + eps``, ``f ~ GP(0, outputscale * exp(-r^2 / (2 lengthscale^2)))``,
+    ``eps ~ N(0, noise)`` (``noise`` is a variance). If ``hyperprior_sd > 0`` the three
+    hyperparameters are drawn per dataset from log-normals centred (in log space) at the given
+    values with that standard deviation; with ``hyperprior_sd = 0`` they are fixed and
+    :meth:`posterior_predictive` is the exact Bayes-optimal answer.
+    """
+
+    lengthscale: float = 0.25
+    outputscale: float = 1.0
+    noise: float = 0.05
+    x_dim: int = 1
+    hyperprior_sd: float = 0.0
+
+    def __post_init__(self):
+        for name in ("lengthscale", "outputscale", "noise"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if not (isinstance(self.x_dim, int) and self.x_dim >= 1):
+            raise ValueError(f"x_dim must be a positive integer, got {self.x_dim!r}")
+        if not (self.hyperprior_sd >= 0):
+            raise ValueError(f"hyperprior_sd must be >= 0, got {self.hyperprior_sd!r}")
+
+    def hyperparameters(self, rng: np.random.Generator, n: int):
+        """Per-dataset (lengthscale, outputscale, noise), each of shape ``(n,)``."""
+        base = np.log([self.lengthscale, self.outputscale, self.noise])
+        z = rng.standard_normal((3, n)) * self.hyperprior_sd if self.hyperprior_sd > 0 else 0.0
+        ls, os_, nz = np.exp(base[:, None] + z) * np.ones((3, n))
+        return ls, os_, nz
+
+    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        _check_sizes(n_datasets, n_points)
+        rng = numpy_rng(key)
+        x = _uniform_x(rng, n_datasets, n_points, self.x_dim)
+        ls, os_, nz = self.hyperparameters(rng, n_datasets)
+        k = rbf_kernel(x, x, ls, os_) + (nz[:, None, None] + 1e-8) * np.eye(n_points)
+        chol = np.linalg.cholesky(k)
+        y = np.einsum("bij,bj->bi", chol, rng.standard_normal((n_datasets, n_points)))
+        return x.astype(np.float32), y.astype(np.float32)
+
+    def posterior_predictive(
+        self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact GP posterior predictive mean and variance of ``y`` (fixed hyperparameters).
+
+        Shapes: ``x_train (B, n, d)``, ``y_train (B, n)``, ``x_test (B, m, d)`` -> ``(B, m)`` each.
+        ``n = 0`` gives the prior predictive ``N(0, outputscale + noise)``.
+        """
+        return gp_posterior_predictive(
+            x_train, y_train, x_test, self.lengthscale, self.outputscale, self.noise
+        )
+
+
+def gp_posterior_predictive(x_train, y_train, x_test, lengthscale, outputscale, noise):
+    """Exact RBF-GP posterior predictive (Cholesky, float64), batched over datasets.
+
+    Returns mean and variance of a noisy test observation, both of shape ``(B, m)``.
+    """
+    xt = np.asarray(x_train, dtype=float)
+    yt = np.asarray(y_train, dtype=float)
+    xs = np.asarray(x_test, dtype=float)
+    b, m = xs.shape[0], xs.shape[1]
+    prior_var = float(outputscale) + float(noise)
+    if xt.shape[1] == 0:
+        return np.zeros((b, m)), np.full((b, m), prior_var)
+    n = xt.shape[1]
+    k = rbf_kernel(xt, xt, lengthscale, outputscale) + float(noise) * np.eye(n)
+    ks = rbf_kernel(xt, xs, lengthscale, outputscale)  # (B, n, m)
+    chol = np.linalg.cholesky(k)
+    alpha = np.linalg.solve(chol, yt[..., None])  # L^{-1} y
+    v = np.linalg.solve(chol, ks)  # L^{-1} k*
+    mean = np.einsum("bnm,bn->bm", v, alpha[..., 0])
+    var = prior_var - np.sum(v**2, axis=1)
+    return mean, np.maximum(var, 1e-12)
+
+
+@dataclass(frozen=True)
+class BayesianLinearPrior:
+    """Bayesian linear regression ``y = w . x + b + eps``, ``w, b ~ N(0, weight_sd^2)``,
+    ``eps ~ N(0, noise_sd^2)``, ``x ~ U[0, 1]^d``."""
+
+    x_dim: int = 1
+    weight_sd: float = 1.0
+    noise_sd: float = 0.1
+
+    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        _check_sizes(n_datasets, n_points)
+        rng = numpy_rng(key)
+        x = _uniform_x(rng, n_datasets, n_points, self.x_dim)
+        w = rng.standard_normal((n_datasets, self.x_dim)) * self.weight_sd
+        b = rng.standard_normal((n_datasets, 1)) * self.weight_sd
+        y = np.einsum("bnd,bd->bn", x, w) + b
+        y = y + self.noise_sd * rng.standard_normal(y.shape)
+        return x.astype(np.float32), y.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MLPPrior:
+    """Random-MLP (Bayesian neural network) prior: ``y = MLP_theta(x) + eps`` with i.i.d.
+    ``N(0, 1/fan_in)`` weights, ``tanh`` hidden layers and Gaussian noise ``noise_sd``."""
+
+    x_dim: int = 1
+    hidden: int = 32
+    layers: int = 2
+    noise_sd: float = 0.1
+
+    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        _check_sizes(n_datasets, n_points)
+        rng = numpy_rng(key)
+        x = _uniform_x(rng, n_datasets, n_points, self.x_dim)
+        h = 2.0 * x - 1.0
+        fan_in = self.x_dim
+        for _ in range(self.layers):
+            w = rng.standard_normal((n_datasets, fan_in, self.hidden)) / math.sqrt(fan_in)
+            b = rng.standard_normal((n_datasets, 1, self.hidden))
+            h = np.tanh(h @ w + b)
+            fan_in = self.hidden
+        w = rng.standard_normal((n_datasets, fan_in, 1)) / math.sqrt(fan_in)
+        y = (h @ w)[..., 0] + self.noise_sd * rng.standard_normal((n_datasets, n_points))
+        return x.astype(np.float32), y.astype(np.float32)
+
+
+class NumPyroPrior:
+    """Adapter: any NumPyro model ``model(x)`` that samples a site ``y_site`` of shape ``(N,)``.
+
+    Parameters
+    ----------
+    model : callable
+        NumPyro model taking ``x`` of shape ``(N, d)`` as its argument named ``x``.
+    x_dim : int
+        Input dimension; ``x ~ U[0, 1]^d`` unless ``x_sampler`` is given.
+    y_site : str
+        Name of the sample site holding the observations.
+    x_sampler : callable, optional
+        ``x_sampler(rng, n_datasets, n_points) -> (B, N, d)`` numpy array.
+    """
+
+    def __init__(self, model, x_dim: int = 1, y_site: str = "y", x_sampler=None):
+        if not callable(model):
+            raise TypeError(f"model must be a callable NumPyro model, got {type(model).__name__}")
+        self.model = model
+        self.x_dim = int(x_dim)
+        self.y_site = y_site
+        self.x_sampler = x_sampler
+        self._predict = None
+
+    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        import jax
+        from numpyro.infer import Predictive
+
+        _check_sizes(n_datasets, n_points)
+        rng = numpy_rng(key)
+        if self.x_sampler is not None:
+            x = np.asarray(self.x_sampler(rng, n_datasets, n_points), dtype=np.float32)
+        else:
+            x = _uniform_x(rng, n_datasets, n_points, self.x_dim).astype(np.float32)
+        if self._predict is None:
+            pred = Predictive(self.model, num_samples=1, return_sites=[self.y_site])
+
+            def one(k, xi):
+                return pred(k, x=xi)[self.y_site][0]
+
+            self._predict = jax.jit(jax.vmap(one))
+        seed = int(rng.integers(0, 2**31 - 1))
+        keys = jax.random.split(jax.random.PRNGKey(seed), n_datasets)
+        y = np.asarray(self._predict(keys, x), dtype=np.float32)
+        if y.shape != (n_datasets, n_points):
+            raise ValueError(
+                f"site {self.y_site!r} must have shape (N,) = ({n_points},) per dataset, "
+                f"got {y.shape[1:]}"
+            )
+        return x, y

@@ -1,0 +1,260 @@
+"""Training a PFN on draws from a prior, with checkpoint and resume.
+
+Each step draws ``batch_size`` datasets of ``n_points`` points from the prior, picks one random
+split position ``n_train`` for the whole batch (PFN training), and minimises the bar-distribution
+NLL of the held-out points (AdamW, linear warm-up then cosine decay, gradient clipping).
+
+The data of step ``t`` is a function of ``(seed, t)`` only, so a run resumed from a checkpoint
+sees exactly the batches it would have seen uninterrupted. A checkpoint directory holds
+
+* ``model.safetensors`` + ``config.json`` (a loadable :class:`~amortized.pfn.PFN`),
+* ``optimizer.safetensors`` (AdamW moments) and ``train_state.json`` (step, config, loss log).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amortized.bar_torch import bar_nll, borders_from_samples
+from amortized.model import PFNConfig, PFNTransformer
+from amortized.pfn import PFN
+
+__all__ = ["TrainConfig", "train_pfn", "step_key"]
+
+_BORDER_STEP = 2**32 - 1  # reserved "step" for the draws that place the borders
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of :func:`train_pfn`."""
+
+    n_steps: int = 1000
+    batch_size: int = 32
+    n_points: int = 60
+    min_train: int = 0
+    max_train: int = 50
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    n_border_datasets: int = 2000
+
+    def __post_init__(self):
+        if self.n_steps < 1 or self.batch_size < 1:
+            raise ValueError("n_steps and batch_size must be positive integers")
+        if not (0 <= self.min_train <= self.max_train < self.n_points):
+            raise ValueError(
+                "need 0 <= min_train <= max_train < n_points, got "
+                f"min_train={self.min_train}, max_train={self.max_train}, n_points={self.n_points}"
+            )
+        if not (self.lr > 0 and self.warmup_steps >= 0):
+            raise ValueError(
+                f"lr must be > 0 and warmup_steps >= 0, got {self.lr}, {self.warmup_steps}"
+            )
+
+
+def step_key(seed: int, step: int) -> np.ndarray:
+    """Key (a uint32 pair usable by every :class:`~amortized.priors.Prior`) of one step."""
+    return np.array([seed % 2**32, step % 2**32], dtype=np.uint32)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for i, st in opt.state_dict()["state"].items():
+        for name, t in st.items():
+            tensors[f"state.{i}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    sd = opt.state_dict()
+    state: dict = {}
+    for key, t in tensors.items():
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = t
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _prior_description(prior) -> dict:
+    d = {"class": type(prior).__name__}
+    try:
+        d.update({k: v for k, v in asdict(prior).items()})
+    except TypeError:
+        pass
+    return d
+
+
+def train_pfn(
+    prior,
+    model_config: PFNConfig,
+    train_config: TrainConfig,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every_s: float = 180.0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log_file=None,
+    max_seconds: float | None = None,
+) -> PFN:
+    """Train a PFN on ``prior``; resume from ``checkpoint_dir`` if it holds a checkpoint.
+
+    Parameters
+    ----------
+    prior : Prior
+        Dataset sampler (``prior.sample(key, n_datasets, n_points)``).
+    model_config, train_config : PFNConfig, TrainConfig
+    checkpoint_dir : path, optional
+        Where checkpoints are written every ``checkpoint_every_s`` seconds and at the end. If it
+        already holds a checkpoint, training resumes from it; its configs must match.
+    device : str, optional
+        ``"cuda"`` when available unless given.
+    progress : bool
+        Show a tqdm progress bar (to ``log_file`` if given).
+    max_seconds : float, optional
+        Stop (after checkpointing) when this wall time is exceeded; resume later.
+
+    Returns
+    -------
+    PFN
+        The trained network (in eval mode), with ``meta["training"]`` describing the run.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if getattr(prior, "x_dim", None) != model_config.x_dim:
+        raise ValueError(
+            f"prior.x_dim ({getattr(prior, 'x_dim', None)}) must equal "
+            f"model_config.x_dim ({model_config.x_dim})"
+        )
+    tc = train_config
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state_file = ckpt / "train_state.json" if ckpt is not None else None
+
+    torch.manual_seed(tc.seed)  # parameter initialisation only; data comes from step keys
+    model = PFNTransformer(model_config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    step = 0
+    losses: list[list[float]] = []
+    elapsed_before = 0.0
+
+    if state_file is not None and state_file.is_file():
+        st = json.loads(state_file.read_text())
+        if st["train_config"] != asdict(tc):
+            raise ValueError(
+                f"checkpoint train_config {st['train_config']} does not match {asdict(tc)}"
+            )
+        loaded = PFN.load(ckpt, device=device, expected_config=model_config)
+        model.load_state_dict(loaded.model.state_dict())
+        borders = loaded.borders
+        _load_optimizer(opt, ckpt / "optimizer.safetensors")
+        step = int(st["step"])
+        losses = st.get("losses", [])
+        elapsed_before = float(st.get("elapsed_s", 0.0))
+    else:
+        _, y = prior.sample(step_key(tc.seed, _BORDER_STEP), tc.n_border_datasets, tc.n_points)
+        borders = borders_from_samples(y, model_config.n_buckets)
+
+    borders_t = torch.from_numpy(np.asarray(borders)).to(device)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, tc.warmup_steps, tc.n_steps), last_epoch=-1
+    )
+    for g in opt.param_groups:
+        g["lr"] = tc.lr * lr_factor(step, tc.warmup_steps, tc.n_steps)
+    sched.last_epoch = step
+
+    def make_pfn() -> PFN:
+        meta = {
+            "prior": _prior_description(prior),
+            "training": {
+                **asdict(tc),
+                "steps_done": step,
+                "wall_time_s": round(elapsed_before + time.time() - t0, 1),
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+            },
+        }
+        return PFN(model, borders, meta)
+
+    def checkpoint() -> None:
+        if ckpt is None:
+            return
+        make_pfn().save(ckpt)
+        _save_optimizer(opt, ckpt / "optimizer.safetensors")
+        st = {
+            "step": step,
+            "train_config": asdict(tc),
+            "model_config": model_config.to_dict(),
+            "losses": losses,
+            "elapsed_s": elapsed_before + time.time() - t0,
+        }
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(st))
+        os.replace(tmp, state_file)
+
+    t0 = time.time()
+    last_ckpt = t0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=tc.n_steps, initial=step, file=log_file, mininterval=5.0, dynamic_ncols=False
+        )
+    model.train()
+    ema = None
+    while step < tc.n_steps:
+        x, y = prior.sample(step_key(tc.seed, step), tc.batch_size, tc.n_points)
+        rng = np.random.default_rng([tc.seed, step, 1])
+        n_train = int(rng.integers(tc.min_train, tc.max_train + 1))
+        xt = torch.from_numpy(x).to(device)
+        yt = torch.from_numpy(y).to(device)
+        logits = model(xt[:, :n_train], yt[:, :n_train], xt[:, n_train:])
+        loss = bar_nll(borders_t, logits, yt[:, n_train:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        lv = float(loss.detach())
+        ema = lv if ema is None else 0.99 * ema + 0.01 * lv
+        if step % 50 == 0 or step == tc.n_steps:
+            losses.append([step, round(ema, 5)])
+        if bar is not None:
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        now = time.time()
+        if now - last_ckpt >= checkpoint_every_s:
+            checkpoint()
+            last_ckpt = now
+        if max_seconds is not None and now - t0 >= max_seconds:
+            break
+    if bar is not None:
+        bar.close()
+    checkpoint()
+    model.eval()
+    return make_pfn()
