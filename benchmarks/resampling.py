@@ -65,12 +65,16 @@ def main() -> None:
             }
         )
 
-    print(f"{'N':>9} {'blackjax ms':>12} {'ours (jit) ms':>14} {'ours (api) ms':>14} "
-          f"{'speed-up jit':>13} {'speed-up api':>13} {'same idx':>9}")
+    print(
+        f"{'N':>9} {'blackjax ms':>12} {'ours (jit) ms':>14} {'ours (api) ms':>14} "
+        f"{'speed-up jit':>13} {'speed-up api':>13} {'same idx':>9}"
+    )
     for r in rows:
-        print(f"{r['n']:>9} {1e3 * r['blackjax_s']:>12.3f} {1e3 * r['probinfer_jit_s']:>14.3f} "
-              f"{1e3 * r['probinfer_api_s']:>14.3f} {r['speedup_jit']:>12.2f}x "
-              f"{r['speedup_api']:>12.2f}x {r['index_agreement']:>9.4f}")
+        print(
+            f"{r['n']:>9} {1e3 * r['blackjax_s']:>12.3f} {1e3 * r['probinfer_jit_s']:>14.3f} "
+            f"{1e3 * r['probinfer_api_s']:>14.3f} {r['speedup_jit']:>12.2f}x "
+            f"{r['speedup_api']:>12.2f}x {r['index_agreement']:>9.4f}"
+        )
     path = write_results(
         "resampling",
         {

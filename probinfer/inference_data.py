@@ -167,8 +167,8 @@ def to_inference_data(
     params = inspect.signature(az.from_dict).parameters
     if "posterior" in params:  # ArviZ 0.x
         idata = az.from_dict(posterior=posterior, attrs=all_attrs)
-    else:  # ArviZ 1.x: nested dict of groups, returns a DataTree
-        idata = az.from_dict({"posterior": posterior}, attrs=all_attrs)
+    else:  # ArviZ 1.x (arviz_base): nested dict of groups, returns an xarray.DataTree
+        idata = az.from_dict({"posterior": posterior})
     idata["posterior"].attrs.update(all_attrs)
 
     if steps or log_evidence is not None:

@@ -28,8 +28,17 @@ def test_console_entry_point_runs():
 def test_demo_prints_kalman_comparison_and_writes_netcdf(tmp_path, capsys):
     path = tmp_path / "pf.nc"
     code = main(
-        ["demo", "--num-particles", "500", "--num-steps", "30", "--chains", "2",
-         "--output", str(path)]
+        [
+            "demo",
+            "--num-particles",
+            "500",
+            "--num-steps",
+            "30",
+            "--chains",
+            "2",
+            "--output",
+            str(path),
+        ]
     )
     assert code == 0
     out = capsys.readouterr().out

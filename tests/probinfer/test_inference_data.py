@@ -72,3 +72,27 @@ def test_bad_input():
         to_inference_data(runs, key=jax.random.key(0), log_evidence=[1.0])
     with pytest.raises(TypeError, match="cannot be exported"):
         to_inference_data([Particles(object(), jnp.zeros(2))])
+
+
+def test_arviz_1x_datatree_path(tmp_path, monkeypatch):
+    """ArviZ 1.x (Python >= 3.12) builds on arviz_base, whose from_dict takes a dict of
+    groups and returns an xarray.DataTree; exercise that branch with arviz_base itself."""
+    azb = pytest.importorskip("arviz_base")
+    import xarray as xr
+
+    import probinfer.inference_data as mod
+
+    monkeypatch.setattr(mod, "import_arviz", lambda: azb)
+    dt = to_inference_data(
+        _runs(chains=2),
+        key=jax.random.key(0),
+        step_stats={"ess": np.ones((2, 4))},
+        log_evidence=[-1.0, -2.0],
+    )
+    assert isinstance(dt, xr.DataTree)
+    assert dt["posterior"]["beta"].shape == (2, 400, 2)
+    assert dt["posterior"].attrs["log_evidence"] == [-1.0, -2.0]
+    assert dt[STEPS_GROUP]["ess"].dims == ("chain", "step")
+    dt.to_netcdf(tmp_path / "dt.nc")
+    back = xr.open_datatree(tmp_path / "dt.nc")
+    np.testing.assert_array_equal(back["posterior"]["mu"], dt["posterior"]["mu"])

@@ -57,8 +57,9 @@ def _adversarial_log_weights(key, n):
     gauss = 5.0 * jax.random.normal(k2, (n,))
     flat = jnp.zeros(n) + 1e-3 * jax.random.normal(k2, (n,))  # cumsum of ~1/n drifts below 1
     spiky = jnp.where(jax.random.uniform(k3, (n,)) < 0.05, 0.0, -30.0)
-    tail_zero = jnp.where(jnp.arange(n) >= n - 1 - jax.random.randint(k4, (), 0, n // 2),
-                          -jnp.inf, gauss)
+    tail_zero = jnp.where(
+        jnp.arange(n) >= n - 1 - jax.random.randint(k4, (), 0, n // 2), -jnp.inf, gauss
+    )
     # one dominant early particle followed by many tiny ones
     dominant = jnp.where(jnp.arange(n) == 0, 0.0, -17.0 + jax.random.normal(k3, (n,)))
     return jnp.select(
