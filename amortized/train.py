@@ -129,7 +129,9 @@ def train_pfn(
     model_config, train_config : PFNConfig, TrainConfig
     checkpoint_dir : path, optional
         Where checkpoints are written every ``checkpoint_every_s`` seconds and at the end. If it
-        already holds a checkpoint, training resumes from it; its configs must match.
+        already holds a checkpoint, training resumes from it; its configs must match, except
+        ``n_steps``, which may be changed to extend or shorten a run (the cosine schedule is
+        recomputed for the new total).
     device : str, optional
         ``"cuda"`` when available unless given.
     progress : bool
@@ -162,9 +164,14 @@ def train_pfn(
 
     if state_file is not None and state_file.is_file():
         st = json.loads(state_file.read_text())
-        if st["train_config"] != asdict(tc):
+        # n_steps may change on resume (the cosine schedule is recomputed for the new total);
+        # everything else must match, otherwise the run would silently change its data/model
+        saved = {k: v for k, v in st["train_config"].items() if k != "n_steps"}
+        wanted = {k: v for k, v in asdict(tc).items() if k != "n_steps"}
+        if saved != wanted:
             raise ValueError(
-                f"checkpoint train_config {st['train_config']} does not match {asdict(tc)}"
+                f"checkpoint train_config {st['train_config']} does not match {asdict(tc)} "
+                "(only n_steps may differ on resume)"
             )
         loaded = PFN.load(ckpt, device=device, expected_config=model_config)
         model.load_state_dict(loaded.model.state_dict())

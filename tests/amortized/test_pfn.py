@@ -111,10 +111,18 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
         train_pfn(
             PRIOR,
             cfg,
-            TrainConfig(n_steps=31, batch_size=4, n_points=12, max_train=8),
+            TrainConfig(n_steps=30, batch_size=4, n_points=12, max_train=8, warmup_steps=5, seed=4),
             checkpoint_dir=ck,
             progress=False,
         )
+    # n_steps may be extended on resume
+    longer = TrainConfig(n_steps=32, batch_size=4, n_points=12, max_train=8, warmup_steps=5, seed=3)
+    assert (
+        train_pfn(PRIOR, cfg, longer, checkpoint_dir=ck, progress=False).meta["training"][
+            "steps_done"
+        ]
+        == 32
+    )
 
 
 def test_bad_prediction_input(tiny_pfn):
