@@ -178,7 +178,7 @@ class LikelihoodEngine:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _torch_numpy(self, theta_np):
-        out = self._torch_eval(to_torch(np.ascontiguousarray(theta_np)))
+        out = self._torch_eval(to_torch(np.array(theta_np, copy=True)))
         return out.cpu().numpy()
 
     def _torch_eval(self, t):

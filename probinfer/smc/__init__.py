@@ -22,6 +22,13 @@ from probinfer.smc.state_space import (
     particle_filter,
     ssm_feynman_kac,
 )
+from probinfer.smc.tempered import (
+    TemperedSMCResult,
+    TemperedState,
+    tempered_smc,
+    tempered_smc_loop,
+    tempering_step,
+)
 
 __all__ = [
     "FeynmanKac",
@@ -30,10 +37,15 @@ __all__ = [
     "SMCResult",
     "StateSpaceModel",
     "StepInfo",
+    "TemperedSMCResult",
+    "TemperedState",
     "initial_step",
     "particle_filter",
     "run_smc",
     "smc_scan",
     "ssm_feynman_kac",
+    "tempered_smc",
+    "tempered_smc_loop",
+    "tempering_step",
     "transition_step",
 ]

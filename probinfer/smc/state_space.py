@@ -267,7 +267,7 @@ class ParticleFilterResult:
             log_evidence=self.log_evidence,
             step_stats={"ess": self.ess, "resampled": self.resampled,
                         "log_evidence_increment": self.log_evidence_increments,
-                        "filtering_mean": means.reshape(means.shape[0], -1)},
+                        "filtering_mean": means.reshape((1, means.shape[0], -1))},
             attrs=attrs,
         )
 

@@ -1,0 +1,105 @@
+"""The target interface seen by inference algorithms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = ["LatentSite", "Target"]
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """A latent sample site: its constrained shape and its slice of the flat vector."""
+
+    name: str
+    shape: tuple[int, ...]  # constrained value shape
+    unconstrained_shape: tuple[int, ...]
+    offset: int  # start in the flat unconstrained vector
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.unconstrained_shape, dtype=np.int64))
+
+
+@dataclass(frozen=True, eq=False)
+class Target:
+    """A model as inference sees it, over flat unconstrained parameters ``theta (N, D)``.
+
+    Subclasses implement the batched densities; all are batched over a leading particle
+    axis. ``log_prior`` includes the log-Jacobian of the map to the constrained space, so
+    ``log_prior(theta) + log_likelihood(theta)`` is the log posterior density of
+    ``theta`` up to the evidence.
+
+    Attributes
+    ----------
+    sites
+        The latent sites in flat-vector order.
+    num_observations
+        ``M``, the number of pointwise log-likelihood terms.
+    backend
+        ``"jax"`` (traceable: usable under ``jit`` and with gradients) or ``"torch"``.
+    """
+
+    sites: tuple[LatentSite, ...]
+    num_observations: int
+    backend: str = field(default="jax")
+
+    @property
+    def dim(self) -> int:
+        """``D``, the length of the flat unconstrained parameter vector."""
+        return int(sum(s.size for s in self.sites))
+
+    def log_prior(self, theta) -> Array:
+        """Log prior density of unconstrained ``theta (N, D)`` (Jacobian included), ``(N,)``."""
+        raise NotImplementedError
+
+    def log_likelihood(self, theta, pointwise: bool = False) -> Array:
+        """Log likelihood, ``(N,)``, or ``(N, M)`` per observation with ``pointwise=True``."""
+        raise NotImplementedError
+
+    def sample_prior(self, key: Array, num: int) -> Array:
+        """``num`` draws from the prior, unconstrained, ``(num, D)``."""
+        raise NotImplementedError
+
+    def constrain(self, theta) -> dict[str, Array]:
+        """Constrained site values ``{name: (N, *shape)}`` of unconstrained ``theta``."""
+        raise NotImplementedError
+
+    def log_joint(self, theta) -> Array:
+        """``log_prior + log_likelihood``, ``(N,)``."""
+        return self.log_prior(theta) + self.log_likelihood(theta)
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _check_theta(self, theta) -> Array:
+        theta = jnp.asarray(theta)
+        if theta.ndim != 2 or theta.shape[1] != self.dim:
+            raise ValueError(
+                f"theta must have shape (num_particles, {self.dim}), got {theta.shape}"
+            )
+        return theta
+
+    def unflatten(self, u) -> dict:
+        """Split one flat unconstrained vector (or a batch, leading axes kept) into sites."""
+        lead = u.shape[:-1]
+        return {
+            s.name: u[..., s.offset : s.offset + s.size].reshape(lead + s.unconstrained_shape)
+            for s in self.sites
+        }
+
+
+def check_num(num, name: str = "num") -> int:
+    if isinstance(num, bool) or not isinstance(num, int | np.integer) or num < 1:
+        raise ValueError(f"{name} must be a positive integer, got {num!r}")
+    return int(num)
+
+
+def check_finite_data(name: str, value) -> None:
+    arr = np.asarray(value)
+    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+        raise ValueError(f"observed site {name!r} contains NaN or inf values")
