@@ -1,0 +1,185 @@
+"""What a language model and a reward model must provide, the step format and usage counters.
+
+These protocols are the seam for backends: the local Hugging Face backend
+(:mod:`probinfer.llm.hf`), the learned PRM (:mod:`probinfer.llm.reward`), the tabular toy
+model used in the exactness tests (:mod:`probinfer.llm.toy`) and, later, server backends
+(OpenAI-compatible vLLM/SGLang) all implement the same two methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "LanguageModel",
+    "RewardModel",
+    "StepFormat",
+    "StepProposal",
+    "Usage",
+    "check_rewards",
+]
+
+
+@dataclass(frozen=True)
+class StepFormat:
+    """How generated text is split into reasoning steps and when an answer is finished.
+
+    Parameters
+    ----------
+    delimiter
+        A string that ends a step (included in the step), or a callable
+        ``generated_text -> int | None`` returning the end index of the first step in
+        ``generated_text`` (``None``: the step has not ended yet).
+    stop
+        A string that ends the whole answer (a step containing it is the final step), or a
+        callable ``step_text -> bool``.
+    """
+
+    delimiter: str | Callable[[str], int | None] = ";"
+    stop: str | Callable[[str], bool] = "|"
+
+    def __post_init__(self):
+        for name in ("delimiter", "stop"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                if not v:
+                    raise ValueError(f"{name} must be a non-empty string or a callable")
+            elif not callable(v):
+                raise TypeError(f"{name} must be a str or a callable, got {type(v).__name__}")
+
+    def step_end(self, generated: str) -> int | None:
+        """End index (exclusive) of the first step in ``generated``, or ``None``."""
+        ends = []
+        if callable(self.delimiter):
+            e = self.delimiter(generated)
+            if e is not None:
+                ends.append(int(e))
+        else:
+            i = generated.find(self.delimiter)
+            if i >= 0:
+                ends.append(i + len(self.delimiter))
+        if isinstance(self.stop, str):
+            i = generated.find(self.stop)
+            if i >= 0:
+                ends.append(i + len(self.stop))
+        return min(ends) if ends else None
+
+    def is_final(self, step: str) -> bool:
+        """Whether ``step`` ends the answer."""
+        return bool(self.stop(step)) if callable(self.stop) else self.stop in step
+
+
+@dataclass(frozen=True)
+class StepProposal:
+    """What :meth:`LanguageModel.propose` returns for a batch of contexts.
+
+    Attributes
+    ----------
+    steps
+        The next step of each context (text up to and including the step end; the whole
+        generation when ``max_new_tokens`` ran out first).
+    truncated
+        Per context: ``True`` when no step end was produced within ``max_new_tokens``.
+    tokens_generated, tokens_encoded
+        Tokens sampled, and context tokens encoded (prefill), over the whole batch.
+    """
+
+    steps: list[str]
+    truncated: list[bool]
+    tokens_generated: int = 0
+    tokens_encoded: int = 0
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A causal language model that proposes the next reasoning step of many contexts."""
+
+    def propose(
+        self,
+        key,
+        prompts: Sequence[str],
+        partials: Sequence[str],
+        step_end: Callable[[str], int | None],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+    ) -> StepProposal:
+        """Sample one step for each context ``prompts[i] + partials[i]`` in one batch.
+
+        ``step_end(generated_text)`` tells where the step ends (see
+        :meth:`StepFormat.step_end`); randomness comes only from ``key``.
+        """
+        ...
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """A process reward model: the score in ``[0, 1]`` of the last step of partial answers."""
+
+    def score(self, prompts: Sequence[str], partials: Sequence[Sequence[str]]) -> np.ndarray:
+        """``(n,)`` scores: ``p(step correct | prompt, previous steps)`` of each last step.
+
+        Called once per SMC step for all live particles (batched).
+        """
+        ...
+
+
+def check_rewards(r, n: int, who: str = "reward model") -> np.ndarray:
+    """Validate ``n`` rewards: finite numbers in ``[0, 1]`` (``ValueError`` otherwise)."""
+    arr = np.asarray(r, dtype=np.float64)
+    if arr.shape != (n,):
+        raise ValueError(
+            f"{who} must return {n} scores (one per partial answer), got shape {arr.shape}"
+        )
+    if np.any(np.isnan(arr)):
+        raise ValueError(
+            f"{who} returned NaN scores at indices {np.flatnonzero(np.isnan(arr)).tolist()}"
+        )
+    bad = (arr < 0) | (arr > 1)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"{who} scores must lie in [0, 1], got {arr[i]!r} at index {i}")
+    return arr
+
+
+@dataclass
+class Usage:
+    """Compute used by an algorithm (one run or a sum of runs).
+
+    Attributes
+    ----------
+    tokens_generated
+        Tokens sampled from the language model.
+    tokens_encoded
+        Context tokens encoded by the language model (prefill).
+    lm_calls
+        Batched calls to the language model.
+    reward_calls
+        Batched calls to the reward model.
+    rewards_scored
+        Partial answers scored.
+    steps_truncated
+        Steps cut at ``max_tokens_per_step`` without a step end.
+    """
+
+    tokens_generated: int = 0
+    tokens_encoded: int = 0
+    lm_calls: int = 0
+    reward_calls: int = 0
+    rewards_scored: int = 0
+    steps_truncated: int = 0
+    _extra: dict = field(default_factory=dict, repr=False)
+
+    def add(self, other: Usage) -> Usage:
+        """In-place sum with ``other``; returns ``self``."""
+        for f in fields(self):
+            if not f.name.startswith("_"):
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}

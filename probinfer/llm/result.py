@@ -1,0 +1,165 @@
+"""The result of every LLM inference algorithm: particles, weights, answers and usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from probinfer.distributions.answer import AnswerDistribution
+from probinfer.llm.protocols import Usage
+from probinfer.llm.store import Trajectories
+from probinfer.particles import Particles
+
+__all__ = ["SELECT", "LLMResult", "select_answer"]
+
+SELECT = ("mass", "argmax")
+
+
+def select_answer(dist: AnswerDistribution, answers, log_weights, select: str) -> str | None:
+    """The selected final answer.
+
+    ``"mass"``: the answer with the highest posterior mass (``None`` — unfinished — only
+    when nothing else has mass); ``"argmax"``: the answer of the highest-weight particle.
+    """
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+    if select == "argmax":
+        return answers[int(np.argmax(np.asarray(log_weights)))]
+    probs = dict(dist.as_dict())
+    ranked = [a for a in dist.answers if a is not None and probs[a] > 0]
+    return ranked[0] if ranked else dist.mode
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    """What an LLM inference algorithm returns.
+
+    Attributes
+    ----------
+    algorithm
+        Its name (``"particle_filter"``, ``"best_of_n"``, ...).
+    prompt
+        The prompt.
+    particles
+        :class:`~probinfer.Particles` whose values are a
+        :class:`~probinfer.llm.store.Trajectories` store, with the final log weights.
+    answers
+        The extracted answer of each particle (``None`` when unfinished).
+    answer_distribution
+        :class:`~probinfer.distributions.AnswerDistribution`, the posterior over final
+        answers (weights summed over particles with the same answer).
+    selected
+        The chosen final answer.
+    budget
+        Full-rollout equivalents granted.
+    usage
+        :class:`~probinfer.llm.Usage` (tokens generated/encoded, LM and reward calls).
+    ess, resampled
+        Per-step ESS after reweighting and resampling flags (empty for baselines).
+    log_evidence
+        Estimate of ``log Z`` (particle filter; ``None`` elsewhere).
+    wall_time
+        Seconds.
+    info
+        Algorithm-specific extras (reference trajectories, swap acceptance, ...).
+    """
+
+    algorithm: str
+    prompt: str
+    particles: Particles
+    answers: tuple[str | None, ...]
+    answer_distribution: AnswerDistribution
+    selected: str | None
+    budget: int
+    usage: Usage
+    ess: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    resampled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    log_evidence: float | None = None
+    wall_time: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trajectories(self) -> Trajectories:
+        return self.particles.values
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Normalised particle weights (float64)."""
+        lw = np.asarray(self.particles.log_weights, dtype=np.float64)
+        w = np.exp(lw - np.max(lw))
+        return w / w.sum()
+
+    @property
+    def texts(self) -> list[str]:
+        """The generated text of each particle."""
+        return self.trajectories.texts()
+
+    def to_arviz(self, key=None, *, scheme: str = "systematic"):
+        """One chain of equally weighted particles (number of steps, finished flag, last
+        score, answer index into ``answer_distribution.answers``), ESS history in
+        ``smc_steps``, log evidence, selected answer and usage in the attributes."""
+        from probinfer.inference_data import to_inference_data
+
+        dist = self.answer_distribution
+        idx = np.array([dist.index(a) for a in self.answers], dtype=np.int32)
+        values = dict(self.trajectories.to_dict(), answer_index=idx)
+        attrs = {
+            "algorithm": self.algorithm,
+            "prompt": self.prompt,
+            "budget": self.budget,
+            "selected": "" if self.selected is None else self.selected,
+            "answers": [("" if a is None else a) for a in dist.answers],
+        }
+        attrs.update({f"usage_{k}": v for k, v in self.usage.as_dict().items()})
+        steps = None
+        if len(self.ess):
+            steps = {"ess": self.ess, "resampled": self.resampled}
+        return to_inference_data(
+            [Particles(values, self.particles.log_weights)],
+            key=key,
+            scheme=scheme,
+            step_stats=steps,
+            log_evidence=self.log_evidence,
+            attrs=attrs,
+        )
+
+
+def build_result(
+    algorithm,
+    model,
+    prompt,
+    store,
+    log_weights,
+    budget,
+    usage,
+    start,
+    *,
+    select="mass",
+    ess=None,
+    resampled=None,
+    log_evidence=None,
+    info=None,
+):
+    """Assemble an :class:`LLMResult` from a final store and its log weights."""
+    import time
+
+    lw = np.asarray(log_weights, dtype=np.float64)
+    answers = model.answers(store)
+    dist = AnswerDistribution(answers, log_weights=lw)
+    return LLMResult(
+        algorithm=algorithm,
+        prompt=prompt,
+        particles=Particles(store, lw),
+        answers=tuple(answers),
+        answer_distribution=dist,
+        selected=select_answer(dist, answers, lw, select),
+        budget=budget,
+        usage=usage,
+        ess=np.zeros(0) if ess is None else np.asarray(ess),
+        resampled=np.zeros(0, dtype=bool) if resampled is None else np.asarray(resampled),
+        log_evidence=log_evidence,
+        wall_time=time.perf_counter() - start,
+        info=info or {},
+    )

@@ -1,0 +1,271 @@
+r"""LLM generation as a state-space model, in Feynman-Kac form.
+
+State ``x_t`` is the partial answer after ``t`` reasoning steps; the transition is the
+language model proposing the next step; the observation ``o_t in {0, 1}`` has
+``p(o_t = 1 | c, x_{<=t}) = r_t``, a process reward model's (aggregated) score (Puri et al.
+2025). With potential function ``phi`` (``log r`` or ``logit r``) and temperature ``tau``,
+the log potential of step ``t`` is ``phi(r_t) / tau`` and the particle filter targets
+
+.. math::
+
+    \pi(x) \propto p_{LM}(x \mid c) \prod_{t=1}^{|x|} \exp(\phi(r_t(x)) / \tau),
+
+over complete answers ``x`` (``|x|`` steps, the last one containing the stop string) and
+answers truncated at ``max_steps``. Finished particles are *absorbing*: the transition
+leaves them unchanged and their log potential is 0, i.e. no observation is made after an
+answer ends; they stay in the population with their weight and compete with unfinished
+ones at every resampling. With ``telescoping=True`` the log potential is
+``(phi(r_t) - phi(r_{t-1})) / tau`` instead, so the final target is
+``p_LM(x) exp(phi(r_{|x|}) / tau)`` (only the final aggregated score counts; the
+intermediate scores act as look-ahead twisting).
+
+Aggregation of per-step scores into ``r_t``: ``"last"`` (score of step ``t``), ``"min"``,
+``"product"``, or ``"model"`` (the reward model scores the whole partial answer as one
+step, which scaled best in the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from probinfer.llm.protocols import (
+    LanguageModel,
+    RewardModel,
+    StepFormat,
+    Usage,
+    check_rewards,
+)
+from probinfer.llm.store import Trajectories
+from probinfer.llm.task import regex_extractor
+from probinfer.smc.feynman_kac import FeynmanKac
+
+__all__ = ["AGGREGATIONS", "POTENTIALS", "LLMStateSpaceModel", "check_budget", "check_prompt"]
+
+POTENTIALS = ("logit", "log")
+AGGREGATIONS = ("model", "last", "min", "product")
+_CLIP = 1e-6
+
+
+def check_prompt(prompt) -> str:
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt must be a non-empty string")
+    return prompt
+
+
+def check_budget(budget) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
+        raise ValueError(
+            f"budget must be an integer >= 1 (full-rollout equivalents), got {budget!r}"
+        )
+    return int(budget)
+
+
+def _positive(name, v, allow_zero=False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}") from None
+    if not np.isfinite(f) or f < 0 or (f == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    return f
+
+
+def _positive_int(name, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True, eq=False)
+class LLMStateSpaceModel:
+    """The language model, the reward model and every setting of the state-space model.
+
+    Parameters
+    ----------
+    lm
+        A :class:`~probinfer.llm.LanguageModel`.
+    reward
+        A :class:`~probinfer.llm.RewardModel`, or ``None`` (then every potential is 1:
+        only unweighted algorithms such as self-consistency make sense).
+    step_format
+        Step delimiter and stop condition.
+    max_steps
+        Guard: at most this many steps per answer (the number of SMC steps ``T``).
+    max_tokens_per_step
+        Guard: a step ends after this many tokens even without a delimiter.
+    sampling_temperature
+        Temperature of the language model's sampling (0 = greedy).
+    potential
+        ``"logit"`` (odds ``r / (1 - r)``, the paper's choice) or ``"log"`` (``r``).
+    reward_temperature
+        ``tau``: log potentials are divided by it (larger = flatter weights).
+    aggregation
+        ``"model"``, ``"last"``, ``"min"`` or ``"product"`` (see the module docstring).
+    telescoping
+        Use ratio potentials so that only the final aggregated score is targeted.
+    answer_extractor
+        ``text -> str | None``, the final answer of a generated text (default: the number
+        before ``"|"``). Unfinished answers get ``None``.
+    """
+
+    lm: LanguageModel
+    reward: RewardModel | None = None
+    step_format: StepFormat = StepFormat()
+    max_steps: int = 16
+    max_tokens_per_step: int = 32
+    sampling_temperature: float = 1.0
+    potential: str = "logit"
+    reward_temperature: float = 1.0
+    aggregation: str = "model"
+    telescoping: bool = False
+    answer_extractor: Callable[[str], str | None] | None = None
+
+    def __post_init__(self):
+        if not callable(getattr(self.lm, "propose", None)):
+            raise TypeError("lm must implement LanguageModel.propose(...)")
+        if self.reward is not None and not callable(getattr(self.reward, "score", None)):
+            raise TypeError("reward must implement RewardModel.score(...) or be None")
+        if not isinstance(self.step_format, StepFormat):
+            raise TypeError("step_format must be a StepFormat")
+        _positive_int("max_steps", self.max_steps)
+        _positive_int("max_tokens_per_step", self.max_tokens_per_step)
+        _positive("sampling_temperature", self.sampling_temperature, allow_zero=True)
+        _positive("reward_temperature", self.reward_temperature)
+        if self.potential not in POTENTIALS:
+            raise ValueError(f"potential must be one of {POTENTIALS}, got {self.potential!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.answer_extractor is not None and not callable(self.answer_extractor):
+            raise TypeError("answer_extractor must be callable or None")
+        if self.answer_extractor is None:
+            object.__setattr__(self, "answer_extractor", regex_extractor())
+
+    # ------------------------------------------------------------------ moves
+    def extend(self, key, store: Trajectories, usage: Usage, which=None) -> Trajectories:
+        """Propose the next step of every unfinished particle (one batched LM call) and
+        score it (one batched reward call). Finished particles are left unchanged."""
+        live = store.live if which is None else np.asarray(which, dtype=int)
+        live = np.array([i for i in live if not store.finished[i]], dtype=int)
+        if live.size == 0:
+            return store
+        prompts = [store.prompt] * live.size
+        partials = ["".join(store.steps[i]) for i in live]
+        prop = self.lm.propose(
+            key,
+            prompts,
+            partials,
+            self.step_format.step_end,
+            max_new_tokens=self.max_tokens_per_step,
+            temperature=self.sampling_temperature,
+        )
+        if len(prop.steps) != live.size:
+            raise ValueError(f"lm returned {len(prop.steps)} steps for {live.size} contexts")
+        usage.lm_calls += 1
+        usage.tokens_generated += int(prop.tokens_generated)
+        usage.tokens_encoded += int(prop.tokens_encoded)
+        usage.steps_truncated += int(sum(prop.truncated))
+        for j, s in enumerate(prop.steps):
+            if not isinstance(s, str) or s == "":
+                raise ValueError(
+                    f"lm returned an empty step for particle {int(live[j])} (context "
+                    f"{(store.prompt + partials[j])!r}); a step must contain at least one character"
+                )
+        new_steps = [store.steps[i] + (s,) for i, s in zip(live, prop.steps)]
+        finished = [self.step_format.is_final(s) for s in prop.steps]
+        scores = self._score(store.prompt, new_steps, usage)
+        new_scores = [store.scores[i] + (float(r),) for i, r in zip(live, scores)]
+        return store.replace(live, new_steps, finished, new_scores)
+
+    def _score(self, prompt: str, partials, usage: Usage) -> np.ndarray:
+        n = len(partials)
+        if self.reward is None:
+            return np.full(n, np.nan)
+        queries = [("".join(p),) for p in partials] if self.aggregation == "model" else partials
+        r = check_rewards(self.reward.score([prompt] * n, queries), n)
+        usage.reward_calls += 1
+        usage.rewards_scored += n
+        return r
+
+    # ------------------------------------------------------------------ potentials
+    def aggregate(self, scores: tuple[float, ...]) -> float:
+        """The aggregated score ``r_t`` of one particle from its per-step scores."""
+        if not scores:
+            return 1.0
+        if self.aggregation in ("model", "last"):
+            return scores[-1]
+        if self.aggregation == "min":
+            return min(scores)
+        return float(np.prod(scores))
+
+    def phi(self, r) -> np.ndarray:
+        """The log potential of an aggregated score (before the temperature)."""
+        r = np.asarray(r, dtype=np.float64)
+        with np.errstate(divide="ignore"):
+            if self.potential == "log":
+                return np.log(r)
+            rc = np.clip(r, _CLIP, 1 - _CLIP)
+            return np.log(rc) - np.log1p(-rc)
+
+    def step_log_potential(self, store: Trajectories, t: int) -> np.ndarray:
+        """``log G_t`` of each particle: nonzero only for particles whose step ``t`` exists
+        (``t = 1..``; finished particles are absorbing and get 0 afterwards)."""
+        if self.reward is None:
+            return np.zeros(len(store))
+        out = np.zeros(len(store))
+        for i, sc in enumerate(store.scores):
+            if len(sc) >= t:
+                cur = self.phi(self.aggregate(sc[:t]))
+                if self.telescoping and t > 1:
+                    cur = cur - self.phi(self.aggregate(sc[: t - 1]))
+                out[i] = cur / self.reward_temperature
+        return out
+
+    def total_log_potential(self, store: Trajectories) -> np.ndarray:
+        """``sum_t log G_t`` of each complete trajectory (the reward part of its target)."""
+        return sum(
+            (self.step_log_potential(store, t) for t in range(1, self.max_steps + 1)),
+            np.zeros(len(store)),
+        )
+
+    # ------------------------------------------------------------------ Feynman-Kac
+    def feynman_kac(self, prompt: str, usage: Usage) -> FeynmanKac:
+        """The Feynman-Kac model for the SMC driver's eager path (``run_smc(jit=False)``).
+
+        ``M0`` proposes the first step of every particle, ``M`` extends every unfinished
+        particle by one step, ``logG`` reads the scores attached by the moves. ``usage`` is
+        updated in place.
+        """
+        check_prompt(prompt)
+
+        def M0(key, n, data):
+            return self.extend(key, Trajectories.empty(prompt, n), usage)
+
+        def M(key, t, values, data):
+            return self.extend(key, values, usage)
+
+        def logG(t, prev, values, data):
+            return jnp.asarray(self.step_log_potential(values, t + 1))
+
+        return FeynmanKac(M0, M, logG, num_steps=self.max_steps)
+
+    def answers(self, store: Trajectories) -> list[str | None]:
+        """The extracted final answer of each particle (``None`` if unfinished)."""
+        out = []
+        for text, fin in zip(store.texts(), store.finished):
+            a = self.answer_extractor(text) if fin else None
+            if a is not None and not isinstance(a, str):
+                raise TypeError(f"answer_extractor must return str or None, got {type(a).__name__}")
+            out.append(a)
+        return out
+
+
+def key_to_seed(key) -> int:
+    """A 31-bit integer seed drawn from a ``jax.random`` key (for torch/numpy generators)."""
+    return int(jax.random.randint(key, (), 0, 2**31 - 1))

@@ -1,0 +1,238 @@
+"""Train the bundled offline default models of ``probinfer.llm`` (CPU, minutes).
+
+Two stages, written to ``probinfer/llm/assets/`` as safetensors + JSON:
+
+* ``lm``  — a tiny GPT-2 (transformers ``GPT2LMHeadModel``, character tokenizer) trained on
+  the multi-step arithmetic task with solutions in which each operation is wrong with
+  probability ``--error-rate`` (errors propagate). The model learns that noise, so its
+  single-sample accuracy is well below 100% on purpose: inference-time scaling has
+  something to fix.
+* ``prm`` — a tiny GPT-2 sequence classifier (``GPT2ForSequenceClassification``, one
+  logit) trained on *the LM's own samples* labelled by the programmatic verifier (label of
+  a prefix = every step so far correct). Small and briefly trained, so it is imperfect.
+
+Command (about 12 minutes on one CPU thread)::
+
+    .venv/bin/python scripts/train_llm_default.py --stage all
+
+Run in the background with ``nohup ... > train_llm.log 2>&1 &``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probinfer.llm.task import ArithmeticTask, CharTokenizer
+
+ASSETS = Path(__file__).resolve().parents[1] / "probinfer" / "llm" / "assets"
+
+
+def _gpt2(vocab_size: int, n_embd: int, n_layer: int, n_head: int, n_positions: int, **kw):
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_positions=n_positions,
+        n_inner=2 * n_embd,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+        **kw,
+    )
+
+
+def _batch(tok, texts, prompt_lens, device="cpu"):
+    """Right-padded ids, attention mask and labels masking prompt and padding."""
+    ids = [tok.encode(t) for t in texts]
+    L = max(map(len, ids))
+    x = torch.zeros(len(ids), L, dtype=torch.long)
+    m = torch.zeros(len(ids), L, dtype=torch.long)
+    y = torch.full((len(ids), L), -100, dtype=torch.long)
+    for i, (row, p) in enumerate(zip(ids, prompt_lens)):
+        x[i, : len(row)] = torch.tensor(row)
+        m[i, : len(row)] = 1
+        y[i, p : len(row)] = x[i, p : len(row)]
+    return x, m, y
+
+
+def _lr(step, total, base, warmup=200):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+
+
+def train_lm(args) -> None:
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    task = ArithmeticTask()
+    tok = CharTokenizer()
+    cfg = _gpt2(tok.vocab_size, 64, 3, 4, 48)
+    model = GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    start, step, ema = time.time(), 0, None
+    while step < args.lm_steps and time.time() - start < 60 * args.lm_minutes:
+        probs = [task.sample(rng) for _ in range(args.batch_size)]
+        texts = [p.prompt + task.noisy_solution(p, rng, args.error_rate) for p in probs]
+        x, m, y = _batch(tok, texts, [len(p.prompt) for p in probs])
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.lm_steps, args.lr)
+        loss = model(input_ids=x, attention_mask=m, labels=y).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        step += 1
+        if step % 200 == 0:
+            print(f"lm step {step} loss {ema:.4f} ({time.time() - start:.0f}s)", flush=True)
+    out = ASSETS / "lm"
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "char_tokenizer.json").write_text(json.dumps(tok.to_dict()))
+    meta = {
+        "error_rate": args.error_rate,
+        "steps": step,
+        "seconds": round(time.time() - start),
+        "final_loss": ema,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+    }
+    (out / "training.json").write_text(json.dumps(meta, indent=1))
+    print("saved", out, meta, flush=True)
+
+
+def train_prm(args) -> None:
+    import jax
+    from probinfer.llm.hf import HFCausalLM
+    from transformers import GPT2ForSequenceClassification
+
+    from probinfer.llm.task import DELIMITER, STOP
+
+    torch.manual_seed(args.seed + 1)
+    rng = np.random.default_rng(args.seed + 1)
+    task = ArithmeticTask()
+    lm = HFCausalLM.from_pretrained(ASSETS / "lm")
+    # the LM's own samples, step by step, labelled by the verifier
+    examples: list[tuple[str, float]] = []
+    start = time.time()
+    key = jax.random.key(args.seed)
+    problems = task.problems(args.prm_problems, seed=args.seed + 1000)
+    for b in range(0, len(problems), 128):
+        chunk = problems[b : b + 128]
+        prompts = [p.prompt for p in chunk for _ in range(args.prm_samples)]
+        texts = [""] * len(prompts)
+        steps = [[] for _ in prompts]
+        for _ in range(9):
+            live = [i for i, t in enumerate(texts) if not t.endswith(STOP) and len(steps[i]) < 9]
+            if not live:
+                break
+            key, sub = jax.random.split(key)
+            out = lm.propose(
+                sub,
+                [prompts[i] for i in live],
+                [texts[i] for i in live],
+                (DELIMITER, STOP),
+                max_new_tokens=5,
+            )
+            for i, s in zip(live, out.steps):
+                texts[i] += s
+                steps[i].append(s)
+        for pr, st in zip(prompts, steps):
+            labels = task.step_correct(pr, st)
+            for j in range(len(st)):
+                examples.append((pr + "".join(st[: j + 1]), float(labels[j])))
+    acc_final = np.mean([task.step_correct(p, s)[-1] for p, s in zip(prompts, steps)])
+    pos = np.mean([e[1] for e in examples])
+    print(
+        f"prm data: {len(examples)} prefixes, {pos:.2f} positive, last-chunk sample accuracy "
+        f"{acc_final:.3f} ({time.time() - start:.0f}s)",
+        flush=True,
+    )
+
+    tok = CharTokenizer()
+    cfg = _gpt2(tok.vocab_size, 48, 2, 4, 48, num_labels=1)
+    model = GPT2ForSequenceClassification(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    n_val = len(examples) // 10
+    perm = rng.permutation(len(examples))
+    val = [examples[i] for i in perm[:n_val]]
+    train = [examples[i] for i in perm[n_val:]]
+    start, step, ema = time.time(), 0, None
+    while step < args.prm_steps and time.time() - start < 60 * args.prm_minutes:
+        idx = rng.integers(0, len(train), size=args.batch_size)
+        texts = [train[i][0] for i in idx]
+        x, m, _ = _batch(tok, texts, [0] * len(texts))
+        target = torch.tensor([train[i][1] for i in idx])
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.prm_steps, args.lr)
+        logit = model(input_ids=x, attention_mask=m).logits[:, 0]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        step += 1
+        if step % 200 == 0:
+            print(f"prm step {step} loss {ema:.4f} ({time.time() - start:.0f}s)", flush=True)
+    model.eval()
+    with torch.no_grad():
+        x, m, _ = _batch(tok, [v[0] for v in val], [0] * len(val))
+        p = torch.sigmoid(model(input_ids=x, attention_mask=m).logits[:, 0]).numpy()
+    yv = np.array([v[1] for v in val])
+    val_acc = float(np.mean((p > 0.5) == (yv > 0.5)))
+    print(f"prm validation accuracy {val_acc:.3f} on {len(val)} prefixes", flush=True)
+    out = ASSETS / "prm"
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "char_tokenizer.json").write_text(json.dumps(tok.to_dict()))
+    meta = {
+        "steps": step,
+        "seconds": round(time.time() - start),
+        "final_loss": ema,
+        "validation_accuracy": val_acc,
+        "num_prefixes": len(examples),
+        "positive_fraction": float(pos),
+        "seed": args.seed,
+    }
+    (out / "training.json").write_text(json.dumps(meta, indent=1))
+    print("saved", out, meta, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", choices=["lm", "prm", "all"], default="all")
+    ap.add_argument("--error-rate", type=float, default=0.2)
+    ap.add_argument("--lm-steps", type=int, default=6000)
+    ap.add_argument("--lm-minutes", type=float, default=8.0)
+    ap.add_argument("--prm-problems", type=int, default=1500)
+    ap.add_argument("--prm-samples", type=int, default=4)
+    ap.add_argument("--prm-steps", type=int, default=3000)
+    ap.add_argument("--prm-minutes", type=float, default=4.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.stage in ("lm", "all"):
+        train_lm(args)
+    if args.stage in ("prm", "all"):
+        train_prm(args)
+
+
+if __name__ == "__main__":
+    main()

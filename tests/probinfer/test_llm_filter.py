@@ -1,0 +1,252 @@
+"""The LLM state-space model on an enumerable toy model: exactness of the particle filter,
+particle Gibbs and parallel tempering against the enumerated posterior, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from probinfer.llm import (
+    LLMStateSpaceModel,
+    StepFormat,
+    StepProposal,
+    beam_search,
+    best_of_n,
+    parallel_tempering,
+    particle_filter,
+    particle_gibbs,
+    self_consistency,
+    swap_log_acceptance,
+    weighted_majority,
+)
+from probinfer.llm.gibbs import conditional_smc
+from probinfer.llm.protocols import Usage
+from probinfer.llm.toy import FunctionReward, TabularLM, exact_posterior
+
+TABLE = {
+    None: {"a;": 0.4, "b;": 0.3, "a|": 0.2, "b|": 0.1},
+    "a;": {"a;": 0.3, "b;": 0.3, "a|": 0.2, "b|": 0.2},
+    "b;": {"a;": 0.2, "b;": 0.2, "a|": 0.3, "b|": 0.3},
+}
+
+
+def _reward(prompt, steps):
+    text = "".join(steps)
+    return min(0.95, 0.15 + 0.25 * text.count("a"))
+
+
+def _model(**kw):
+    kw.setdefault("max_steps", 4)
+    return LLMStateSpaceModel(
+        TabularLM(TABLE),
+        FunctionReward(_reward),
+        StepFormat(";", "|"),
+        answer_extractor=lambda text: str(text.count("a")),
+        **kw,
+    )
+
+
+def _probs(dist, support):
+    d = dist.as_dict()
+    return np.array([d.get(a, 0.0) for a in support])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"potential": "log", "aggregation": "min"},
+        {"aggregation": "product", "telescoping": True},
+    ],
+)
+def test_particle_filter_answer_posterior_matches_enumeration(kw):
+    model = _model(**kw)
+    exact, _ = exact_posterior(model, "q")
+    support = list(exact.answers)
+    p = _probs(exact, support)
+    runs = 24
+    est = np.stack(
+        [
+            _probs(particle_filter(k, model, "q", 200).answer_distribution, support)
+            for k in jax.random.split(jax.random.key(0), runs)
+        ]
+    )
+    mean, se = est.mean(0), est.std(0, ddof=1) / np.sqrt(runs)
+    # bias of the self-normalised estimate is O(1/N) = 0.005, well inside 5 standard errors
+    assert np.all(np.abs(mean - p) <= 5 * se + 1.0 / 200), (mean, p, se)
+
+
+def test_particle_filter_total_variation_shrinks_with_n():
+    model = _model()
+    exact, _ = exact_posterior(model, "q")
+    tv = {}
+    for n in (16, 512):
+        keys = jax.random.split(jax.random.key(n), 8)
+        tv[n] = np.mean(
+            [
+                particle_filter(k, model, "q", n).answer_distribution.total_variation(exact)
+                for k in keys
+            ]
+        )
+    # TV ~ c / sqrt(N): 32x more particles should give well under half the distance
+    assert tv[512] < 0.5 * tv[16], tv
+    assert tv[512] < 0.08, tv
+
+
+@pytest.mark.parametrize("ess_threshold", [1.0, 0.5])
+def test_particle_filter_evidence_is_unbiased(ess_threshold):
+    model = _model()
+    _, log_z = exact_posterior(model, "q")
+    runs = 150
+    z = np.array(
+        [
+            np.exp(particle_filter(k, model, "q", 8, ess_threshold=ess_threshold).log_evidence)
+            for k in jax.random.split(jax.random.key(1), runs)
+        ]
+    )
+    se = z.std(ddof=1) / np.sqrt(runs)
+    assert abs(z.mean() - np.exp(log_z)) < 5 * se, (z.mean(), np.exp(log_z), se)
+
+
+def test_single_sample_is_importance_weighted_lm_sample():
+    model = _model()
+    _, log_z = exact_posterior(model, "q")
+    z = np.array(
+        [
+            np.exp(particle_filter(k, model, "q", 1).log_evidence)
+            for k in jax.random.split(jax.random.key(2), 400)
+        ]
+    )
+    se = z.std(ddof=1) / np.sqrt(len(z))
+    assert abs(z.mean() - np.exp(log_z)) < 5 * se
+
+
+def test_finished_particles_are_absorbing_and_usage_is_counted():
+    model = _model(max_steps=6)
+    res = particle_filter(jax.random.key(3), model, "q", 64)
+    store = res.trajectories
+    for steps, fin in zip(store.steps, store.finished):
+        ends = [i for i, s in enumerate(steps) if s.endswith("|")]
+        assert ends == ([len(steps) - 1] if fin else [])  # nothing after the stop
+    assert res.usage.lm_calls >= 1 and res.usage.reward_calls == res.usage.lm_calls
+    assert res.usage.tokens_generated == res.usage.rewards_scored
+    assert res.ess.shape == (6,)
+    assert res.selected in res.answer_distribution.answers
+    again = particle_filter(jax.random.key(3), model, "q", 64)
+    assert again.texts == res.texts  # same key, same result
+
+
+def test_particle_gibbs_keeps_reference_and_targets_posterior():
+    model = _model()
+    usage = Usage()
+    store, lw, ref = conditional_smc(jax.random.key(4), model, "q", 4, None, usage)
+    for k in jax.random.split(jax.random.key(5), 20):
+        store, lw, new = conditional_smc(k, model, "q", 4, ref, usage)
+        assert store.steps[0] == ref.steps[0] and store.scores[0] == ref.scores[0]
+        ref = new
+    exact, _ = exact_posterior(model, "q")
+    res = particle_gibbs(jax.random.key(6), model, "q", 4 * 300, num_particles=4)
+    chain = res.info["reference_answers"]
+    support = list(exact.answers)
+    freq = np.array([np.mean([a == s for a in chain]) for s in support])
+    p = _probs(exact, support)
+    # autocorrelated chain: 5 standard errors with an effective size of len/4
+    se = np.sqrt(p * (1 - p) / (len(chain) / 4))
+    assert np.all(np.abs(freq - p) < 5 * se + 1e-3), (freq, p)
+    pooled = _probs(res.answer_distribution, support)
+    assert np.all(np.abs(pooled - p) < 5 * se + 1e-3), (pooled, p)
+
+
+def test_swap_acceptance_rule():
+    assert swap_log_acceptance(1.0, 0.5, -3.0, -1.0) == 0.0  # better state to the cold chain
+    assert swap_log_acceptance(1.0, 0.5, -1.0, -3.0) == pytest.approx(-1.0)
+    assert swap_log_acceptance(1.0, 1.0, -1.0, -9.0) == 0.0
+    assert swap_log_acceptance(1.0, 0.5, 0.0, -np.inf) == -np.inf
+
+
+def test_parallel_tempering_cold_chain_targets_posterior():
+    model = _model()
+    exact, _ = exact_posterior(model, "q")
+    res = parallel_tempering(jax.random.key(7), model, "q", 2 * 4 * 200, betas=(1.0, 0.3))
+    acc = res.info["swap_acceptance"]
+    assert 0.0 < acc[0] < 1.0
+    chain = res.info["reference_answers"]
+    support = list(exact.answers)
+    freq = np.array([np.mean([a == s for a in chain]) for s in support])
+    p = _probs(exact, support)
+    se = np.sqrt(p * (1 - p) / (len(chain) / 4))
+    assert np.all(np.abs(freq - p) < 5 * se + 1e-3), (freq, p)
+
+
+def test_baselines_run_with_budget_semantics():
+    model = _model()
+    key = jax.random.key(8)
+    bon = best_of_n(key, model, "q", 8)
+    assert len(bon.trajectories) == 8 and np.isclose(bon.weights.max(), 1.0)
+    assert bon.selected == bon.answers[int(np.argmax(bon.info["scores"]))]
+    sc = self_consistency(key, model, "q", 8)
+    assert sc.usage.reward_calls == 0 and sc.selected == sc.answer_distribution.mode
+    wm = weighted_majority(key, model, "q", 8)
+    assert np.allclose(wm.weights, wm.info["scores"] / wm.info["scores"].sum())
+    bs = beam_search(key, model, "q", 8)
+    assert bs.info["width"] == 2 and bs.selected is not None
+
+
+class _EmptyLM:
+    def propose(self, key, prompts, partials, step_end, *, max_new_tokens, temperature=1.0):
+        return StepProposal([""] * len(prompts), [False] * len(prompts))
+
+
+class _NeverEndsLM:
+    """Never produces a delimiter: each step is max_new_tokens characters, truncated."""
+
+    def propose(self, key, prompts, partials, step_end, *, max_new_tokens, temperature=1.0):
+        s = "x" * max_new_tokens
+        assert step_end(s) is None
+        return StepProposal([s] * len(prompts), [True] * len(prompts), len(prompts) * len(s))
+
+
+def test_bad_input():
+    model = _model()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="prompt"):
+        particle_filter(key, model, "  ", 4)
+    with pytest.raises(ValueError, match="budget"):
+        particle_filter(key, model, "q", 0)
+    with pytest.raises(ValueError, match="budget"):
+        beam_search(key, model, "q", 0)
+    bad = dataclasses.replace(model, reward=FunctionReward(lambda p, s: 1.5))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        particle_filter(key, bad, "q", 4)
+    nan = dataclasses.replace(model, reward=FunctionReward(lambda p, s: float("nan")))
+    with pytest.raises(ValueError, match="NaN"):
+        particle_filter(key, nan, "q", 4)
+    with pytest.raises(ValueError, match="empty step"):
+        particle_filter(key, dataclasses.replace(model, lm=_EmptyLM()), "q", 4)
+    with pytest.raises(ValueError, match="potential"):
+        _model(potential="odds")
+    with pytest.raises(ValueError, match="aggregation"):
+        _model(aggregation="mean")
+    with pytest.raises(ValueError, match="max_steps"):
+        _model(max_steps=0)
+
+
+def test_delimiter_never_produced_is_guarded():
+    model = LLMStateSpaceModel(
+        _NeverEndsLM(), FunctionReward(lambda p, s: 0.5), max_steps=3, max_tokens_per_step=5
+    )
+    res = particle_filter(jax.random.key(0), model, "q", 4)
+    assert all(len(s) == 3 for s in res.trajectories.steps)  # max-steps guard
+    assert res.usage.steps_truncated == 12  # max-tokens guard hit at every step
+    assert res.answers == (None,) * 4 and res.selected is None
+
+
+def test_to_arviz():
+    res = particle_filter(jax.random.key(9), _model(), "q", 16)
+    idata = res.to_arviz(jax.random.key(1))
+    post = idata["posterior"]
+    assert post["answer_index"].shape == (1, 16)
+    assert idata["posterior"].attrs["algorithm"] == "particle_filter"
