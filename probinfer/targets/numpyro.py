@@ -16,9 +16,12 @@ __all__ = ["NumPyroTarget", "from_numpyro"]
 def _sample_sites(tr):
     latent, observed = [], []
     for name, site in tr.items():
-        if site["type"] != "sample" or site.get("infer", {}).get("is_auxiliary"):
+        if site["type"] != "sample":
             continue
-        (observed if site["is_observed"] else latent).append(name)
+        if site["is_observed"]:  # data, and factor() terms (auxiliary observed sites)
+            observed.append(name)
+        elif not site.get("infer", {}).get("is_auxiliary"):
+            latent.append(name)
     return latent, observed
 
 

@@ -1,0 +1,170 @@
+"""Adaptive tempered SMC on conjugate models with exact posteriors and evidence."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from scipy.stats import multivariate_normal
+
+from probinfer.smc import tempered_smc, tempered_smc_loop
+from probinfer.targets import from_numpyro
+
+SIGMA, MU0, TAU0, N_OBS = 1.0, 0.0, 2.0, 20
+
+
+def normal_mean_model(y):
+    mu = numpyro.sample("mu", dist.Normal(MU0, TAU0))
+    with numpyro.plate("n", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, SIGMA), obs=y)
+
+
+@pytest.fixture(scope="module")
+def normal_mean():
+    y = np.random.default_rng(0).normal(1.5, SIGMA, N_OBS).astype(np.float32)
+    post_var = 1.0 / (1.0 / TAU0**2 + N_OBS / SIGMA**2)
+    post_mean = post_var * (MU0 / TAU0**2 + y.sum() / SIGMA**2)
+    cov = SIGMA**2 * np.eye(N_OBS) + TAU0**2 * np.ones((N_OBS, N_OBS))
+    log_z = multivariate_normal(np.full(N_OBS, MU0), cov).logpdf(y)
+    return from_numpyro(normal_mean_model, y), post_mean, post_var, log_z
+
+
+def _check_runs(log_z_hat, means, variances, exact_mean, exact_var, exact_log_z):
+    """Tolerances from the run-to-run spread (independent runs): 4 SE for moments and
+    3 SE for the (unbiased) evidence ratio."""
+    r = len(log_z_hat)
+    means, variances = np.asarray(means), np.asarray(variances)
+    se_m = means.std(axis=0, ddof=1) / np.sqrt(r)
+    assert np.all(np.abs(means.mean(0) - exact_mean) <= 4 * se_m + 1e-3), (means.mean(0), exact_mean)
+    se_v = variances.std(axis=0, ddof=1) / np.sqrt(r)
+    # the particle variance has an O(1/N) downward bias; allow it explicitly
+    assert np.all(np.abs(variances.mean(0) - exact_var) <= 4 * se_v + 2e-3 * exact_var)
+    ratio = np.exp(np.asarray(log_z_hat, np.float64) - exact_log_z)
+    se_r = ratio.std(ddof=1) / np.sqrt(r)
+    assert abs(ratio.mean() - 1.0) <= 3 * se_r + 1e-3, (ratio.mean(), se_r)
+    # log evidence within 3 MC standard errors (single-run sd / sqrt(runs)) of the exact one
+    lz = np.asarray(log_z_hat, np.float64)
+    assert abs(lz.mean() - exact_log_z) <= 3 * lz.std(ddof=1) / np.sqrt(r) + 0.01
+
+
+def test_normal_mean_rwmh_vmapped_runs(normal_mean):
+    target, m, v, log_z = normal_mean
+    keys = jax.random.split(jax.random.key(0), 24)
+    state, steps, hist = jax.vmap(lambda k: tempered_smc_loop(k, target, 500))(keys)
+    lz = np.nansum(np.asarray(hist.log_evidence_increment, np.float64), axis=1)
+    assert np.all(np.asarray(state.lam) == 1.0) and np.all(np.asarray(steps) >= 2)
+    mu = np.asarray(state.theta[..., 0])  # unconstrained = constrained for a Normal prior
+    _check_runs(lz, mu.mean(1)[:, None], mu.var(1)[:, None], m, v, log_z)
+
+
+def test_normal_mean_result_api_and_arviz(normal_mean):
+    target, m, v, log_z = normal_mean
+    res = tempered_smc(jax.random.key(1), target, 400, kernel="hmc", num_mcmc_steps=2)
+    assert res.temperatures[-1] == 1.0 and np.all(np.diff(res.temperatures) > 0)
+    assert res.log_evidence_increments.dtype == np.float64
+    assert np.isclose(res.log_evidence, res.log_evidence_increments.sum())
+    assert np.all((res.acceptance_rates > 0) & (res.acceptance_rates <= 1))
+    mu = np.asarray(res.samples["mu"])
+    assert abs(mu.mean() - m) < 5 * np.sqrt(v / 100)
+    idata = res.to_arviz()
+    assert idata.posterior["mu"].shape == (1, 400)
+    assert idata["smc_steps"]["temperature"].shape == (1, res.num_steps)
+    assert np.isclose(idata.attrs["log_evidence"], res.log_evidence)
+
+
+def regression_model(X, y):
+    beta = numpyro.sample("beta", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("n", X.shape[0]):
+        numpyro.sample("y", dist.Normal(X @ beta, 0.5), obs=y)
+
+
+def test_linear_regression_hmc_matches_conjugate_posterior():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -0.5, 0.25]) + 0.5 * rng.normal(size=40)).astype(np.float32)
+    prec = np.eye(3) + X.T.astype(np.float64) @ X / 0.25
+    cov = np.linalg.inv(prec)
+    mean = cov @ (X.T.astype(np.float64) @ y / 0.25)
+    log_z = multivariate_normal(np.zeros(40), 0.25 * np.eye(40) + X @ X.T).logpdf(y)
+    target = from_numpyro(regression_model, X, y)
+    keys = jax.random.split(jax.random.key(2), 16)
+    state, _, hist = jax.vmap(
+        lambda k: tempered_smc_loop(k, target, 400, kernel="hmc", num_mcmc_steps=3)
+    )(keys)
+    th = np.asarray(state.theta)
+    lz = np.nansum(np.asarray(hist.log_evidence_increment, np.float64), axis=1)
+    _check_runs(lz, th.mean(1), th.var(1), mean, np.diag(cov), log_z)
+
+
+def test_nuts_kernel_normal_mean(normal_mean):
+    target, m, v, log_z = normal_mean
+    res = tempered_smc(jax.random.key(3), target, 200, kernel="nuts", num_mcmc_steps=1,
+                       progress=False)
+    mu = np.asarray(res.samples["mu"])
+    # 200 equally weighted particles, correlated by resampling: generous 6 x iid SE
+    assert abs(mu.mean() - m) < 6 * np.sqrt(v / 200)
+    assert abs(res.log_evidence - log_z) < 0.5
+
+
+def test_bad_input(normal_mean):
+    target = normal_mean[0]
+    with pytest.raises(ValueError, match="num_particles"):
+        tempered_smc(jax.random.key(0), target, 1)
+    with pytest.raises(ValueError, match="kernel"):
+        tempered_smc(jax.random.key(0), target, 10, kernel="gibbs")
+    with pytest.raises(TypeError, match="target"):
+        tempered_smc(jax.random.key(0), lambda x: x, 10)
+
+    def no_obs():
+        numpyro.sample("mu", dist.Normal(0, 1))
+
+    with pytest.raises(ValueError, match="no observed site"):
+        from_numpyro(no_obs)
+    with pytest.raises(ValueError, match="NaN"):
+        from_numpyro(normal_mean_model, np.array([1.0, np.nan], np.float32))
+
+
+def nan_model(y, shift):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("n", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    # an observed factor whose log-likelihood is NaN wherever mu < shift
+    numpyro.factor("bad", jnp.where(mu < shift, jnp.nan, 0.0))
+
+
+def test_nan_log_likelihood_particles():
+    y = np.array([0.5, -0.3], np.float32)
+    with pytest.warns(RuntimeWarning, match="NaN or -inf log likelihood"):
+        res = tempered_smc(jax.random.key(0), from_numpyro(nan_model, y, 0.0), 200)
+    assert np.all(np.asarray(res.samples["mu"]) > 0) and np.isfinite(res.log_evidence)
+    with pytest.raises(ValueError, match="every initial particle"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tempered_smc(jax.random.key(0), from_numpyro(nan_model, y, 100.0), 50)
+
+
+def test_pyro_target_with_rwmh():
+    torch = pytest.importorskip("torch")
+    import pyro
+    import pyro.distributions as pdist
+
+    from probinfer.targets import from_pyro
+
+    y = np.random.default_rng(0).normal(1.5, SIGMA, N_OBS).astype(np.float32)
+
+    def pmodel(y):
+        mu = pyro.sample("mu", pdist.Normal(MU0, TAU0))
+        with pyro.plate("n", y.shape[0], dim=-1):
+            pyro.sample("y", pdist.Normal(mu, SIGMA), obs=y)
+
+    target = from_pyro(pmodel, torch.tensor(y))
+    res = tempered_smc(jax.random.key(0), target, 300, num_mcmc_steps=3, jit=False)
+    post_var = 1.0 / (1.0 / TAU0**2 + N_OBS / SIGMA**2)
+    post_mean = post_var * (MU0 / TAU0**2 + y.sum() / SIGMA**2)
+    assert abs(float(jnp.mean(res.samples["mu"])) - post_mean) < 6 * np.sqrt(post_var / 300)
+    with pytest.raises(ValueError, match="needs gradients"):
+        tempered_smc(jax.random.key(0), target, 10, kernel="hmc")
