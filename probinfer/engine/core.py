@@ -204,7 +204,9 @@ class LikelihoodEngine:
             probe = self._torch_numpy(np.zeros((1,) + tuple(theta.shape[1:]), theta.dtype))
             shape = jax.ShapeDtypeStruct((n,) + probe.shape[1:], theta.dtype)
             return jax.pure_callback(
-                lambda x: self._torch_numpy(x).astype(x.dtype), shape, theta,
+                lambda x: self._torch_numpy(x).astype(x.dtype),
+                shape,
+                theta,
                 vmap_method="expand_dims",
             )
         out = self._torch_eval(to_torch(jnp.asarray(theta)))

@@ -127,8 +127,10 @@ def check_threshold(ess_threshold, scheme) -> float:
     """Validate the ESS threshold (in ``[0, 1]``) and the resampling scheme."""
     try:
         thr = float(ess_threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"ess_threshold must be a number in [0, 1], got {ess_threshold!r}")
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"ess_threshold must be a number in [0, 1], got {ess_threshold!r}"
+        ) from err
     if not 0.0 <= thr <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
     if scheme not in SCHEMES:
@@ -139,7 +141,9 @@ def check_threshold(ess_threshold, scheme) -> float:
 def _clean_log_potential(log_g, n: int) -> tuple[Array, Array]:
     g = jnp.asarray(log_g)
     if g.shape != (n,):
-        raise ValueError(f"logG must return one log potential per particle, shape ({n},), got {g.shape}")
+        raise ValueError(
+            f"logG must return one log potential per particle, shape ({n},), got {g.shape}"
+        )
     if not jnp.issubdtype(g.dtype, jnp.floating):
         g = g.astype(jnp.float32)
     bad = jnp.isnan(g)
@@ -241,11 +245,19 @@ class SMCOutput(NamedTuple):
 
 @partial(
     jax.jit,
-    static_argnames=("fk_fns", "num_steps", "num_particles", "ess_threshold", "scheme",
-                     "summary", "keep_ancestors"),
+    static_argnames=(
+        "fk_fns",
+        "num_steps",
+        "num_particles",
+        "ess_threshold",
+        "scheme",
+        "summary",
+        "keep_ancestors",
+    ),
 )
-def _scan_jit(key, data, *, fk_fns, num_steps, num_particles, ess_threshold, scheme, summary,
-              keep_ancestors):
+def _scan_jit(
+    key, data, *, fk_fns, num_steps, num_particles, ess_threshold, scheme, summary, keep_ancestors
+):
     fk = FeynmanKac(*fk_fns, num_steps=num_steps, data=data)
     k0, k_rest = jax.random.split(key)
     particles, info0 = initial_step(k0, fk, num_particles)
@@ -272,8 +284,15 @@ def _scan_jit(key, data, *, fk_fns, num_steps, num_particles, ess_threshold, sch
 
     infos = cat(info0, infos)
     sums = None if summary is None else cat(s0, sums)
-    return SMCOutput(particles, infos.log_evidence_increment, infos.ess, infos.resampled,
-                     infos.ancestors, sums, infos.num_nan)
+    return SMCOutput(
+        particles,
+        infos.log_evidence_increment,
+        infos.ess,
+        infos.resampled,
+        infos.ancestors,
+        sums,
+        infos.num_nan,
+    )
 
 
 def smc_scan(
@@ -294,9 +313,15 @@ def smc_scan(
     same callables (and vary ``fk.data``) to avoid recompilation.
     """
     return _scan_jit(
-        key, fk.data, fk_fns=(fk.M0, fk.M, fk.logG), num_steps=int(fk.num_steps),
-        num_particles=int(num_particles), ess_threshold=float(ess_threshold), scheme=scheme,
-        summary=summary, keep_ancestors=bool(keep_ancestors),
+        key,
+        fk.data,
+        fk_fns=(fk.M0, fk.M, fk.logG),
+        num_steps=int(fk.num_steps),
+        num_particles=int(num_particles),
+        ess_threshold=float(ess_threshold),
+        scheme=scheme,
+        summary=summary,
+        keep_ancestors=bool(keep_ancestors),
     )
 
 
@@ -334,16 +359,26 @@ class SMCResult:
     summaries: Any
     wall_time: float
 
-    def to_arviz(self, key: Array | None = None, *, scheme: str = "systematic", var_name="x",
-                 attrs: dict | None = None):
+    def to_arviz(
+        self,
+        key: Array | None = None,
+        *,
+        scheme: str = "systematic",
+        var_name="x",
+        attrs: dict | None = None,
+    ):
         """One chain of equally weighted final particles; per-step history in ``smc_steps``."""
         from probinfer.inference_data import to_inference_data
 
         return to_inference_data(
-            [self.particles], key=key, scheme=scheme, var_name=var_name,
+            [self.particles],
+            key=key,
+            scheme=scheme,
+            var_name=var_name,
             log_evidence=self.log_evidence,
             step_stats={
-                "ess": self.ess, "resampled": self.resampled,
+                "ess": self.ess,
+                "resampled": self.resampled,
                 "log_evidence_increment": self.log_evidence_increments,
             },
             attrs=attrs,
@@ -412,17 +447,30 @@ def run_smc(
     if jit:
         if callback is not None:
             raise ValueError("callback is only supported on the eager path (jit=False)")
-        out = smc_scan(key, fk, num_particles, ess_threshold, scheme, summary=summary,
-                       keep_ancestors=keep_ancestors)
+        out = smc_scan(
+            key,
+            fk,
+            num_particles,
+            ess_threshold,
+            scheme,
+            summary=summary,
+            keep_ancestors=keep_ancestors,
+        )
         jax.block_until_ready(out)
         log_z, incs = _finish(out)
         return SMCResult(
-            out.particles, log_z, incs, np.asarray(out.ess), np.asarray(out.resampled),
-            None if out.ancestors is None else np.asarray(out.ancestors), out.summaries,
+            out.particles,
+            log_z,
+            incs,
+            np.asarray(out.ess),
+            np.asarray(out.resampled),
+            None if out.ancestors is None else np.asarray(out.ancestors),
+            out.summaries,
             time.perf_counter() - start,
         )
-    return _run_eager(key, fk, num_particles, ess_threshold, scheme, summary, keep_ancestors,
-                      callback, start)
+    return _run_eager(
+        key, fk, num_particles, ess_threshold, scheme, summary, keep_ancestors, callback, start
+    )
 
 
 def _run_eager(key, fk, n, ess_threshold, scheme, summary, keep_ancestors, callback, start):
@@ -453,7 +501,12 @@ def _run_eager(key, fk, n, ess_threshold, scheme, summary, keep_ancestors, callb
     if summary is not None:
         stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *sums)
     return SMCResult(
-        particles, float(log_z), np.asarray(incs, dtype=np.float64), np.asarray(esses),
-        np.asarray(flags), np.stack(ancestors) if keep_ancestors else None, stacked,
+        particles,
+        float(log_z),
+        np.asarray(incs, dtype=np.float64),
+        np.asarray(esses),
+        np.asarray(flags),
+        np.stack(ancestors) if keep_ancestors else None,
+        stacked,
         time.perf_counter() - start,
     )

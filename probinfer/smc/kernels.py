@@ -59,8 +59,9 @@ def _inv_mass(theta):
     return jnp.maximum(jnp.var(theta, axis=0), 1e-10)
 
 
-def hmc_move(key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: int,
-             num_leapfrog: int = 10):
+def hmc_move(
+    key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: int, num_leapfrog: int = 10
+):
     """Hamiltonian Monte Carlo, diagonal mass from the particle variances, fixed path length."""
     n, d = theta.shape
     inv_m = _inv_mass(theta)
@@ -95,8 +96,9 @@ def hmc_move(key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: int
     return theta, lp, ll, jnp.mean(accs)
 
 
-def nuts_move(key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: int,
-              max_tree_depth: int = 6):
+def nuts_move(
+    key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: int, max_tree_depth: int = 6
+):
     """The No-U-Turn sampler (NumPyro's tree builder), vmapped over particles, with the
     diagonal mass matrix from the particle variances."""
     from numpyro.infer.hmc_util import build_tree, euclidean_kinetic_energy, velocity_verlet
@@ -113,8 +115,15 @@ def nuts_move(key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: in
         k1, k2 = jax.random.split(k)
         r = jax.random.normal(k1, (d,), z.dtype) / jnp.sqrt(inv_m)
         state = vv_init(z, r)
-        tree = build_tree(vv_update, euclidean_kinetic_energy, state, inv_m, step_size, k2,
-                          max_tree_depth=max_tree_depth)
+        tree = build_tree(
+            vv_update,
+            euclidean_kinetic_energy,
+            state,
+            inv_m,
+            step_size,
+            k2,
+            max_tree_depth=max_tree_depth,
+        )
         return tree.z_proposal, tree.sum_accept_probs / tree.num_proposals
 
     def body(th, k):

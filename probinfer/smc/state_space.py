@@ -94,18 +94,28 @@ def _generic_fns(ssm: StateSpaceModel, guided: bool):
         if not guided:
             return log_obs
         if x_prev is None:
-            return log_obs + _initial_dist(ssm).log_prob(x) - ssm.initial_proposal(ys[0]).log_prob(x)
-        return (log_obs + ssm.transition(x_prev, t).log_prob(x)
-                - ssm.proposal(x_prev, ys[t], t).log_prob(x))
+            return (
+                log_obs + _initial_dist(ssm).log_prob(x) - ssm.initial_proposal(ys[0]).log_prob(x)
+            )
+        return (
+            log_obs
+            + ssm.transition(x_prev, t).log_prob(x)
+            - ssm.proposal(x_prev, ys[t], t).log_prob(x)
+        )
 
     return M0, M, logG
 
 
 # ---- linear-Gaussian models: closed-form callables over a parameter pytree --------------------
-def _mvn_rows(resid, chol):
-    z = jax.scipy.linalg.solve_triangular(chol, resid.T, lower=True).T
-    return (-0.5 * jnp.sum(z**2, axis=-1) - jnp.sum(jnp.log(jnp.diag(chol)))
-            - 0.5 * resid.shape[-1] * jnp.log(2 * jnp.pi))
+def _mvn_rows(resid, chol_inv):
+    """Gaussian log density of each row of ``resid`` given the inverse Cholesky factor
+    (a matrix product instead of a batched triangular solve: much faster on CPU)."""
+    z = resid @ chol_inv.T
+    return (
+        -0.5 * jnp.sum(z**2, axis=-1)
+        + jnp.sum(jnp.log(jnp.diag(chol_inv)))
+        - 0.5 * resid.shape[-1] * jnp.log(2 * jnp.pi)
+    )
 
 
 def _lgssm_data(ssm, ys: np.ndarray, dtype) -> dict:
@@ -117,9 +127,23 @@ def _lgssm_data(ssm, ys: np.ndarray, dtype) -> dict:
     S0 = np.linalg.inv(np.linalg.inv(P0) + C.T @ np.linalg.solve(R, C))
     b0 = S0 @ np.linalg.solve(P0, m0)
     K0 = S0 @ C.T @ np.linalg.inv(R)
-    arrays = dict(ys=ys, A=A, C=C, LQ=np.linalg.cholesky(Q), LR=np.linalg.cholesky(R),
-                  m0=m0, L0=np.linalg.cholesky(P0), K1=K1, K2=K2, LS=np.linalg.cholesky(S),
-                  b0=b0, K0=K0, LS0=np.linalg.cholesky(S0))
+    arrays = dict(
+        ys=ys,
+        A=A,
+        C=C,
+        LQ=np.linalg.cholesky(Q),
+        LR=np.linalg.cholesky(R),
+        m0=m0,
+        L0=np.linalg.cholesky(P0),
+        K1=K1,
+        K2=K2,
+        LS=np.linalg.cholesky(S),
+        b0=b0,
+        K0=K0,
+        LS0=np.linalg.cholesky(S0),
+    )
+    for name in ("LQ", "LR", "L0", "LS", "LS0"):
+        arrays[name + "_inv"] = np.linalg.inv(arrays[name])
     return {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
 
 
@@ -143,15 +167,21 @@ def _lgssm_fns(guided: bool):
         return x @ p["A"].T + noise(key, x.shape[0], p["LQ"])
 
     def logG(t, x_prev, x, p):
-        log_obs = _mvn_rows(p["ys"][t] - x @ p["C"].T, p["LR"])
+        log_obs = _mvn_rows(p["ys"][t] - x @ p["C"].T, p["LR_inv"])
         if not guided:
             return log_obs
         if x_prev is None:
-            return (log_obs + _mvn_rows(x - p["m0"], p["L0"])
-                    - _mvn_rows(x - q0_mean(p), p["LS0"]))
+            return (
+                log_obs
+                + _mvn_rows(x - p["m0"], p["L0_inv"])
+                - _mvn_rows(x - q0_mean(p), p["LS0_inv"])
+            )
         mean = x_prev @ p["K1"].T + p["K2"] @ p["ys"][t]
-        return (log_obs + _mvn_rows(x - x_prev @ p["A"].T, p["LQ"])
-                - _mvn_rows(x - mean, p["LS"]))
+        return (
+            log_obs
+            + _mvn_rows(x - x_prev @ p["A"].T, p["LQ_inv"])
+            - _mvn_rows(x - mean, p["LS_inv"])
+        )
 
     return M0, M, logG
 
@@ -159,8 +189,8 @@ def _lgssm_fns(guided: bool):
 def _check_observations(observations) -> np.ndarray:
     try:
         ys = np.asarray(observations, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError("observations must be a numeric array of shape (T,) or (T, p)")
+    except (TypeError, ValueError) as err:
+        raise ValueError("observations must be a numeric array of shape (T,) or (T, p)") from err
     if ys.ndim not in (1, 2) or ys.shape[0] == 0:
         raise ValueError(f"observations must have shape (T,) or (T, p) with T >= 1, got {ys.shape}")
     if not np.all(np.isfinite(ys)):
@@ -190,8 +220,9 @@ def ssm_feynman_kac(ssm, observations, proposal: str = "bootstrap") -> FeynmanKa
             f"ssm must be a StateSpaceModel or LinearGaussianSSM, got {type(ssm).__name__}"
         )
     if guided and ssm.proposal is None:
-        raise ValueError("proposal='guided' needs a StateSpaceModel with proposal and "
-                         "initial_proposal")
+        raise ValueError(
+            "proposal='guided' needs a StateSpaceModel with proposal and initial_proposal"
+        )
     M0, M, logG = _generic_fns(ssm, guided)
     return FeynmanKac(M0, M, logG, ys.shape[0], jnp.asarray(ys, jnp.float32))
 
@@ -256,18 +287,30 @@ class ParticleFilterResult:
     ancestors: np.ndarray | None
     wall_time: float
 
-    def to_arviz(self, key: Array | None = None, *, scheme: str = "systematic",
-                 var_name: str = "x", attrs: dict | None = None):
+    def to_arviz(
+        self,
+        key: Array | None = None,
+        *,
+        scheme: str = "systematic",
+        var_name: str = "x",
+        attrs: dict | None = None,
+    ):
         """Final filtering particles as one chain; per-step history in ``smc_steps``."""
         from probinfer.inference_data import to_inference_data
 
         means = np.asarray(self.filtering_means)
         return to_inference_data(
-            [self.particles], key=key, scheme=scheme, var_name=var_name,
+            [self.particles],
+            key=key,
+            scheme=scheme,
+            var_name=var_name,
             log_evidence=self.log_evidence,
-            step_stats={"ess": self.ess, "resampled": self.resampled,
-                        "log_evidence_increment": self.log_evidence_increments,
-                        "filtering_mean": means.reshape((1, means.shape[0], -1))},
+            step_stats={
+                "ess": self.ess,
+                "resampled": self.resampled,
+                "log_evidence_increment": self.log_evidence_increments,
+                "filtering_mean": means.reshape((1, means.shape[0], -1)),
+            },
             attrs=attrs,
         )
 
@@ -319,11 +362,26 @@ def particle_filter(
     if any(not 0.0 <= q <= 1.0 for q in levels):
         raise ValueError(f"quantiles must lie in [0, 1], got {levels}")
     fk = ssm_feynman_kac(ssm, observations, proposal)
-    res = run_smc(key, fk, num_particles, ess_threshold=ess_threshold, scheme=scheme, jit=jit,
-                  summary=_summary_fn(levels), keep_ancestors=keep_ancestors)
+    res = run_smc(
+        key,
+        fk,
+        num_particles,
+        ess_threshold=ess_threshold,
+        scheme=scheme,
+        jit=jit,
+        summary=_summary_fn(levels),
+        keep_ancestors=keep_ancestors,
+    )
     sums = res.summaries
     return ParticleFilterResult(
-        res.particles, res.log_evidence, res.log_evidence_increments,
-        np.asarray(sums["mean"]), np.asarray(sums["quantiles"]) if levels else None, levels,
-        res.ess, res.resampled, res.ancestors, res.wall_time,
+        res.particles,
+        res.log_evidence,
+        res.log_evidence_increments,
+        np.asarray(sums["mean"]),
+        np.asarray(sums["quantiles"]) if levels else None,
+        levels,
+        res.ess,
+        res.resampled,
+        res.ancestors,
+        res.wall_time,
     )

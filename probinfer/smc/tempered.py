@@ -37,8 +37,13 @@ from probinfer.weights import ess, log_mean_weight
 
 Array = jax.Array
 
-__all__ = ["TemperedSMCResult", "TemperedState", "tempered_smc", "tempered_smc_loop",
-           "tempering_step"]
+__all__ = [
+    "TemperedSMCResult",
+    "TemperedState",
+    "tempered_smc",
+    "tempered_smc_loop",
+    "tempering_step",
+]
 
 _TARGET_ACCEPT = {"rwmh": 0.3, "hmc": 0.65, "nuts": 0.8}
 
@@ -105,14 +110,17 @@ def tempering_step(key, state: TemperedState, dens: Densities, cfg: _Config):
     idx = resample(k_res, log_w, scheme=cfg.scheme)
     theta, lp, ll = state.theta[idx], state.log_prior[idx], ll[idx]
     if cfg.kernel == "rwmh":
-        theta, lp, ll, acc = rwmh_move(k_move, theta, lp, ll, lam, dens, state.scale,
-                                       cfg.num_mcmc_steps)
+        theta, lp, ll, acc = rwmh_move(
+            k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps
+        )
     elif cfg.kernel == "hmc":
-        theta, lp, ll, acc = hmc_move(k_move, theta, lp, ll, lam, dens, state.scale,
-                                      cfg.num_mcmc_steps, cfg.num_leapfrog)
+        theta, lp, ll, acc = hmc_move(
+            k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps, cfg.num_leapfrog
+        )
     else:
-        theta, lp, ll, acc = nuts_move(k_move, theta, lp, ll, lam, dens, state.scale,
-                                       cfg.num_mcmc_steps, cfg.max_tree_depth)
+        theta, lp, ll, acc = nuts_move(
+            k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps, cfg.max_tree_depth
+        )
     target = _TARGET_ACCEPT[cfg.kernel]
     new_scale = jnp.clip(state.scale * jnp.exp(2.0 * (acc - target)), 1e-4, 10.0)
     new = TemperedState(theta, lp, ll, lam, new_scale, state.log_evidence + inc)
@@ -146,7 +154,8 @@ def _check_init(state: TemperedState):
     if bad:
         warnings.warn(
             f"{bad} initial particle(s) have a NaN or -inf log likelihood; they get weight 0",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
 
 
@@ -170,9 +179,20 @@ def _loop_jit(state, key, *, dens, cfg, max_steps):
     return state, steps, hist
 
 
-def tempered_smc_loop(key, target, num_particles: int, *, kernel="rwmh", num_mcmc_steps=5,
-                      ess_target=0.5, scheme="systematic", initial_scale=None, max_steps=200,
-                      num_leapfrog=10, max_tree_depth=6):
+def tempered_smc_loop(
+    key,
+    target,
+    num_particles: int,
+    *,
+    kernel="rwmh",
+    num_mcmc_steps=5,
+    ess_target=0.5,
+    scheme="systematic",
+    initial_scale=None,
+    max_steps=200,
+    num_leapfrog=10,
+    max_tree_depth=6,
+):
     """The whole run inside one ``lax.while_loop`` (pure JAX; vmappable over ``key``).
 
     Returns ``(state, num_steps, history)`` with the history padded with NaN up to
@@ -180,8 +200,14 @@ def tempered_smc_loop(key, target, num_particles: int, *, kernel="rwmh", num_mcm
     """
     k_init, k_run = jax.random.split(key)
     state = _init_state(k_init, target, num_particles, kernel, initial_scale)
-    cfg = _Config(kernel, int(num_mcmc_steps), float(ess_target), scheme, int(num_leapfrog),
-                  int(max_tree_depth))
+    cfg = _Config(
+        kernel,
+        int(num_mcmc_steps),
+        float(ess_target),
+        scheme,
+        int(num_leapfrog),
+        int(max_tree_depth),
+    )
     return _loop_jit(state, k_run, dens=_densities(target), cfg=cfg, max_steps=int(max_steps))
 
 
@@ -223,13 +249,20 @@ class TemperedSMCResult:
         """ArviZ ``InferenceData``: constrained draws as one chain, history in ``smc_steps``."""
         from probinfer.inference_data import to_inference_data
 
-        run = Particles({k: np.asarray(v) for k, v in self.samples.items()},
-                        self.particles.log_weights)
+        run = Particles(
+            {k: np.asarray(v) for k, v in self.samples.items()}, self.particles.log_weights
+        )
         return to_inference_data(
-            [run], key=key, log_evidence=self.log_evidence,
-            step_stats={"temperature": self.temperatures, "ess": self.ess,
-                        "acceptance_rate": self.acceptance_rates, "scale": self.scales,
-                        "log_evidence_increment": self.log_evidence_increments},
+            [run],
+            key=key,
+            log_evidence=self.log_evidence,
+            step_stats={
+                "temperature": self.temperatures,
+                "ess": self.ess,
+                "acceptance_rate": self.acceptance_rates,
+                "scale": self.scales,
+                "log_evidence_increment": self.log_evidence_increments,
+            },
             attrs={"kernel": self.kernel, "wall_time": self.wall_time, **(attrs or {})},
         )
 
@@ -247,10 +280,13 @@ def _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, ma
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel != "rwmh" and target.backend != "jax":
-        raise ValueError(f"kernel={kernel!r} needs gradients: use kernel='rwmh' for a "
-                         f"{target.backend} target")
-    if isinstance(num_mcmc_steps, bool) or not isinstance(num_mcmc_steps, int) or (
-        num_mcmc_steps < 1
+        raise ValueError(
+            f"kernel={kernel!r} needs gradients: use kernel='rwmh' for a {target.backend} target"
+        )
+    if (
+        isinstance(num_mcmc_steps, bool)
+        or not isinstance(num_mcmc_steps, int)
+        or (num_mcmc_steps < 1)
     ):
         raise ValueError(f"num_mcmc_steps must be a positive integer, got {num_mcmc_steps!r}")
     if not 0.0 < float(ess_target) < 1.0:
@@ -317,8 +353,14 @@ def tempered_smc(
     k_init, k_run = jax.random.split(key)
     state = _init_state(k_init, target, num_particles, kernel, initial_scale)
     _check_init(state)
-    cfg = _Config(kernel, int(num_mcmc_steps), float(ess_target), scheme, int(num_leapfrog),
-                  int(max_tree_depth))
+    cfg = _Config(
+        kernel,
+        int(num_mcmc_steps),
+        float(ess_target),
+        scheme,
+        int(num_leapfrog),
+        int(max_tree_depth),
+    )
     dens = _densities(target)
     if progress is False and jit:
         state, steps, hist = _loop_jit(state, k_run, dens=dens, cfg=cfg, max_steps=max_steps)
@@ -328,8 +370,13 @@ def tempered_smc(
         step = jax.jit(tempering_step, static_argnames=("dens", "cfg")) if jit else tempering_step
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=1.0, desc="tempered SMC", unit="lambda", delay=0 if progress else 2.0,
-                   bar_format="{l_bar}{bar}| lambda={n:.3f} [{elapsed}]")
+        bar = tqdm(
+            total=1.0,
+            desc="tempered SMC",
+            unit="lambda",
+            delay=0 if progress else 2.0,
+            bar_format="{l_bar}{bar}| lambda={n:.3f} [{elapsed}]",
+        )
         rows = []
         k = k_run
         try:
@@ -343,14 +390,28 @@ def tempered_smc(
         stats = [np.asarray(c) for c in zip(*rows)] if rows else [np.zeros(0)] * 5
     lams, incs, esses, accs, scales = stats
     if float(state.lam) < 1.0:
-        raise ValueError(f"tempering did not reach lambda = 1 within max_steps={max_steps} "
-                         f"(lambda = {float(state.lam):.3g}); increase max_steps")
+        raise ValueError(
+            f"tempering did not reach lambda = 1 within max_steps={max_steps} "
+            f"(lambda = {float(state.lam):.3g}); increase max_steps"
+        )
     incs = np.asarray(incs, dtype=np.float64)
     if not np.all(np.isfinite(incs)):
-        raise ValueError("the log evidence is not finite: the log likelihood is NaN or -inf "
-                         "for all particles at some temperature")
+        raise ValueError(
+            "the log evidence is not finite: the log likelihood is NaN or -inf "
+            "for all particles at some temperature"
+        )
     particles = Particles(state.theta, jnp.zeros(num_particles, state.theta.dtype))
     samples = target.constrain(state.theta)
     jax.block_until_ready(samples)
-    return TemperedSMCResult(particles, samples, float(np.sum(incs)), incs, lams, esses, accs,
-                             scales, kernel, time.perf_counter() - start)
+    return TemperedSMCResult(
+        particles,
+        samples,
+        float(np.sum(incs)),
+        incs,
+        lams,
+        esses,
+        accs,
+        scales,
+        kernel,
+        time.perf_counter() - start,
+    )

@@ -64,13 +64,20 @@ class NumPyroTarget(Target):
             check_finite_data(name, tr[name]["value"])
             num_obs += int(jnp.size(tr[name]["fn"].log_prob(tr[name]["value"])))
         Target.__init__(self, tuple(sites), num_obs, "jax")
-        for k, v in dict(model=model, args=args, kwargs=kwargs, latent_names=tuple(latent),
-                         observed_names=tuple(observed)).items():
+        for k, v in dict(
+            model=model,
+            args=args,
+            kwargs=kwargs,
+            latent_names=tuple(latent),
+            observed_names=tuple(observed),
+        ).items():
             object.__setattr__(self, k, v)
         engine = dict(memory_budget=memory_budget)
         object.__setattr__(self, "_prior_engine", LikelihoodEngine(self.log_prior_one, **engine))
         object.__setattr__(self, "_lik_engine", LikelihoodEngine(self.log_likelihood_one, **engine))
-        object.__setattr__(self, "_pointwise_engine", LikelihoodEngine(self.pointwise_one, **engine))
+        object.__setattr__(
+            self, "_pointwise_engine", LikelihoodEngine(self.pointwise_one, **engine)
+        )
 
     # ---- one particle -------------------------------------------------------------------
     def _trace(self, u):

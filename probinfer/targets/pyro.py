@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from probinfer.engine.core import LikelihoodEngine
 from probinfer.targets.base import LatentSite, Target, check_finite_data, check_num
@@ -24,8 +23,7 @@ _PARTICLE_PLATE = "_probinfer_particles"
 class PyroTarget(Target):
     """A Pyro model ``model(*args, **kwargs)`` as a batched target (torch backend)."""
 
-    def __init__(self, model, *args, dtype=None, device=None, memory_budget=512 * 2**20,
-                 **kwargs):
+    def __init__(self, model, *args, dtype=None, device=None, memory_budget=512 * 2**20, **kwargs):
         import pyro.poutine as poutine
         import torch
         from pyro.poutine.util import site_is_subsample
@@ -77,19 +75,30 @@ class PyroTarget(Target):
             dtype = tr.nodes[observed[0]]["value"].dtype
             dtype = dtype if dtype.is_floating_point else torch.get_default_dtype()
         Target.__init__(self, tuple(sites), num_obs, "torch")
-        attrs = dict(model=model, args=args, kwargs=kwargs, latent_names=tuple(latent),
-                     observed_names=tuple(observed), max_plate_nesting=nest,
-                     _transforms=transforms, _batch_dims=batch_dims, torch_dtype=dtype,
-                     _loop=[False])
+        attrs = dict(
+            model=model,
+            args=args,
+            kwargs=kwargs,
+            latent_names=tuple(latent),
+            observed_names=tuple(observed),
+            max_plate_nesting=nest,
+            _transforms=transforms,
+            _batch_dims=batch_dims,
+            torch_dtype=dtype,
+            _loop=[False],
+        )
         for k, v in attrs.items():
             object.__setattr__(self, k, v)
         eng = dict(backend="torch", memory_budget=memory_budget, device=device, dtype=dtype)
-        object.__setattr__(self, "_prior_engine",
-                           LikelihoodEngine(lambda u: self._terms(u)[0], **eng))
-        object.__setattr__(self, "_lik_engine",
-                           LikelihoodEngine(lambda u: self._terms(u)[1].sum(-1), **eng))
-        object.__setattr__(self, "_pointwise_engine",
-                           LikelihoodEngine(lambda u: self._terms(u)[1], **eng))
+        object.__setattr__(
+            self, "_prior_engine", LikelihoodEngine(lambda u: self._terms(u)[0], **eng)
+        )
+        object.__setattr__(
+            self, "_lik_engine", LikelihoodEngine(lambda u: self._terms(u)[1].sum(-1), **eng)
+        )
+        object.__setattr__(
+            self, "_pointwise_engine", LikelihoodEngine(lambda u: self._terms(u)[1], **eng)
+        )
 
     # ---- batched torch evaluation -------------------------------------------------------
     def _plated(self, n):
@@ -171,6 +180,7 @@ class PyroTarget(Target):
 
         num = check_num(num)
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+
         def draw(model, n):
             tr = poutine.trace(model).get_trace(*self.args, **self.kwargs)
             parts = []
@@ -223,5 +233,3 @@ def from_pyro(model, *args, dtype=None, device=None, **kwargs) -> PyroTarget:
         contain NaN/inf.
     """
     return PyroTarget(model, *args, dtype=dtype, device=device, **kwargs)
-
-

@@ -49,8 +49,9 @@ def test_chunked_padded_evaluation_matches_direct_and_reuses_shapes():
 
 def test_traced_path_uses_lax_map_and_is_differentiable():
     theta = jax.random.normal(jax.random.key(1), (200, 2))
-    eng = LikelihoodEngine(lambda t: jnp.sum(pointwise(t)), memory_budget=32 * 1024,
-                           bytes_per_particle=1024)
+    eng = LikelihoodEngine(
+        lambda t: jnp.sum(pointwise(t)), memory_budget=32 * 1024, bytes_per_particle=1024
+    )
     out = jax.jit(eng)(theta)
     np.testing.assert_allclose(out, jax.vmap(pointwise)(theta).sum(1), rtol=1e-5)
     g = jax.grad(lambda th: jnp.sum(eng(th)))(theta)
@@ -67,8 +68,9 @@ def test_torch_backend_and_dlpack():
         return -0.5 * ((data - mu) / log_s.exp()) ** 2 - log_s - 0.5 * np.log(2 * np.pi)
 
     theta = jax.random.normal(jax.random.key(2), (130, 2))
-    eng = LikelihoodEngine(torch_fn, backend="torch", memory_budget=16 * 1024,
-                           bytes_per_particle=1024)
+    eng = LikelihoodEngine(
+        torch_fn, backend="torch", memory_budget=16 * 1024, bytes_per_particle=1024
+    )
     np.testing.assert_allclose(eng(theta), jax.vmap(pointwise)(theta), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(jax.jit(eng)(theta), eng(theta), rtol=1e-5, atol=1e-6)
     x = jnp.arange(6.0).reshape(2, 3)

@@ -24,8 +24,8 @@ def _dense_evidence(ssm, ys):
     for s in range(T):
         for t in range(s, T):
             c = np.linalg.matrix_power(ssm.A, t - s) @ P[s]
-            covs[t * d:(t + 1) * d, s * d:(s + 1) * d] = c
-            covs[s * d:(s + 1) * d, t * d:(t + 1) * d] = c.T
+            covs[t * d : (t + 1) * d, s * d : (s + 1) * d] = c
+            covs[s * d : (s + 1) * d, t * d : (t + 1) * d] = c.T
     Cbig = np.kron(np.eye(T), ssm.C)
     Rbig = np.kron(np.eye(T), ssm.R)
     return multivariate_normal(Cbig @ np.concatenate(means), Cbig @ covs @ Cbig.T + Rbig).logpdf(
@@ -34,8 +34,14 @@ def _dense_evidence(ssm, ys):
 
 
 def test_kalman_matches_dense_gaussian():
-    ssm = LinearGaussianSSM(A=[[0.9, 0.1], [0.0, 0.8]], Q=np.diag([0.5, 0.3]),
-                            C=[[1.0, 0.5]], R=[[0.4]], m0=[0.1, -0.2], P0=np.eye(2))
+    ssm = LinearGaussianSSM(
+        A=[[0.9, 0.1], [0.0, 0.8]],
+        Q=np.diag([0.5, 0.3]),
+        C=[[1.0, 0.5]],
+        R=[[0.4]],
+        m0=[0.1, -0.2],
+        P0=np.eye(2),
+    )
     _, ys = ssm.simulate(jax.random.key(0), 12)
     res = kalman_filter(ssm, ys)
     assert abs(res.log_evidence - _dense_evidence(ssm, np.asarray(ys, np.float64))) < 1e-8
@@ -43,8 +49,14 @@ def test_kalman_matches_dense_gaussian():
 
 
 def test_bootstrap_filter_wrapper_and_multivariate_particle_filter():
-    ssm = LinearGaussianSSM(A=[[0.9, 0.1], [0.0, 0.8]], Q=np.diag([0.5, 0.3]),
-                            C=[[1.0, 0.5]], R=[[0.4]], m0=[0.1, -0.2], P0=np.eye(2))
+    ssm = LinearGaussianSSM(
+        A=[[0.9, 0.1], [0.0, 0.8]],
+        Q=np.diag([0.5, 0.3]),
+        C=[[1.0, 0.5]],
+        R=[[0.4]],
+        m0=[0.1, -0.2],
+        P0=np.eye(2),
+    )
     _, ys = ssm.simulate(jax.random.key(1), 30)
     exact = kalman_filter(ssm, ys)
     res = bootstrap_filter(jax.random.key(2), ssm, ys, 20_000)

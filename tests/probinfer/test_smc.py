@@ -83,8 +83,9 @@ def test_same_key_same_result_and_eager_matches_jit(data100):
 
 def test_threshold_one_resamples_every_step_and_zero_never(data100):
     ys, _ = data100
-    always = particle_filter(jax.random.key(5), SSM, ys[:20], 100, ess_threshold=1.0,
-                             keep_ancestors=True)
+    always = particle_filter(
+        jax.random.key(5), SSM, ys[:20], 100, ess_threshold=1.0, keep_ancestors=True
+    )
     never = particle_filter(jax.random.key(5), SSM, ys[:20], 100, ess_threshold=0.0)
     assert always.resampled[1:].all() and not always.resampled[0]
     assert not never.resampled.any()
@@ -210,8 +211,14 @@ def test_bad_input(data100):
     with pytest.raises(ValueError, match="num_steps"):
         FeynmanKac(lambda *a: None, lambda *a: None, lambda *a: None, 0)
     with pytest.raises(ValueError, match="one log potential per particle"):
-        run_smc(jax.random.key(0), FeynmanKac(lambda k, n, d: jnp.zeros(n), lambda *a: a[2],
-                                              lambda t, p, x, d: jnp.zeros(3), 2), 5, jit=False)
+        run_smc(
+            jax.random.key(0),
+            FeynmanKac(
+                lambda k, n, d: jnp.zeros(n), lambda *a: a[2], lambda t, p, x, d: jnp.zeros(3), 2
+            ),
+            5,
+            jit=False,
+        )
 
 
 def test_to_arviz_has_history(data100):

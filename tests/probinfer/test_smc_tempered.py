@@ -40,7 +40,10 @@ def _check_runs(log_z_hat, means, variances, exact_mean, exact_var, exact_log_z)
     r = len(log_z_hat)
     means, variances = np.asarray(means), np.asarray(variances)
     se_m = means.std(axis=0, ddof=1) / np.sqrt(r)
-    assert np.all(np.abs(means.mean(0) - exact_mean) <= 4 * se_m + 1e-3), (means.mean(0), exact_mean)
+    assert np.all(np.abs(means.mean(0) - exact_mean) <= 4 * se_m + 1e-3), (
+        means.mean(0),
+        exact_mean,
+    )
     se_v = variances.std(axis=0, ddof=1) / np.sqrt(r)
     # the particle variance has an O(1/N) downward bias; allow it explicitly
     assert np.all(np.abs(variances.mean(0) - exact_var) <= 4 * se_v + 2e-3 * exact_var)
@@ -103,8 +106,9 @@ def test_linear_regression_hmc_matches_conjugate_posterior():
 
 def test_nuts_kernel_normal_mean(normal_mean):
     target, m, v, log_z = normal_mean
-    res = tempered_smc(jax.random.key(3), target, 200, kernel="nuts", num_mcmc_steps=1,
-                       progress=False)
+    res = tempered_smc(
+        jax.random.key(3), target, 200, kernel="nuts", num_mcmc_steps=1, progress=False
+    )
     mu = np.asarray(res.samples["mu"])
     # 200 equally weighted particles, correlated by resampling: generous 6 x iid SE
     assert abs(mu.mean() - m) < 6 * np.sqrt(v / 200)

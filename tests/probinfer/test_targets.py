@@ -74,7 +74,7 @@ def test_log_prior_has_exact_jacobian():
     theta = t.sample_prior(jax.random.key(2), 5)
     th = np.asarray(theta, np.float64)
     s = np.exp(th[:, 2])
-    expected = (stats.norm.logpdf(th[:, :2]).sum(1) + stats.halfnorm.logpdf(s) + th[:, 2])
+    expected = stats.norm.logpdf(th[:, :2]).sum(1) + stats.halfnorm.logpdf(s) + th[:, 2]
     np.testing.assert_allclose(np.asarray(t.log_prior(theta)), expected, rtol=1e-5)
     mean = th[:, :2] @ X.T.astype(np.float64)
     ll = stats.norm.logpdf(Y[None], mean, s[:, None])
@@ -123,6 +123,8 @@ def test_import_probinfer_smc_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, probinfer, probinfer.smc, probinfer.targets, probinfer.engine; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, probinfer, probinfer.smc, probinfer.targets, probinfer.engine; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,225 @@
+"""Bootstrap particle filter on a 1-D linear-Gaussian SSM (T = 100): probinfer vs BlackJAX
+(a filter built from ``blackjax.smc.base.step``) vs ``particles`` (numpy), same data.
+
+Reports particle-steps per second (N T / run time, compilation excluded and reported
+separately), and the log-evidence bias and standard deviation against the exact Kalman
+value over repeated runs. Writes benchmarks/results/pf_lgssm.json.
+
+    python benchmarks/pf_lgssm.py [--sizes 10000 100000 1000000] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from probinfer.lgssm import LinearGaussianSSM, kalman_filter
+from probinfer.smc import smc_scan, ssm_feynman_kac
+
+T = 100
+SSM = LinearGaussianSSM(A=0.9, Q=1.0, C=1.0, R=1.0, m0=0.0, P0=1.0)
+
+
+def run_probinfer(ys, n, reps, threshold):
+    fk = ssm_feynman_kac(SSM, ys, "bootstrap")
+
+    def once(key):
+        out = smc_scan(key, fk, n, threshold, "systematic", keep_ancestors=False)
+        jax.block_until_ready(out)
+        return float(np.sum(np.asarray(out.log_evidence_increments, np.float64)))
+
+    t0 = time.perf_counter()
+    once(jax.random.key(999))
+    compile_s = time.perf_counter() - t0
+    times, lz = [], []
+    for r in range(reps):
+        t0 = time.perf_counter()
+        lz.append(once(jax.random.key(r)))
+        times.append(time.perf_counter() - t0)
+    return compile_s, times, lz
+
+
+def run_blackjax(ys, n, reps):
+    from blackjax.smc import base, resampling
+
+    ys = jnp.asarray(ys[:, 0], jnp.float32)
+
+    def loglik(x, y):
+        return -0.5 * (y - x) ** 2 - 0.5 * jnp.log(2 * jnp.pi)
+
+    @jax.jit
+    def pf(key):
+        k0, k = jax.random.split(key)
+        x0 = jax.random.normal(k0, (n,))
+        lw = loglik(x0, ys[0])
+        logz0 = jax.scipy.special.logsumexp(lw) - jnp.log(n)
+        state = base.init(x0, {})
+        state = state._replace(weights=jnp.exp(lw - jax.scipy.special.logsumexp(lw)))
+
+        def update_fn(keys, particles, params):
+            noise = jax.vmap(lambda k: jax.random.normal(k))(keys)
+            return 0.9 * particles + noise, None
+
+        def body(state, inp):
+            k, y = inp
+            state, info = base.step(
+                k, state, update_fn, lambda x: loglik(x, y), resampling.systematic
+            )
+            return state, info.log_likelihood_increment
+
+        _, incs = jax.lax.scan(body, state, (jax.random.split(k, T - 1), ys[1:]))
+        return logz0 + jnp.sum(incs)
+
+    t0 = time.perf_counter()
+    float(pf(jax.random.key(999)))
+    compile_s = time.perf_counter() - t0
+    times, lz = [], []
+    for r in range(reps):
+        t0 = time.perf_counter()
+        lz.append(float(pf(jax.random.key(r))))
+        times.append(time.perf_counter() - t0)
+    return compile_s, times, lz
+
+
+def run_particles(ys, n, reps):
+    import particles
+    import particles.distributions as pd
+    from particles import state_space_models as ssm
+
+    class LG(ssm.StateSpaceModel):
+        default_params = {"rho": 0.9, "sx": 1.0, "sy": 1.0, "s0": 1.0}
+
+        def PX0(self):
+            return pd.Normal(loc=0.0, scale=self.s0)
+
+        def PX(self, t, xp):
+            return pd.Normal(loc=self.rho * xp, scale=self.sx)
+
+        def PY(self, t, xp, x):
+            return pd.Normal(loc=x, scale=self.sy)
+
+    data = list(np.asarray(ys[:, 0], np.float64))
+    times, lz = [], []
+    for r in range(reps):
+        np.random.seed(r)  # particles uses numpy's global RNG
+        fk = ssm.Bootstrap(ssm=LG(), data=data)
+        alg = particles.SMC(fk=fk, N=n, resampling="systematic", ESSrmin=0.5)
+        t0 = time.perf_counter()
+        alg.run()
+        times.append(time.perf_counter() - t0)
+        lz.append(float(alg.logLt))
+    return 0.0, times, lz
+
+
+def summarise(name, n, compile_s, times, lz, exact, extra=None):
+    err = np.asarray(lz) - exact
+    best = float(np.median(times))
+    row = {
+        "library": name,
+        "N": n,
+        "T": T,
+        "reps": len(times),
+        "compile_s": compile_s,
+        "median_run_s": best,
+        "particle_steps_per_s": n * T / best,
+        "log_z_bias": float(err.mean()),
+        "log_z_sd": float(err.std(ddof=1)) if len(err) > 1 else float("nan"),
+        **(extra or {}),
+    }
+    print(
+        f"{name:<28} N={n:>8} run {best:8.3f}s  compile {compile_s:6.2f}s  "
+        f"{row['particle_steps_per_s']:.3e} steps/s  bias {row['log_z_bias']:+.4f} "
+        f"sd {row['log_z_sd']:.4f}"
+    )
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results/pf_lgssm.json")
+    args = p.parse_args(argv)
+    _, ys = SSM.simulate(jax.random.key(0), T)
+    ys = np.asarray(ys)
+    exact = kalman_filter(SSM, ys).log_evidence
+    rows = []
+    for n in args.sizes:
+        rows.append(
+            summarise(
+                "probinfer (ESS<0.5N)",
+                n,
+                *run_probinfer(ys, n, args.reps, 0.5),
+                exact,
+                {"ess_threshold": 0.5},
+            )
+        )
+        rows.append(
+            summarise(
+                "probinfer (every step)",
+                n,
+                *run_probinfer(ys, n, args.reps, 1.0),
+                exact,
+                {"ess_threshold": 1.0},
+            )
+        )
+        rows.append(
+            summarise(
+                "blackjax smc.base.step",
+                n,
+                *run_blackjax(ys, n, args.reps),
+                exact,
+                {"ess_threshold": 1.0},
+            )
+        )
+        rows.append(
+            summarise(
+                "particles 0.4 (numpy)",
+                n,
+                *run_particles(ys, n, args.reps),
+                exact,
+                {"ess_threshold": 0.5},
+            )
+        )
+    ratios = {}
+    for n in args.sizes:
+        by = {r["library"]: r for r in rows if r["N"] == n}
+        peer = max(
+            by["blackjax smc.base.step"]["particle_steps_per_s"],
+            by["particles 0.4 (numpy)"]["particle_steps_per_s"],
+        )
+        ratios[str(n)] = {
+            "probinfer_ess0.5_vs_faster_peer": by["probinfer (ESS<0.5N)"]["particle_steps_per_s"]
+            / peer,
+            "probinfer_every_step_vs_faster_peer": by["probinfer (every step)"][
+                "particle_steps_per_s"
+            ]
+            / peer,
+        }
+        print(f"N={n}: speed ratio vs faster peer: {ratios[str(n)]}")
+    result = {
+        "benchmark": "bootstrap PF, 1-D LGSSM (A=0.9, Q=R=P0=1), T=100",
+        "kalman_log_evidence": exact,
+        "rows": rows,
+        "speed_ratios": ratios,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "jax_devices": [str(d) for d in jax.devices()],
+        },
+        "command": "python benchmarks/pf_lgssm.py " + " ".join(argv or []),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
