@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"probinfer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
+    __import__("probinfer.llm.cli", fromlist=["_add_scale"])._add_scale(sub)
     return parser
 
 

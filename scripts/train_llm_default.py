@@ -118,10 +118,11 @@ def train_lm(args) -> None:
 
 def train_prm(args) -> None:
     import jax
-    from probinfer.llm.hf import HFCausalLM
     from transformers import GPT2ForSequenceClassification
 
-    from probinfer.llm.task import DELIMITER, STOP
+    from probinfer.llm.hf import HFCausalLM
+    from probinfer.llm.protocols import StepFormat
+    from probinfer.llm.task import STOP
 
     torch.manual_seed(args.seed + 1)
     rng = np.random.default_rng(args.seed + 1)
@@ -146,14 +147,17 @@ def train_prm(args) -> None:
                 sub,
                 [prompts[i] for i in live],
                 [texts[i] for i in live],
-                (DELIMITER, STOP),
+                StepFormat().step_end,
                 max_new_tokens=5,
             )
             for i, s in zip(live, out.steps):
                 texts[i] += s
                 steps[i].append(s)
         for pr, st in zip(prompts, steps):
-            labels = task.step_correct(pr, st)
+            if args.prm_labels == "local":
+                labels = task.step_locally_correct(pr, st)
+            else:
+                labels = task.step_correct(pr, st)
             for j in range(len(st)):
                 examples.append((pr + "".join(st[: j + 1]), float(labels[j])))
     acc_final = np.mean([task.step_correct(p, s)[-1] for p, s in zip(prompts, steps)])
@@ -165,9 +169,13 @@ def train_prm(args) -> None:
     )
 
     tok = CharTokenizer()
-    cfg = _gpt2(tok.vocab_size, 48, 2, 4, 48, num_labels=1)
-    model = GPT2ForSequenceClassification(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    # the PRM starts from the LM's transformer (it already reads arithmetic) with a new
+    # one-logit head, as PRMs are usually fine-tuned from a language model
+    model = GPT2ForSequenceClassification.from_pretrained(
+        ASSETS / "lm", num_labels=1, local_files_only=True
+    )
+    model.config.pad_token_id = tok.pad_token_id
+    opt = torch.optim.AdamW(model.parameters(), lr=args.prm_lr, weight_decay=0.01)
     n_val = len(examples) // 10
     perm = rng.permutation(len(examples))
     val = [examples[i] for i in perm[:n_val]]
@@ -179,7 +187,7 @@ def train_prm(args) -> None:
         x, m, _ = _batch(tok, texts, [0] * len(texts))
         target = torch.tensor([train[i][1] for i in idx])
         for g in opt.param_groups:
-            g["lr"] = _lr(step, args.prm_steps, args.lr)
+            g["lr"] = _lr(step, args.prm_steps, args.prm_lr)
         logit = model(input_ids=x, attention_mask=m).logits[:, 0]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
         opt.zero_grad()
@@ -207,6 +215,7 @@ def train_prm(args) -> None:
         "validation_accuracy": val_acc,
         "num_prefixes": len(examples),
         "positive_fraction": float(pos),
+        "labels": args.prm_labels,
         "seed": args.seed,
     }
     (out / "training.json").write_text(json.dumps(meta, indent=1))
@@ -221,10 +230,17 @@ def main() -> None:
     ap.add_argument("--lm-minutes", type=float, default=8.0)
     ap.add_argument("--prm-problems", type=int, default=1500)
     ap.add_argument("--prm-samples", type=int, default=4)
-    ap.add_argument("--prm-steps", type=int, default=3000)
+    ap.add_argument("--prm-steps", type=int, default=2500)
     ap.add_argument("--prm-minutes", type=float, default=4.0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--prm-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--prm-labels",
+        choices=["local", "prefix"],
+        default="local",
+        help="label of a step: applied correctly to the previous value, or whole prefix right",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -15,22 +15,29 @@ from __future__ import annotations
 
 import importlib
 
-from probinfer.llm.baselines import (
-    beam_search,
-    best_of_n,
-    self_consistency,
-    weighted_majority,
-)
-from probinfer.llm.filtering import particle_filter, sample_rollouts
-from probinfer.llm.gibbs import parallel_tempering, particle_gibbs, swap_log_acceptance
-from probinfer.llm.protocols import LanguageModel, RewardModel, StepFormat, StepProposal, Usage
-from probinfer.llm.result import LLMResult
-from probinfer.llm.ssm import LLMStateSpaceModel
-from probinfer.llm.store import Trajectories
-from probinfer.llm.task import ArithmeticTask, CharTokenizer, regex_extractor
-from probinfer.llm.verifier import VerifierReward
-
 _LAZY = {
+    "beam_search": "probinfer.llm.baselines",
+    "best_of_n": "probinfer.llm.baselines",
+    "self_consistency": "probinfer.llm.baselines",
+    "weighted_majority": "probinfer.llm.baselines",
+    "particle_filter": "probinfer.llm.filtering",
+    "sample_rollouts": "probinfer.llm.filtering",
+    "parallel_tempering": "probinfer.llm.gibbs",
+    "particle_gibbs": "probinfer.llm.gibbs",
+    "swap_log_acceptance": "probinfer.llm.gibbs",
+    "LanguageModel": "probinfer.llm.protocols",
+    "RewardModel": "probinfer.llm.protocols",
+    "StepFormat": "probinfer.llm.protocols",
+    "StepProposal": "probinfer.llm.protocols",
+    "Usage": "probinfer.llm.protocols",
+    "LLMResult": "probinfer.llm.result",
+    "LLMStateSpaceModel": "probinfer.llm.ssm",
+    "Trajectories": "probinfer.llm.store",
+    "ArithmeticTask": "probinfer.llm.task",
+    "CharTokenizer": "probinfer.llm.task",
+    "regex_extractor": "probinfer.llm.task",
+    "VerifierReward": "probinfer.llm.verifier",
+    "default_problems": "probinfer.llm.default",
     "HFCausalLM": "probinfer.llm.hf",
     "HFRewardModel": "probinfer.llm.hf",
     "load_default": "probinfer.llm.default",
@@ -55,6 +62,7 @@ __all__ = [
     "VerifierReward",
     "beam_search",
     "best_of_n",
+    "default_problems",
     "load_default",
     "parallel_tempering",
     "particle_filter",
@@ -66,6 +74,10 @@ __all__ = [
     "swap_log_acceptance",
     "weighted_majority",
 ]
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str):

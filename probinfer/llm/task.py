@@ -166,6 +166,35 @@ class ArithmeticTask:
         return out
 
     @staticmethod
+    def step_locally_correct(prompt: str, steps) -> list[bool]:
+        """For each step, whether it applies its operation correctly to the *previous step's
+        value* (whatever that value is), and ends with ``"|"`` exactly at the last operand.
+
+        These local labels are what a process reward model can check from two neighbouring
+        steps; the answer is right when every step is locally right.
+        """
+        prob = ArithmeticTask.parse(prompt)
+        out, prev = [], None
+        for i, s in enumerate(steps):
+            body = s.rstrip(DELIMITER + STOP)
+            if not body.lstrip("-").isdigit() or i >= prob.num_steps:
+                out.append(False)
+                prev = None
+                continue
+            v = int(body)
+            if i == 0:
+                good = v == prob.operands[0]
+            elif prev is None:
+                good = False
+            else:
+                a = prob.operands[i]
+                good = v == (prev + a if prob.operators[i - 1] == "+" else prev - a)
+            good = good and s.endswith(STOP) == (i == prob.num_steps - 1)
+            out.append(good)
+            prev = v
+        return out
+
+    @staticmethod
     def extract_answer(text: str) -> str | None:
         """The final answer of a finished solution text (``None`` if unfinished)."""
         m = _ANSWER.search(text)

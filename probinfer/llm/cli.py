@@ -1,0 +1,152 @@
+"""The ``probinfer scale`` subcommand: accuracy versus inference-time budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["_add_scale"]
+
+_ALGOS = (
+    "particle_filter",
+    "particle_gibbs",
+    "parallel_tempering",
+    "best_of_n",
+    "beam_search",
+    "weighted_majority",
+    "self_consistency",
+)
+
+
+def _budget_list(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        msg = f"budgets must be comma-separated integers, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"budgets must be integers >= 1, got {text!r}")
+    return vals
+
+
+def _algo_list(text: str) -> list[str]:
+    vals = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [v for v in vals if v not in _ALGOS]
+    if not vals or bad:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {bad}; choose from {list(_ALGOS)}")
+    return vals
+
+
+def _add_scale(sub) -> None:
+    """Register ``probinfer scale`` on the subparsers ``sub``."""
+    p = sub.add_parser(
+        "scale",
+        help="inference-time scaling: accuracy vs budget of particle filtering and baselines",
+        description=(
+            "Runs particle-based inference-time scaling (particle filtering, particle Gibbs, "
+            "parallel tempering) and baselines (best-of-N, beam search, weighted majority, "
+            "self-consistency) at several budgets on the bundled multi-step arithmetic task "
+            "(tiny offline LM + learned PRM, no download) or on local Hugging Face models, "
+            "prints an accuracy-vs-budget table and writes JSON and a PNG plot."
+        ),
+    )
+    p.add_argument(
+        "--algorithms",
+        type=_algo_list,
+        default=["particle_filter", "best_of_n", "beam_search", "self_consistency"],
+        help=f"comma-separated, from {', '.join(_ALGOS)}",
+    )
+    p.add_argument("--budgets", type=_budget_list, default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--num-problems", type=int, default=100)
+    p.add_argument(
+        "--prm", default="learned", help="'learned' (bundled PRM), 'verifier', or a local path"
+    )
+    p.add_argument("--model", default=None, help="local Hugging Face causal LM directory")
+    p.add_argument(
+        "--problems",
+        default=None,
+        help="JSON-lines file of {'prompt': ..., 'answer': ...} (default: the bundled task)",
+    )
+    p.add_argument("--delimiter", default=";", help="step delimiter string")
+    p.add_argument("--stop", default="|", help="string that ends an answer")
+    p.add_argument("--answer-regex", default=r"(-?\d+)\s*\|\s*$", help="final-answer regex")
+    p.add_argument("--max-steps", type=int, default=10)
+    p.add_argument("--max-tokens-per-step", type=int, default=6)
+    p.add_argument("--potential", choices=["logit", "log"], default="logit")
+    p.add_argument("--aggregation", choices=["model", "last", "min", "product"], default="model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_scale)
+
+
+def _load_problems(args) -> list[tuple[str, str]]:
+    from probinfer.llm.default import default_problems
+
+    if args.num_problems < 1:
+        raise ValueError(f"--num-problems must be >= 1, got {args.num_problems}")
+    if args.problems is None:
+        return default_problems(args.num_problems)
+    rows = []
+    for line in Path(args.problems).read_text().splitlines():
+        if line.strip():
+            d = json.loads(line)
+            rows.append((str(d["prompt"]), str(d["answer"])))
+    if not rows:
+        raise ValueError(f"--problems file {args.problems!r} has no problems")
+    return rows[: args.num_problems]
+
+
+def _build_model(args):
+    import torch
+
+    from probinfer.llm.default import ASSETS, default_model_kwargs
+    from probinfer.llm.hf import HFCausalLM, HFRewardModel
+    from probinfer.llm.protocols import StepFormat
+    from probinfer.llm.ssm import LLMStateSpaceModel
+    from probinfer.llm.task import regex_extractor
+    from probinfer.llm.verifier import VerifierReward
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    settings = default_model_kwargs()
+    fmt = StepFormat(args.delimiter, args.stop)
+    settings.update(
+        step_format=fmt,
+        max_steps=args.max_steps,
+        max_tokens_per_step=args.max_tokens_per_step,
+        potential=args.potential,
+        aggregation=args.aggregation,
+        answer_extractor=regex_extractor(args.answer_regex),
+    )
+    lm = HFCausalLM.from_pretrained(args.model or ASSETS / "lm", eos_text=args.stop)
+    if args.prm == "verifier":
+        reward = VerifierReward(step_format=fmt)
+    elif args.prm == "learned":
+        reward = HFRewardModel.from_pretrained(ASSETS / "prm")
+    else:
+        reward = HFRewardModel.from_pretrained(args.prm)
+    return LLMStateSpaceModel(lm, reward, **settings)
+
+
+def _run_scale(args: argparse.Namespace) -> int:
+    from probinfer.llm.scale import format_table, run_scaling, write_report
+
+    problems = _load_problems(args)
+    model = _build_model(args)
+    report = run_scaling(
+        model,
+        problems,
+        algorithms=args.algorithms,
+        budgets=args.budgets,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    report["model"] = str(args.model or "bundled")
+    report["prm"] = str(args.prm)
+    out = Path(args.output)
+    png = out.with_suffix(".png")
+    write_report(report, out, png)
+    print(format_table(report))
+    print(f"wrote {out} and {png}")
+    return 0

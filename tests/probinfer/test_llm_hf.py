@@ -1,0 +1,140 @@
+"""Hugging Face backends (tiny in-process models) and the bundled offline default."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from probinfer.llm import (  # noqa: E402
+    ArithmeticTask,
+    CharTokenizer,
+    LLMStateSpaceModel,
+    StepFormat,
+    VerifierReward,
+    particle_filter,
+)
+from probinfer.llm.hf import HFCausalLM, HFRewardModel  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[2] / "probinfer" / "llm" / "assets"
+
+
+def _config(**kw):
+    from transformers import GPT2Config
+
+    tok = CharTokenizer()
+    return GPT2Config(
+        vocab_size=tok.vocab_size,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        pad_token_id=0,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(_config())
+    return HFCausalLM(model, CharTokenizer(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_prm():
+    torch.manual_seed(1)
+    model = transformers.GPT2ForSequenceClassification(_config(num_labels=1))
+    return HFRewardModel(model, CharTokenizer(), device="cpu")
+
+
+CONTEXTS = [("3+5=", ""), ("1+2-3+4=", "1;"), ("9-9=", "9;0;"), ("2+2+2+2+2=", "")]
+
+
+def test_batched_greedy_generation_matches_one_by_one(tiny_lm):
+    """Left padding, attention masks and position ids make a batch equal to single calls."""
+    fmt = StepFormat(";", "|")
+    prompts, partials = zip(*CONTEXTS)
+    key = jax.random.key(0)
+    batch = tiny_lm.propose(key, prompts, partials, fmt.step_end, max_new_tokens=5, temperature=0)
+    for i, (p, q) in enumerate(CONTEXTS):
+        one = tiny_lm.propose(key, [p], [q], fmt.step_end, max_new_tokens=5, temperature=0)
+        assert one.steps[0] == batch.steps[i]
+        assert one.truncated[0] == batch.truncated[i]
+    assert batch.tokens_encoded == sum(len(p) + len(q) for p, q in CONTEXTS)
+    assert 0 < batch.tokens_generated <= 5 * len(CONTEXTS)
+
+
+def test_sampling_is_keyed_and_guarded(tiny_lm):
+    fmt = StepFormat(";", "|")
+    prompts, partials = zip(*CONTEXTS)
+    a = tiny_lm.propose(jax.random.key(3), prompts, partials, fmt.step_end, max_new_tokens=4)
+    b = tiny_lm.propose(jax.random.key(3), prompts, partials, fmt.step_end, max_new_tokens=4)
+    assert a.steps == b.steps
+    for s, t in zip(a.steps, a.truncated):
+        assert 1 <= len(s) <= 4 and "\x00" not in s
+        assert t == (fmt.step_end(s) is None)
+
+
+def test_learned_prm_scores_are_probabilities_and_padding_invariant(tiny_prm):
+    prompts = [p for p, _ in CONTEXTS]
+    partials = [(q,) if q else ("1;",) for _, q in CONTEXTS]
+    batch = tiny_prm.score(prompts, partials)
+    assert batch.shape == (4,) and np.all((batch > 0) & (batch < 1))
+    single = np.array([tiny_prm.score([p], [s])[0] for p, s in zip(prompts, partials)])
+    np.testing.assert_allclose(batch, single, rtol=1e-5, atol=1e-6)
+
+
+def test_hf_particle_filter_end_to_end(tiny_lm, tiny_prm):
+    model = LLMStateSpaceModel(tiny_lm, tiny_prm, max_steps=3, max_tokens_per_step=4)
+    res = particle_filter(jax.random.key(0), model, "3+5=", 4)
+    assert len(res.trajectories) == 4 and res.ess.shape == (3,)
+    assert res.usage.lm_calls >= 1 and res.usage.reward_calls == res.usage.lm_calls
+    assert np.isfinite(res.log_evidence)
+
+
+def test_bundled_assets_are_small_and_load_offline():
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total < 2 * 2**20, total
+    for sub in ("lm", "prm"):
+        assert (ASSETS / sub / "model.safetensors").exists()
+        assert (ASSETS / sub / "config.json").exists()
+    from probinfer.llm import load_default
+
+    model = load_default("learned")
+    task = ArithmeticTask()
+    prob = task.problems(1, seed=5)[0]
+    res = particle_filter(jax.random.key(0), model, prob.prompt, 4)
+    assert all(isinstance(t, str) for t in res.texts)
+    r = model.reward.score([prob.prompt, prob.prompt], [(prob.solution,), ("0;0;0|",)])
+    assert np.all((r >= 0) & (r <= 1))
+
+
+def test_verifier_reward():
+    v = VerifierReward(epsilon=0.1)
+    r = v.score(["3+5-4="] * 4, [("3;",), ("3;8;",), ("3;9;",), ("3;8;4|",)])
+    np.testing.assert_allclose(r, [0.9, 0.9, 0.1, 0.9])
+    assert v.score(["3+5-4="], [("3;8;4;",)])[0] == pytest.approx(0.1)  # no stop at the end
+    with pytest.raises(ValueError, match="epsilon"):
+        VerifierReward(epsilon=0.7)
+
+
+def test_import_does_not_load_torch():
+    code = (
+        "import sys, probinfer, probinfer.llm, probinfer.cli; probinfer.cli.build_parser(); "
+        "from probinfer.llm import particle_filter, LLMStateSpaceModel; "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_model_path():
+    with pytest.raises(ValueError, match="path"):
+        HFCausalLM.from_pretrained("/nonexistent/model")
