@@ -21,34 +21,65 @@ _LAZY = {
     "to_inference_data": "probinfer.inference_data",
     "kalman_filter": "probinfer.lgssm",
     "LinearGaussianSSM": "probinfer.lgssm",
+    "from_numpyro": "probinfer.targets",
+    "from_pyro": "probinfer.targets",
 }
-_SUBMODULES = {"distributions", "weights", "resampling", "particles", "inference_data", "lgssm"}
+_SUBMODULES = {
+    "distributions",
+    "engine",
+    "inference_data",
+    "lgssm",
+    "llm",
+    "particles",
+    "resampling",
+    "smc",
+    "targets",
+    "weights",
+}
 
 __all__ = [
     "LinearGaussianSSM",
     "Particles",
     "__version__",
     "distributions",
+    "engine",
     "ess",
+    "from_numpyro",
+    "from_pyro",
     "inference_data",
     "kalman_filter",
     "lgssm",
+    "llm",
     "log_mean_weight",
     "offspring_counts",
     "particles",
     "resample",
     "resampling",
     "should_resample",
+    "smc",
+    "targets",
     "to_inference_data",
     "weights",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probinfer import distributions, inference_data, lgssm, particles, resampling, weights
+    from probinfer import (
+        distributions,
+        engine,
+        inference_data,
+        lgssm,
+        llm,
+        particles,
+        resampling,
+        smc,
+        targets,
+        weights,
+    )
     from probinfer.inference_data import to_inference_data
     from probinfer.lgssm import LinearGaussianSSM, kalman_filter
     from probinfer.particles import Particles
     from probinfer.resampling import offspring_counts, resample
+    from probinfer.targets import from_numpyro, from_pyro
     from probinfer.weights import ess, log_mean_weight, should_resample
 
 

@@ -18,7 +18,8 @@ def test_import_probinfer_loads_nothing_heavy():
 def test_core_modules_never_import_torch_or_transformers():
     stmt = (
         "import probinfer; from probinfer import Particles, resample, distributions; "
-        "import probinfer.inference_data, probinfer.lgssm, probinfer.cli"
+        "import probinfer.inference_data, probinfer.lgssm, probinfer.cli, probinfer.smc, "
+        "probinfer.engine, probinfer.targets, probinfer.llm; probinfer.llm.particle_filter"
     )
     loaded = _modules_after(stmt)
     assert "torch" not in loaded and "transformers" not in loaded
