@@ -109,9 +109,9 @@ def run_blackjax(target, reps, step_size):
         blackjax.hmc.build_kernel(),
         blackjax.hmc.init,
         {
-            "step_size": step_size,
-            "inverse_mass_matrix": jnp.ones(D),
-            "num_integration_steps": LEAPFROG,
+            "step_size": jnp.array([step_size]),
+            "inverse_mass_matrix": jnp.ones((1, D)),
+            "num_integration_steps": jnp.array([LEAPFROG]),
         },
         resampling.systematic,
         0.5,
