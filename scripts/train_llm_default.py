@@ -7,9 +7,10 @@ Two stages, written to ``probinfer/llm/assets/`` as safetensors + JSON:
   probability ``--error-rate`` (errors propagate). The model learns that noise, so its
   single-sample accuracy is well below 100% on purpose: inference-time scaling has
   something to fix.
-* ``prm`` — a tiny GPT-2 sequence classifier (``GPT2ForSequenceClassification``, one
-  logit) trained on *the LM's own samples* labelled by the programmatic verifier (label of
-  a prefix = every step so far correct). Small and briefly trained, so it is imperfect.
+* ``prm`` — the LM's transformer with a one-logit token head (``GPT2ForTokenClassification``)
+  fine-tuned on *the LM's own samples*, each step labelled by the programmatic verifier
+  (label = every step so far correct) at its last character. Small and briefly trained, so
+  it is imperfect.
 
 Command (about 12 minutes on one CPU thread)::
 
@@ -118,7 +119,7 @@ def train_lm(args) -> None:
 
 def train_prm(args) -> None:
     import jax
-    from transformers import GPT2ForSequenceClassification
+    from transformers import GPT2ForTokenClassification
 
     from probinfer.llm.hf import HFCausalLM
     from probinfer.llm.protocols import StepFormat
@@ -158,20 +159,23 @@ def train_prm(args) -> None:
                 labels = task.step_locally_correct(pr, st)
             else:
                 labels = task.step_correct(pr, st)
-            for j in range(len(st)):
-                examples.append((pr + "".join(st[: j + 1]), float(labels[j])))
+            ends = np.cumsum([len(x) for x in st]) + len(pr) - 1  # last char of each step
+            examples.append((pr + "".join(st), ends.tolist(), [float(v) for v in labels]))
     acc_final = np.mean([task.step_correct(p, s)[-1] for p, s in zip(prompts, steps)])
-    pos = np.mean([e[1] for e in examples])
+    pos = np.mean([v for e in examples for v in e[2]])
+    num_labels = sum(len(e[2]) for e in examples)
     print(
-        f"prm data: {len(examples)} prefixes, {pos:.2f} positive, last-chunk sample accuracy "
-        f"{acc_final:.3f} ({time.time() - start:.0f}s)",
+        f"prm data: {len(examples)} samples, {num_labels} labelled steps, {pos:.2f} positive, "
+        f"last-chunk sample accuracy {acc_final:.3f} ({time.time() - start:.0f}s)",
         flush=True,
     )
 
     tok = CharTokenizer()
-    # the PRM starts from the LM's transformer (it already reads arithmetic) with a new
-    # one-logit head, as PRMs are usually fine-tuned from a language model
-    model = GPT2ForSequenceClassification.from_pretrained(
+    # The PRM starts from the LM's transformer (it already reads arithmetic) with a new
+    # one-logit token head, as PRMs are usually fine-tuned from a language model; every
+    # step is scored at its last character (causal attention: the score of a prefix does not
+    # depend on what follows), so one sample gives a label per step.
+    model = GPT2ForTokenClassification.from_pretrained(
         ASSETS / "lm", num_labels=1, local_files_only=True
     )
     model.config.pad_token_id = tok.pad_token_id
@@ -180,15 +184,21 @@ def train_prm(args) -> None:
     perm = rng.permutation(len(examples))
     val = [examples[i] for i in perm[:n_val]]
     train = [examples[i] for i in perm[n_val:]]
+
+    def logits_targets(batch):
+        x, m, _ = _batch(tok, [e[0] for e in batch], [0] * len(batch))
+        logits = model(input_ids=x, attention_mask=m).logits[..., 0]
+        rows = torch.tensor([i for i, e in enumerate(batch) for _ in e[1]])
+        cols = torch.tensor([c for e in batch for c in e[1]])
+        target = torch.tensor([v for e in batch for v in e[2]])
+        return logits[rows, cols], target
+
     start, step, ema = time.time(), 0, None
     while step < args.prm_steps and time.time() - start < 60 * args.prm_minutes:
         idx = rng.integers(0, len(train), size=args.batch_size)
-        texts = [train[i][0] for i in idx]
-        x, m, _ = _batch(tok, texts, [0] * len(texts))
-        target = torch.tensor([train[i][1] for i in idx])
         for g in opt.param_groups:
             g["lr"] = _lr(step, args.prm_steps, args.prm_lr)
-        logit = model(input_ids=x, attention_mask=m).logits[:, 0]
+        logit, target = logits_targets([train[i] for i in idx])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
         opt.zero_grad()
         loss.backward()
@@ -199,11 +209,11 @@ def train_prm(args) -> None:
             print(f"prm step {step} loss {ema:.4f} ({time.time() - start:.0f}s)", flush=True)
     model.eval()
     with torch.no_grad():
-        x, m, _ = _batch(tok, [v[0] for v in val], [0] * len(val))
-        p = torch.sigmoid(model(input_ids=x, attention_mask=m).logits[:, 0]).numpy()
-    yv = np.array([v[1] for v in val])
+        logit, yv = logits_targets(val)
+    p = torch.sigmoid(logit).numpy()
+    yv = yv.numpy()
     val_acc = float(np.mean((p > 0.5) == (yv > 0.5)))
-    print(f"prm validation accuracy {val_acc:.3f} on {len(val)} prefixes", flush=True)
+    print(f"prm validation step accuracy {val_acc:.3f} on {len(yv)} steps", flush=True)
     out = ASSETS / "prm"
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -213,7 +223,8 @@ def train_prm(args) -> None:
         "seconds": round(time.time() - start),
         "final_loss": ema,
         "validation_accuracy": val_acc,
-        "num_prefixes": len(examples),
+        "num_samples": len(examples),
+        "num_labelled_steps": num_labels,
         "positive_fraction": float(pos),
         "labels": args.prm_labels,
         "seed": args.seed,
@@ -230,7 +241,7 @@ def main() -> None:
     ap.add_argument("--lm-minutes", type=float, default=8.0)
     ap.add_argument("--prm-problems", type=int, default=1500)
     ap.add_argument("--prm-samples", type=int, default=4)
-    ap.add_argument("--prm-steps", type=int, default=2500)
+    ap.add_argument("--prm-steps", type=int, default=3000)
     ap.add_argument("--prm-minutes", type=float, default=4.0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -238,7 +249,7 @@ def main() -> None:
     ap.add_argument(
         "--prm-labels",
         choices=["local", "prefix"],
-        default="local",
+        default="prefix",
         help="label of a step: applied correctly to the previous value, or whole prefix right",
     )
     ap.add_argument("--seed", type=int, default=0)

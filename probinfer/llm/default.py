@@ -3,7 +3,11 @@
 The assets under ``probinfer/llm/assets/`` (``lm/`` and ``prm/``: safetensors + JSON,
 about 1 MB) are trained by ``scripts/train_llm_default.py``. The LM makes mistakes on
 purpose (about one operation in five is wrong in its training data), so a single sample
-is right only about a quarter of the time; the learned PRM is imperfect too.
+is right only about a quarter of the time. The learned PRM is the LM's transformer
+fine-tuned with a one-logit head on the LM's own samples, each step labelled by the
+verifier as applied correctly (or not) to the previous step's value; it is weak on purpose
+(validation accuracy about 70% against a 67% base rate), so greedy reward maximisation
+(best-of-N, beam search) is misled by it.
 """
 
 from __future__ import annotations

@@ -185,7 +185,9 @@ class HFCausalLM:
 
 
 class HFRewardModel:
-    """A learned process reward model: a sequence classifier with one logit.
+    """A learned process reward model with one logit: a sequence classifier, or a token
+    classifier read at the last token of the partial answer (the usual PRM layout: one
+    score per step, at the step's last token).
 
     ``score`` concatenates prompt and steps, right-pads the batch and evaluates
     ``sigmoid(logit)`` at the last real token through
@@ -194,8 +196,7 @@ class HFRewardModel:
     Parameters
     ----------
     model
-        A ``transformers`` sequence-classification model with ``num_labels = 1`` whose
-        config has ``pad_token_id`` set.
+        A ``transformers`` sequence- or token-classification model with ``num_labels = 1``.
     tokenizer
         As for :class:`HFCausalLM`.
     device
@@ -216,8 +217,12 @@ class HFRewardModel:
         pad = self.pad_token_id
 
         def prob(ids):
-            logit = self.model(input_ids=ids, attention_mask=(ids != pad).long()).logits[:, 0]
-            return torch.sigmoid(logit.float())
+            mask = (ids != pad).long()
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            if logits.ndim == 3:  # token head: the score at the last real token (right padding)
+                last = (mask.sum(-1) - 1).clamp(min=0)
+                logits = logits[torch.arange(ids.shape[0], device=ids.device), last]
+            return torch.sigmoid(logits[:, 0].float())
 
         self.engine = LikelihoodEngine(
             prob, backend="torch", min_bucket=8, device=str(self.device), dtype=torch.long
@@ -225,10 +230,17 @@ class HFRewardModel:
 
     @classmethod
     def from_pretrained(cls, path, *, device=None) -> HFRewardModel:
-        from transformers import AutoModelForSequenceClassification
+        import transformers
 
         p = _check_dir(path, "path")
-        model = AutoModelForSequenceClassification.from_pretrained(p, local_files_only=True)
+        arch = json.loads((p / "config.json").read_text()).get("architectures") or []
+        token = any(a.endswith("ForTokenClassification") for a in arch)
+        auto = (
+            transformers.AutoModelForTokenClassification
+            if token
+            else transformers.AutoModelForSequenceClassification
+        )
+        model = auto.from_pretrained(p, local_files_only=True)
         return cls(model, load_tokenizer(p), device=device)
 
     def score(self, prompts, partials) -> np.ndarray:

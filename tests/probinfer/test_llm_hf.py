@@ -48,11 +48,14 @@ def tiny_lm():
     return HFCausalLM(model, CharTokenizer(), device="cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_prm():
+@pytest.fixture(scope="module", params=["sequence", "token"])
+def tiny_prm(request):
     torch.manual_seed(1)
-    model = transformers.GPT2ForSequenceClassification(_config(num_labels=1))
-    return HFRewardModel(model, CharTokenizer(), device="cpu")
+    cls = {
+        "sequence": transformers.GPT2ForSequenceClassification,
+        "token": transformers.GPT2ForTokenClassification,
+    }[request.param]
+    return HFRewardModel(cls(_config(num_labels=1)), CharTokenizer(), device="cpu")
 
 
 CONTEXTS = [("3+5=", ""), ("1+2-3+4=", "1;"), ("9-9=", "9;0;"), ("2+2+2+2+2=", "")]
@@ -138,3 +141,55 @@ def test_import_does_not_load_torch():
 def test_bad_model_path():
     with pytest.raises(ValueError, match="path"):
         HFCausalLM.from_pretrained("/nonexistent/model")
+
+
+def test_particle_filter_beats_single_sample_on_bundled_task_with_verifier():
+    """PF at budget 8 at least doubles single-sample accuracy (bundled LM, exact verifier).
+
+    Expected about 25% vs 95% on 40 problems: the difference 0.95 - 2 x 0.25 = 0.45 is about
+    3 binomial standard errors of ``acc_pf - 2 acc_single`` (~0.14), so the one-sided check
+    ``acc_pf > 2 acc_single`` has a margin of several standard errors of each accuracy.
+    """
+    from probinfer.llm import load_default
+    from probinfer.llm.default import default_problems
+
+    torch.set_num_threads(1)
+    model = load_default("verifier")
+    probs = default_problems(40, seed=7)
+    single, pf = [], []
+    for i, (prompt, answer) in enumerate(probs):
+        key = jax.random.key(i)
+        single.append(particle_filter(key, model, prompt, 1).selected == answer)
+        pf.append(particle_filter(key, model, prompt, 8).selected == answer)
+    assert np.mean(pf) > 2 * np.mean(single), (np.mean(pf), np.mean(single))
+
+
+def test_probinfer_scale_cli_writes_table_json_png(tmp_path, capsys):
+    import json
+
+    from probinfer.cli import main
+
+    out = tmp_path / "scale.json"
+    rc = main(
+        [
+            "scale",
+            "--num-problems",
+            "3",
+            "--budgets",
+            "1,2",
+            "--algorithms",
+            "particle_filter,best_of_n",
+            "--prm",
+            "verifier",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert [r["budget"] for r in report["results"]["particle_filter"]] == [1, 2]
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "particle_filter" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["scale", "--budgets", "0"])
