@@ -134,6 +134,7 @@ def train_prm(args) -> None:
     start = time.time()
     key = jax.random.key(args.seed)
     problems = task.problems(args.prm_problems, seed=args.seed + 1000)
+    all_prompts, all_steps = [], []
     for b in range(0, len(problems), 128):
         chunk = problems[b : b + 128]
         prompts = [p.prompt for p in chunk for _ in range(args.prm_samples)]
@@ -154,6 +155,10 @@ def train_prm(args) -> None:
             for i, s in zip(live, out.steps):
                 texts[i] += s
                 steps[i].append(s)
+        all_prompts += prompts
+        all_steps += steps
+        if args.prm_kind == "likelihood":
+            continue
         for pr, st in zip(prompts, steps):
             if args.prm_labels == "local":
                 labels = task.step_locally_correct(pr, st)
@@ -161,6 +166,9 @@ def train_prm(args) -> None:
                 labels = task.step_correct(pr, st)
             ends = np.cumsum([len(x) for x in st]) + len(pr) - 1  # last char of each step
             examples.append((pr + "".join(st), ends.tolist(), [float(v) for v in labels]))
+    if args.prm_kind == "likelihood":
+        _fit_likelihood_prm(args, task, lm, all_prompts, all_steps, rng)
+        return
     acc_final = np.mean([task.step_correct(p, s)[-1] for p, s in zip(prompts, steps)])
     pos = np.mean([v for e in examples for v in e[2]])
     num_labels = sum(len(e[2]) for e in examples)
@@ -233,6 +241,54 @@ def train_prm(args) -> None:
     print("saved", out, meta, flush=True)
 
 
+def _fit_likelihood_prm(args, task, lm, prompts, steps, rng) -> None:
+    """Logistic regression of verifier labels on the newest step's LM likelihood."""
+    from sklearn.linear_model import LogisticRegression
+
+    from probinfer.llm.reward import FEATURES, LikelihoodPRM
+
+    start = time.time()
+    feat = LikelihoodPRM(lm, np.zeros(len(FEATURES)), 0.0)
+    xs, ys = [], []
+    for b in range(0, len(prompts), 256):
+        qp, qs, lab = [], [], []
+        for pr, st in zip(prompts[b : b + 256], steps[b : b + 256]):
+            labels = task.step_correct(pr, st)
+            for j in range(len(st)):
+                qp.append(pr)
+                qs.append(tuple(st[: j + 1]))
+                lab.append(float(labels[j]))
+        xs.append(feat.features(qp, qs))
+        ys.append(np.array(lab))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    perm = rng.permutation(len(y))
+    n_val = len(y) // 5
+    val, train = perm[:n_val], perm[n_val:]
+    clf = LogisticRegression().fit(x[train], y[train])
+    val_acc = float(clf.score(x[val], y[val]))
+    print(
+        f"likelihood PRM: validation accuracy {val_acc:.3f} on {n_val} steps "
+        f"(positive fraction {y.mean():.2f}) ({time.time() - start:.0f}s)",
+        flush=True,
+    )
+    out = ASSETS / "prm_likelihood"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "type": "lm_likelihood",
+        "lm": "../lm",
+        "features": list(FEATURES),
+        "coef": clf.coef_[0].tolist(),
+        "intercept": float(clf.intercept_[0]),
+        "validation_accuracy": val_acc,
+        "num_labelled_steps": int(len(y)),
+        "positive_fraction": float(y.mean()),
+        "labels": "prefix (every step so far correct)",
+        "seed": args.seed,
+    }
+    (out / "prm.json").write_text(json.dumps(cfg, indent=1))
+    print("saved", out, cfg, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=["lm", "prm", "all"], default="all")
@@ -246,6 +302,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--prm-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--prm-kind",
+        choices=["likelihood", "token"],
+        default="likelihood",
+        help="likelihood: logistic regression on the newest step's LM log-probability "
+        "(the bundled 'learned' PRM); token: fine-tuned token-classification PRM",
+    )
     ap.add_argument(
         "--prm-labels",
         choices=["local", "prefix"],

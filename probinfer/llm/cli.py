@@ -60,7 +60,10 @@ def _add_scale(sub) -> None:
     p.add_argument("--budgets", type=_budget_list, default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--num-problems", type=int, default=100)
     p.add_argument(
-        "--prm", default="learned", help="'learned' (bundled PRM), 'verifier', or a local path"
+        "--prm",
+        default="learned",
+        help="'learned' (bundled likelihood PRM), 'token' (bundled fine-tuned PRM), "
+        "'verifier' (exact), or a local sequence/token-classification model directory",
     )
     p.add_argument("--model", default=None, help="local Hugging Face causal LM directory")
     p.add_argument(
@@ -123,6 +126,10 @@ def _build_model(args):
     if args.prm == "verifier":
         reward = VerifierReward(step_format=fmt)
     elif args.prm == "learned":
+        from probinfer.llm.reward import LikelihoodPRM
+
+        reward = LikelihoodPRM.from_pretrained(ASSETS / "prm_likelihood", lm, step_format=fmt)
+    elif args.prm == "token":
         reward = HFRewardModel.from_pretrained(ASSETS / "prm")
     else:
         reward = HFRewardModel.from_pretrained(args.prm)

@@ -3,11 +3,11 @@
 The assets under ``probinfer/llm/assets/`` (``lm/`` and ``prm/``: safetensors + JSON,
 about 1 MB) are trained by ``scripts/train_llm_default.py``. The LM makes mistakes on
 purpose (about one operation in five is wrong in its training data), so a single sample
-is right only about a quarter of the time. The learned PRM is the LM's transformer
-fine-tuned with a one-logit head on the LM's own samples, each step labelled by the
-verifier as applied correctly (or not) to the previous step's value; it is weak on purpose
-(validation accuracy about 70% against a 67% base rate), so greedy reward maximisation
-(best-of-N, beam search) is misled by it.
+is right only about a quarter of the time. The learned PRM ("learned") is a logistic
+regression on the LM log-likelihood of the newest step, fitted to verifier labels ("every
+step so far correct") of the LM's own samples: about 84% accurate, and blind to earlier
+steps by construction. A second learned PRM ("token": the LM's transformer fine-tuned with
+a token-classification head) is weaker (about 78%).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from probinfer.llm.verifier import VerifierReward
 __all__ = ["ASSETS", "PRMS", "default_model_kwargs", "load_default"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-PRMS = ("learned", "verifier")
+PRMS = ("learned", "token", "verifier")
 
 
 def default_model_kwargs() -> dict:
@@ -42,7 +42,9 @@ def load_default(prm: str = "learned", *, device=None, **kwargs) -> LLMStateSpac
     Parameters
     ----------
     prm
-        ``"learned"`` (the bundled tiny PRM) or ``"verifier"`` (exact checking).
+        ``"learned"`` (the bundled likelihood-feature PRM, :class:`LikelihoodPRM`),
+        ``"token"`` (the bundled fine-tuned token-classification PRM, weaker) or
+        ``"verifier"`` (exact checking).
     device
         Torch device for the networks.
     **kwargs
@@ -57,6 +59,12 @@ def load_default(prm: str = "learned", *, device=None, **kwargs) -> LLMStateSpac
     settings.update(kwargs)
     lm = HFCausalLM.from_pretrained(ASSETS / "lm", device=device)
     if prm == "learned":
+        from probinfer.llm.reward import LikelihoodPRM
+
+        reward = LikelihoodPRM.from_pretrained(
+            ASSETS / "prm_likelihood", lm, step_format=settings["step_format"]
+        )
+    elif prm == "token":
         reward = HFRewardModel.from_pretrained(ASSETS / "prm", device=device)
     else:
         reward = VerifierReward(step_format=settings["step_format"])

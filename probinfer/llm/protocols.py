@@ -68,6 +68,16 @@ class StepFormat:
                 ends.append(i + len(self.stop))
         return min(ends) if ends else None
 
+    def split(self, text: str) -> list[str]:
+        """Split a generated text into its steps (the last one may be unfinished)."""
+        out = []
+        while text:
+            end = self.step_end(text)
+            end = len(text) if end is None or end <= 0 else end
+            out.append(text[:end])
+            text = text[end:]
+        return out
+
     def is_final(self, step: str) -> bool:
         """Whether ``step`` ends the answer."""
         return bool(self.stop(step)) if callable(self.stop) else self.stop in step

@@ -27,6 +27,7 @@ __all__ = [
 
 DELIMITER = ";"
 STOP = "|"
+_INT = re.compile(r"-?\d+")
 _ANSWER = re.compile(r"(-?\d+)\s*\|\s*$")
 
 
@@ -156,7 +157,7 @@ class ArithmeticTask:
         for i, s in enumerate(steps):
             body = s.rstrip(DELIMITER + STOP)
             ended = s.endswith(STOP)
-            good = i < len(truth) and body.lstrip("-").isdigit() and int(body) == truth[i]
+            good = i < len(truth) and _INT.fullmatch(body) is not None and int(body) == truth[i]
             if ended and i != len(truth) - 1:
                 good = False
             if not ended and i == len(truth) - 1 and s.endswith(DELIMITER):
@@ -177,7 +178,7 @@ class ArithmeticTask:
         out, prev = [], None
         for i, s in enumerate(steps):
             body = s.rstrip(DELIMITER + STOP)
-            if not body.lstrip("-").isdigit() or i >= prob.num_steps:
+            if _INT.fullmatch(body) is None or i >= prob.num_steps:
                 out.append(False)
                 prev = None
                 continue

@@ -31,18 +31,9 @@ class VerifierReward:
         self.epsilon = float(epsilon)
         self.step_format = step_format or StepFormat()
 
-    def _split(self, text: str) -> list[str]:
-        out = []
-        while text:
-            end = self.step_format.step_end(text)
-            end = len(text) if end is None else end
-            out.append(text[:end])
-            text = text[end:]
-        return out
-
     def score(self, prompts, partials) -> np.ndarray:
         out = np.empty(len(prompts))
         for i, (p, steps) in enumerate(zip(prompts, partials)):
-            ok = ArithmeticTask.step_correct(p, self._split("".join(steps)))
+            ok = ArithmeticTask.step_correct(p, self.step_format.split("".join(steps)))
             out[i] = 1.0 - self.epsilon if (ok and ok[-1]) else self.epsilon
         return out

@@ -125,6 +125,7 @@ def test_verifier_reward():
     r = v.score(["3+5-4="] * 4, [("3;",), ("3;8;",), ("3;9;",), ("3;8;4|",)])
     np.testing.assert_allclose(r, [0.9, 0.9, 0.1, 0.9])
     assert v.score(["3+5-4="], [("3;8;4;",)])[0] == pytest.approx(0.1)  # no stop at the end
+    assert v.score(["3+5-4="], [("3;--8;",)])[0] == pytest.approx(0.1)  # malformed number
     with pytest.raises(ValueError, match="epsilon"):
         VerifierReward(epsilon=0.7)
 
@@ -193,3 +194,27 @@ def test_probinfer_scale_cli_writes_table_json_png(tmp_path, capsys):
     assert "particle_filter" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["scale", "--budgets", "0"])
+
+
+def test_likelihood_prm_features_and_scores():
+    """The bundled learned PRM: features are the newest step's LM log-probability and token
+    count (checked against a direct forward pass), batched = one by one, scores in (0, 1)."""
+    from probinfer.llm import load_default
+
+    model = load_default("learned")
+    prm, lm = model.reward, model.lm
+    prompts = ["3+5-4=", "3+5-4=", "9-1="]
+    partials = [("3;", "8;"), ("3;8;4|",), ("9;", "8|")]
+    feats = prm.features(prompts, partials)
+    for i, (p, s) in enumerate(zip(prompts, partials)):
+        steps = model.step_format.split("".join(s))
+        head = lm.tokenizer.encode(p + "".join(steps[:-1]))
+        ids = torch.tensor([head + lm.tokenizer.encode(steps[-1])])
+        with torch.no_grad():
+            lp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), -1)
+        direct = sum(float(lp[j - 1, ids[0, j]]) for j in range(len(head), ids.shape[1]))
+        assert feats[i, 0] == pytest.approx(direct, abs=1e-4)
+        assert feats[i, 1] == ids.shape[1] - len(head)
+        np.testing.assert_allclose(prm.features([p], [s])[0], feats[i], atol=1e-4)
+    r = prm.score(prompts, partials)
+    assert np.all((r > 0) & (r < 1))
