@@ -1,7 +1,8 @@
 """Bootstrap particle filter on a 1-D linear-Gaussian SSM (T = 100): probinfer vs BlackJAX
 (a filter built from ``blackjax.smc.base.step``) vs ``particles`` (numpy), same data.
 
-Reports particle-steps per second (N T / run time, compilation excluded and reported
+Reports particle-steps per second (N T / median run time over interleaved rounds, so
+every library sees the same background load; compilation excluded and reported
 separately), and the log-evidence bias and standard deviation against the exact Kalman
 value over repeated runs. Writes benchmarks/results/pf_lgssm.json.
 
@@ -14,11 +15,13 @@ import argparse
 import json
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import time_interleaved
 
 from probinfer.lgssm import LinearGaussianSSM, kalman_filter
 from probinfer.smc import smc_scan, ssm_feynman_kac
@@ -37,13 +40,7 @@ def run_probinfer(ys, n, reps, threshold):
 
     t0 = time.perf_counter()
     once(jax.random.key(999))
-    compile_s = time.perf_counter() - t0
-    times, lz = [], []
-    for r in range(reps):
-        t0 = time.perf_counter()
-        lz.append(once(jax.random.key(r)))
-        times.append(time.perf_counter() - t0)
-    return compile_s, times, lz
+    return time.perf_counter() - t0, once
 
 
 def run_blackjax(ys, n, reps):
@@ -77,15 +74,12 @@ def run_blackjax(ys, n, reps):
         _, incs = jax.lax.scan(body, state, (jax.random.split(k, T - 1), ys[1:]))
         return logz0 + jnp.sum(incs)
 
+    def once(key):
+        return float(pf(key))
+
     t0 = time.perf_counter()
-    float(pf(jax.random.key(999)))
-    compile_s = time.perf_counter() - t0
-    times, lz = [], []
-    for r in range(reps):
-        t0 = time.perf_counter()
-        lz.append(float(pf(jax.random.key(r))))
-        times.append(time.perf_counter() - t0)
-    return compile_s, times, lz
+    once(jax.random.key(999))
+    return time.perf_counter() - t0, once
 
 
 def run_particles(ys, n, reps):
@@ -106,26 +100,38 @@ def run_particles(ys, n, reps):
             return pd.Normal(loc=x, scale=self.sy)
 
     data = list(np.asarray(ys[:, 0], np.float64))
-    times, lz = [], []
-    for r in range(reps):
-        np.random.seed(r)  # particles uses numpy's global RNG
-        fk = ssm.Bootstrap(ssm=LG(), data=data)
-        alg = particles.SMC(fk=fk, N=n, resampling="systematic", ESSrmin=0.5)
-        t0 = time.perf_counter()
+
+    def once(key):
+        np.random.seed(int(jax.random.randint(key, (), 0, 2**31 - 1)))  # global RNG
+        alg = particles.SMC(
+            fk=ssm.Bootstrap(ssm=LG(), data=data), N=n, resampling="systematic", ESSrmin=0.5
+        )
         alg.run()
-        times.append(time.perf_counter() - t0)
-        lz.append(float(alg.logLt))
-    return 0.0, times, lz
+        return float(alg.logLt)
+
+    return 0.0, once
 
 
-def summarise(name, n, compile_s, times, lz, exact, extra=None):
+def measure(runners, reps):
+    """Interleaved timing (same key each round) and log Z over ``reps`` seeds."""
+    times = time_interleaved(
+        {name: partial(once, jax.random.key(7)) for name, (_, once) in runners.items()},
+        repeats=reps,
+        warmup=0,
+    )
+    return {
+        name: (compile_s, times[name], [once(jax.random.key(r)) for r in range(reps)])
+        for name, (compile_s, once) in runners.items()
+    }
+
+
+def summarise(name, n, compile_s, best, lz, exact, extra=None):
     err = np.asarray(lz) - exact
-    best = float(np.median(times))
     row = {
         "library": name,
         "N": n,
         "T": T,
-        "reps": len(times),
+        "reps": len(lz),
         "compile_s": compile_s,
         "median_run_s": best,
         "particle_steps_per_s": n * T / best,
@@ -152,42 +158,15 @@ def main(argv=None):
     exact = kalman_filter(SSM, ys).log_evidence
     rows = []
     for n in args.sizes:
-        rows.append(
-            summarise(
-                "probinfer (ESS<0.5N)",
-                n,
-                *run_probinfer(ys, n, args.reps, 0.5),
-                exact,
-                {"ess_threshold": 0.5},
-            )
-        )
-        rows.append(
-            summarise(
-                "probinfer (every step)",
-                n,
-                *run_probinfer(ys, n, args.reps, 1.0),
-                exact,
-                {"ess_threshold": 1.0},
-            )
-        )
-        rows.append(
-            summarise(
-                "blackjax smc.base.step",
-                n,
-                *run_blackjax(ys, n, args.reps),
-                exact,
-                {"ess_threshold": 1.0},
-            )
-        )
-        rows.append(
-            summarise(
-                "particles 0.4 (numpy)",
-                n,
-                *run_particles(ys, n, args.reps),
-                exact,
-                {"ess_threshold": 0.5},
-            )
-        )
+        runners = {
+            "probinfer (ESS<0.5N)": run_probinfer(ys, n, args.reps, 0.5),
+            "probinfer (every step)": run_probinfer(ys, n, args.reps, 1.0),
+            "blackjax smc.base.step": run_blackjax(ys, n, args.reps),
+            "particles 0.4 (numpy)": run_particles(ys, n, args.reps),
+        }
+        thresholds = [0.5, 1.0, 1.0, 0.5]
+        for (name, res), thr in zip(measure(runners, args.reps).items(), thresholds):
+            rows.append(summarise(name, n, *res, exact, {"ess_threshold": thr}))
     ratios = {}
     for n in args.sizes:
         by = {r["library"]: r for r in rows if r["N"] == n}

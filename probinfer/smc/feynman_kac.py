@@ -150,12 +150,6 @@ def _clean_log_potential(log_g, n: int) -> tuple[Array, Array]:
     return jnp.where(bad, -jnp.inf, g), jnp.sum(bad)
 
 
-def _log_increment(log_weights: Array, log_g: Array) -> Array:
-    """``log sum_i W_i G_i`` for normalised ``W`` (``-inf`` if every product is zero)."""
-    lse = jax.scipy.special.logsumexp
-    return lse(log_weights + log_g) - lse(log_weights)
-
-
 def _report_nan(num_nan: int, where: str) -> None:
     if num_nan:
         warnings.warn(
@@ -206,29 +200,67 @@ def transition_step(
     only indexed when resampling happens, so any store with ``take`` works); otherwise
     ``lax.cond`` is used and the function is traceable.
     """
-    k_res, k_move = jax.random.split(key)
     lw = particles.log_weights
+    if not eager:
+        log_sum_w = jax.scipy.special.logsumexp(lw)
+        particles, info, _ = _advance(
+            key, t, fk, particles, log_sum_w, ess(lw), ess_threshold, scheme, True
+        )
+        return particles, info
+    k_res, k_move = jax.random.split(key)
     n = lw.shape[0]
     do = should_resample(lw, ess_threshold)
-    identity = jnp.arange(n, dtype=jnp.int32)
-    if eager:
-        if bool(do):
-            anc = resample(k_res, lw, scheme=scheme)
-            prev, lw = take(particles.values, anc), jnp.zeros(n, lw.dtype)
-        else:
-            anc, prev = identity, particles.values
+    if bool(do):
+        anc = resample(k_res, lw, scheme=scheme)
+        prev, lw = take(particles.values, anc), jnp.zeros(n, lw.dtype)
     else:
-        anc, lw = jax.lax.cond(
-            do,
-            lambda: (resample(k_res, lw, scheme=scheme), jnp.zeros_like(lw)),
-            lambda: (identity, lw),
-        )
-        prev = take(particles.values, anc)
+        anc, prev = jnp.arange(n, dtype=jnp.int32), particles.values
     values = fk.M(k_move, t, prev, fk.data)
     log_g, num_nan = _clean_log_potential(fk.logG(t, prev, values, fk.data), n)
     new_lw = lw + log_g
-    inc = log_increment64(lw, log_g) if eager else _log_increment(lw, log_g)
+    inc = log_increment64(lw, log_g)
     return Particles(values, new_lw), StepInfo(inc, ess(new_lw), do, anc, num_nan)
+
+
+def _log_sum_and_ess(log_weights: Array) -> tuple[Array, Array]:
+    """``(logsumexp(lw), ESS(lw))`` from one max and one exp pass over the weights."""
+    m = jnp.max(log_weights)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    e = jnp.exp(log_weights - m)
+    s1, s2 = jnp.sum(e), jnp.sum(e * e)
+    return m + jnp.log(s1), s1 * s1 / s2
+
+
+def _advance(
+    key, t, fk, particles, log_sum_w, ess_now, ess_threshold, scheme, keep_ancestors
+) -> tuple[Particles, StepInfo, Array]:
+    """The traced SMC step. ``log_sum_w`` and ``ess_now`` (``logsumexp`` and ESS of the
+    current log weights) come from the previous step, so each step makes one reduction
+    pass over its new weights; the particles are only gathered when resampling happens.
+    Returns the new particles, the step's info and the ``logsumexp`` of the new weights.
+    """
+    k_res, k_move = jax.random.split(key)
+    lw = particles.log_weights
+    n = lw.shape[0]
+    do = jnp.logical_or(jnp.asarray(ess_threshold) >= 1.0, ess_now < ess_threshold * n)
+
+    def resampled():
+        anc = resample(k_res, lw, scheme=scheme)
+        out = (take(particles.values, anc), jnp.zeros_like(lw), jnp.log(jnp.asarray(n, lw.dtype)))
+        return out + ((anc,) if keep_ancestors else ())
+
+    def kept():
+        out = (particles.values, lw, log_sum_w.astype(lw.dtype))
+        return out + ((jnp.arange(n, dtype=jnp.int32),) if keep_ancestors else ())
+
+    prev, lw, log_sum_prev, *anc = jax.lax.cond(do, resampled, kept)
+    values = fk.M(k_move, t, prev, fk.data)
+    log_g, num_nan = _clean_log_potential(fk.logG(t, prev, values, fk.data), n)
+    new_lw = lw + log_g
+    log_sum_new, ess_new = _log_sum_and_ess(new_lw)
+    inc = log_sum_new - log_sum_prev  # log sum_i W_i G_i with W = normalised lw
+    info = StepInfo(inc, ess_new, do, anc[0] if keep_ancestors else None, num_nan)
+    return Particles(values, new_lw), info, log_sum_new
 
 
 class SMCOutput(NamedTuple):
@@ -265,17 +297,21 @@ def _scan_jit(
     def summarize(p):
         return None if summary is None else summary(p, data)
 
-    def body(p, inputs):
+    def body(carry, inputs):
+        p, log_sum_w, ess_now = carry
         k, t = inputs
-        p, info = transition_step(k, t, fk, p, ess_threshold, scheme)
-        if not keep_ancestors:
-            info = info._replace(ancestors=None)
-        return p, (info, summarize(p))
+        p, info, log_sum_w = _advance(
+            k, t, fk, p, log_sum_w, ess_now, ess_threshold, scheme, keep_ancestors
+        )
+        return (p, log_sum_w, info.ess), (info, summarize(p))
 
     s0 = summarize(particles)
     ts = jnp.arange(1, num_steps)
     keys = jax.random.split(k_rest, num_steps - 1)
-    particles, (infos, sums) = jax.lax.scan(body, particles, (keys, ts))
+    log_sum_0 = jax.scipy.special.logsumexp(particles.log_weights)
+    (particles, _, _), (infos, sums) = jax.lax.scan(
+        body, (particles, log_sum_0, info0.ess), (keys, ts)
+    )
     if not keep_ancestors:
         info0 = info0._replace(ancestors=None)
 

@@ -107,10 +107,19 @@ def _generic_fns(ssm: StateSpaceModel, guided: bool):
 
 
 # ---- linear-Gaussian models: closed-form callables over a parameter pytree --------------------
+def _rows_times(x, M):
+    """``x @ M.T`` for particles ``x (N, d)``. For small matrices this is written as
+    broadcast products and a sum, which XLA fuses with the surrounding elementwise work
+    (one pass over ``N``) instead of calling a GEMM with a tiny inner dimension."""
+    if M.shape[0] * M.shape[1] <= 16:
+        return jnp.sum(x[:, None, :] * M[None, :, :], axis=-1)
+    return x @ M.T
+
+
 def _mvn_rows(resid, chol_inv):
     """Gaussian log density of each row of ``resid`` given the inverse Cholesky factor
     (a matrix product instead of a batched triangular solve: much faster on CPU)."""
-    z = resid @ chol_inv.T
+    z = _rows_times(resid, chol_inv)
     return (
         -0.5 * jnp.sum(z**2, axis=-1)
         + jnp.sum(jnp.log(jnp.diag(chol_inv)))
@@ -150,7 +159,7 @@ def _lgssm_data(ssm, ys: np.ndarray, dtype) -> dict:
 @lru_cache(maxsize=4)
 def _lgssm_fns(guided: bool):
     def noise(key, n, L):
-        return jax.random.normal(key, (n, L.shape[0]), L.dtype) @ L.T
+        return _rows_times(jax.random.normal(key, (n, L.shape[0]), L.dtype), L)
 
     def q0_mean(p):
         return p["b0"] + p["K0"] @ p["ys"][0]
@@ -162,12 +171,12 @@ def _lgssm_fns(guided: bool):
 
     def M(key, t, x, p):
         if guided:
-            mean = x @ p["K1"].T + p["K2"] @ p["ys"][t]
+            mean = _rows_times(x, p["K1"]) + p["K2"] @ p["ys"][t]
             return mean + noise(key, x.shape[0], p["LS"])
-        return x @ p["A"].T + noise(key, x.shape[0], p["LQ"])
+        return _rows_times(x, p["A"]) + noise(key, x.shape[0], p["LQ"])
 
     def logG(t, x_prev, x, p):
-        log_obs = _mvn_rows(p["ys"][t] - x @ p["C"].T, p["LR_inv"])
+        log_obs = _mvn_rows(p["ys"][t] - _rows_times(x, p["C"]), p["LR_inv"])
         if not guided:
             return log_obs
         if x_prev is None:
@@ -176,10 +185,10 @@ def _lgssm_fns(guided: bool):
                 + _mvn_rows(x - p["m0"], p["L0_inv"])
                 - _mvn_rows(x - q0_mean(p), p["LS0_inv"])
             )
-        mean = x_prev @ p["K1"].T + p["K2"] @ p["ys"][t]
+        mean = _rows_times(x_prev, p["K1"]) + p["K2"] @ p["ys"][t]
         return (
             log_obs
-            + _mvn_rows(x - x_prev @ p["A"].T, p["LQ_inv"])
+            + _mvn_rows(x - _rows_times(x_prev, p["A"]), p["LQ_inv"])
             - _mvn_rows(x - mean, p["LS_inv"])
         )
 

@@ -8,9 +8,11 @@ Feynman-Kac step of the driver specialised to tempering:
    ``exp((lambda' - lambda) log p(y | theta_i))`` is ``ess_target * N`` (or jump to 1);
 2. add the evidence increment ``log mean_i exp((lambda' - lambda) log p(y | theta_i))``;
 3. resample;
-4. rejuvenate with MCMC moves invariant for ``pi_lambda'`` (random-walk MH with the
-   particle covariance, HMC or NUTS with a diagonal mass from the particle variances),
-   adapting the scale / step size to the observed acceptance rate.
+4. rejuvenate with MCMC moves invariant for ``pi_lambda'`` (random-walk MH and HMC with
+   the particle covariance, NUTS with a diagonal mass from the particle variances); the
+   scale / step size is fixed during a step and adapted between steps from the observed
+   acceptance rate (HMC: capped at a quarter-period integration time, which makes one
+   move nearly independent of its start on near-Gaussian targets).
 
 Log-likelihoods are evaluated through the targets' :class:`~probinfer.engine.LikelihoodEngine`.
 The run is driven from Python with one jitted step (progress bar, any target) or entirely
@@ -32,7 +34,14 @@ import numpy as np
 from probinfer.particles import Particles
 from probinfer.resampling import resample
 from probinfer.smc.feynman_kac import check_num_particles, check_threshold
-from probinfer.smc.kernels import KERNELS, Densities, hmc_move, nuts_move, rwmh_move
+from probinfer.smc.kernels import (
+    KERNELS,
+    Densities,
+    hmc_move,
+    max_hmc_step_size,
+    nuts_move,
+    rwmh_move,
+)
 from probinfer.weights import ess, log_mean_weight
 
 Array = jax.Array
@@ -97,6 +106,22 @@ def _next_delta(log_lik, lam, ess_target, num_bisection: int = 40):
     return jnp.where(ess_frac(room) >= ess_target, room, lo)
 
 
+def _max_scale(cfg: _Config) -> float:
+    return max_hmc_step_size(cfg.num_leapfrog) if cfg.kernel == "hmc" else 10.0
+
+
+def _adapt_scale(scale, acc, cfg: _Config):
+    """Scale / step size for the *next* step from this step's acceptance rate.
+
+    The kernel of a step uses the scale fixed before it started (so every move is
+    invariant for its ``pi_lambda``); the update is a multiplicative Robbins-Monro step
+    towards the target acceptance, capped for HMC at a quarter-period integration time
+    (:func:`~probinfer.smc.kernels.max_hmc_step_size`).
+    """
+    target = _TARGET_ACCEPT[cfg.kernel]
+    return jnp.clip(scale * jnp.exp(2.0 * (acc - target)), 1e-4, _max_scale(cfg))
+
+
 def tempering_step(key, state: TemperedState, dens: Densities, cfg: _Config):
     """One adaptive tempering step (reweight, resample, move); traceable."""
     k_res, k_move = jax.random.split(key)
@@ -121,8 +146,7 @@ def tempering_step(key, state: TemperedState, dens: Densities, cfg: _Config):
         theta, lp, ll, acc = nuts_move(
             k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps, cfg.max_tree_depth
         )
-    target = _TARGET_ACCEPT[cfg.kernel]
-    new_scale = jnp.clip(state.scale * jnp.exp(2.0 * (acc - target)), 1e-4, 10.0)
+    new_scale = _adapt_scale(state.scale, acc, cfg)
     new = TemperedState(theta, lp, ll, lam, new_scale, state.log_evidence + inc)
     return new, StepStats(lam, inc, ess_inc, acc, state.scale)
 
@@ -131,13 +155,35 @@ def _densities(target) -> Densities:
     return Densities(target.log_prior, target.log_likelihood)
 
 
-def _init_state(key, target, n, kernel, initial_scale):
+@partial(jax.jit, static_argnames=("target", "n"))
+def _prior_draws_jit(key, target, n):
     theta = jnp.asarray(target.sample_prior(key, n))
-    lp, ll = target.log_prior(theta), target.log_likelihood(theta)
+    return theta, target.log_prior(theta), target.log_likelihood(theta)
+
+
+def _prior_draws(key, target, n):
+    """``n`` prior draws with their log prior and log likelihood.
+
+    JAX targets are drawn under one cached ``jit`` (keyed on the target object), so
+    repeated runs on the same target do not re-trace and re-compile the model.
+    """
+    if target.backend == "jax":
+        return _prior_draws_jit(key, target, n)
+    theta = jnp.asarray(target.sample_prior(key, n))
+    return theta, target.log_prior(theta), target.log_likelihood(theta)
+
+
+def _init_state(key, target, n, kernel, initial_scale, num_leapfrog=10):
+    theta, lp, ll = _prior_draws(key, target, n)
     ll = jnp.where(jnp.isnan(ll), -jnp.inf, ll)
     d = theta.shape[1]
     if initial_scale is None:
-        initial_scale = 2.38 / np.sqrt(d) if kernel == "rwmh" else 0.5 / d**0.25
+        if kernel == "rwmh":
+            initial_scale = 2.38 / np.sqrt(d)
+        elif kernel == "hmc":
+            initial_scale = max_hmc_step_size(num_leapfrog)
+        else:
+            initial_scale = 0.5 / d**0.25
     scale = jnp.asarray(initial_scale, theta.dtype)
     zero = jnp.zeros((), theta.dtype)
     return TemperedState(theta, lp, ll, zero, scale, zero)
@@ -199,7 +245,7 @@ def tempered_smc_loop(
     ``max_steps``. See :func:`tempered_smc` for the arguments.
     """
     k_init, k_run = jax.random.split(key)
-    state = _init_state(k_init, target, num_particles, kernel, initial_scale)
+    state = _init_state(k_init, target, num_particles, kernel, initial_scale, num_leapfrog)
     cfg = _Config(
         kernel,
         int(num_mcmc_steps),
@@ -323,8 +369,9 @@ def tempered_smc(
         ``N >= 2``.
     kernel
         ``"rwmh"`` (random-walk MH, proposal ``scale^2 x`` particle covariance), ``"hmc"``
-        (``num_leapfrog`` leapfrog steps) or ``"nuts"`` (tree depth up to
-        ``max_tree_depth``); gradient kernels need a JAX target.
+        (``num_leapfrog`` leapfrog steps, particle covariance as inverse mass) or
+        ``"nuts"`` (tree depth up to ``max_tree_depth``); gradient kernels need a JAX
+        target.
     num_mcmc_steps
         MCMC moves after each resampling.
     ess_target
@@ -332,8 +379,11 @@ def tempered_smc(
     scheme
         Resampling scheme.
     initial_scale
-        Initial RWMH scale (default ``2.38 / sqrt(D)``) or HMC/NUTS step size relative to
-        the particle standard deviations; adapted towards acceptance 0.3 / 0.65 / 0.8.
+        Initial RWMH scale (default ``2.38 / sqrt(D)``), HMC step size in coordinates
+        whitened by the particle covariance (default and maximum
+        ``pi / (2 num_leapfrog)``, a quarter-period integration time) or NUTS step size
+        relative to the particle standard deviations (default ``0.5 / D^(1/4)``); adapted
+        between steps towards acceptance 0.3 / 0.65 / 0.8.
     max_steps
         Upper bound on the number of tempering steps (a ``ValueError`` if it does not
         reach ``lambda = 1``).
@@ -351,7 +401,7 @@ def tempered_smc(
     _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, max_steps)
     start = time.perf_counter()
     k_init, k_run = jax.random.split(key)
-    state = _init_state(k_init, target, num_particles, kernel, initial_scale)
+    state = _init_state(k_init, target, num_particles, kernel, initial_scale, num_leapfrog)
     _check_init(state)
     cfg = _Config(
         kernel,
