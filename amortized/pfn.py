@@ -178,6 +178,7 @@ class PFN:
         tmp = w_file.with_name(w_file.name + ".tmp")
         save_file(self.state_tensors(), str(tmp))
         os.replace(tmp, w_file)
+        os.chmod(w_file, 0o644)  # safetensors writes 0600; shipped weights must be readable
         cfg = {"format": FORMAT, "version": _VERSION, "model": self.config.to_dict(), **self.meta}
         tmpj = cfg_file.with_name(cfg_file.name + ".tmp")
         tmpj.write_text(json.dumps(cfg, indent=2, sort_keys=True))

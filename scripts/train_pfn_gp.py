@@ -12,6 +12,8 @@ The prior is the fixed-hyperparameter RBF GP of ``amortized.pretrained.GP_1D_PRI
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import sys
 import time
 
@@ -36,6 +38,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumable) after this")
+    p.add_argument(
+        "--evaluate", type=int, default=200, help="held-out datasets per n_train (0: skip)"
+    )
     p.add_argument("--log", default=None, help="progress-bar log file (default: stderr)")
     a = p.parse_args(argv)
 
@@ -85,6 +90,13 @@ def main(argv=None) -> int:
         pfn.meta["training"]["command"] = "python scripts/train_pfn_gp.py " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
+        pfn.meta["training"]["hardware"] = f"{platform.processor() or platform.machine()}, CPU"
+        if a.evaluate:
+            from amortized.evaluate import nll_vs_gp
+
+            res = nll_vs_gp(pfn, GP_1D_PRIOR, n_datasets=a.evaluate, n_train_values=(5, 10, 20, 50))
+            pfn.meta["evaluation"] = res
+            print(json.dumps(res, indent=1), file=log or sys.stderr, flush=True)
         pfn.save(a.out, name=a.name)
     return 0
 
