@@ -54,7 +54,7 @@ def _add_scale(sub) -> None:
     p.add_argument(
         "--algorithms",
         type=_algo_list,
-        default=["particle_filter", "best_of_n", "beam_search", "self_consistency"],
+        default=["particle_filter", "best_of_n", "beam_search"],
         help=f"comma-separated, from {', '.join(_ALGOS)}",
     )
     p.add_argument("--budgets", type=_budget_list, default=[1, 2, 4, 8, 16, 32])

@@ -67,16 +67,16 @@ def test_particle_filter_answer_posterior_matches_enumeration(kw):
     exact, _ = exact_posterior(model, "q")
     support = list(exact.answers)
     p = _probs(exact, support)
-    runs = 24
+    runs = 16
     est = np.stack(
         [
-            _probs(particle_filter(k, model, "q", 200).answer_distribution, support)
+            _probs(particle_filter(k, model, "q", 150).answer_distribution, support)
             for k in jax.random.split(jax.random.key(0), runs)
         ]
     )
     mean, se = est.mean(0), est.std(0, ddof=1) / np.sqrt(runs)
-    # bias of the self-normalised estimate is O(1/N) = 0.005, well inside 5 standard errors
-    assert np.all(np.abs(mean - p) <= 5 * se + 1.0 / 200), (mean, p, se)
+    # bias of the self-normalised estimate is O(1/N), below 1/N here; se ~ 0.01
+    assert np.all(np.abs(mean - p) <= 5 * se + 1.0 / 150), (mean, p, se)
 
 
 def test_particle_filter_total_variation_shrinks_with_n():
@@ -100,7 +100,7 @@ def test_particle_filter_total_variation_shrinks_with_n():
 def test_particle_filter_evidence_is_unbiased(ess_threshold):
     model = _model()
     _, log_z = exact_posterior(model, "q")
-    runs = 150
+    runs = 100
     z = np.array(
         [
             np.exp(particle_filter(k, model, "q", 8, ess_threshold=ess_threshold).log_evidence)
