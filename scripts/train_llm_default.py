@@ -1,20 +1,30 @@
 """Train the bundled offline default models of ``probinfer.llm`` (CPU, minutes).
 
-Two stages, written to ``probinfer/llm/assets/`` as safetensors + JSON:
+Stages, written to ``probinfer/llm/assets/`` as safetensors + JSON:
 
 * ``lm``  — a tiny GPT-2 (transformers ``GPT2LMHeadModel``, character tokenizer) trained on
   the multi-step arithmetic task with solutions in which each operation is wrong with
   probability ``--error-rate`` (errors propagate). The model learns that noise, so its
   single-sample accuracy is well below 100% on purpose: inference-time scaling has
   something to fix.
-* ``prm`` — the LM's transformer with a one-logit token head (``GPT2ForTokenClassification``)
-  fine-tuned on *the LM's own samples*, each step labelled by the programmatic verifier
-  (label = every step so far correct) at its last character. Small and briefly trained, so
+* ``prm --prm-kind likelihood`` (default) — the bundled "learned" PRM: a logistic
+  regression of verifier labels on the newest step's LM log-probability and length,
+  fitted on the LM's own samples (``assets/prm_likelihood/prm.json``).
+* ``prm --prm-kind token`` — the LM's transformer with a one-logit token head
+  (``GPT2ForTokenClassification``) fine-tuned on *the LM's own samples*, each step
+  labelled by the programmatic verifier (label = every step so far correct) at its last
+  character. Small and briefly trained, so
   it is imperfect.
 
-Command (about 12 minutes on one CPU thread)::
+Commands that produced the bundled assets (one CPU thread; a shared 2-core machine)::
 
-    .venv/bin/python scripts/train_llm_default.py --stage all
+    .venv/bin/python scripts/train_llm_default.py --stage lm                # ~7 min, 4000 steps
+    .venv/bin/python scripts/train_llm_default.py --stage prm               # ~30 s ("learned")
+    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-kind token \
+        --prm-problems 1500                                                  # ~4 min ("token")
+
+``--stage all`` runs the first two. The token PRM stops at ``--prm-minutes`` (4), so its
+number of steps depends on the machine's speed.
 
 Run in the background with ``nohup ... > train_llm.log 2>&1 &``.
 """
@@ -293,9 +303,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", choices=["lm", "prm", "all"], default="all")
     ap.add_argument("--error-rate", type=float, default=0.2)
-    ap.add_argument("--lm-steps", type=int, default=6000)
-    ap.add_argument("--lm-minutes", type=float, default=8.0)
-    ap.add_argument("--prm-problems", type=int, default=1500)
+    ap.add_argument("--lm-steps", type=int, default=4000)
+    ap.add_argument("--lm-minutes", type=float, default=9.0)
+    ap.add_argument("--prm-problems", type=int, default=500)
     ap.add_argument("--prm-samples", type=int, default=4)
     ap.add_argument("--prm-steps", type=int, default=3000)
     ap.add_argument("--prm-minutes", type=float, default=4.0)
