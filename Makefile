@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/probinfer demo
+	$(BIN)/probinfer scale
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
