@@ -46,9 +46,9 @@ def main() -> None:
 
         t = time_interleaved(
             {
-                "bj": lambda: bj_sys(key, w, n).block_until_ready(),
-                "jit": lambda: ours_jit(key, lw).block_until_ready(),
-                "api": lambda: resample(key, lw).block_until_ready(),
+                "bj": lambda k=key, w=w, n=n: bj_sys(k, w, n).block_until_ready(),
+                "jit": lambda k=key, lw=lw: ours_jit(k, lw).block_until_ready(),
+                "api": lambda k=key, lw=lw: resample(k, lw).block_until_ready(),
             },
             args.repeats,
         )
