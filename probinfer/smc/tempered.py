@@ -155,20 +155,8 @@ def _densities(target) -> Densities:
     return Densities(target.log_prior, target.log_likelihood)
 
 
-@partial(jax.jit, static_argnames=("target", "n"))
-def _prior_draws_jit(key, target, n):
-    theta = jnp.asarray(target.sample_prior(key, n))
-    return theta, target.log_prior(theta), target.log_likelihood(theta)
-
-
 def _prior_draws(key, target, n):
-    """``n`` prior draws with their log prior and log likelihood.
-
-    JAX targets are drawn under one cached ``jit`` (keyed on the target object), so
-    repeated runs on the same target do not re-trace and re-compile the model.
-    """
-    if target.backend == "jax":
-        return _prior_draws_jit(key, target, n)
+    """``n`` prior draws with their log prior and log likelihood."""
     theta = jnp.asarray(target.sample_prior(key, n))
     return theta, target.log_prior(theta), target.log_likelihood(theta)
 

@@ -132,22 +132,27 @@ class NumPyroTarget(Target):
         theta = self._check_theta(theta)
         return self._pointwise_engine(theta) if pointwise else self._lik_engine(theta)
 
-    def sample_prior(self, key: Array, num: int) -> Array:
+    def sample_prior_one(self, key: Array) -> Array:
+        """One prior draw as a flat unconstrained vector ``(D,)``."""
         from numpyro import handlers
         from numpyro.distributions import biject_to
 
+        tr = handlers.trace(handlers.seed(self.model, key)).get_trace(*self.args, **self.kwargs)
+        parts = []
+        for s in self.sites:
+            site = tr[s.name]
+            parts.append(jnp.reshape(biject_to(site["fn"].support).inv(site["value"]), -1))
+        return jnp.concatenate(parts)
+
+    def sample_prior(self, key: Array, num: int) -> Array:
         num = check_num(num)
-
-        def one(k):
-            tr = handlers.trace(handlers.seed(self.model, k)).get_trace(*self.args, **self.kwargs)
-            parts = []
-            for s in self.sites:
-                site = tr[s.name]
-                u = biject_to(site["fn"].support).inv(site["value"])
-                parts.append(jnp.reshape(u, -1))
-            return jnp.concatenate(parts)
-
-        return jax.jit(jax.vmap(one))(jax.random.split(key, num))
+        # One jitted sampler per target, built on first use, so repeated calls with the
+        # same `num` reuse the compiled model instead of re-tracing it.
+        sampler = self.__dict__.get("_prior_sampler")
+        if sampler is None:
+            sampler = jax.jit(jax.vmap(self.sample_prior_one))
+            object.__setattr__(self, "_prior_sampler", sampler)
+        return sampler(jax.random.split(key, num))
 
     def constrain(self, theta) -> dict[str, Array]:
         theta = self._check_theta(theta)
