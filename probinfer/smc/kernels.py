@@ -17,7 +17,15 @@ import numpy as np
 
 Array = jax.Array
 
-__all__ = ["KERNELS", "Densities", "hmc_move", "max_hmc_step_size", "nuts_move", "rwmh_move"]
+__all__ = [
+    "KERNELS",
+    "Densities",
+    "hmc_move",
+    "log_target_and_score",
+    "max_hmc_step_size",
+    "nuts_move",
+    "rwmh_move",
+]
 
 KERNELS = ("rwmh", "hmc", "nuts")
 
@@ -27,6 +35,21 @@ class Densities(NamedTuple):
 
     log_prior: Callable
     log_lik: Callable
+
+
+def log_target_and_score(dens: Densities, theta, lam):
+    """``(log_prior, log_lik, score)`` of ``pi_lambda`` at ``theta (N, D)``, one gradient pass.
+
+    ``score = grad_theta [log_prior + lambda log_lik]`` per particle (the log densities are
+    per-particle sums, so the gradient of their total is the per-particle gradient).
+    """
+
+    def total(th):
+        lp_, ll_ = dens.log_prior(th), dens.log_lik(th)
+        return jnp.sum(lp_ + lam * ll_), (lp_, ll_)
+
+    (_, (lp, ll)), score = jax.value_and_grad(total, has_aux=True)(theta)
+    return lp, ll, score
 
 
 def _mh_accept(key, log_ratio):
@@ -95,15 +118,9 @@ def hmc_move(
     chol = _particle_chol(theta)
     h = jnp.minimum(step_size, max_hmc_step_size(num_leapfrog))
 
-    def neg_log_target(th):
-        lp_, ll_ = dens.log_prior(th), dens.log_lik(th)
-        return -jnp.sum(lp_ + lam * ll_), (lp_, ll_)
-
-    value_and_grad = jax.value_and_grad(neg_log_target, has_aux=True)
-
-    def grad_u(th):
-        (_, (lp_, ll_)), g = value_and_grad(th)
-        return lp_, ll_, g
+    def grad_u(th):  # gradient of the potential -log pi_lambda
+        lp_, ll_, score = log_target_and_score(dens, th, lam)
+        return lp_, ll_, -score
 
     def body(carry, k):
         th, lp, ll, g = carry

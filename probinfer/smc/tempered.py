@@ -6,7 +6,11 @@ Feynman-Kac step of the driver specialised to tempering:
 
 1. choose the next temperature by bisection so that the ESS of the incremental weights
    ``exp((lambda' - lambda) log p(y | theta_i))`` is ``ess_target * N`` (or jump to 1);
-2. add the evidence increment ``log mean_i exp((lambda' - lambda) log p(y | theta_i))``;
+2. add the evidence increment ``log E_{pi_lambda}[exp((lambda' - lambda) log p(y | theta))]``,
+   estimated from the particles either by the plain mean of the incremental weights
+   (``"is"``, the standard SMC estimator) or with zero-variance control variates built from
+   the particles' scores (``"zv"``, several times lower variance; see
+   :mod:`probinfer.smc.evidence`);
 3. resample;
 4. rejuvenate with MCMC moves invariant for ``pi_lambda'`` (random-walk MH and HMC with
    the particle covariance, NUTS with a diagonal mass from the particle variances); the
@@ -33,11 +37,13 @@ import numpy as np
 
 from probinfer.particles import Particles
 from probinfer.resampling import resample
+from probinfer.smc.evidence import EVIDENCE_ESTIMATORS, zv_degree, zv_log_mean_weight
 from probinfer.smc.feynman_kac import check_num_particles, check_threshold
 from probinfer.smc.kernels import (
     KERNELS,
     Densities,
     hmc_move,
+    log_target_and_score,
     max_hmc_step_size,
     nuts_move,
     rwmh_move,
@@ -66,11 +72,13 @@ class TemperedState(NamedTuple):
     lam: Array  # current temperature
     scale: Array  # RWMH scale or (relative) step size, adapted
     log_evidence: Array  # running sum (device dtype; the result is re-summed in float64)
+    score: Array  # (N, D) grad log pi_lam at theta (zeros when the "is" estimator is used)
 
 
 class StepStats(NamedTuple):
     lam: Array
-    log_evidence_increment: Array
+    log_evidence_increment: Array  # the run's estimator
+    log_evidence_increment_is: Array  # the plain importance-sampling estimator
     ess: Array  # ESS of the incremental weights (before resampling)
     acceptance_rate: Array
     scale: Array
@@ -83,6 +91,7 @@ class _Config(NamedTuple):
     scheme: str
     num_leapfrog: int
     max_tree_depth: int
+    zv_degree: int  # 0: plain "is" increments; 1 or 2: control variates of that degree
 
 
 def _next_delta(log_lik, lam, ess_target, num_bisection: int = 40):
@@ -130,7 +139,10 @@ def tempering_step(key, state: TemperedState, dens: Densities, cfg: _Config):
     lam = jnp.where(1.0 - (state.lam + delta) < 1e-6, 1.0, state.lam + delta)
     delta = lam - state.lam
     log_w = jnp.where(jnp.isfinite(ll), delta * ll, -jnp.inf)
-    inc = log_mean_weight(log_w)
+    inc_is = log_mean_weight(log_w)
+    inc = inc_is
+    if cfg.zv_degree:
+        inc = zv_log_mean_weight(log_w, state.theta, state.score, cfg.zv_degree)
     ess_inc = ess(log_w)
     idx = resample(k_res, log_w, scheme=cfg.scheme)
     theta, lp, ll = state.theta[idx], state.log_prior[idx], ll[idx]
@@ -147,8 +159,11 @@ def tempering_step(key, state: TemperedState, dens: Densities, cfg: _Config):
             k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps, cfg.max_tree_depth
         )
     new_scale = _adapt_scale(state.scale, acc, cfg)
-    new = TemperedState(theta, lp, ll, lam, new_scale, state.log_evidence + inc)
-    return new, StepStats(lam, inc, ess_inc, acc, state.scale)
+    score = state.score
+    if cfg.zv_degree:
+        _, _, score = log_target_and_score(dens, theta, lam)
+    new = TemperedState(theta, lp, ll, lam, new_scale, state.log_evidence + inc, score)
+    return new, StepStats(lam, inc, inc_is, ess_inc, acc, state.scale)
 
 
 def _densities(target) -> Densities:
@@ -161,8 +176,11 @@ def _prior_draws(key, target, n):
     return theta, target.log_prior(theta), target.log_likelihood(theta)
 
 
-def _init_state(key, target, n, kernel, initial_scale, num_leapfrog=10):
+def _init_state(key, target, n, kernel, initial_scale, num_leapfrog=10, with_score=False):
     theta, lp, ll = _prior_draws(key, target, n)
+    score = jnp.zeros_like(theta)
+    if with_score:
+        _, _, score = log_target_and_score(_densities(target), theta, 0.0)
     ll = jnp.where(jnp.isnan(ll), -jnp.inf, ll)
     d = theta.shape[1]
     if initial_scale is None:
@@ -174,7 +192,7 @@ def _init_state(key, target, n, kernel, initial_scale, num_leapfrog=10):
             initial_scale = 0.5 / d**0.25
     scale = jnp.asarray(initial_scale, theta.dtype)
     zero = jnp.zeros((), theta.dtype)
-    return TemperedState(theta, lp, ll, zero, scale, zero)
+    return TemperedState(theta, lp, ll, zero, scale, zero, score)
 
 
 def _check_init(state: TemperedState):
@@ -196,7 +214,7 @@ def _check_init(state: TemperedState):
 @partial(jax.jit, static_argnames=("dens", "cfg", "max_steps"))
 def _loop_jit(state, key, *, dens, cfg, max_steps):
     dtype = state.theta.dtype
-    hist = StepStats(*(jnp.full(max_steps, jnp.nan, dtype) for _ in range(5)))
+    hist = StepStats(*(jnp.full(max_steps, jnp.nan, dtype) for _ in StepStats._fields))
 
     def cond(c):
         s, _, i, _ = c
@@ -226,23 +244,62 @@ def tempered_smc_loop(
     max_steps=200,
     num_leapfrog=10,
     max_tree_depth=6,
+    evidence="auto",
 ):
     """The whole run inside one ``lax.while_loop`` (pure JAX; vmappable over ``key``).
 
     Returns ``(state, num_steps, history)`` with the history padded with NaN up to
     ``max_steps``. See :func:`tempered_smc` for the arguments.
     """
+    cfg = _config(
+        target,
+        num_particles,
+        kernel,
+        num_mcmc_steps,
+        ess_target,
+        scheme,
+        num_leapfrog,
+        max_tree_depth,
+        evidence,
+    )
     k_init, k_run = jax.random.split(key)
-    state = _init_state(k_init, target, num_particles, kernel, initial_scale, num_leapfrog)
-    cfg = _Config(
+    state = _init_state(
+        k_init, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
+    )
+    return _loop_jit(state, k_run, dens=_densities(target), cfg=cfg, max_steps=int(max_steps))
+
+
+def _config(
+    target,
+    num_particles,
+    kernel,
+    num_mcmc_steps,
+    ess_target,
+    scheme,
+    num_leapfrog,
+    max_tree_depth,
+    evidence,
+) -> _Config:
+    if evidence not in EVIDENCE_ESTIMATORS:
+        raise ValueError(f"evidence must be one of {EVIDENCE_ESTIMATORS}, got {evidence!r}")
+    has_grad = getattr(target, "backend", "jax") == "jax"
+    if evidence == "zv" and not has_grad:
+        raise ValueError(
+            "evidence='zv' needs gradients of the log densities: use evidence='is' for a "
+            f"{target.backend} target"
+        )
+    degree = 0
+    if evidence == "zv" or (evidence == "auto" and has_grad):
+        degree = zv_degree(int(num_particles), int(target.dim))
+    return _Config(
         kernel,
         int(num_mcmc_steps),
         float(ess_target),
         scheme,
         int(num_leapfrog),
         int(max_tree_depth),
+        degree,
     )
-    return _loop_jit(state, k_run, dens=_densities(target), cfg=cfg, max_steps=int(max_steps))
 
 
 @dataclass(frozen=True)
@@ -256,8 +313,17 @@ class TemperedSMCResult:
     samples
         Constrained values per latent site, ``{name: (N, *shape)}``.
     log_evidence
-        ``log p(y)`` estimate (float64 sum of the increments).
-    log_evidence_increments, temperatures, ess, acceptance_rates, scales
+        ``log p(y)`` estimate (float64 sum of the increments) from the ``evidence``
+        estimator.
+    log_evidence_is
+        The standard SMC estimate (plain importance-sampling increments; its exponential is
+        unbiased for ``p(y)``). Equal to ``log_evidence`` when ``evidence == "is"``.
+    evidence
+        ``"zv"`` (control variates, with ``zv_degree``) or ``"is"``.
+    zv_degree
+        Degree of the control variates (0 for ``"is"``).
+    log_evidence_increments, log_evidence_increments_is, temperatures, ess,
+    acceptance_rates, scales
         Per-step history (``temperatures[k]`` is lambda after step ``k``; ``ess`` is the ESS
         of the incremental weights; ``scales`` the RWMH scale / step size used).
     wall_time
@@ -268,6 +334,10 @@ class TemperedSMCResult:
     samples: dict[str, Any]
     log_evidence: float
     log_evidence_increments: np.ndarray
+    log_evidence_is: float
+    log_evidence_increments_is: np.ndarray
+    evidence: str
+    zv_degree: int
     temperatures: np.ndarray
     ess: np.ndarray
     acceptance_rates: np.ndarray
@@ -296,8 +366,15 @@ class TemperedSMCResult:
                 "acceptance_rate": self.acceptance_rates,
                 "scale": self.scales,
                 "log_evidence_increment": self.log_evidence_increments,
+                "log_evidence_increment_is": self.log_evidence_increments_is,
             },
-            attrs={"kernel": self.kernel, "wall_time": self.wall_time, **(attrs or {})},
+            attrs={
+                "kernel": self.kernel,
+                "wall_time": self.wall_time,
+                "evidence_estimator": self.evidence,
+                "log_evidence_is": self.log_evidence_is,
+                **(attrs or {}),
+            },
         )
 
 
@@ -342,6 +419,7 @@ def tempered_smc(
     max_steps: int = 200,
     num_leapfrog: int = 10,
     max_tree_depth: int = 6,
+    evidence: str = "auto",
     jit: bool = True,
     progress: bool | None = None,
 ) -> TemperedSMCResult:
@@ -375,6 +453,13 @@ def tempered_smc(
     max_steps
         Upper bound on the number of tempering steps (a ``ValueError`` if it does not
         reach ``lambda = 1``).
+    evidence
+        Estimator of the evidence increments: ``"zv"`` (zero-variance control variates
+        from the particles' scores: several times lower variance of ``log p(y)`` for one
+        extra gradient evaluation per step; needs a JAX target), ``"is"`` (the standard
+        estimator, unbiased for ``p(y)``) or ``"auto"`` (``"zv"`` for JAX targets). Both
+        are always computed when ``"zv"`` is used (``log_evidence_is``). Neither changes
+        the particles.
     jit
         ``True``: jitted steps. ``False``: eager steps (same functions, no compilation).
     progress
@@ -388,17 +473,22 @@ def tempered_smc(
     """
     _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, max_steps)
     start = time.perf_counter()
-    k_init, k_run = jax.random.split(key)
-    state = _init_state(k_init, target, num_particles, kernel, initial_scale, num_leapfrog)
-    _check_init(state)
-    cfg = _Config(
+    cfg = _config(
+        target,
+        num_particles,
         kernel,
-        int(num_mcmc_steps),
-        float(ess_target),
+        num_mcmc_steps,
+        ess_target,
         scheme,
-        int(num_leapfrog),
-        int(max_tree_depth),
+        num_leapfrog,
+        max_tree_depth,
+        evidence,
     )
+    k_init, k_run = jax.random.split(key)
+    state = _init_state(
+        k_init, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
+    )
+    _check_init(state)
     dens = _densities(target)
     if progress is False and jit:
         state, steps, hist = _loop_jit(state, k_run, dens=dens, cfg=cfg, max_steps=max_steps)
@@ -425,15 +515,16 @@ def tempered_smc(
                 bar.update(float(state.lam) - bar.n)
         finally:
             bar.close()
-        stats = [np.asarray(c) for c in zip(*rows)] if rows else [np.zeros(0)] * 5
-    lams, incs, esses, accs, scales = stats
+        stats = [np.asarray(c) for c in zip(*rows)] if rows else [np.zeros(0)] * 6
+    lams, incs, incs_is, esses, accs, scales = stats
     if float(state.lam) < 1.0:
         raise ValueError(
             f"tempering did not reach lambda = 1 within max_steps={max_steps} "
             f"(lambda = {float(state.lam):.3g}); increase max_steps"
         )
     incs = np.asarray(incs, dtype=np.float64)
-    if not np.all(np.isfinite(incs)):
+    incs_is = np.asarray(incs_is, dtype=np.float64)
+    if not np.all(np.isfinite(incs_is)):
         raise ValueError(
             "the log evidence is not finite: the log likelihood is NaN or -inf "
             "for all particles at some temperature"
@@ -446,6 +537,10 @@ def tempered_smc(
         samples,
         float(np.sum(incs)),
         incs,
+        float(np.sum(incs_is)),
+        incs_is,
+        "zv" if cfg.zv_degree else "is",
+        cfg.zv_degree,
         lams,
         esses,
         accs,
