@@ -464,8 +464,8 @@ def tempered_smc(
         ``True``: jitted steps. ``False``: eager steps (same functions, no compilation).
     progress
         ``None``/``True``: a Python loop over jitted steps with a tqdm bar that appears
-        after 2 s (``True``: immediately). ``False``: the whole run in one
-        ``lax.while_loop`` (fastest; no bar).
+        after 2 s (``True``: immediately). ``False``: no bar; with ``jit=True`` the whole
+        run in one ``lax.while_loop`` (fastest).
 
     Returns
     -------
@@ -503,6 +503,7 @@ def tempered_smc(
             desc="tempered SMC",
             unit="lambda",
             delay=0 if progress else 2.0,
+            disable=progress is False,
             bar_format="{l_bar}{bar}| lambda={n:.3f} [{elapsed}]",
         )
         rows = []
