@@ -34,7 +34,8 @@ def main():
     smc_mean = np.asarray(res.samples["beta"]).mean(0)
     smc_sd = np.asarray(res.samples["beta"]).std(0)
     print(
-        f"tempered SMC: log Z = {res.log_evidence:.3f}, {res.num_steps} temperatures, "
+        f"tempered SMC: log Z = {res.log_evidence:.3f} ({res.evidence}; standard estimator "
+        f"{res.log_evidence_is:.3f}), {res.num_steps} temperatures, "
         f"acceptance {np.round(res.acceptance_rates, 2)}, {res.wall_time:.1f} s"
     )
 
