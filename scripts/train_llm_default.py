@@ -7,24 +7,26 @@ Stages, written to ``probinfer/llm/assets/`` as safetensors + JSON:
   probability ``--error-rate`` (errors propagate). The model learns that noise, so its
   single-sample accuracy is well below 100% on purpose: inference-time scaling has
   something to fix.
-* ``prm --prm-kind likelihood`` (default) — the bundled "learned" PRM: a logistic
-  regression of verifier labels on the newest step's LM log-probability and length,
-  fitted on the LM's own samples (``assets/prm_likelihood/prm.json``).
-* ``prm --prm-kind token`` — the LM's transformer with a one-logit token head
-  (``GPT2ForTokenClassification``) fine-tuned on *the LM's own samples*, each step
-  labelled by the programmatic verifier (label = every step so far correct) at its last
-  character. Small and briefly trained, so
-  it is imperfect.
+* ``prm`` (``--prm-kind model``, default) — the bundled "learned" PRM (``assets/prm``):
+  the LM's transformer with a one-logit token head (``GPT2ForTokenClassification``)
+  fine-tuned on *the LM's own samples*, each step labelled by the programmatic verifier
+  (label = every step so far correct) at its last character. It reads the whole partial
+  answer (the paper's "model" aggregation). Training stops at ``--prm-steps``,
+  ``--prm-minutes`` or once the held-out step accuracy reaches ``--prm-target-accuracy``,
+  so that it stays informative but imperfect; ``training.json`` records the command, the
+  seconds and the validation curve.
+* ``prm --prm-kind likelihood`` — the "likelihood" PRM: a logistic regression of verifier
+  labels on the newest step's LM log-probability and length, fitted on the LM's own
+  samples (``assets/prm_likelihood/prm.json``). It cannot see earlier steps.
 
 Commands that produced the bundled assets (one CPU thread; a shared 2-core machine)::
 
     .venv/bin/python scripts/train_llm_default.py --stage lm                # ~7 min, 4000 steps
-    .venv/bin/python scripts/train_llm_default.py --stage prm               # ~30 s ("learned")
-    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-kind token \
-        --prm-problems 1500                                                  # ~4 min ("token")
+    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-problems 8000 \
+        --prm-steps 24000 --prm-minutes 28 --prm-target-accuracy 0.95      # ("learned")
+    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-kind likelihood  # ~30 s
 
-``--stage all`` runs the first two. The token PRM stops at ``--prm-minutes`` (4), so its
-number of steps depends on the machine's speed.
+``--stage all`` runs the first two.
 
 Run in the background with ``nohup ... > train_llm.log 2>&1 &``.
 """
@@ -34,13 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from probinfer.llm.task import ArithmeticTask, CharTokenizer
+from probinfer.llm.task import DELIMITER, STOP, ArithmeticTask, CharTokenizer
 
 ASSETS = Path(__file__).resolve().parents[1] / "probinfer" / "llm" / "assets"
 
@@ -127,128 +130,228 @@ def train_lm(args) -> None:
     print("saved", out, meta, flush=True)
 
 
-def train_prm(args) -> None:
+def _lm_samples(args, task, lm):
+    """The bundled LM's own answers (``--prm-samples`` per problem), sampled step by step
+    with the guards of :func:`probinfer.llm.default.default_model_kwargs`.
+
+    Returns ``(problem index, prompt, steps)`` triples.
+    """
     import jax
+
+    from probinfer.llm.default import default_model_kwargs
+
+    settings = default_model_kwargs()
+    fmt = settings["step_format"]
+    key = jax.random.key(args.seed)
+    problems = task.problems(args.prm_problems, seed=args.seed + 1000)
+    out = []
+    for b in range(0, len(problems), 128):
+        chunk = range(b, min(b + 128, len(problems)))
+        index = [j for j in chunk for _ in range(args.prm_samples)]
+        prompts = [problems[j].prompt for j in index]
+        steps: list[list[str]] = [[] for _ in prompts]
+        for _ in range(settings["max_steps"]):
+            live = [
+                i
+                for i, st in enumerate(steps)
+                if not (st and fmt.is_final(st[-1])) and len(st) < settings["max_steps"]
+            ]
+            if not live:
+                break
+            key, sub = jax.random.split(key)
+            prop = lm.propose(
+                sub,
+                [prompts[i] for i in live],
+                ["".join(steps[i]) for i in live],
+                fmt.step_end,
+                max_new_tokens=settings["max_tokens_per_step"],
+            )
+            for i, s in zip(live, prop.steps):
+                steps[i].append(s)
+        out += list(zip(index, prompts, steps))
+    return out
+
+
+def train_prm(args) -> None:
+    """The bundled "learned" PRM: the LM's transformer with a one-logit token head,
+    fine-tuned on verifier labels of the LM's own samples (whole-prefix scoring)."""
     from transformers import GPT2ForTokenClassification
 
     from probinfer.llm.hf import HFCausalLM
-    from probinfer.llm.protocols import StepFormat
-    from probinfer.llm.task import STOP
 
     torch.manual_seed(args.seed + 1)
     rng = np.random.default_rng(args.seed + 1)
     task = ArithmeticTask()
     lm = HFCausalLM.from_pretrained(ASSETS / "lm")
-    # the LM's own samples, step by step, labelled by the verifier
-    examples: list[tuple[str, float]] = []
     start = time.time()
-    key = jax.random.key(args.seed)
-    problems = task.problems(args.prm_problems, seed=args.seed + 1000)
-    all_prompts, all_steps = [], []
-    for b in range(0, len(problems), 128):
-        chunk = problems[b : b + 128]
-        prompts = [p.prompt for p in chunk for _ in range(args.prm_samples)]
-        texts = [""] * len(prompts)
-        steps = [[] for _ in prompts]
-        for _ in range(9):
-            live = [i for i, t in enumerate(texts) if not t.endswith(STOP) and len(steps[i]) < 9]
-            if not live:
-                break
-            key, sub = jax.random.split(key)
-            out = lm.propose(
-                sub,
-                [prompts[i] for i in live],
-                [texts[i] for i in live],
-                StepFormat().step_end,
-                max_new_tokens=5,
-            )
-            for i, s in zip(live, out.steps):
-                texts[i] += s
-                steps[i].append(s)
-        all_prompts += prompts
-        all_steps += steps
-        if args.prm_kind == "likelihood":
-            continue
-        for pr, st in zip(prompts, steps):
-            if args.prm_labels == "local":
-                labels = task.step_locally_correct(pr, st)
-            else:
-                labels = task.step_correct(pr, st)
-            ends = np.cumsum([len(x) for x in st]) + len(pr) - 1  # last char of each step
-            examples.append((pr + "".join(st), ends.tolist(), [float(v) for v in labels]))
+    samples = _lm_samples(args, task, lm)
     if args.prm_kind == "likelihood":
-        _fit_likelihood_prm(args, task, lm, all_prompts, all_steps, rng)
+        _fit_likelihood_prm(args, task, lm, [s[1] for s in samples], [s[2] for s in samples], rng)
         return
-    acc_final = np.mean([task.step_correct(p, s)[-1] for p, s in zip(prompts, steps)])
-    pos = np.mean([v for e in examples for v in e[2]])
-    num_labels = sum(len(e[2]) for e in examples)
+    # one example per sample: the text, the index of each step's last character, and the
+    # label of each step (every step so far correct, or the step applied correctly)
+    label = task.step_locally_correct if args.prm_labels == "local" else task.step_correct
+    examples = []
+    for j, pr, st in samples:
+        ends = np.cumsum([len(x) for x in st]) + len(pr) - 1
+        labels = [float(v) for v in label(pr, st)]
+        cols, dense = _char_labels(task, pr, st, labels)
+        examples.append((j, pr + "".join(st), ends.tolist(), labels, cols, dense))
+    final_acc = np.mean([e[3][-1] for e in examples])
+    pos = np.mean([v for e in examples for v in e[3]])
+    num_labels = sum(len(e[3]) for e in examples)
+    max_len = max(len(e[1]) for e in examples)
+    sample_seconds = time.time() - start
     print(
         f"prm data: {len(examples)} samples, {num_labels} labelled steps, {pos:.2f} positive, "
-        f"last-chunk sample accuracy {acc_final:.3f} ({time.time() - start:.0f}s)",
+        f"final-answer accuracy {final_acc:.3f}, longest {max_len} chars "
+        f"({sample_seconds:.0f}s)",
         flush=True,
     )
+    # validation on held-out *problems* (a tenth), not only held-out samples
+    held = set(rng.permutation(args.prm_problems)[: args.prm_problems // 10].tolist())
+    val = [e for e in examples if e[0] in held]
+    train = [e for e in examples if e[0] not in held]
 
     tok = CharTokenizer()
     # The PRM starts from the LM's transformer (it already reads arithmetic) with a new
     # one-logit token head, as PRMs are usually fine-tuned from a language model; every
     # step is scored at its last character (causal attention: the score of a prefix does not
     # depend on what follows), so one sample gives a label per step.
+    # ``--prm-extra-layers`` new blocks on top of the LM's blocks see the LM's own prediction
+    # of every next character and can compare it with the character that follows.
+    n_layer = json.loads((ASSETS / "lm" / "config.json").read_text())["n_layer"]
     model = GPT2ForTokenClassification.from_pretrained(
-        ASSETS / "lm", num_labels=1, local_files_only=True
+        ASSETS / "lm",
+        num_labels=1,
+        n_layer=n_layer + args.prm_extra_layers,
+        local_files_only=True,
     )
     model.config.pad_token_id = tok.pad_token_id
-    opt = torch.optim.AdamW(model.parameters(), lr=args.prm_lr, weight_decay=0.01)
-    n_val = len(examples) // 10
-    perm = rng.permutation(len(examples))
-    val = [examples[i] for i in perm[:n_val]]
-    train = [examples[i] for i in perm[n_val:]]
+    if args.prm_freeze_lm:  # keep the LM's computation intact; train the new blocks only
+        for name, p in model.named_parameters():
+            block = name.split(".")[2] if name.startswith("transformer.h.") else None
+            new_part = name.startswith("classifier") or (
+                block is not None and int(block) >= n_layer
+            )
+            p.requires_grad_(new_part or name.startswith("transformer.ln_f"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.prm_lr, weight_decay=0.01)
 
-    def logits_targets(batch):
-        x, m, _ = _batch(tok, [e[0] for e in batch], [0] * len(batch))
+    def logits_targets(batch, dense=False):
+        """Logits and labels at the steps' last characters (``dense``: at every character
+        of the answer, see :func:`_char_labels`)."""
+        c, v = (4, 5) if dense else (2, 3)
+        x, m, _ = _batch(tok, [e[1] for e in batch], [0] * len(batch))
         logits = model(input_ids=x, attention_mask=m).logits[..., 0]
-        rows = torch.tensor([i for i, e in enumerate(batch) for _ in e[1]])
-        cols = torch.tensor([c for e in batch for c in e[1]])
-        target = torch.tensor([v for e in batch for v in e[2]])
+        rows = torch.tensor([i for i, e in enumerate(batch) for _ in e[c]])
+        cols = torch.tensor([k for e in batch for k in e[c]])
+        target = torch.tensor([y for e in batch for y in e[v]])
         return logits[rows, cols], target
 
-    start, step, ema = time.time(), 0, None
-    while step < args.prm_steps and time.time() - start < 60 * args.prm_minutes:
+    def validate():
+        model.eval()
+        right, final_right = [], []
+        with torch.no_grad():
+            for b in range(0, len(val), 512):
+                batch = val[b : b + 512]
+                logit, y = logits_targets(batch)
+                ok = ((logit > 0) == (y > 0.5)).numpy()
+                right.append(ok)
+                last = np.cumsum([len(e[3]) for e in batch]) - 1
+                final_right.append(ok[last])
+        model.train()
+        return float(np.concatenate(right).mean()), float(np.concatenate(final_right).mean())
+
+    total = args.prm_steps
+    start, step, ema, curve = time.time(), 0, None, []
+    while step < total and time.time() - start < 60 * args.prm_minutes:
         idx = rng.integers(0, len(train), size=args.batch_size)
         for g in opt.param_groups:
-            g["lr"] = _lr(step, args.prm_steps, args.prm_lr)
-        logit, target = logits_targets([train[i] for i in idx])
+            g["lr"] = _lr(step, total, args.prm_lr)
+        logit, target = logits_targets([train[i] for i in idx], dense=args.prm_char_labels)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         step += 1
-        if step % 200 == 0:
-            print(f"prm step {step} loss {ema:.4f} ({time.time() - start:.0f}s)", flush=True)
+        if step % 1000 == 0:
+            acc, acc_final = validate()
+            curve.append([step, round(time.time() - start), round(ema, 4), acc, acc_final])
+            print(
+                f"prm step {step} loss {ema:.4f} validation step accuracy {acc:.3f} "
+                f"(final step {acc_final:.3f}) ({time.time() - start:.0f}s)",
+                flush=True,
+            )
+            if args.prm_target_accuracy is not None and acc >= args.prm_target_accuracy:
+                break  # informative but imperfect on purpose
+    seconds = time.time() - start
     model.eval()
-    with torch.no_grad():
-        logit, yv = logits_targets(val)
-    p = torch.sigmoid(logit).numpy()
-    yv = yv.numpy()
-    val_acc = float(np.mean((p > 0.5) == (yv > 0.5)))
-    print(f"prm validation step accuracy {val_acc:.3f} on {len(yv)} steps", flush=True)
-    out = ASSETS / "prm"
+    val_acc, val_acc_final = validate()
+    print(f"prm validation step accuracy {val_acc:.3f} (final step {val_acc_final:.3f})")
+    out = Path(args.prm_out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     (out / "char_tokenizer.json").write_text(json.dumps(tok.to_dict()))
     meta = {
+        "command": "python " + " ".join(sys.argv),
+        "init": "assets/lm transformer (+ --prm-extra-layers new blocks) and a new one-logit "
+        "token head (GPT2ForTokenClassification)",
+        "labels": args.prm_labels,
+        "char_labels": args.prm_char_labels,
+        "extra_layers": args.prm_extra_layers,
+        "freeze_lm": args.prm_freeze_lm,
         "steps": step,
-        "seconds": round(time.time() - start),
+        "batch_size": args.batch_size,
+        "lr": args.prm_lr,
+        "target_accuracy": args.prm_target_accuracy,
+        "seconds": round(seconds),
+        "sampling_seconds": round(sample_seconds),
+        "torch_threads": torch.get_num_threads(),
         "final_loss": ema,
         "validation_accuracy": val_acc,
-        "num_samples": len(examples),
+        "validation_accuracy_final_step": val_acc_final,
+        "validation": "held-out problems (10%), the LM's own samples, label per step",
+        "num_train_samples": len(train),
+        "num_validation_samples": len(val),
         "num_labelled_steps": num_labels,
         "positive_fraction": float(pos),
-        "labels": args.prm_labels,
+        "lm_final_answer_accuracy": float(final_acc),
+        "curve": {
+            "columns": ["step", "seconds", "loss", "val_acc", "val_acc_final"],
+            "rows": curve,
+        },
         "seed": args.seed,
     }
     (out / "training.json").write_text(json.dumps(meta, indent=1))
-    print("saved", out, meta, flush=True)
+    print("saved", out, {k: v for k, v in meta.items() if k != "curve"}, flush=True)
+
+
+def _char_labels(task, prompt, steps, labels):
+    """Dense training targets: the index of every answer character and its label.
+
+    A character inside step ``k`` is labelled 1 when every earlier step is right and the
+    step so far is a prefix of the right step text (e.g. ``"1"`` of ``"12;"``); the last
+    character of a step gets the step's own label. The PRM is only read at the steps' last
+    characters; the extra labels teach it to check every character against the prefix.
+    """
+    truth = task.parse(prompt).running_values
+    cols, out, pos, ok_before = [], [], len(prompt), True
+    for k, s in enumerate(steps):
+        right = (
+            str(truth[k]) + (DELIMITER if k < len(truth) - 1 else STOP) if k < len(truth) else None
+        )
+        for i in range(len(s)):
+            cols.append(pos + i)
+            if i == len(s) - 1:
+                out.append(labels[k])
+            else:
+                out.append(float(ok_before and right is not None and right.startswith(s[: i + 1])))
+        pos += len(s)
+        ok_before = ok_before and labels[k] > 0.5
+    return cols, out
 
 
 def _fit_likelihood_prm(args, task, lm, prompts, steps, rng) -> None:
@@ -314,16 +417,43 @@ def main() -> None:
     ap.add_argument("--prm-lr", type=float, default=1e-3)
     ap.add_argument(
         "--prm-kind",
-        choices=["likelihood", "token"],
-        default="likelihood",
-        help="likelihood: logistic regression on the newest step's LM log-probability "
-        "(the bundled 'learned' PRM); token: fine-tuned token-classification PRM",
+        choices=["model", "likelihood"],
+        default="model",
+        help="model: the LM's transformer fine-tuned to score the whole partial answer "
+        "(the bundled 'learned' PRM, assets/prm); likelihood: logistic regression on the "
+        "newest step's LM log-probability (assets/prm_likelihood)",
     )
     ap.add_argument(
         "--prm-labels",
         choices=["local", "prefix"],
         default="prefix",
         help="label of a step: applied correctly to the previous value, or whole prefix right",
+    )
+    ap.add_argument(
+        "--prm-extra-layers",
+        type=int,
+        default=0,
+        help="transformer blocks added on top of the LM's blocks in the model PRM",
+    )
+    ap.add_argument(
+        "--prm-freeze-lm",
+        action="store_true",
+        help="train only the extra blocks and the head of the model PRM (LM blocks frozen)",
+    )
+    ap.add_argument(
+        "--prm-char-labels",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the model PRM on a label at every answer character, not only at step ends",
+    )
+    ap.add_argument(
+        "--prm-target-accuracy",
+        type=float,
+        default=None,
+        help="stop the model PRM once its held-out step accuracy reaches this",
+    )
+    ap.add_argument(
+        "--prm-out", default=str(ASSETS / "prm"), help="output directory of the model PRM"
     )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -62,8 +62,9 @@ def _add_scale(sub) -> None:
     p.add_argument(
         "--prm",
         default="learned",
-        help="'learned' (bundled likelihood PRM), 'token' (bundled fine-tuned PRM), "
-        "'verifier' (exact), or a local sequence/token-classification model directory",
+        help="'learned' (bundled whole-prefix PRM), 'likelihood' (bundled newest-step "
+        "likelihood PRM), 'verifier' (exact), or a local sequence/token-classification "
+        "model directory",
     )
     p.add_argument("--model", default=None, help="local Hugging Face causal LM directory")
     p.add_argument(
@@ -78,6 +79,9 @@ def _add_scale(sub) -> None:
     p.add_argument("--max-tokens-per-step", type=int, default=6)
     p.add_argument("--potential", choices=["logit", "log"], default="logit")
     p.add_argument("--aggregation", choices=["model", "last", "min", "product"], default="model")
+    p.add_argument(
+        "--reward-temperature", type=float, default=1.0, help="log potentials are divided by it"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
     p.add_argument("--no-progress", action="store_true")
@@ -104,12 +108,11 @@ def _load_problems(args) -> list[tuple[str, str]]:
 def _build_model(args):
     import torch
 
-    from probinfer.llm.default import ASSETS, default_model_kwargs
+    from probinfer.llm.default import ASSETS, PRMS, bundled_reward, default_model_kwargs
     from probinfer.llm.hf import HFCausalLM, HFRewardModel
     from probinfer.llm.protocols import StepFormat
     from probinfer.llm.ssm import LLMStateSpaceModel
     from probinfer.llm.task import regex_extractor
-    from probinfer.llm.verifier import VerifierReward
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     settings = default_model_kwargs()
@@ -120,17 +123,12 @@ def _build_model(args):
         max_tokens_per_step=args.max_tokens_per_step,
         potential=args.potential,
         aggregation=args.aggregation,
+        reward_temperature=args.reward_temperature,
         answer_extractor=regex_extractor(args.answer_regex),
     )
     lm = HFCausalLM.from_pretrained(args.model or ASSETS / "lm", eos_text=args.stop)
-    if args.prm == "verifier":
-        reward = VerifierReward(step_format=fmt)
-    elif args.prm == "learned":
-        from probinfer.llm.reward import LikelihoodPRM
-
-        reward = LikelihoodPRM.from_pretrained(ASSETS / "prm_likelihood", lm, step_format=fmt)
-    elif args.prm == "token":
-        reward = HFRewardModel.from_pretrained(ASSETS / "prm")
+    if args.prm in PRMS:
+        reward = bundled_reward(args.prm, lm, step_format=fmt)
     else:
         reward = HFRewardModel.from_pretrained(args.prm)
     return LLMStateSpaceModel(lm, reward, **settings)

@@ -3,11 +3,15 @@
 The assets under ``probinfer/llm/assets/`` (``lm/`` and ``prm/``: safetensors + JSON,
 about 1 MB) are trained by ``scripts/train_llm_default.py``. The LM makes mistakes on
 purpose (about one operation in five is wrong in its training data), so a single sample
-is right only about a quarter of the time. The learned PRM ("learned") is a logistic
-regression on the LM log-likelihood of the newest step, fitted to verifier labels ("every
-step so far correct") of the LM's own samples: about 84% accurate, and blind to earlier
-steps by construction. A second learned PRM ("token": the LM's transformer fine-tuned with
-a token-classification head) is weaker (about 78%).
+is right only about a quarter of the time.
+
+The learned PRM (``"learned"``, ``assets/prm/``) scores the *whole* partial answer (prompt
+and every step so far; the paper's "model" aggregation): the LM's transformer with a
+one-logit token head, fine-tuned on the LM's own samples labelled by the verifier ("every
+step so far correct") and read at the last character. It is informative but imperfect on
+purpose (its held-out step accuracy is in ``assets/prm/training.json``), so reward hacking
+by greedy selection can still show. ``"likelihood"`` is a weaker learned PRM that only
+sees the newest step's LM log-likelihood (:class:`~probinfer.llm.reward.LikelihoodPRM`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from probinfer.llm.ssm import LLMStateSpaceModel
 from probinfer.llm.task import ArithmeticTask
 from probinfer.llm.verifier import VerifierReward
 
-__all__ = ["ASSETS", "PRMS", "default_model_kwargs", "load_default"]
+__all__ = ["ASSETS", "PRMS", "bundled_reward", "default_model_kwargs", "load_default"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-PRMS = ("learned", "token", "verifier")
+PRMS = ("learned", "likelihood", "verifier")
 
 
 def default_model_kwargs() -> dict:
@@ -36,38 +40,57 @@ def default_model_kwargs() -> dict:
     }
 
 
+def bundled_reward(prm: str, lm, *, step_format: StepFormat, device=None):
+    """The bundled reward model called ``prm`` (one of :data:`PRMS`).
+
+    Parameters
+    ----------
+    prm
+        ``"learned"`` (whole-prefix fine-tuned PRM, :class:`~probinfer.llm.HFRewardModel`),
+        ``"likelihood"`` (newest-step likelihood features,
+        :class:`~probinfer.llm.reward.LikelihoodPRM`) or ``"verifier"`` (exact checking).
+    lm
+        The bundled :class:`~probinfer.llm.HFCausalLM` (used by ``"likelihood"``).
+    step_format
+        How partial answers are split into steps.
+    device
+        Torch device for the networks.
+    """
+    if prm not in PRMS:
+        raise ValueError(f"prm must be one of {PRMS}, got {prm!r}")
+    if prm == "learned":
+        from probinfer.llm.hf import HFRewardModel
+
+        return HFRewardModel.from_pretrained(ASSETS / "prm", device=device)
+    if prm == "likelihood":
+        from probinfer.llm.reward import LikelihoodPRM
+
+        return LikelihoodPRM.from_pretrained(ASSETS / "prm_likelihood", lm, step_format=step_format)
+    return VerifierReward(step_format=step_format)
+
+
 def load_default(prm: str = "learned", *, device=None, **kwargs) -> LLMStateSpaceModel:
     """The bundled model as an :class:`~probinfer.llm.LLMStateSpaceModel`.
 
     Parameters
     ----------
     prm
-        ``"learned"`` (the bundled likelihood-feature PRM, :class:`LikelihoodPRM`),
-        ``"token"`` (the bundled fine-tuned token-classification PRM, weaker) or
-        ``"verifier"`` (exact checking).
+        Which bundled reward model (:func:`bundled_reward`): ``"learned"``,
+        ``"likelihood"`` or ``"verifier"``.
     device
         Torch device for the networks.
     **kwargs
         Overrides of :func:`default_model_kwargs` (``potential``, ``aggregation``,
         ``reward_temperature``, ...).
     """
-    from probinfer.llm.hf import HFCausalLM, HFRewardModel
+    from probinfer.llm.hf import HFCausalLM
 
     if prm not in PRMS:
         raise ValueError(f"prm must be one of {PRMS}, got {prm!r}")
     settings = default_model_kwargs()
     settings.update(kwargs)
     lm = HFCausalLM.from_pretrained(ASSETS / "lm", device=device)
-    if prm == "learned":
-        from probinfer.llm.reward import LikelihoodPRM
-
-        reward = LikelihoodPRM.from_pretrained(
-            ASSETS / "prm_likelihood", lm, step_format=settings["step_format"]
-        )
-    elif prm == "token":
-        reward = HFRewardModel.from_pretrained(ASSETS / "prm", device=device)
-    else:
-        reward = VerifierReward(step_format=settings["step_format"])
+    reward = bundled_reward(prm, lm, step_format=settings["step_format"], device=device)
     return LLMStateSpaceModel(lm, reward, **settings)
 
 

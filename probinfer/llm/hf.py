@@ -244,10 +244,29 @@ class HFRewardModel:
         return cls(model, load_tokenizer(p), device=device)
 
     def score(self, prompts, partials) -> np.ndarray:
+        """``sigmoid(logit)`` of each ``prompt + "".join(steps)``, shape ``(n,)``.
+
+        Raises ``ValueError`` when ``prompts`` and ``partials`` differ in length, a text
+        has a character outside the tokenizer's vocabulary, or is longer than the model's
+        context window.
+        """
+        if len(prompts) != len(partials):
+            raise ValueError(
+                f"prompts and partials must have the same length, got {len(prompts)} "
+                f"and {len(partials)}"
+            )
         rows = [self.tokenizer.encode(p + "".join(s)) for p, s in zip(prompts, partials)]
         if not rows:
             return np.zeros(0)
         width = max(map(len, rows))
+        limit = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", None
+        )
+        if limit is not None and width > limit:
+            raise ValueError(
+                f"partials: a prompt + partial answer has {width} tokens, more than the "
+                f"reward model's context window of {limit}"
+            )
         ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int32)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r

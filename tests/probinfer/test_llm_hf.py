@@ -197,11 +197,12 @@ def test_probinfer_scale_cli_writes_table_json_png(tmp_path, capsys):
 
 
 def test_likelihood_prm_features_and_scores():
-    """The bundled learned PRM: features are the newest step's LM log-probability and token
-    count (checked against a direct forward pass), batched = one by one, scores in (0, 1)."""
+    """The bundled likelihood PRM: features are the newest step's LM log-probability and
+    token count (checked against a direct forward pass), batched = one by one, scores in
+    (0, 1)."""
     from probinfer.llm import load_default
 
-    model = load_default("learned")
+    model = load_default("likelihood")
     prm, lm = model.reward, model.lm
     prompts = ["3+5-4=", "3+5-4=", "9-1="]
     partials = [("3;", "8;"), ("3;8;4|",), ("9;", "8|")]
