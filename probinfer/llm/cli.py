@@ -77,7 +77,12 @@ def _add_scale(sub) -> None:
     p.add_argument("--answer-regex", default=r"(-?\d+)\s*\|\s*$", help="final-answer regex")
     p.add_argument("--max-steps", type=int, default=10)
     p.add_argument("--max-tokens-per-step", type=int, default=6)
-    p.add_argument("--potential", choices=["logit", "log"], default="logit")
+    p.add_argument(
+        "--potential",
+        choices=["logit", "log"],
+        default="log",
+        help="log potential of a score r: log r (bundled default) or logit r (the paper's)",
+    )
     p.add_argument("--aggregation", choices=["model", "last", "min", "product"], default="model")
     p.add_argument(
         "--reward-temperature", type=float, default=1.0, help="log potentials are divided by it"

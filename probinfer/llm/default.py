@@ -35,7 +35,11 @@ def default_model_kwargs() -> dict:
         "step_format": StepFormat(";", "|"),
         "max_steps": 10,
         "max_tokens_per_step": 6,
-        "potential": "logit",
+        # log r rather than the paper's logit r: with "model" aggregation the potential of
+        # every step multiplies in, and the odds of a confident PRM let its false positives
+        # dominate at large budgets; measured on held-out tuning problems (seed 7) with the
+        # bundled PRM, PF accuracy at budgets 8/16/32 was 68/68/75% (log) vs 67/60/68% (logit)
+        "potential": "log",
         "aggregation": "model",
     }
 

@@ -16,10 +16,10 @@ from probinfer.llm import ArithmeticTask, HFRewardModel  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[2] / "probinfer" / "llm" / "assets"
 
 # Pairwise ranking accuracy of the bundled PRM (correct prefix scored above a wrong one,
-# pairs from `_pairs` below), measured on 2 x 2000 pairs from seeds 11 and 12: 0.874 and
-# 0.871. With N_PAIRS pairs the observed rate has standard error
+# pairs from `_pairs` below), measured on 2 x 2000 pairs from seeds 11 and 12: 0.877 and
+# 0.876. With N_PAIRS pairs the observed rate has standard error
 # sqrt(PAIR_RATE (1 - PAIR_RATE) / N_PAIRS) (~0.04); the test allows 4.5 of them.
-PAIR_RATE = 0.87
+PAIR_RATE = 0.875
 N_PAIRS = 80
 
 
