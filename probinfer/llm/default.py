@@ -6,11 +6,11 @@ purpose (about one operation in five is wrong in its training data), so a single
 is right only about a quarter of the time.
 
 The learned PRM (``"learned"``, ``assets/prm/``) scores the *whole* partial answer (prompt
-and every step so far; the paper's "model" aggregation): the LM's transformer with a
-one-logit token head, fine-tuned on the LM's own samples labelled by the verifier ("every
-step so far correct") and read at the last character. It is informative but imperfect on
-purpose (its held-out step accuracy is in ``assets/prm/training.json``), so reward hacking
-by greedy selection can still show. ``"likelihood"`` is a weaker learned PRM that only
+and every step so far; the paper's "model" aggregation): the LM's transformer, frozen,
+with two new blocks and a one-logit token head trained on the LM's own samples labelled by
+the verifier ("every step so far correct"), read at the last character. It is informative
+but imperfect (its held-out step accuracy is in ``assets/prm/training.json``), so reward
+hacking by greedy selection still shows. ``"likelihood"`` is a weaker learned PRM that only
 sees the newest step's LM log-likelihood (:class:`~probinfer.llm.reward.LikelihoodPRM`).
 """
 
