@@ -251,6 +251,36 @@ def tempered_smc_loop(
     Returns ``(state, num_steps, history)`` with the history padded with NaN up to
     ``max_steps``. See :func:`tempered_smc` for the arguments.
     """
+    cfg, state, k_run = _setup(
+        key,
+        target,
+        num_particles,
+        kernel,
+        num_mcmc_steps,
+        ess_target,
+        scheme,
+        initial_scale,
+        num_leapfrog,
+        max_tree_depth,
+        evidence,
+    )
+    return _loop_jit(state, k_run, dens=_densities(target), cfg=cfg, max_steps=int(max_steps))
+
+
+def _setup(
+    key,
+    target,
+    num_particles,
+    kernel,
+    num_mcmc_steps,
+    ess_target,
+    scheme,
+    initial_scale,
+    num_leapfrog,
+    max_tree_depth,
+    evidence,
+):
+    """The run's static configuration, its initial state and the key for the steps."""
     cfg = _config(
         target,
         num_particles,
@@ -266,7 +296,7 @@ def tempered_smc_loop(
     state = _init_state(
         k_init, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
     )
-    return _loop_jit(state, k_run, dens=_densities(target), cfg=cfg, max_steps=int(max_steps))
+    return cfg, state, k_run
 
 
 def _config(
@@ -473,20 +503,18 @@ def tempered_smc(
     """
     _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, max_steps)
     start = time.perf_counter()
-    cfg = _config(
+    cfg, state, k_run = _setup(
+        key,
         target,
         num_particles,
         kernel,
         num_mcmc_steps,
         ess_target,
         scheme,
+        initial_scale,
         num_leapfrog,
         max_tree_depth,
         evidence,
-    )
-    k_init, k_run = jax.random.split(key)
-    state = _init_state(
-        k_init, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
     )
     _check_init(state)
     dens = _densities(target)
