@@ -148,8 +148,8 @@ class PyroTarget(Target):
         """Torch ``u (n, D)`` -> (log prior with Jacobian ``(n,)``, pointwise ``(n, M)``).
 
         Vectorised with an outer particle plate. A model whose code does not broadcast over
-        an extra leading dimension (e.g. ``X @ beta``) raises there, or (checked once on the
-        first and last particle) gives values that differ from a one-particle evaluation;
+        an extra leading dimension (e.g. ``X @ beta``) raises there, or (checked once on
+        three particles) gives values that differ from a one-particle evaluation;
         it then falls back, with one warning, to a loop over particles.
         """
         import torch
@@ -168,13 +168,17 @@ class PyroTarget(Target):
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
     def _check_plated(self, u, out) -> None:
-        """Compare the vectorised densities of the first and last particle with a
-        one-particle evaluation (once per target)."""
+        """Compare the vectorised densities of the first, second and last particle with a
+        one-particle evaluation (once per target, on the first batch of two or more; the
+        engine pads batches at the end, so the second row is a real particle)."""
         import torch
 
+        n = u.shape[0]
+        if n < 2:
+            return
         self._checked[0] = True
         with torch.no_grad():
-            for i in {0, u.shape[0] - 1}:
+            for i in sorted({0, 1, n - 1}):
                 one = self._terms_plated(u[i : i + 1].detach(), plate=False)
                 for batched, single in zip(out, one):
                     b, s1 = batched[i : i + 1].detach(), single
