@@ -117,9 +117,7 @@ def main(argv=None) -> None:
     t_numpyro = from_numpyro(numpyro_model, X, y)
     runners = {
         "tempered SMC (HMC), Pyro model": smc_runner(t_pyro, args.particles, args.mcmc_steps),
-        "tempered SMC (HMC), NumPyro model": smc_runner(
-            t_numpyro, args.particles, args.mcmc_steps
-        ),
+        "tempered SMC (HMC), NumPyro model": smc_runner(t_numpyro, args.particles, args.mcmc_steps),
         "Pyro NUTS": pyro_nuts_runner(X, y, args.nuts_warmup, args.nuts_samples),
     }
     load_before = os.getloadavg()
