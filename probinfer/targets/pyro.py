@@ -34,7 +34,13 @@ _GRAD_BYTES_PER_TERM = 64
 
 
 class PyroTarget(Target):
-    """A Pyro model ``model(*args, **kwargs)`` as a batched target (torch backend)."""
+    """A Pyro model ``model(*args, **kwargs)`` as a batched target (torch backend).
+
+    ``has_gradients`` is True: ``jax.grad`` of ``log_prior``/``log_likelihood`` (also under
+    ``jit`` and ``vmap``) runs torch autograd, so tempered SMC can move the particles with
+    HMC or NUTS. The model should broadcast over a leading particle dimension; one that
+    does not is evaluated particle by particle, after one warning that says how to fix it.
+    """
 
     def __init__(self, model, *args, dtype=None, device=None, memory_budget=512 * 2**20, **kwargs):
         import pyro.poutine as poutine
@@ -397,10 +403,23 @@ def from_pyro(model, *args, dtype=None, device=None, **kwargs) -> PyroTarget:
         torch dtype of the evaluation (default: that of the observed data) and device
         (default ``"cuda"`` when available).
 
+    Returns
+    -------
+    PyroTarget
+        With ``has_gradients = True``: gradients through torch autograd (``jax.grad``,
+        ``jax.jit``, ``jax.vmap``), for HMC and NUTS.
+
     Raises
     ------
     ValueError
         If the model has no observed or no latent site, a latent is discrete, or the data
         contain NaN/inf.
+
+    Warns
+    -----
+    UserWarning
+        Once, if the model does not vectorise over the particle plate (it raises there, or
+        its values differ from a one-particle evaluation); it is then evaluated one
+        particle at a time (correct, slower). The warning names the fix.
     """
     return PyroTarget(model, *args, dtype=dtype, device=device, **kwargs)
