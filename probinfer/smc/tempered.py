@@ -470,7 +470,7 @@ def _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, ma
         )
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel != "rwmh" and target.backend != "jax":
+    if kernel != "rwmh" and not target.has_gradients:
         raise ValueError(
             f"kernel={kernel!r} needs gradients: use kernel='rwmh' for a {target.backend} target"
         )
