@@ -39,7 +39,7 @@ def _take_leaf(leaf, indices):
     if type(leaf).__module__.startswith("torch"):  # a torch.Tensor, without importing torch
         import torch
 
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=leaf.device)
+        idx = torch.from_numpy(np.array(indices, dtype=np.int64)).to(leaf.device)
         return leaf.index_select(0, idx)
     return jnp.take(jnp.asarray(leaf), jnp.asarray(indices), axis=0)
 

@@ -27,6 +27,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from probinfer.weights import check_log_weights, normalize
 
@@ -55,50 +56,60 @@ def _cumsum(x: Array, block: int = 256) -> Array:
     return (within + offsets[:, None]).reshape(-1)[:n]
 
 
-def ancestors_from_counts(cumulative_counts: Array, num: int) -> Array:
+def ancestors_from_counts(cumulative_counts: Array, num: int, num_valid=None) -> Array:
     """Ancestor indices from cumulative offspring counts.
 
     Parameters
     ----------
     cumulative_counts
         ``p_i`` = number of draws assigned to particles ``0..i`` (non-decreasing,
-        integer, shape ``(N,)``). The last entry is treated as ``num`` whatever it is.
+        integer, shape ``(N,)``). The last entry is treated as ``num_valid`` whatever it is.
     num
-        Number of ancestors ``M`` to return.
+        Number of ancestors returned (a static shape).
+    num_valid
+        Number of draws ``M <= num`` (may be traced; default ``num``). Entries ``M..num-1``
+        of the result are 0 (padding for bucketed shapes).
 
     Returns
     -------
     Array
-        ``int32`` indices of shape ``(num,)``, sorted, each in ``[0, N-1]``.
+        ``int32`` indices of shape ``(num,)``; the first ``M`` are sorted, each in
+        ``[0, N-1]``.
     """
-    p = jnp.clip(cumulative_counts.astype(jnp.int32), 0, num)
-    p = p.at[-1].set(num)
+    m = num if num_valid is None else num_valid
+    p = jnp.clip(cumulative_counts.astype(jnp.int32), 0, m)
+    p = p.at[-1].set(m)
     hist = jnp.zeros(num + 1, dtype=jnp.int32).at[p].add(1)
-    return _cumsum(hist[:num]).astype(jnp.int32)
+    anc = _cumsum(hist[:num]).astype(jnp.int32)
+    if num_valid is None:
+        return anc
+    return jnp.where(jnp.arange(num) < m, anc, 0)
 
 
-def _systematic_counts(key: Array, w: Array, num: int) -> Array:
+# Each ``_counts(key, w, num, m)`` draws ``m`` (possibly traced, <= num) uniforms from arrays
+# of static size ``num`` and returns the cumulative counts ``p_i`` of the module docstring.
+def _systematic_counts(key: Array, w: Array, num: int, m) -> Array:
     cum = _cumsum(w)
     u = jax.random.uniform(key, (), dtype=w.dtype)
-    return jnp.ceil(num * cum - u)
+    return jnp.ceil(m * cum - u)
 
 
-def _stratified_counts(key: Array, w: Array, num: int) -> Array:
+def _stratified_counts(key: Array, w: Array, num: int, m) -> Array:
     # p(c) = #{j : (j + V_j)/M < c} = k + [V_k < cM - k], k = floor(cM).
     cum = _cumsum(w)
     v = jax.random.uniform(key, (num,), dtype=w.dtype)
-    x = num * cum
+    x = m * cum
     k = jnp.floor(x)
-    k_idx = jnp.clip(k.astype(jnp.int32), 0, num - 1)
-    extra = (v[k_idx] < x - k) & (k < num)
+    k_idx = jnp.clip(k.astype(jnp.int32), 0, m - 1)
+    extra = (v[k_idx] < x - k) & (k < m)
     return k + extra
 
 
-def _residual_counts(key: Array, w: Array, num: int) -> Array:
-    scaled = num * w
+def _residual_counts(key: Array, w: Array, num: int, m) -> Array:
+    scaled = m * w
     det = jnp.floor(scaled)
     cum_det = _cumsum(det)
-    rest = jnp.clip(num - cum_det[-1], 0, num)
+    rest = jnp.clip(m - cum_det[-1], 0, m)
     resid = scaled - det  # in [0, 1), sums to `rest` up to rounding
     total = jnp.sum(resid)
     safe_total = jnp.where(total > 0, total, 1.0)
@@ -113,11 +124,12 @@ def _residual_counts(key: Array, w: Array, num: int) -> Array:
     return cum_det + jnp.where(total > 0, res_counts, 0.0)
 
 
-def _multinomial_counts(key: Array, w: Array, num: int) -> Array:
+def _multinomial_counts(key: Array, w: Array, num: int, m) -> Array:
     cum = _cumsum(w)
     e = jax.random.exponential(key, (num + 1,), dtype=w.dtype)
-    spacings = jnp.cumsum(e)
-    u = spacings[:num] / spacings[num]  # sorted iid U(0,1) order statistics
+    spacings = jnp.cumsum(jnp.where(jnp.arange(num + 1) <= m, e, 0.0))
+    # sorted iid U(0,1) order statistics in the first m slots, +inf (never counted) after
+    u = jnp.where(jnp.arange(num) < m, spacings[:num] / spacings[m], jnp.inf)
     return jnp.searchsorted(u, cum, side="left", method="sort")
 
 
@@ -179,20 +191,48 @@ def resample(
     ValueError
         If ``log_weights`` contains NaN or ``+inf``, or every entry is ``-inf``
         (checked when the array is concrete), if ``num < 1`` or ``scheme`` is unknown.
+
+    Notes
+    -----
+    Called eagerly, ``N`` and ``M`` are padded to powers of two (at least 16,
+    :func:`probinfer.engine.bucket_size`) with zero-weight
+    particles and unused draws, so a program resampling many different particle counts
+    compiles a bounded number of executables and its memory stays flat. Systematic
+    resampling gives the same indices as without padding; the other schemes draw their
+    uniforms at the padded size (same distribution, other values). Under ``jit`` the
+    shapes are the caller's.
     """
     _check_scheme(scheme)
     lw = check_log_weights(log_weights)
-    num = _check_num(num, lw.shape[0])
-    return _resample(key, lw, num, scheme)
+    n = lw.shape[0]
+    num = _check_num(num, n)
+    if isinstance(lw, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
+        return _resample(key, lw, num, scheme, num)
+    from probinfer.engine.core import bucket_size
+
+    # Pad and cut on the host: an eager jnp op on a new shape would compile a new program.
+    n_pad, num_pad = bucket_size(n, 16), bucket_size(num, 16)
+    padded = np.full(n_pad, -np.inf, np.float32)
+    padded[:n] = np.asarray(lw, np.float32)
+    out = _resample(key, padded, num_pad, scheme, np.int32(num))
+    return jnp.asarray(np.asarray(out)[:num])
 
 
 @jax.jit(static_argnums=(2, 3))
-def _resample(key: Array, log_weights: Array, num: int, scheme: str) -> Array:
+def _resample(key: Array, log_weights: Array, num: int, scheme: str, num_valid) -> Array:
+    """``num`` (static) ancestor slots of which the first ``num_valid`` (traced) are drawn."""
     w = normalize(log_weights.astype(jnp.float32))
-    p = _COUNTS[scheme](key, w, num)
+    m = jnp.asarray(num_valid, jnp.int32)
+    p = _COUNTS[scheme](key, w, num, m)
     # Everything still unassigned when the float32 cumulative weights end below 1
     # goes to the last particle of positive weight (never to a zero-weight one).
     n = w.shape[0]
     last_positive = n - 1 - jnp.argmax(w[::-1] > 0)
-    p = jnp.where(jnp.arange(n) >= last_positive, num, p)
-    return ancestors_from_counts(p, num)
+    p = jnp.where(jnp.arange(n) >= last_positive, m, p)
+    return ancestors_from_counts(p, num, m)
+
+
+def resample_padded(key: Array, log_weights: Array, num: int, num_valid, scheme: str) -> Array:
+    """Traceable resampling into ``num`` static slots of which the first ``num_valid``
+    (traced) are drawn and the rest are 0: the driver's bucketed particle counts."""
+    return _resample(key, log_weights, num, scheme, num_valid)

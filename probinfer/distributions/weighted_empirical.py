@@ -22,6 +22,11 @@ __all__ = ["WeightedEmpirical"]
 class WeightedEmpirical(Distribution):
     r"""Weighted empirical measure ``sum_i w_i delta_{x_i}`` of ``N`` particles.
 
+    The numpyro-distribution view of :class:`probinfer.Particles` (array values), returned
+    by :meth:`probinfer.Particles.to_distribution`: the weighted set itself is always a
+    ``Particles``; this class adds ``sample``, ``log_prob``, ``cdf`` and ``icdf`` so that the
+    set can stand wherever a numpyro distribution is expected.
+
     Parameters
     ----------
     values
@@ -116,11 +121,13 @@ class WeightedEmpirical(Distribution):
         centred = self.values - self.mean
         return jnp.sum(self._broadcast_weights() * centred**2, axis=0)
 
-    def expectation(self, f) -> Array:
-        """``sum_i w_i f(x_i)`` for a function ``f`` mapping one value to an array."""
-        fx = jax.vmap(f)(self.values)
-        w = self.normalized_weights.reshape((-1,) + (1,) * (fx.ndim - 1))
-        return jnp.sum(w * fx, axis=0)
+    def expectation(self, f=None) -> Array:
+        """``sum_i w_i f(x_i)``, exactly :meth:`probinfer.Particles.expectation`: ``f`` maps
+        the batched values (leading particle axis) to arrays with the same leading axis
+        (default: the identity, i.e. :meth:`mean`)."""
+        from probinfer.particles import Particles
+
+        return Particles(self.values, self.log_weights).expectation(f)
 
     # ------------------------------------------------------------------ sampling / mass
     def sample(self, key, sample_shape=()) -> Array:

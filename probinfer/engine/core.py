@@ -26,15 +26,28 @@ from probinfer.engine.dlpack import to_jax, to_torch
 
 Array = jax.Array
 
-__all__ = ["LikelihoodEngine", "bucket_size", "chunk_size_for"]
+__all__ = ["LikelihoodEngine", "bucket_size", "chunk_size_for", "map_in_chunks", "row_bytes"]
 
 
-def bucket_size(n: int, min_bucket: int = 64, chunk: int | None = None) -> int:
-    """The padded size for ``n`` rows: the next power of two ``>= max(n, min_bucket)``, or
-    the next multiple of ``chunk`` when that is smaller than the power of two."""
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    b = max(int(min_bucket), 1 << (int(n) - 1).bit_length())
+def bucket_size(n: int, min_bucket: int = 64, chunk: int | None = None, per_octave: int = 1) -> int:
+    """The padded size for ``n`` rows.
+
+    With ``per_octave=1``: the next power of two ``>= max(n, min_bucket)``. With
+    ``per_octave=k`` (a power of two): the next of ``k`` sizes per octave,
+    ``(k + j) 2^e`` for ``j = 0..k-1``, so padding costs at most ``1/k`` extra rows while the
+    number of distinct sizes stays logarithmic in ``n``. When the result exceeds ``chunk`` it is
+    the next multiple of ``chunk`` instead (rows are processed ``chunk`` at a time).
+    """
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if per_octave < 1 or per_octave & (per_octave - 1):
+        raise ValueError(f"per_octave must be a power of two, got {per_octave}")
+    n = max(int(n), int(min_bucket), 1)
+    if n <= per_octave:
+        b = n
+    else:
+        e = (n - 1).bit_length() - per_octave.bit_length()  # (k + j) 2^e >= n, j < k
+        b = -(-n // (1 << e)) << e
     if chunk is not None and b > chunk:
         b = -(-n // chunk) * chunk
     return b
@@ -45,6 +58,41 @@ def chunk_size_for(bytes_per_particle: int, memory_budget: int) -> int:
     per = max(int(bytes_per_particle), 1)
     rows = max(int(memory_budget) // per, 1)
     return 1 << (rows.bit_length() - 1)
+
+
+def row_bytes(tree) -> int:
+    """Bytes of one row (one particle) of a pytree of arrays with a leading particle axis."""
+    return int(
+        sum(
+            np.dtype(a.dtype).itemsize * int(np.prod(np.shape(a)[1:], dtype=np.int64))
+            for a in jax.tree_util.tree_leaves(tree)
+        )
+    )
+
+
+def map_in_chunks(fn: Callable, xs, chunk: int | None):
+    """``fn(xs)`` for a function batched over the leading axis, evaluated ``chunk`` rows at a
+    time with ``lax.map`` so that at most ``chunk`` rows' intermediates are live at once.
+
+    Traceable (this is how memory budgets apply inside ``jit``). ``xs`` is a pytree whose
+    leaves share the leading axis ``N``; the last chunk is padded by repeating row 0 and the
+    padding is dropped from the output. ``chunk=None`` or ``N <= chunk`` calls ``fn`` once.
+    """
+    leaves = jax.tree_util.tree_leaves(xs)
+    n = int(np.shape(leaves[0])[0])
+    if chunk is None or n <= chunk:
+        return fn(xs)
+    k = -(-n // chunk)
+    pad = k * chunk - n
+
+    def split(a):
+        a = jnp.asarray(a)
+        if pad:
+            a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])])
+        return a.reshape((k, chunk) + a.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree_util.tree_map(split, xs))
+    return jax.tree_util.tree_map(lambda a: a.reshape((k * chunk,) + a.shape[2:])[:n], out)
 
 
 def _is_traced(x) -> bool:
@@ -136,15 +184,8 @@ class LikelihoodEngine:
             return self._torch_call(theta, n)
         chunk = self.chunk_size(theta)
         if any(_is_traced(x) for x in leaves):
-            if n <= chunk:
-                return self._batched_fn(theta)
-            return jax.lax.map(self._batched_fn_one, theta, batch_size=chunk)
+            return map_in_chunks(self._batched_fn, theta, chunk)
         return self._eager_jax(theta, n, chunk)
-
-    def _batched_fn_one(self, theta_i):
-        return jax.tree_util.tree_map(
-            lambda a: a[0], self._batched_fn(jax.tree_util.tree_map(lambda a: a[None], theta_i))
-        )
 
     def _pad(self, theta, n, size):
         def pad(a):

@@ -4,6 +4,8 @@
   ``scan``/``while_loop``, a Python loop over the jitted step, or eager steps for black-box
   transitions) for any :class:`FeynmanKac` model, with conditional SMC as an option.
 * :func:`particle_filter`: bootstrap and guided filters for state-space models.
+* :func:`particle_gibbs`: conditional SMC sweeps on trajectories (the driver's
+  ``reference`` option), for any Feynman-Kac model.
 * :func:`tempered_smc`: adaptive tempered SMC with MCMC rejuvenation for static models,
   a Feynman-Kac model with an ``adapt`` hook on the same driver.
 """
@@ -18,6 +20,12 @@ from probinfer.smc.feynman_kac import (
     run_smc,
     smc_scan,
     step,
+)
+from probinfer.smc.gibbs import (
+    ParticleGibbsResult,
+    conditional_smc_kernel,
+    particle_gibbs,
+    trace_lineage,
 )
 from probinfer.smc.state_space import (
     ParticleFilterResult,
@@ -37,6 +45,7 @@ from probinfer.smc.tempered import (
 __all__ = [
     "FeynmanKac",
     "ParticleFilterResult",
+    "ParticleGibbsResult",
     "SMCOutput",
     "SMCResult",
     "SMCState",
@@ -45,8 +54,10 @@ __all__ = [
     "TemperedParticles",
     "TemperedSMCResult",
     "TemperingData",
+    "conditional_smc_kernel",
     "init",
     "particle_filter",
+    "particle_gibbs",
     "run_smc",
     "smc_scan",
     "ssm_feynman_kac",
@@ -54,4 +65,5 @@ __all__ = [
     "tempered_smc",
     "tempered_smc_loop",
     "tempering_feynman_kac",
+    "trace_lineage",
 ]

@@ -71,8 +71,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.engine.core import bucket_size, chunk_size_for, map_in_chunks, row_bytes
 from probinfer.particles import Particles, take
-from probinfer.resampling import SCHEMES, resample
+from probinfer.resampling import SCHEMES, resample, resample_padded
 
 Array = jax.Array
 
@@ -144,7 +145,9 @@ class SMCState(NamedTuple):
 
     ``log_weights`` are normalised (``logsumexp = 0``); ``log_evidence`` is the running
     ``log Z`` as a compensated sum with its compensation ``log_evidence_c``; ``data`` is the
-    model's data after the last ``adapt``.
+    model's data after the last ``adapt``. In a bucketed run (:func:`smc_scan` with
+    ``bucket=True``) the arrays have a padded length and ``num_particles`` (traced) says how
+    many leading slots are real; the others carry weight 0 and are never resampled.
     """
 
     values: Any
@@ -153,6 +156,7 @@ class SMCState(NamedTuple):
     log_evidence: Any
     log_evidence_c: Any
     data: Any
+    num_particles: Any = None  # bucketed runs: the traced number of real particles
 
     @property
     def particles(self) -> Particles:
@@ -239,10 +243,13 @@ def _kahan(total, comp, x):
     return t, (t - total) - y
 
 
-def _uniform_log_weights(n: int, dtype, eager: bool):
+def _uniform_log_weights(n: int, dtype, eager: bool, num_valid=None):
     if eager:
         return np.full(n, -np.log(n))
-    return jnp.full(n, -jnp.log(jnp.asarray(n, dtype)), dtype)
+    if num_valid is None:
+        return jnp.full(n, -jnp.log(jnp.asarray(n, dtype)), dtype)
+    lw = -jnp.log(jnp.asarray(num_valid, dtype))
+    return jnp.where(jnp.arange(n) < num_valid, lw, -jnp.inf).astype(dtype)
 
 
 def _pin(fk: FeynmanKac, t, values, reference, data):
@@ -251,8 +258,13 @@ def _pin(fk: FeynmanKac, t, values, reference, data):
     return jax.tree_util.tree_map(lambda v, r: v.at[0].set(r[t]), values, reference)
 
 
-def _ancestors(key, log_weights, scheme, conditional: bool, eager: bool):
+def _ancestors(key, log_weights, scheme, conditional: bool, eager: bool, num_valid=None):
     n = log_weights.shape[0]
+    if num_valid is not None:  # bucketed: draw num_valid ancestors into n slots
+        if not conditional:
+            return resample_padded(key, log_weights, n, num_valid, scheme)
+        rest = resample_padded(key, log_weights, n - 1, num_valid - 1, "multinomial")
+        return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
     if not conditional:
         anc = resample(key, log_weights, scheme=scheme)
         return np.asarray(anc) if eager else anc
@@ -270,20 +282,25 @@ def init(
     *,
     reference: Any = None,
     eager: bool = False,
+    num_valid: Any = None,
 ) -> tuple[SMCState, StepInfo]:
-    """Draw ``x_0 ~ M0``, adapt, and weight by ``G_0`` (eagerly or traceably)."""
+    """Draw ``x_0 ~ M0``, adapt, and weight by ``G_0`` (eagerly or traceably).
+
+    ``num_valid`` (traceable, jitted path only): only the first ``num_valid`` of the
+    ``num_particles`` slots are real particles; the rest get weight 0 (bucketed shapes).
+    """
     n = num_particles
     values = fk.M0(key, n, fk.data)
     if reference is not None:
         values = _pin(fk, 0, values, reference, fk.data)
-    lw0 = _uniform_log_weights(n, jnp.float32, eager)
+    lw0 = _uniform_log_weights(n, jnp.float32, eager, num_valid)
     data = fk.data if fk.adapt is None else fk.adapt(0, values, lw0, fk.data)
     log_g, num_nan = _clean_log_potential(fk.logG(0, None, values, data), n, eager)
     if not eager:
         lw0 = lw0.astype(log_g.dtype)
     lw, inc, ess = _reweight(lw0, log_g, eager)
     zero = 0.0 if eager else jnp.zeros((), inc.dtype)
-    state = SMCState(values, lw, ess, inc if eager else inc + zero, zero, data)
+    state = SMCState(values, lw, ess, inc if eager else inc + zero, zero, data, num_valid)
     anc = np.arange(n, dtype=np.int32) if eager else jnp.arange(n, dtype=jnp.int32)
     return state, StepInfo(inc, ess, False if eager else jnp.asarray(False), anc, num_nan)
 
@@ -308,6 +325,8 @@ def step(
     k_res, k_move = jax.random.split(key)
     lw, data = state.log_weights, state.data
     n = lw.shape[0]
+    nv = state.num_particles  # None unless bucketed
+    n_real = n if nv is None else nv
     conditional = reference is not None
     if eager:
         do = bool(ess_threshold >= 1.0 or state.ess < ess_threshold * n)
@@ -317,11 +336,11 @@ def step(
         else:
             anc, prev = np.arange(n, dtype=np.int32), state.values
     else:
-        do = jnp.logical_or(jnp.asarray(ess_threshold) >= 1.0, state.ess < ess_threshold * n)
+        do = jnp.logical_or(jnp.asarray(ess_threshold) >= 1.0, state.ess < ess_threshold * n_real)
 
         def resampled():
-            a = _ancestors(k_res, lw, scheme, conditional, False)
-            return take(state.values, a), jnp.full_like(lw, -jnp.log(jnp.asarray(n, lw.dtype))), a
+            a = _ancestors(k_res, lw, scheme, conditional, False, nv)
+            return take(state.values, a), _uniform_log_weights(n, lw.dtype, False, nv), a
 
         def kept():
             return state.values, lw, jnp.arange(n, dtype=jnp.int32)
@@ -338,7 +357,7 @@ def step(
         log_z, comp = state.log_evidence + inc, 0.0
     else:
         log_z, comp = _kahan(state.log_evidence, state.log_evidence_c, inc)
-    new = SMCState(values, new_lw, ess, log_z, comp, data)
+    new = SMCState(values, new_lw, ess, log_z, comp, data, nv)
     return new, StepInfo(inc, ess, do, anc, num_nan)
 
 
@@ -373,12 +392,69 @@ def _record(info: StepInfo, summary_value, keep_ancestors: bool):
     return (info._replace(ancestors=anc), summary_value)
 
 
+class Layout(NamedTuple):
+    """How a jitted run lays particles out (static, part of the compilation key).
+
+    ``size``: the array length (``num_particles``, or its bucket when ``bucketed``);
+    ``bucketed``: whether only a traced prefix of ``size`` slots holds real particles;
+    ``sharding``: a ``NamedSharding`` placing the particle axis over devices, or ``None``;
+    ``chunk``: potentials are evaluated this many particles at a time, or ``None``.
+    """
+
+    size: int
+    bucketed: bool = False
+    sharding: Any = None
+    chunk: int | None = None
+
+
+def _model(fns, num_steps, data, layout: Layout) -> FeynmanKac:
+    """The model inside a trace: potentials chunked through the engine when asked."""
+    logG = fns[2]
+    if layout.chunk is not None:
+        logG = _chunked(fns[2], layout.chunk)
+    return FeynmanKac(
+        fns[0],
+        fns[1],
+        logG,
+        num_steps=num_steps,
+        data=data,
+        adapt=fns[3],
+        finished=fns[4],
+        pin=fns[5],
+    )
+
+
+def _chunked(logG, chunk):
+    """``logG`` evaluated ``chunk`` particles at a time (:func:`probinfer.engine.map_in_chunks`)."""
+
+    def chunked(t, prev, values, data):
+        if prev is None:
+            return map_in_chunks(lambda v: logG(t, None, v, data), values, chunk)
+        return map_in_chunks(lambda pv: logG(t, pv[0], pv[1], data), (prev, values), chunk)
+
+    return chunked
+
+
+def _constrain(state: SMCState, layout: Layout) -> SMCState:
+    """Keep the particle axis of the state sharded over the layout's devices."""
+    if layout.sharding is None:
+        return state
+
+    def put(a):
+        if jnp.ndim(a) >= 1 and jnp.shape(a)[0] == layout.size:
+            return jax.lax.with_sharding_constraint(a, layout.sharding)
+        return a
+
+    values, lw = jax.tree_util.tree_map(put, (state.values, state.log_weights))
+    return state._replace(values=values, log_weights=lw)
+
+
 @partial(
     jax.jit,
     static_argnames=(
         "fns",
         "num_steps",
-        "num_particles",
+        "layout",
         "ess_threshold",
         "scheme",
         "summary",
@@ -389,20 +465,22 @@ def _run_jit(
     key,
     data,
     reference,
+    num_valid,
     *,
     fns,
     num_steps,
-    num_particles,
+    layout,
     ess_threshold,
     scheme,
     summary,
     keep_ancestors,
 ):
-    fk = FeynmanKac(*fns[:3], num_steps=num_steps, data=data, adapt=fns[3], finished=fns[4],
-                    pin=fns[5])
+    fk = _model(fns, num_steps, data, layout)
+    size = layout.size
     k0, k_rest = jax.random.split(key)
     keys = jax.random.split(k_rest, max(num_steps - 1, 1))
-    state, info0 = init(k0, fk, num_particles, reference=reference)
+    state, info0 = init(k0, fk, size, reference=reference, num_valid=num_valid)
+    state = _constrain(state, layout)
 
     def summarize(s):
         return None if summary is None else summary(s.particles, s.data)
@@ -411,6 +489,7 @@ def _run_jit(
 
     def advance(s, t):
         s, info = step(keys[t - 1], t, fk, s, ess_threshold, scheme, reference=reference)
+        s = _constrain(s, layout)
         return s, _record(info, summarize(s), keep_ancestors)
 
     if fk.finished is None:
@@ -418,6 +497,7 @@ def _run_jit(
         count = jnp.asarray(num_steps)
         hist = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), rec0, recs)
     else:
+
         def pad(a):
             a = jnp.asarray(a)
             fill = jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0
@@ -425,8 +505,7 @@ def _run_jit(
 
         hist = jax.tree_util.tree_map(pad, rec0)
         if keep_ancestors:
-            ident = jnp.broadcast_to(jnp.arange(num_particles, dtype=jnp.int32),
-                                     (num_steps, num_particles))
+            ident = jnp.broadcast_to(jnp.arange(size, dtype=jnp.int32), (num_steps, size))
             hist = (hist[0]._replace(ancestors=ident), hist[1])
 
         def cond(c):
@@ -453,6 +532,42 @@ def _run_jit(
     )
 
 
+def _layout(fk: FeynmanKac, num_particles: int, bucket: bool, shard, memory_budget) -> Layout:
+    """Validate the layout options and fix the static array length."""
+    size = num_particles
+    if bucket:
+        size = bucket_size(num_particles, 16, per_octave=4)
+    sharding = None
+    if shard is not False and shard is not None:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        if shard is True:
+            mesh = Mesh(np.asarray(jax.devices()), ("particles",))
+        elif isinstance(shard, Mesh):
+            if "particles" not in shard.axis_names:
+                raise ValueError(f"shard mesh must have a 'particles' axis, got {shard.axis_names}")
+            mesh = shard
+        else:
+            raise TypeError(f"shard must be a bool or a jax.sharding.Mesh, got {type(shard)}")
+        ndev = mesh.shape["particles"]
+        if bucket:
+            size = -(-size // ndev) * ndev
+        elif size % ndev:
+            raise ValueError(
+                f"num_particles ({num_particles}) must be a multiple of the {ndev} devices "
+                "to shard over, or pass bucket=True to pad it"
+            )
+        sharding = NamedSharding(mesh, PartitionSpec("particles"))
+    chunk = None
+    if memory_budget is not None:
+        mb = memory_budget
+        if isinstance(mb, bool) or not isinstance(mb, int | np.integer) or mb <= 0:
+            raise ValueError(f"memory_budget must be a positive integer (bytes), got {mb!r}")
+        one = jax.eval_shape(lambda k: fk.M0(k, 1, fk.data), jax.random.key(0))
+        chunk = chunk_size_for(max(16 * row_bytes(one), 1024), int(memory_budget))
+    return Layout(int(size), bool(bucket), sharding, chunk)
+
+
 def smc_scan(
     key: Array,
     fk: FeynmanKac,
@@ -463,6 +578,9 @@ def smc_scan(
     summary: Callable | None = None,
     keep_ancestors: bool = True,
     reference: Any = None,
+    bucket: bool = False,
+    shard: Any = False,
+    memory_budget: int | None = None,
 ) -> SMCOutput:
     """Run SMC jitted (``lax.scan``, or ``lax.while_loop`` with a ``finished`` rule) and
     return raw JAX arrays (vmappable over ``key``).
@@ -470,15 +588,19 @@ def smc_scan(
     ``summary(particles, data) -> pytree`` is evaluated after every reweighting (e.g.
     filtering means); its values are stacked along a leading time axis. Compiled code
     is cached on the model's callables, ``summary`` and the static settings, so reuse the
-    same callables (and vary ``fk.data``) to avoid recompilation.
+    same callables (and vary ``fk.data``) to avoid recompilation. ``bucket``, ``shard`` and
+    ``memory_budget`` are described in :func:`run_smc`; with ``bucket=True`` the returned
+    arrays have the padded length and ``state.num_particles`` real particles lead.
     """
+    layout = _layout(fk, int(num_particles), bucket, shard, memory_budget)
     return _run_jit(
         key,
         fk.data,
         reference,
+        jnp.asarray(num_particles, jnp.int32) if layout.bucketed else None,
         fns=fk.fns,
         num_steps=int(fk.num_steps),
-        num_particles=int(num_particles),
+        layout=layout,
         ess_threshold=float(ess_threshold),
         scheme=scheme,
         summary=summary,
@@ -488,27 +610,54 @@ def smc_scan(
 
 @partial(
     jax.jit,
-    static_argnames=("fns", "num_steps", "ess_threshold", "scheme", "summary", "keep_ancestors"),
+    static_argnames=(
+        "fns",
+        "num_steps",
+        "layout",
+        "ess_threshold",
+        "scheme",
+        "summary",
+        "keep_ancestors",
+    ),
 )
-def _step_jit(key, t, state, reference, *, fns, num_steps, ess_threshold, scheme, summary,
-              keep_ancestors):
-    fk = FeynmanKac(*fns[:3], num_steps=num_steps, data=state.data, adapt=fns[3],
-                    finished=fns[4], pin=fns[5])
+def _step_jit(
+    key,
+    t,
+    state,
+    reference,
+    *,
+    fns,
+    num_steps,
+    layout,
+    ess_threshold,
+    scheme,
+    summary,
+    keep_ancestors,
+):
+    fk = _model(fns, num_steps, state.data, layout)
     state, info = step(key, t, fk, state, ess_threshold, scheme, reference=reference)
+    state = _constrain(state, layout)
     done = jnp.asarray(False) if fk.finished is None else fk.finished(state.values, state.data)
     sv = None if summary is None else summary(state.particles, state.data)
     return state, _record(info, sv, keep_ancestors), done
 
 
-@partial(jax.jit, static_argnames=("fns", "num_steps", "num_particles", "summary",
-                                   "keep_ancestors"))
-def _init_jit(key, data, reference, *, fns, num_steps, num_particles, summary, keep_ancestors):
-    fk = FeynmanKac(*fns[:3], num_steps=num_steps, data=data, adapt=fns[3], finished=fns[4],
-                    pin=fns[5])
-    state, info = init(key, fk, num_particles, reference=reference)
+@partial(jax.jit, static_argnames=("fns", "num_steps", "layout", "summary", "keep_ancestors"))
+def _init_jit(key, data, reference, num_valid, *, fns, num_steps, layout, summary, keep_ancestors):
+    fk = _model(fns, num_steps, data, layout)
+    state, info = init(key, fk, layout.size, reference=reference, num_valid=num_valid)
+    state = _constrain(state, layout)
     done = jnp.asarray(False) if fk.finished is None else fk.finished(state.values, state.data)
     sv = None if summary is None else summary(state.particles, state.data)
     return state, _record(info, sv, keep_ancestors), done
+
+
+def _unpad(particles: Particles, n: int) -> Particles:
+    """The first ``n`` (real) particles of a bucketed run."""
+    if np.shape(particles.log_weights)[0] == n:
+        return particles
+    values = jax.tree_util.tree_map(lambda a: a[:n], particles.values)
+    return Particles.tree_unflatten(None, (values, particles.log_weights[:n]))
 
 
 # --------------------------------------------------------------------------- results
@@ -632,6 +781,9 @@ def run_smc(
     reference: Any = None,
     progress: bool | None = False,
     desc: str = "SMC",
+    bucket: bool = False,
+    shard: Any = False,
+    memory_budget: int | None = None,
 ) -> SMCResult:
     """Run SMC on a Feynman-Kac model and return weights, log evidence and history.
 
@@ -668,6 +820,25 @@ def run_smc(
         Show a tqdm bar over the steps (``None``: after 2 s).
     desc
         The bar's label.
+    bucket
+        Jitted paths: pad the particle arrays to one of four sizes per octave
+        (:func:`probinfer.engine.bucket_size`) with zero-weight slots that are never
+        resampled, so that runs with many different ``num_particles`` reuse a bounded set of
+        compiled programs (memory stays flat in long-lived processes). The result holds the
+        ``num_particles`` real particles only. Costs at most 25% extra work.
+    shard
+        Jitted paths: ``True`` places the particle axis over all devices
+        (``jax.devices()``: every local GPU, or every host's devices after
+        ``jax.distributed.initialize()``), or pass a ``jax.sharding.Mesh`` with a
+        ``"particles"`` axis. Moves and potentials run on each device's particles;
+        resampling gathers across devices (XLA inserts the collectives), so the algorithm
+        and, for the same key, the random numbers are those of the one-device run.
+        ``num_particles`` must divide evenly over the devices unless ``bucket=True``.
+    memory_budget
+        Jitted paths: bytes the potential evaluation may use at once; ``logG`` is then
+        evaluated in chunks of particles with ``lax.map``
+        (:func:`probinfer.engine.map_in_chunks`), the chunk sized from the particles'
+        bytes. ``None``: all particles at once.
 
     Raises
     ------
@@ -679,7 +850,10 @@ def run_smc(
     ess_threshold = check_threshold(ess_threshold, scheme)
     if not isinstance(fk, FeynmanKac):
         raise TypeError(f"fk must be a FeynmanKac model, got {type(fk).__name__}")
+    if not jit and (bucket or (shard is not False and shard is not None)):
+        raise ValueError("bucket and shard apply to the jitted paths only (jit=True)")
     start = time.perf_counter()
+    layout_opts = dict(bucket=bucket, shard=shard, memory_budget=memory_budget)
     if jit and callback is None and not progress and progress is not None:
         out = smc_scan(
             key,
@@ -690,65 +864,119 @@ def run_smc(
             summary=summary,
             keep_ancestors=keep_ancestors,
             reference=reference,
+            **layout_opts,
         )
         jax.block_until_ready(out)
         k = int(out.num_steps)
         incs = np.asarray(out.log_evidence_increments, dtype=np.float64)[:k]
         _check_history(incs, np.asarray(out.num_nan)[:k])
         cut = (lambda a: a[:k]) if k < fk.num_steps else (lambda a: a)
+        n = num_particles
         return SMCResult(
-            particles=out.particles,
+            particles=_unpad(out.particles, n),
             log_evidence=float(np.sum(incs)),
             log_evidence_increments=incs,
             ess=cut(np.asarray(out.ess)),
             resampled=cut(np.asarray(out.resampled)),
-            ancestors=None if out.ancestors is None else cut(np.asarray(out.ancestors)),
+            ancestors=None if out.ancestors is None else cut(np.asarray(out.ancestors)[:, :n]),
             summaries=None if summary is None else jax.tree_util.tree_map(cut, out.summaries),
             wall_time=time.perf_counter() - start,
         )
+    layout = _layout(fk, num_particles, **layout_opts) if jit else None
     return _run_loop(
-        key, fk, num_particles, ess_threshold, scheme, summary, keep_ancestors, callback,
-        reference, jit, progress, desc, start,
+        key,
+        fk,
+        num_particles,
+        ess_threshold,
+        scheme,
+        summary,
+        keep_ancestors,
+        callback,
+        reference,
+        layout,
+        progress,
+        desc,
+        start,
     )
 
 
-def _run_loop(key, fk, n, ess_threshold, scheme, summary, keep_ancestors, callback, reference,
-              jit, progress, desc, start):
-    """The Python loop over the (jitted or eager) step functions."""
+def _run_loop(
+    key,
+    fk,
+    n,
+    ess_threshold,
+    scheme,
+    summary,
+    keep_ancestors,
+    callback,
+    reference,
+    layout,
+    progress,
+    desc,
+    start,
+):
+    """The Python loop over the jitted step (``layout`` given) or the eager one."""
     from tqdm.auto import tqdm
 
+    jit = layout is not None
     k0, k_rest = jax.random.split(key)
     keys = jax.random.split(k_rest, max(fk.num_steps - 1, 1))
-    static = dict(fns=fk.fns, num_steps=int(fk.num_steps), summary=summary,
-                  keep_ancestors=keep_ancestors)
+    static = dict(
+        fns=fk.fns,
+        num_steps=int(fk.num_steps),
+        summary=summary,
+        keep_ancestors=keep_ancestors,
+        layout=layout,
+    )
     if jit:
-        state, (info, sv), done = _init_jit(k0, fk.data, reference, num_particles=n, **static)
+        nv = jnp.asarray(n, jnp.int32) if layout.bucketed else None
+        state, (info, sv), done = _init_jit(k0, fk.data, reference, nv, **static)
     else:
         state, info = init(k0, fk, n, reference=reference, eager=True)
         sv = None if summary is None else summary(state.particles, state.data)
         done = fk.finished is not None and bool(fk.finished(state.values, state.data))
     rows, sums = [], []
-    bar = tqdm(total=fk.num_steps, desc=desc, delay=0 if progress else 2.0,
-               disable=progress is False)
+    bar = tqdm(
+        total=fk.num_steps, desc=desc, delay=0 if progress else 2.0, disable=progress is False
+    )
     try:
         for t in range(fk.num_steps):
             if t > 0:
                 if jit:
                     state, (info, sv), done = _step_jit(
-                        keys[t - 1], t, state, reference, ess_threshold=ess_threshold,
-                        scheme=scheme, **static,
+                        keys[t - 1],
+                        t,
+                        state,
+                        reference,
+                        ess_threshold=ess_threshold,
+                        scheme=scheme,
+                        **static,
                     )
                 else:
-                    state, info = step(keys[t - 1], t, fk, state, ess_threshold, scheme,
-                                       reference=reference, eager=True)
+                    state, info = step(
+                        keys[t - 1],
+                        t,
+                        fk,
+                        state,
+                        ess_threshold,
+                        scheme,
+                        reference=reference,
+                        eager=True,
+                    )
                     sv = None if summary is None else summary(state.particles, state.data)
                     done = fk.finished is not None and bool(fk.finished(state.values, state.data))
             inc = float(info.log_evidence_increment)
             _report_nan(int(info.num_nan), f"at step {t}")
             if not inc > -np.inf:
                 _raise_dead(t)
-            rows.append((inc, float(info.ess), bool(info.resampled),
-                         np.asarray(info.ancestors) if keep_ancestors else None))
+            rows.append(
+                (
+                    inc,
+                    float(info.ess),
+                    bool(info.resampled),
+                    np.asarray(info.ancestors)[:n] if keep_ancestors else None,
+                )
+            )
             if summary is not None:
                 sums.append(sv)
             if callback is not None:
@@ -763,7 +991,7 @@ def _run_loop(key, fk, n, ess_threshold, scheme, summary, keep_ancestors, callba
     if summary is not None:
         stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *sums)
     return SMCResult(
-        particles=state.particles,
+        particles=_unpad(state.particles, n),
         log_evidence=float(np.sum(incs)),
         log_evidence_increments=incs,
         ess=np.asarray([r[1] for r in rows]),

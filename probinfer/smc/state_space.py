@@ -310,6 +310,9 @@ def particle_filter(
     quantiles=(0.05, 0.5, 0.95),
     keep_ancestors: bool = False,
     jit: bool = True,
+    memory_budget: int | None = None,
+    shard: bool = False,
+    progress: bool | None = False,
 ) -> ParticleFilterResult:
     """Bootstrap or guided particle filter for a state-space model.
 
@@ -336,6 +339,17 @@ def particle_filter(
         Keep the ``(T, N)`` genealogy.
     jit
         ``True``: jitted ``lax.scan``; ``False``: the eager driver (same step functions).
+        The jitted filter pads ``N`` to one of four bucket sizes per octave (zero-weight
+        slots, see :func:`~probinfer.smc.run_smc`), so filters with many different particle
+        counts share compiled code.
+    memory_budget
+        Bytes the potential evaluation may use at once (chunked with ``lax.map``).
+    shard
+        Place the particles over all devices (``True``) or a ``jax.sharding.Mesh`` with a
+        ``"particles"`` axis: the multi-GPU (and, with ``jax.distributed``, multi-host)
+        path. See :func:`~probinfer.smc.run_smc`.
+    progress
+        Show a progress bar over the time steps (``None``: after 2 s).
 
     Returns
     -------
@@ -354,6 +368,11 @@ def particle_filter(
         jit=jit,
         summary=_summary_fn(levels),
         keep_ancestors=keep_ancestors,
+        bucket=jit,
+        shard=shard,
+        memory_budget=memory_budget,
+        progress=progress,
+        desc="particle filter",
     )
     sums = res.summaries
     return ParticleFilterResult(

@@ -357,8 +357,9 @@ def tempered_smc_loop(
         max_tree_depth=max_tree_depth,
         evidence=evidence,
     )
-    return smc_scan(k_run, fk, num_particles, 1.0, cfg.scheme, summary=summary,
-                    keep_ancestors=False)
+    return smc_scan(
+        k_run, fk, num_particles, 1.0, cfg.scheme, summary=summary, keep_ancestors=False
+    )
 
 
 def _config(
@@ -502,6 +503,7 @@ def tempered_smc(
     evidence: str = "auto",
     jit: bool = True,
     progress: bool | None = None,
+    shard: bool = False,
 ) -> TemperedSMCResult:
     """Adaptive tempered SMC from the prior to the posterior of a static model.
 
@@ -546,6 +548,10 @@ def tempered_smc(
         ``None``/``True``: a Python loop over the jitted step with a tqdm bar over steps
         that appears after 2 s (``True``: immediately). ``False``: no bar; with
         ``jit=True`` the whole run in one ``lax.while_loop`` (fastest).
+    shard
+        ``True`` places the particles over all devices (or pass a ``jax.sharding.Mesh``
+        with a ``"particles"`` axis); ``num_particles`` must divide evenly. The moves and
+        likelihoods run on each device's particles; see :func:`probinfer.smc.run_smc`.
 
     Returns
     -------
@@ -580,6 +586,7 @@ def tempered_smc(
         keep_ancestors=False,
         progress=progress,
         desc="tempered SMC",
+        shard=shard,
     )
     stats = res.summaries
     lams = np.asarray(stats.lam)

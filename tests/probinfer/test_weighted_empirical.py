@@ -25,7 +25,7 @@ def test_moments_equal_exact_weighted_sums():
     mean = w @ VALUES
     np.testing.assert_allclose(d.mean, mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(d.variance, w @ (VALUES - mean) ** 2, rtol=1e-5)
-    np.testing.assert_allclose(d.expectation(lambda x: jnp.sin(x)), w @ np.sin(VALUES), atol=1e-6)
+    np.testing.assert_allclose(d.expectation(jnp.sin), w @ np.sin(VALUES), atol=1e-6)
     np.testing.assert_allclose(d.ess, 1.0 / np.sum(w**2), rtol=1e-5)
     np.testing.assert_allclose(d.normalized_weights, w, rtol=1e-5, atol=1e-7)
 
