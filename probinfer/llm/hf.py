@@ -16,7 +16,7 @@ Torch and transformers are imported inside the functions, never at module import
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,12 @@ from probinfer.llm.protocols import StepProposal
 from probinfer.llm.ssm import key_to_seed
 from probinfer.llm.task import CharTokenizer
 
-__all__ = ["HFCausalLM", "HFRewardModel", "load_tokenizer"]
+__all__ = ["HFCausalLM", "HFRewardModel", "HFTokenizer", "context_limit", "load_tokenizer"]
 
 
-class _HFTokenizer:
-    """Adapter giving a ``transformers`` tokenizer the small interface used here."""
+class HFTokenizer:
+    """Adapter giving a ``transformers`` tokenizer the small interface used here
+    (``encode`` without special tokens, ``decode`` without clean-up, pad and EOS ids)."""
 
     def __init__(self, tok):
         self.tok = tok
@@ -41,7 +42,9 @@ class _HFTokenizer:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
+        return self.tok.decode(
+            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
 
 
 def load_tokenizer(path):
@@ -53,7 +56,7 @@ def load_tokenizer(path):
         return CharTokenizer.from_dict(json.loads(char.read_text()))
     from transformers import AutoTokenizer
 
-    return _HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    return HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
 
 
 def _check_dir(path, what: str) -> Path:
@@ -71,8 +74,31 @@ def _device(device):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def context_limit(config) -> int | None:
+    """The model's context window in tokens (``max_position_embeddings`` or
+    ``n_positions``), or ``None`` when the config has none."""
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
 class HFCausalLM:
-    """A local causal language model proposing reasoning steps in batches.
+    """A local causal language model proposing token-exact reasoning steps in batches.
+
+    Each particle's state is the token ids it sampled. A step ends at the first token whose
+    decoded text completes the delimiter (or the stop); the text decoded past the delimiter
+    from that token opens the next step, and the next step continues from the token ids,
+    never from re-tokenized text. The target of the particle filter is then exactly the
+    LM's distribution over token sequences reweighted by the potentials.
+
+    With ``kv_cache=True`` (default) the prompt is prefilled once per problem and shared,
+    each particle keeps its key/value cache rows between steps
+    (:class:`~probinfer.llm.kv.KVRows`, attached to the store), children of a resampled
+    particle continue from copies of their parent's rows, and finished particles drop
+    theirs: every token is encoded once. ``kv_cache=False`` re-encodes prompt and token ids
+    at every step (same tokens, same result for the same key).
 
     Parameters
     ----------
@@ -85,32 +111,124 @@ class HFCausalLM:
     eos_text
         Text that an end-of-sequence token stands for (e.g. the stop string, so that a model
         ending its answer with EOS finishes the particle); ``None`` ends the step only.
+    kv_cache
+        Carry each particle's key/value cache between steps and through resampling.
     """
 
-    def __init__(self, model, tokenizer, *, device=None, eos_text: str | None = None):
+    def __init__(
+        self, model, tokenizer, *, device=None, eos_text: str | None = None, kv_cache: bool = True
+    ):
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.eos_text = eos_text
+        self.kv_cache = bool(kv_cache)
+        self.context_limit = context_limit(model.config)
         # a character tokenizer's padding id is not a real token: never sample it
         self._mask_pad = isinstance(tokenizer, CharTokenizer)
+        self._prompt_rows = None  # (prompt ids, one-row KVRows): the last prompt's prefill
 
     @classmethod
-    def from_pretrained(cls, path, *, device=None, eos_text: str | None = None) -> HFCausalLM:
+    def from_pretrained(
+        cls, path, *, device=None, eos_text: str | None = None, kv_cache: bool = True
+    ) -> HFCausalLM:
         """Load a model directory (safetensors + config) from disk; no network access."""
         from transformers import AutoModelForCausalLM
 
         p = _check_dir(path, "path")
         model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
-        return cls(model, load_tokenizer(p), device=device, eos_text=eos_text)
+        return cls(model, load_tokenizer(p), device=device, eos_text=eos_text, kv_cache=kv_cache)
 
+    # ------------------------------------------------------------------ encoding
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt``; ``ValueError`` when it does not leave room for one
+        generated token in the context window."""
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            raise ValueError("prompt must encode to at least one token")
+        limit = self.context_limit
+        if limit is not None and len(ids) >= limit:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens but the language model's context limit is "
+                f"{limit} tokens (config max_position_embeddings/n_positions); shorten the "
+                "prompt or use a model with a longer context"
+            )
+        return ids
+
+    def _forward(self, ids, mask, position, layers):
+        """One forward pass on top of cached ``layers``; returns the last logits and the
+        new layers. The cache object is built fresh, so stored rows are never mutated."""
+        from transformers import DynamicCache
+
+        cfg = self.model.config
+        cache = (
+            DynamicCache(ddp_cache_data=layers, config=cfg) if layers else DynamicCache(config=cfg)
+        )
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
+        )
+        return out.logits[:, -1, :], tuple((layer.keys, layer.values) for layer in cache.layers)
+
+    def _prefill(self, seqs):
+        """Encode every sequence but its last token (left-padded batch); the last token is
+        each row's pending token. Returns ``(KVRows, tokens encoded)``."""
+        import torch
+
+        from probinfer.llm.kv import KVRows
+
+        b = len(seqs)
+        width = max(len(q) - 1 for q in seqs)
+        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for i, q in enumerate(seqs):
+            if len(q) > 1:
+                ids[i, width - len(q) + 1 :] = torch.tensor(q[:-1])
+                mask[i, width - len(q) + 1 :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        layers = ()
+        if width:
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            _, layers = self._forward(ids, mask, pos, ())
+        position = torch.tensor([len(q) - 1 for q in seqs], dtype=torch.long, device=self.device)
+        pending = torch.tensor([q[-1] for q in seqs], dtype=torch.long, device=self.device)
+        rows = KVRows(layers, mask, position, pending, np.arange(b))
+        return rows, sum(len(q) - 1 for q in seqs)
+
+    def _start(self, contexts, prompt_ids):
+        """The cache rows to continue from, and the tokens encoded to build them."""
+        b = len(contexts)
+        state = contexts.lm_state
+        if self.kv_cache and state is not None and len(state) == b and state.complete:
+            return state, 0
+        fresh = contexts.step_tokens is None and not any(contexts.steps)
+        if self.kv_cache and fresh and not any(contexts.partials()):
+            encoded = 0
+            if self._prompt_rows is None or self._prompt_rows[0] != tuple(prompt_ids):
+                rows, encoded = self._prefill([prompt_ids])
+                self._prompt_rows = (tuple(prompt_ids), rows)
+            return self._prompt_rows[1].take(np.zeros(b, dtype=np.int64)), encoded
+        if contexts.step_tokens is None:  # text history without token ids
+            seqs = [self.tokenizer.encode(contexts.prompt + q) for q in contexts.partials()]
+        else:
+            seqs = [prompt_ids + contexts.tokens(i) for i in range(b)]
+        return self._prefill(seqs)
+
+    def _step_text(self, history, step, carry) -> str:
+        """``carry`` + the text ``step`` adds after ``history`` (decoded in a short window
+        of context so that tokenizers with context-dependent spacing decode exactly)."""
+        tok = self.tokenizer
+        window = history[-8:]
+        head = tok.decode(window)
+        full = tok.decode(window + step)
+        return carry + (full[len(head) :] if full.startswith(head) else tok.decode(step))
+
+    # ------------------------------------------------------------------ sampling
     def propose(
         self,
         key,
-        prompts: Sequence[str],
-        partials: Sequence[str],
+        contexts,
         step_end: Callable[[str], int | None],
         *,
         max_new_tokens: int,
@@ -118,35 +236,49 @@ class HFCausalLM:
     ) -> StepProposal:
         import torch
 
-        tok = self.tokenizer
-        ctx = [tok.encode(p + q) for p, q in zip(prompts, partials)]
-        b = len(ctx)
+        from probinfer.llm.kv import KVRows
+
+        b = len(contexts)
         if b == 0:
             return StepProposal([], [])
-        width = max(map(len, ctx))
-        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for i, row in enumerate(ctx):
-            if row:
-                ids[i, width - len(row) :] = torch.tensor(row)
-                mask[i, width - len(row) :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
-        gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
-        tokens: list[list[int]] = [[] for _ in range(b)]
+        prompt_ids = self.encode_prompt(contexts.prompt)
+        rows, encoded = self._start(contexts, prompt_ids)
+        history = [
+            prompt_ids + (contexts.tokens(i) or [])
+            if contexts.step_tokens is not None
+            else self.tokenizer.encode(contexts.prompt + contexts.partials()[i])
+            for i in range(b)
+        ]
+        carries = [contexts.carry(i) for i in range(b)]
         steps: list[str | None] = [None] * b
-        cur_ids, cur_pos, past, produced = ids, pos, None, 0
+        new_carry = [""] * b
+        ended = [False] * b
+        truncated = [False] * b
+        toks: list[list[int]] = [[] for _ in range(b)]
+        for i, c in enumerate(carries):  # a carry that already holds a whole step
+            end = step_end(c) if c else None
+            if end is not None and end > 0:
+                steps[i], new_carry[i] = c[:end], c[end:]
+        layers, mask = rows.layers, rows.mask
+        position, pending = rows.position.clone(), rows.pending.clone()
+        gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
+        limit = self.context_limit
+        produced = 0
         with torch.no_grad():
             for _ in range(int(max_new_tokens)):
-                out = self.model(
-                    input_ids=cur_ids,
-                    attention_mask=mask,
-                    position_ids=cur_pos,
-                    past_key_values=past,
-                    use_cache=True,
-                )
-                past = out.past_key_values
-                logits = out.logits[:, -1, :].float().cpu()
+                for i in range(b):  # a full context window ends the answer
+                    if steps[i] is None and limit is not None and int(position[i]) >= limit:
+                        steps[i] = self._step_text(history[i], toks[i], carries[i])
+                        ended[i] = truncated[i] = True
+                active = torch.tensor([s is None for s in steps], device=self.device)
+                if not bool(active.any()):
+                    break
+                ids = torch.where(active, pending, self.pad_token_id)[:, None]
+                mask = torch.cat([mask, active.long()[:, None]], 1)
+                logits, layers = self._forward(ids, mask, position[:, None], layers)
+                encoded += int(active.sum())
+                position = position + active.long()
+                logits = logits.float().cpu()
                 if self._mask_pad:
                     logits[:, self.pad_token_id] = -torch.inf
                 if temperature == 0:
@@ -160,27 +292,32 @@ class HFCausalLM:
                     t = int(nxt[i])
                     produced += 1
                     if self.eos_token_id is not None and t == self.eos_token_id:
-                        steps[i] = tok.decode(tokens[i]) + (self.eos_text or "")
+                        text = self._step_text(history[i], toks[i], carries[i])
+                        steps[i] = text + (self.eos_text or "") if text else ""
+                        ended[i] = True
                         continue
-                    tokens[i].append(t)
-                    text = tok.decode(tokens[i])
+                    toks[i].append(t)
+                    pending[i] = t
+                    text = self._step_text(history[i], toks[i], carries[i])
                     end = step_end(text)
-                    if end is not None:
-                        steps[i] = text[:end]
-                if all(s is not None for s in steps):
-                    break
-                cur_ids = nxt[:, None].to(self.device)
-                cur_pos = cur_pos[:, -1:] + 1
-                mask = torch.cat(
-                    [mask, torch.ones((b, 1), dtype=mask.dtype, device=self.device)], 1
-                )
-        truncated = [s is None for s in steps]
-        final = [tok.decode(tokens[i]) if s is None else s for i, s in enumerate(steps)]
+                    if end is not None and end > 0:
+                        steps[i], new_carry[i] = text[:end], text[end:]
+        for i in range(b):
+            if steps[i] is None:
+                truncated[i] = True
+                steps[i] = self._step_text(history[i], toks[i], carries[i])
+        state = None
+        if self.kv_cache:
+            state = KVRows(layers, mask, position, pending, np.arange(b))
         return StepProposal(
-            final,
+            list(steps),
             truncated,
             tokens_generated=produced,
-            tokens_encoded=int(sum(map(len, ctx))),
+            tokens_encoded=encoded,
+            step_tokens=[tuple(t) for t in toks],
+            carries=new_carry,
+            ended=ended,
+            state=state,
         )
 
 

@@ -150,17 +150,23 @@ class LLMStateSpaceModel:
     # ------------------------------------------------------------------ moves
     def extend(self, key, store: Trajectories, usage: Usage, which=None) -> Trajectories:
         """Propose the next step of every unfinished particle (one batched LM call) and
-        score it (one batched reward call). Finished particles are left unchanged."""
+        score it (one batched reward call). Finished particles are left unchanged.
+
+        The proposal continues each particle's own token ids (token-exact backends): the
+        new step is the text of the sampled tokens up to and including the delimiter, and
+        the rest of the delimiter's token opens the next step. An end-of-sequence token
+        right after a delimiter ends the answer without adding an empty step (no new
+        score: the step's log potential is 0). Finished particles' language-model state
+        is dropped.
+        """
         live = store.live if which is None else np.asarray(which, dtype=int)
         live = np.array([i for i in live if not store.finished[i]], dtype=int)
         if live.size == 0:
             return store
-        prompts = [store.prompt] * live.size
-        partials = ["".join(store.steps[i]) for i in live]
+        contexts = store.take(live)
         prop = self.lm.propose(
             key,
-            prompts,
-            partials,
+            contexts,
             self.step_format.step_end,
             max_new_tokens=self.max_tokens_per_step,
             temperature=self.sampling_temperature,
@@ -171,17 +177,46 @@ class LLMStateSpaceModel:
         usage.tokens_generated += int(prop.tokens_generated)
         usage.tokens_encoded += int(prop.tokens_encoded)
         usage.steps_truncated += int(sum(prop.truncated))
+        ended = prop.ended or [False] * live.size
+        partials = contexts.partials()
         for j, s in enumerate(prop.steps):
-            if not isinstance(s, str) or s == "":
+            if not isinstance(s, str) or (s == "" and not ended[j]):
                 raise ValueError(
                     f"lm returned an empty step for particle {int(live[j])} (context "
                     f"{(store.prompt + partials[j])!r}); a step must contain at least one character"
                 )
-        new_steps = [store.steps[i] + (s,) for i, s in zip(live, prop.steps)]
-        finished = [self.step_format.is_final(s) for s in prop.steps]
-        scores = self._score(store.prompt, new_steps, usage)
-        new_scores = [store.scores[i] + (float(r),) for i, r in zip(live, scores)]
-        return store.replace(live, new_steps, finished, new_scores)
+        grew = [j for j, s in enumerate(prop.steps) if s]
+        new_steps = [contexts.steps[j] + ((s,) if s else ()) for j, s in enumerate(prop.steps)]
+        finished = [
+            bool(e) or (bool(s) and self.step_format.is_final(s)) for s, e in zip(prop.steps, ended)
+        ]
+        scores = [contexts.scores[j] for j in range(live.size)]
+        if grew:
+            r = self._score(store.prompt, [new_steps[j] for j in grew], usage)
+            for j, rj in zip(grew, r):
+                scores[j] = scores[j] + (float(rj),)
+        step_tokens = carries = None
+        if prop.step_tokens is not None or prop.carries is not None:
+            toks_old, car_old = contexts.token_fields()
+            got_toks = prop.step_tokens or [()] * live.size
+            # text history without token ids (a store built from text): stay text-only
+            text_only = contexts.step_tokens is None and any(contexts.steps)
+            got_car = prop.carries or [""] * live.size
+            grown = [bool(s) for s in prop.steps]
+            if prop.step_tokens is not None and not text_only:
+                step_tokens = [
+                    toks_old[j] + ((tuple(got_toks[j]),) if grown[j] else ())
+                    for j in range(live.size)
+                ]
+            carries = [car_old[j] + ((got_car[j],) if grown[j] else ()) for j in range(live.size)]
+        state = None
+        if prop.state is not None:
+            pos = np.full(len(store), -1, dtype=np.int64)
+            for j, i in enumerate(live):
+                if not finished[j]:
+                    pos[i] = j
+            state = prop.state.take(pos)
+        return store.replace(live, new_steps, finished, scores, step_tokens, carries, state)
 
     def _score(self, prompt: str, partials, usage: Usage) -> np.ndarray:
         n = len(partials)

@@ -196,17 +196,17 @@ def test_baselines_run_with_budget_semantics():
 
 
 class _EmptyLM:
-    def propose(self, key, prompts, partials, step_end, *, max_new_tokens, temperature=1.0):
-        return StepProposal([""] * len(prompts), [False] * len(prompts))
+    def propose(self, key, contexts, step_end, *, max_new_tokens, temperature=1.0):
+        return StepProposal([""] * len(contexts), [False] * len(contexts))
 
 
 class _NeverEndsLM:
     """Never produces a delimiter: each step is max_new_tokens characters, truncated."""
 
-    def propose(self, key, prompts, partials, step_end, *, max_new_tokens, temperature=1.0):
+    def propose(self, key, contexts, step_end, *, max_new_tokens, temperature=1.0):
         s = "x" * max_new_tokens
         assert step_end(s) is None
-        return StepProposal([s] * len(prompts), [True] * len(prompts), len(prompts) * len(s))
+        return StepProposal([s] * len(contexts), [True] * len(contexts), len(contexts) * len(s))
 
 
 def test_bad_input():
