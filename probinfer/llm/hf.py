@@ -5,9 +5,10 @@ forward pass per token: contexts are left-padded, attention masks and position i
 the padding, the key/value cache is reused across the tokens of a step, and sampling uses a
 ``torch.Generator`` seeded from the ``jax.random`` key (same key, same result).
 
-:class:`HFRewardModel` scores partial answers with a sequence classifier (one logit,
-``p = sigmoid(logit)``) through the batched likelihood engine (torch backend: chunked,
-bucketed, no-grad, CUDA when present).
+:class:`HFRewardModel` scores partial answers with a local PRM of one of three kinds
+(sequence classifier, token classifier with a step separator as in Qwen2.5-Math-PRM, causal
+LM reading good/bad tokens at a step tag as in Math-Shepherd), in batched no-grad torch
+forward passes (no padding beyond the longest row of a chunk, CUDA when present).
 
 Everything loads from local paths (``local_files_only=True``): nothing is downloaded.
 Torch and transformers are imported inside the functions, never at module import.
@@ -321,90 +322,220 @@ class HFCausalLM:
         )
 
 
-class HFRewardModel:
-    """A learned process reward model with one logit: a sequence classifier, or a token
-    classifier read at the last token of the partial answer (the usual PRM layout: one
-    score per step, at the step's last token).
+PRM_KINDS = ("sequence", "token", "causal")
 
-    ``score`` concatenates prompt and steps, right-pads the batch and evaluates
-    ``sigmoid(logit)`` at the last real token through
-    :class:`~probinfer.engine.LikelihoodEngine` (torch backend).
+
+def _detect_kind(architectures) -> str | None:
+    """The PRM kind from architecture (class) names (``None`` when not recognisable)."""
+    for arch in architectures or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "sequence"
+        if arch.endswith(("ForTokenClassification", "ForProcessRewardModel")):
+            return "token"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal"
+    return None
+
+
+def check_kind(kind) -> str:
+    """Validate a PRM kind (``ValueError`` listing :data:`PRM_KINDS`)."""
+    if kind not in PRM_KINDS:
+        raise ValueError(f"kind must be one of {PRM_KINDS}, got {kind!r}")
+    return kind
+
+
+class HFRewardModel:
+    """A local Hugging Face process reward model, in one of three conventions (``kind``):
+
+    ``"sequence"``
+        A sequence classifier scoring ``prompt + steps``: ``sigmoid(logit)`` with one label,
+        ``P(label 1)`` with two.
+    ``"token"``
+        A token classifier read at a step position: with ``step_separator`` (the
+        Qwen2.5-Math-PRM convention, e.g. ``"<extra_0>"``) the separator is inserted after
+        every step and the score is ``P(positive label)`` at the last one; without, the score
+        is read at the last token (the bundled PRM).
+    ``"causal"``
+        A causal LM reading good/bad token probabilities at a step tag (Math-Shepherd:
+        ``step_separator="ки"``, ``good_token="+"``, ``bad_token="-"``): the score is
+        ``P(good) / (P(good) + P(bad))`` at the last tag.
+
+    ``score`` runs one no-grad batched forward per chunk of ``batch_size`` partial answers
+    (right-padded to the longest in the chunk, no other padding), in torch only.
 
     Parameters
     ----------
     model
-        A ``transformers`` sequence- or token-classification model with ``num_labels = 1``.
+        The ``transformers`` model (``kind`` decides how its output is read).
     tokenizer
         As for :class:`HFCausalLM`.
+    kind
+        One of :data:`PRM_KINDS`; ``None`` detects it from ``model.config.architectures``.
+    step_separator
+        Text inserted after each step (``"token"``/``"causal"``), or ``None``.
+    good_token, bad_token
+        ``"causal"``: the tokens whose probabilities give the score.
+    positive_label
+        Index of the "correct" class when the head has two or more labels.
     device
         Torch device.
+    batch_size
+        Partial answers per forward pass.
     """
 
-    def __init__(self, model, tokenizer, *, device=None):
-        import torch
-
-        from probinfer.engine import LikelihoodEngine
-
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        kind: str | None = None,
+        step_separator: str | None = None,
+        good_token: str = "+",
+        bad_token: str = "-",
+        positive_label: int = 1,
+        device=None,
+        batch_size: int = 64,
+    ):
+        if kind is None:
+            names = list(getattr(model.config, "architectures", None) or [])
+            kind = _detect_kind(names + [type(model).__name__])
+        if kind is None:
+            raise ValueError(
+                f"kind must be one of {PRM_KINDS}: it cannot be detected from the model's "
+                f"architectures {getattr(model.config, 'architectures', None)!r}"
+            )
+        self.kind = check_kind(kind)
+        if kind == "causal" and step_separator is None:
+            raise ValueError("step_separator is needed for kind='causal' (e.g. 'ки')")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.step_separator = step_separator
+        self.positive_label = int(positive_label)
+        self.batch_size = batch_size
         self.pad_token_id = int(tokenizer.pad_token_id)
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = self.pad_token_id
-        pad = self.pad_token_id
-
-        def prob(ids):
-            mask = (ids != pad).long()
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-            if logits.ndim == 3:  # token head: the score at the last real token (right padding)
-                last = (mask.sum(-1) - 1).clamp(min=0)
-                logits = logits[torch.arange(ids.shape[0], device=ids.device), last]
-            return torch.sigmoid(logits[:, 0].float())
-
-        self.engine = LikelihoodEngine(
-            prob, backend="torch", min_bucket=8, device=str(self.device), dtype=torch.long
-        )
+        self.context_limit = context_limit(model.config)
+        self._sep_ids = tokenizer.encode(step_separator) if step_separator else []
+        if step_separator is not None and not self._sep_ids:
+            raise ValueError(f"step_separator {step_separator!r} encodes to no token")
+        self._good_bad = None
+        if kind == "causal":
+            ids = [tokenizer.encode(t) for t in (good_token, bad_token)]
+            if any(len(i) != 1 for i in ids):
+                raise ValueError(
+                    f"good_token and bad_token must each be one token, got {good_token!r} -> "
+                    f"{ids[0]} and {bad_token!r} -> {ids[1]}"
+                )
+            self._good_bad = (ids[0][0], ids[1][0])
 
     @classmethod
-    def from_pretrained(cls, path, *, device=None) -> HFRewardModel:
+    def from_pretrained(
+        cls,
+        path,
+        *,
+        kind: str | None = None,
+        step_separator: str | None = None,
+        good_token: str = "+",
+        bad_token: str = "-",
+        positive_label: int = 1,
+        device=None,
+    ) -> HFRewardModel:
+        """Load a local PRM directory; ``kind=None`` detects it from ``config.json``
+        (``ValueError`` listing the kinds when it cannot). No network access."""
         import transformers
 
         p = _check_dir(path, "path")
-        arch = json.loads((p / "config.json").read_text()).get("architectures") or []
-        token = any(a.endswith("ForTokenClassification") for a in arch)
-        auto = (
-            transformers.AutoModelForTokenClassification
-            if token
-            else transformers.AutoModelForSequenceClassification
-        )
+        if kind is not None:
+            check_kind(kind)
+        else:
+            cfg = json.loads((p / "config.json").read_text())
+            kind = _detect_kind(cfg.get("architectures"))
+            if kind is None:
+                raise ValueError(
+                    f"kind must be one of {PRM_KINDS}: cannot detect it from the architectures "
+                    f"{cfg.get('architectures')!r} in {p / 'config.json'}"
+                )
+        auto = {
+            "sequence": transformers.AutoModelForSequenceClassification,
+            "token": transformers.AutoModelForTokenClassification,
+            "causal": transformers.AutoModelForCausalLM,
+        }[kind]
         model = auto.from_pretrained(p, local_files_only=True)
-        return cls(model, load_tokenizer(p), device=device)
+        return cls(
+            model,
+            load_tokenizer(p),
+            kind=kind,
+            step_separator=step_separator,
+            good_token=good_token,
+            bad_token=bad_token,
+            positive_label=positive_label,
+            device=device,
+        )
+
+    def _ids(self, prompt: str, steps) -> list[int]:
+        tok = self.tokenizer
+        if not self._sep_ids:
+            return tok.encode(prompt + "".join(steps))
+        ids = tok.encode(prompt)
+        for s in steps:
+            ids += tok.encode(s) + self._sep_ids
+        return ids
+
+    def _probability(self, logits, at):
+        """The score from the logits at the read positions ``at`` (one per row)."""
+        import torch
+
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        if logits.ndim == 3:
+            logits = logits[rows, at]
+        logits = logits.float()
+        if self.kind == "causal":
+            good, bad = self._good_bad
+            return torch.softmax(logits[:, [good, bad]], -1)[:, 0]
+        if logits.shape[-1] == 1:
+            return torch.sigmoid(logits[:, 0])
+        return torch.softmax(logits, -1)[:, self.positive_label]
 
     def score(self, prompts, partials) -> np.ndarray:
-        """``sigmoid(logit)`` of each ``prompt + "".join(steps)``, shape ``(n,)``.
+        """The score in ``[0, 1]`` of the last step of each ``prompt + steps``, shape ``(n,)``.
 
         Raises ``ValueError`` when ``prompts`` and ``partials`` differ in length, a text
         has a character outside the tokenizer's vocabulary, or is longer than the model's
         context window.
         """
+        import torch
+
         if len(prompts) != len(partials):
             raise ValueError(
                 f"prompts and partials must have the same length, got {len(prompts)} "
                 f"and {len(partials)}"
             )
-        rows = [self.tokenizer.encode(p + "".join(s)) for p, s in zip(prompts, partials)]
+        rows = [self._ids(p, s) for p, s in zip(prompts, partials)]
         if not rows:
             return np.zeros(0)
         width = max(map(len, rows))
-        limit = getattr(self.model.config, "n_positions", None) or getattr(
-            self.model.config, "max_position_embeddings", None
-        )
+        limit = self.context_limit
         if limit is not None and width > limit:
             raise ValueError(
                 f"partials: a prompt + partial answer has {width} tokens, more than the "
-                f"reward model's context window of {limit}"
+                f"reward model's context window limit of {limit}"
             )
-        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int32)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-        return np.asarray(self.engine(ids), dtype=np.float64)
+        out = np.empty(len(rows))
+        with torch.no_grad():
+            for a in range(0, len(rows), self.batch_size):
+                chunk = rows[a : a + self.batch_size]
+                w = max(map(len, chunk))
+                ids = torch.full((len(chunk), w), self.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), w), dtype=torch.long)
+                for i, r in enumerate(chunk):
+                    ids[i, : len(r)] = torch.tensor(r)
+                    mask[i, : len(r)] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                at = mask.sum(-1) - 1  # the last token: the step's separator when there is one
+                out[a : a + len(chunk)] = self._probability(logits, at).cpu().numpy()
+        return out.astype(np.float64)
