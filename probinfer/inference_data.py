@@ -94,6 +94,7 @@ def to_inference_data(
     log_evidence: Any | None = None,
     attrs: Mapping[str, Any] | None = None,
     var_name: str = "x",
+    groups: Mapping[str, Mapping[str, Any]] | None = None,
 ):
     """Build an ArviZ ``InferenceData`` (or ``DataTree`` on ArviZ 1.x) from particle runs.
 
@@ -119,6 +120,10 @@ def to_inference_data(
         Extra attributes.
     var_name
         Name of the variable when particle values are a bare array.
+    groups
+        Extra groups stored as they are, ``{group: {variable: array}}``; a variable
+        whose leading axes are ``(chain, draw)`` gets those dimensions (``log_likelihood``,
+        ``posterior_predictive``), others (``observed_data``) get their own.
     """
     import xarray as xr
 
@@ -135,6 +140,7 @@ def to_inference_data(
     if len(sizes) != 1:
         raise ValueError(f"all runs must give the same number of draws, got {sorted(sizes)}")
     posterior = {n: np.stack([c[n] for c in per_chain]) for n in names}
+    sizes_n = next(iter(sizes))
 
     all_attrs: dict[str, Any] = {
         "inference_library": "probinfer",
@@ -170,6 +176,19 @@ def to_inference_data(
     else:  # ArviZ 1.x (arviz_base): nested dict of groups, returns an xarray.DataTree
         idata = az.from_dict({"posterior": posterior})
     idata["posterior"].attrs.update(all_attrs)
+
+    for group, variables in (groups or {}).items():
+        data_vars = {}
+        for n, v in variables.items():
+            arr = np.asarray(v)
+            lead = ["chain", "draw"] if arr.shape[:2] == (len(runs), sizes_n) else []
+            dims = lead + [f"{n}_dim_{i}" for i in range(arr.ndim - len(lead))]
+            data_vars[n] = (dims, arr)
+        ds = xr.Dataset(data_vars, attrs=all_attrs)
+        if hasattr(idata, "add_groups"):
+            idata.add_groups({group: ds})
+        else:
+            idata[group] = ds
 
     if steps or log_evidence is not None:
         data_vars = {}

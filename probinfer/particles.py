@@ -4,29 +4,61 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from probinfer import weights as W
 from probinfer.resampling import Scheme, resample
 
 Array = jax.Array
 
-__all__ = ["Particles", "take"]
+__all__ = ["ParticleStore", "Particles", "take"]
+
+
+@runtime_checkable
+class ParticleStore(Protocol):
+    """A non-array particle store (token sequences with KV caches, simulator states).
+
+    It gathers particles along its leading axis with ``take`` (``indices`` is a 1-D
+    integer numpy array; repeated indices copy a particle) and knows its size.
+    """
+
+    def take(self, indices: np.ndarray) -> ParticleStore: ...
+
+    def __len__(self) -> int: ...
+
+
+def _take_leaf(leaf, indices):
+    if isinstance(leaf, np.ndarray):
+        return np.take(leaf, np.asarray(indices), axis=0)
+    if isinstance(leaf, jax.Array):
+        return jnp.take(leaf, jnp.asarray(indices), axis=0)
+    if type(leaf).__module__.startswith("torch"):  # a torch.Tensor, without importing torch
+        import torch
+
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=leaf.device)
+        return leaf.index_select(0, idx)
+    return jnp.take(jnp.asarray(leaf), jnp.asarray(indices), axis=0)
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray | jax.Array) or type(x).__module__.startswith("torch")
 
 
 def take(values: Any, indices: Array) -> Any:
     """Select particles ``indices`` along the leading axis of a particle store.
 
-    ``values`` is either an object with a ``take(indices)`` method (non-array
-    stores such as token sequences with KV caches) or a pytree of arrays whose
-    leaves share a leading particle axis.
+    ``values`` is a pytree of arrays (numpy, JAX or torch leaves, gathered along axis 0
+    with their own library, so shapes and array types are kept) or a
+    :class:`ParticleStore` (an object with ``take(indices)`` and ``__len__``, given numpy
+    indices).
     """
-    if hasattr(values, "take") and not isinstance(values, jax.Array):
-        return values.take(indices)
-    return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, indices, axis=0), values)
+    if not _is_array(values) and isinstance(values, ParticleStore):
+        return values.take(np.asarray(indices))
+    return jax.tree_util.tree_map(lambda leaf: _take_leaf(leaf, indices), values)
 
 
 def _num_in_store(values: Any) -> int | None:

@@ -55,6 +55,16 @@ def check_log_weights(log_weights, name: str = "log_weights") -> Array:
     return lw
 
 
+def _no_nan(log_weights, name: str = "log_weights") -> Array:
+    """The weights as an array; a concrete NaN raises ``ValueError`` (traced values pass)."""
+    lw = jnp.asarray(log_weights)
+    if _is_concrete(lw):
+        a = np.asarray(lw)
+        if np.any(np.isnan(a)):
+            raise ValueError(f"{name} contains NaN at index {int(np.argmax(np.isnan(a)))}")
+    return lw
+
+
 def _shifted(log_weights: Array) -> tuple[Array, Array]:
     """``(lw - max lw, max lw)``: exact shifts keep float32 weights accurate."""
     lw = jnp.asarray(log_weights)
@@ -65,7 +75,7 @@ def _shifted(log_weights: Array) -> tuple[Array, Array]:
 
 def log_normalize(log_weights: Array) -> Array:
     """Normalised log weights, ``log w_i - logsumexp(log w)``."""
-    z, _ = _shifted(log_weights)
+    z, _ = _shifted(_no_nan(log_weights))
     return z - jnp.log(jnp.sum(jnp.exp(z), axis=0))
 
 
@@ -75,7 +85,7 @@ def normalize(log_weights: Array) -> Array:
     Computed as ``e_i / sum(e)`` with ``e = exp(lw - max lw)`` so that the weights sum
     to one to within float rounding even for log weights of large magnitude.
     """
-    z, _ = _shifted(log_weights)
+    z, _ = _shifted(_no_nan(log_weights))
     e = jnp.exp(z)
     return e / jnp.sum(e, axis=0)
 
@@ -84,15 +94,20 @@ def ess(log_weights: Array) -> Array:
     """Effective sample size ``1 / sum_i w_i^2`` of normalised weights, in ``[1, N]``.
 
     Computed as ``exp(2 logsumexp(lw) - logsumexp(2 lw))`` so that it is stable for
-    log weights of any magnitude.
+    log weights of any magnitude. Every weight zero (all ``-inf``) gives ``0``; a NaN
+    raises ``ValueError`` (on concrete input).
     """
-    lw = jnp.asarray(log_weights)
-    return jnp.exp(2.0 * logsumexp(lw, axis=0) - logsumexp(2.0 * lw, axis=0))
+    lw = _no_nan(log_weights)
+    dead = jnp.all(lw == -jnp.inf, axis=0)
+    safe = jnp.where(dead, 0.0, lw)
+    log_ess = 2.0 * logsumexp(safe, axis=0) - logsumexp(2.0 * safe, axis=0)
+    return jnp.where(dead, 0.0, jnp.exp(log_ess))
 
 
 def log_mean_weight(log_weights: Array) -> Array:
-    """``log((1/N) sum_i exp(log w_i))``: the SMC evidence increment of a weighting step."""
-    lw = jnp.asarray(log_weights)
+    """``log((1/N) sum_i exp(log w_i))``: the SMC evidence increment of a weighting step
+    (``-inf`` when every weight is zero; NaN raises ``ValueError`` on concrete input)."""
+    lw = _no_nan(log_weights)
     return logsumexp(lw, axis=0) - jnp.log(lw.shape[0])
 
 
@@ -101,9 +116,11 @@ def should_resample(log_weights: Array, threshold: float = 0.5) -> Array:
 
     ``threshold >= 1`` resamples at every step (the ESS of uniform weights equals N
     only up to rounding, so it is treated as "always"); ``threshold <= 0`` never
-    resamples. Returns a boolean scalar array (usable under ``jit``).
+    resamples. Returns a boolean scalar array (usable under ``jit``). NaN weights raise
+    ``ValueError`` (concrete input); all ``-inf`` has ESS 0, so it triggers resampling,
+    which then raises (nothing can be resampled).
     """
-    lw = jnp.asarray(log_weights)
+    lw = _no_nan(log_weights)
     n = lw.shape[0]
     always = jnp.asarray(threshold) >= 1.0
     return jnp.logical_or(always, ess(lw) < threshold * n)

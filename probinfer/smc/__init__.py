@@ -1,20 +1,23 @@
-"""Sequential Monte Carlo over the Feynman-Kac form.
+"""Sequential Monte Carlo over the Feynman-Kac form, with one driver.
 
-* :func:`run_smc` / :func:`smc_scan`: the driver (jitted ``lax.scan`` path and an eager
-  path for black-box transitions) for any :class:`FeynmanKac` model.
+* :func:`init` / :func:`step` / :func:`run_smc` / :func:`smc_scan`: the driver (jitted
+  ``scan``/``while_loop``, a Python loop over the jitted step, or eager steps for black-box
+  transitions) for any :class:`FeynmanKac` model, with conditional SMC as an option.
 * :func:`particle_filter`: bootstrap and guided filters for state-space models.
-* :func:`tempered_smc`: adaptive tempered SMC with MCMC rejuvenation for static models.
+* :func:`tempered_smc`: adaptive tempered SMC with MCMC rejuvenation for static models,
+  a Feynman-Kac model with an ``adapt`` hook on the same driver.
 """
 
 from probinfer.smc.feynman_kac import (
     FeynmanKac,
     SMCOutput,
     SMCResult,
+    SMCState,
     StepInfo,
-    initial_step,
+    init,
     run_smc,
     smc_scan,
-    transition_step,
+    step,
 )
 from probinfer.smc.state_space import (
     ParticleFilterResult,
@@ -23,11 +26,12 @@ from probinfer.smc.state_space import (
     ssm_feynman_kac,
 )
 from probinfer.smc.tempered import (
+    TemperedParticles,
     TemperedSMCResult,
-    TemperedState,
+    TemperingData,
     tempered_smc,
     tempered_smc_loop,
-    tempering_step,
+    tempering_feynman_kac,
 )
 
 __all__ = [
@@ -35,17 +39,19 @@ __all__ = [
     "ParticleFilterResult",
     "SMCOutput",
     "SMCResult",
+    "SMCState",
     "StateSpaceModel",
     "StepInfo",
+    "TemperedParticles",
     "TemperedSMCResult",
-    "TemperedState",
-    "initial_step",
+    "TemperingData",
+    "init",
     "particle_filter",
     "run_smc",
     "smc_scan",
     "ssm_feynman_kac",
+    "step",
     "tempered_smc",
     "tempered_smc_loop",
-    "tempering_step",
-    "transition_step",
+    "tempering_feynman_kac",
 ]

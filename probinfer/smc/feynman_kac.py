@@ -1,26 +1,43 @@
-"""The Feynman-Kac SMC driver shared by every particle algorithm.
+"""The one Feynman-Kac SMC driver shared by every particle algorithm.
 
 A Feynman-Kac model is given by an initial proposal ``M0``, transitions ``M_t`` and log
 potentials ``log G_t`` (``t = 0..T-1``). SMC targets the normalised flow
 
     Q_t(dx_{0:t}) ∝ M0(dx_0) G_0(x_0) prod_{s=1}^t M_s(x_{s-1}, dx_s) G_s(x_{s-1}, x_s)
 
-and estimates its normalising constant ``Z_T`` without bias. One step of the algorithm
-(:func:`transition_step`) is: resample when ``ESS < ess_threshold * N`` (``1.0`` = every
-step), move ``x_t ~ M_t(x_{t-1}, .)``, reweight by ``G_t``, and record the evidence increment
-``log sum_i W_{t-1}^i G_t^i`` (normalised weights ``W``).
+and estimates its normalising constant ``Z_T`` without bias. The driver is written in
+BlackJAX's ``init``/``step`` form over an immutable :class:`SMCState`:
 
-Two drivers run the *same* step functions:
+* :func:`init` draws ``x_0 ~ M0`` and weights by ``G_0``;
+* :func:`step` (``t >= 1``) resamples when ``ESS < ess_threshold * N`` (``1.0`` = every
+  step), moves ``x_t ~ M_t(x_{t-1}, .)``, lets the model adapt its parameters to the moved
+  particles (``adapt``: the next temperature of tempered SMC, an MCMC scale, ...) and
+  reweights by ``G_t``, recording the evidence increment ``log sum_i W_{t-1}^i G_t^i``.
 
-* :func:`smc_scan` — pure JAX, jitted, ``lax.scan`` over time; vmappable over keys. Use it
-  when ``M0``, ``M``, ``logG`` are traceable JAX functions of array particles.
-* :func:`run_smc` with ``jit=False`` — an eager Python loop for black-box transitions
-  (language models, simulators). Particle values may then be any store with
-  ``take(indices)`` and ``__len__``; only the log potentials must be arrays. Log evidence
-  is accumulated in float64 with numpy.
+The state holds *normalised* log weights, so each increment is one log-sum-exp of
+quantities of order one (never a difference of two large unnormalised log sums), and the
+running ``log Z`` is a compensated (Kahan) sum; the runners also re-sum the per-step
+increments in float64 on the host. Long runs therefore keep ``log Z`` exact to float64
+rounding of the increments (a constant potential over 3000 steps is exact to < 1e-3).
 
-User callables (``data`` is the pytree given as ``FeynmanKac.data``; it is passed as a
-traced argument on the jitted path so that compiled code is reused across data sets):
+Three runners share the same functions (:func:`run_smc`):
+
+* fully jitted (``jit=True``, no callback, no progress bar): ``lax.scan`` over the ``T``
+  steps, or ``lax.while_loop`` when the model has a ``finished`` rule; vmappable over keys
+  (:func:`smc_scan`);
+* a Python loop over the jitted ``step`` (``jit=True`` with a ``callback`` or a progress
+  bar): the same compiled step every time;
+* eager (``jit=False``) for black-box transitions (language models, simulators): particle
+  values may be any store with ``take(indices)`` and ``__len__``, the weights are numpy
+  float64, and the loop stops as soon as ``finished`` says every particle is done.
+
+Conditional SMC (the kernel of particle Gibbs) is the ``reference`` option: slot 0 holds
+the reference trajectory at every step (``pin``), is never resampled away (its ancestor
+is 0) and slots ``1..N-1`` draw their ancestors multinomially from all ``N`` particles
+(Andrieu, Doucet & Holenstein 2010).
+
+User callables (``data`` is ``FeynmanKac.data``, possibly updated by ``adapt``; on the
+jitted paths it is a traced argument, so compiled code is reused across data sets):
 
 ``M0(key, num_particles, data) -> values``
     Draw the initial particles.
@@ -28,8 +45,17 @@ traced argument on the jitted path so that compiled code is reused across data s
     Move every particle from step ``t - 1`` to step ``t`` (``t >= 1``).
 ``logG(t, prev_values, values, data) -> (N,) array``
     Log potential of each particle at step ``t``; ``prev_values`` is ``None`` at ``t = 0``.
-    NaN potentials are treated as ``-inf`` (the particle gets weight 0) with a warning; if
-    every particle has weight 0 a ``ValueError`` is raised.
+    NaN potentials are treated as ``-inf`` (weight 0) with a warning; if every particle has
+    weight 0 a ``ValueError`` is raised.
+``adapt(t, values, log_weights, data) -> data`` (optional)
+    Called after the move and before reweighting, with the normalised log weights the
+    moved particles carry; returns the (same-structure) data used by ``logG`` and by the
+    following steps.
+``finished(values, data) -> bool`` (optional)
+    The run stops after the first step at which it is true (at most ``num_steps`` steps).
+``pin(t, values, reference, data) -> values`` (optional)
+    Write the reference's state at step ``t`` into slot 0. The default, for array
+    particles, sets slot 0 to ``reference[t]`` (the reference has a leading time axis).
 """
 
 from __future__ import annotations
@@ -45,10 +71,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinfer.engine.evidence import log_increment64
 from probinfer.particles import Particles, take
 from probinfer.resampling import SCHEMES, resample
-from probinfer.weights import ess, should_resample
 
 Array = jax.Array
 
@@ -56,13 +80,14 @@ __all__ = [
     "FeynmanKac",
     "SMCOutput",
     "SMCResult",
+    "SMCState",
     "StepInfo",
     "check_num_particles",
     "check_threshold",
-    "initial_step",
+    "init",
     "run_smc",
     "smc_scan",
-    "transition_step",
+    "step",
 ]
 
 
@@ -72,19 +97,19 @@ class FeynmanKac:
 
     Parameters
     ----------
-    M0
-        ``M0(key, num_particles, data) -> values``: the initial proposal.
-    M
-        ``M(key, t, values, data) -> values``: the transition from step ``t-1`` to ``t``.
-    logG
-        ``logG(t, prev_values, values, data) -> (N,)``: log potentials (``prev_values`` is
-        ``None`` at ``t = 0``).
+    M0, M, logG
+        The initial proposal, the transitions and the log potentials (module docstring).
     num_steps
-        ``T``, the number of potentials (``t = 0..T-1``).
+        ``T``, the number of potentials (``t = 0..T-1``); with ``finished``, the most steps.
     data
-        Any pytree (observations, parameters) handed to the callables. On the jitted
-        path it is a traced argument: new data with the same shapes reuses the compiled
-        code, as long as the same callables are used.
+        Any pytree (observations, parameters) handed to the callables.
+    adapt
+        Optional ``adapt(t, values, log_weights, data) -> data`` (tempering, scale tuning).
+    finished
+        Optional ``finished(values, data) -> bool``: stop after the step where it holds.
+    pin
+        Optional ``pin(t, values, reference, data) -> values`` for conditional SMC on
+        non-array particle stores.
     """
 
     M0: Callable
@@ -92,24 +117,57 @@ class FeynmanKac:
     logG: Callable
     num_steps: int
     data: Any = None
+    adapt: Callable | None = None
+    finished: Callable | None = None
+    pin: Callable | None = None
 
     def __post_init__(self):
         for name in ("M0", "M", "logG"):
             if not callable(getattr(self, name)):
                 raise TypeError(f"{name} must be callable, got {type(getattr(self, name))}")
+        for name in ("adapt", "finished", "pin"):
+            f = getattr(self, name)
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be callable or None, got {type(f)}")
         n = self.num_steps
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise ValueError(f"num_steps must be a positive integer, got {n!r}")
+
+    @property
+    def fns(self) -> tuple:
+        """The callables, a hashable key for compiled code."""
+        return (self.M0, self.M, self.logG, self.adapt, self.finished, self.pin)
+
+
+class SMCState(NamedTuple):
+    """The state of an SMC run (a pytree on the jitted paths).
+
+    ``log_weights`` are normalised (``logsumexp = 0``); ``log_evidence`` is the running
+    ``log Z`` as a compensated sum with its compensation ``log_evidence_c``; ``data`` is the
+    model's data after the last ``adapt``.
+    """
+
+    values: Any
+    log_weights: Any
+    ess: Any
+    log_evidence: Any
+    log_evidence_c: Any
+    data: Any
+
+    @property
+    def particles(self) -> Particles:
+        # No validation: the state may be batched over runs (vmap).
+        return Particles.tree_unflatten(None, (self.values, self.log_weights))
 
 
 class StepInfo(NamedTuple):
     """What one SMC step records."""
 
-    log_evidence_increment: Array  # log sum_i W_{t-1}^i G_t^i
-    ess: Array  # ESS after reweighting
-    resampled: Array  # bool: resampled before moving
-    ancestors: Array  # (N,) int32 ancestor of each particle (identity if not resampled)
-    num_nan: Array  # number of NaN log potentials (set to -inf)
+    log_evidence_increment: Any  # log sum_i W_{t-1}^i G_t^i
+    ess: Any  # ESS after reweighting
+    resampled: Any  # bool: resampled before moving
+    ancestors: Any  # (N,) int32 ancestor of each particle (identity if not resampled)
+    num_nan: Any  # number of NaN log potentials (set to -inf)
 
 
 def check_num_particles(num_particles) -> int:
@@ -138,147 +196,187 @@ def check_threshold(ess_threshold, scheme) -> float:
     return thr
 
 
-def _clean_log_potential(log_g, n: int) -> tuple[Array, Array]:
-    g = jnp.asarray(log_g)
+# --------------------------------------------------------------------------- reweighting
+def _clean_log_potential(log_g, n: int, eager: bool):
+    xp = np if eager else jnp
+    if eager:
+        g = np.asarray(log_g.detach().cpu() if hasattr(log_g, "detach") else log_g, np.float64)
+    else:
+        g = jnp.asarray(log_g)
+        if not jnp.issubdtype(g.dtype, jnp.floating):
+            g = g.astype(jnp.float32)
     if g.shape != (n,):
         raise ValueError(
             f"logG must return one log potential per particle, shape ({n},), got {g.shape}"
         )
-    if not jnp.issubdtype(g.dtype, jnp.floating):
-        g = g.astype(jnp.float32)
-    bad = jnp.isnan(g)
-    return jnp.where(bad, -jnp.inf, g), jnp.sum(bad)
+    bad = xp.isnan(g)
+    return xp.where(bad, -xp.inf, g), xp.sum(bad)
 
 
-def _report_nan(num_nan: int, where: str) -> None:
-    if num_nan:
-        warnings.warn(
-            f"{num_nan} particle(s) had a NaN log potential {where}; they were given weight 0",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+def _reweight(log_weights, log_g, eager: bool):
+    """``(new normalised log weights, log sum_i W_i G_i, ESS)`` in one pass.
+
+    ``log_weights`` are normalised, so the increment is a log-sum-exp of terms of order
+    one; all ``-inf`` gives increment ``-inf`` and the weights are left unnormalised.
+    """
+    xp = np if eager else jnp
+    u = log_weights + log_g
+    m = xp.max(u)
+    m = xp.where(xp.isfinite(m), m, 0.0)
+    e = xp.exp(u - m)
+    s1, s2 = xp.sum(e), xp.sum(e * e)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inc = m + xp.log(s1)
+        alive = s1 > 0
+        new_lw = xp.where(alive, u - xp.where(alive, inc, 0.0), u)
+        ess = xp.where(alive, s1 * s1 / xp.where(alive, s2, 1.0), 0.0)
+    return new_lw, inc, ess
 
 
-def _check_alive(log_weights, t) -> None:
-    if bool(np.all(np.asarray(log_weights) == -np.inf)):
-        raise ValueError(
-            f"every particle has weight 0 at step {t} (log potentials all NaN or -inf): "
-            "the model cannot explain the data or the log likelihood is NaN everywhere"
-        )
+def _kahan(total, comp, x):
+    y = x - comp
+    t = total + y
+    return t, (t - total) - y
 
 
-def initial_step(
-    key: Array, fk: FeynmanKac, num_particles: int, *, eager: bool = False
-) -> tuple[Particles, StepInfo]:
-    """Draw ``x_0 ~ M0`` and weight by ``G_0`` (works eagerly and under ``jit``)."""
-    values = fk.M0(key, num_particles, fk.data)
-    log_g, num_nan = _clean_log_potential(fk.logG(0, None, values, fk.data), num_particles)
-    particles = Particles(values, log_g)
+def _uniform_log_weights(n: int, dtype, eager: bool):
     if eager:
-        inc = log_increment64(np.zeros(num_particles), log_g)
-    else:
-        inc = jax.scipy.special.logsumexp(log_g) - jnp.log(num_particles)
-    info = StepInfo(
-        inc, ess(log_g), jnp.asarray(False), jnp.arange(num_particles, dtype=jnp.int32), num_nan
-    )
-    return particles, info
+        return np.full(n, -np.log(n))
+    return jnp.full(n, -jnp.log(jnp.asarray(n, dtype)), dtype)
 
 
-def transition_step(
+def _pin(fk: FeynmanKac, t, values, reference, data):
+    if fk.pin is not None:
+        return fk.pin(t, values, reference, data)
+    return jax.tree_util.tree_map(lambda v, r: v.at[0].set(r[t]), values, reference)
+
+
+def _ancestors(key, log_weights, scheme, conditional: bool, eager: bool):
+    n = log_weights.shape[0]
+    if not conditional:
+        anc = resample(key, log_weights, scheme=scheme)
+        return np.asarray(anc) if eager else anc
+    rest = resample(key, log_weights, num=n - 1, scheme="multinomial")
+    if eager:
+        return np.concatenate([[0], np.asarray(rest)]).astype(np.int32)
+    return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
+
+
+# --------------------------------------------------------------------------- init / step
+def init(
+    key: Array,
+    fk: FeynmanKac,
+    num_particles: int,
+    *,
+    reference: Any = None,
+    eager: bool = False,
+) -> tuple[SMCState, StepInfo]:
+    """Draw ``x_0 ~ M0``, adapt, and weight by ``G_0`` (eagerly or traceably)."""
+    n = num_particles
+    values = fk.M0(key, n, fk.data)
+    if reference is not None:
+        values = _pin(fk, 0, values, reference, fk.data)
+    lw0 = _uniform_log_weights(n, jnp.float32, eager)
+    data = fk.data if fk.adapt is None else fk.adapt(0, values, lw0, fk.data)
+    log_g, num_nan = _clean_log_potential(fk.logG(0, None, values, data), n, eager)
+    if not eager:
+        lw0 = lw0.astype(log_g.dtype)
+    lw, inc, ess = _reweight(lw0, log_g, eager)
+    zero = 0.0 if eager else jnp.zeros((), inc.dtype)
+    state = SMCState(values, lw, ess, inc if eager else inc + zero, zero, data)
+    anc = np.arange(n, dtype=np.int32) if eager else jnp.arange(n, dtype=jnp.int32)
+    return state, StepInfo(inc, ess, False if eager else jnp.asarray(False), anc, num_nan)
+
+
+def step(
     key: Array,
     t,
     fk: FeynmanKac,
-    particles: Particles,
+    state: SMCState,
     ess_threshold: float = 0.5,
     scheme: str = "systematic",
     *,
+    reference: Any = None,
     eager: bool = False,
-) -> tuple[Particles, StepInfo]:
-    """One SMC step ``t >= 1``: ESS-triggered resampling, move with ``M``, reweight with ``G``.
+) -> tuple[SMCState, StepInfo]:
+    """One SMC step ``t >= 1``: ESS-triggered resampling, move, adapt, reweight.
 
-    With ``eager=True`` the resampling decision is a Python ``if`` (the particle store is
-    only indexed when resampling happens, so any store with ``take`` works); otherwise
-    ``lax.cond`` is used and the function is traceable.
+    With ``eager=True`` the resampling decision is a Python ``if`` (the store is indexed
+    only when resampling happens, so any store with ``take`` works) and the weights are
+    numpy float64; otherwise ``lax.cond`` is used and the function is traceable.
     """
-    lw = particles.log_weights
-    if not eager:
-        log_sum_w = jax.scipy.special.logsumexp(lw)
-        particles, info, _ = _advance(
-            key, t, fk, particles, log_sum_w, ess(lw), ess_threshold, scheme, True
-        )
-        return particles, info
     k_res, k_move = jax.random.split(key)
+    lw, data = state.log_weights, state.data
     n = lw.shape[0]
-    do = should_resample(lw, ess_threshold)
-    if bool(do):
-        anc = resample(k_res, lw, scheme=scheme)
-        prev, lw = take(particles.values, anc), jnp.zeros(n, lw.dtype)
+    conditional = reference is not None
+    if eager:
+        do = bool(ess_threshold >= 1.0 or state.ess < ess_threshold * n)
+        if do:
+            anc = _ancestors(k_res, lw, scheme, conditional, True)
+            prev, lw = take(state.values, anc), _uniform_log_weights(n, None, True)
+        else:
+            anc, prev = np.arange(n, dtype=np.int32), state.values
     else:
-        anc, prev = jnp.arange(n, dtype=jnp.int32), particles.values
-    values = fk.M(k_move, t, prev, fk.data)
-    log_g, num_nan = _clean_log_potential(fk.logG(t, prev, values, fk.data), n)
-    new_lw = lw + log_g
-    inc = log_increment64(lw, log_g)
-    return Particles(values, new_lw), StepInfo(inc, ess(new_lw), do, anc, num_nan)
+        do = jnp.logical_or(jnp.asarray(ess_threshold) >= 1.0, state.ess < ess_threshold * n)
+
+        def resampled():
+            a = _ancestors(k_res, lw, scheme, conditional, False)
+            return take(state.values, a), jnp.full_like(lw, -jnp.log(jnp.asarray(n, lw.dtype))), a
+
+        def kept():
+            return state.values, lw, jnp.arange(n, dtype=jnp.int32)
+
+        prev, lw, anc = jax.lax.cond(do, resampled, kept)
+    values = fk.M(k_move, t, prev, data)
+    if conditional:
+        values = _pin(fk, t, values, reference, data)
+    if fk.adapt is not None:
+        data = fk.adapt(t, values, lw, data)
+    log_g, num_nan = _clean_log_potential(fk.logG(t, prev, values, data), n, eager)
+    new_lw, inc, ess = _reweight(lw, log_g, eager)
+    if eager:
+        log_z, comp = state.log_evidence + inc, 0.0
+    else:
+        log_z, comp = _kahan(state.log_evidence, state.log_evidence_c, inc)
+    new = SMCState(values, new_lw, ess, log_z, comp, data)
+    return new, StepInfo(inc, ess, do, anc, num_nan)
 
 
-def _log_sum_and_ess(log_weights: Array) -> tuple[Array, Array]:
-    """``(logsumexp(lw), ESS(lw))`` from one max and one exp pass over the weights."""
-    m = jnp.max(log_weights)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    e = jnp.exp(log_weights - m)
-    s1, s2 = jnp.sum(e), jnp.sum(e * e)
-    return m + jnp.log(s1), s1 * s1 / s2
-
-
-def _advance(
-    key, t, fk, particles, log_sum_w, ess_now, ess_threshold, scheme, keep_ancestors
-) -> tuple[Particles, StepInfo, Array]:
-    """The traced SMC step. ``log_sum_w`` and ``ess_now`` (``logsumexp`` and ESS of the
-    current log weights) come from the previous step, so each step makes one reduction
-    pass over its new weights; the particles are only gathered when resampling happens.
-    Returns the new particles, the step's info and the ``logsumexp`` of the new weights.
-    """
-    k_res, k_move = jax.random.split(key)
-    lw = particles.log_weights
-    n = lw.shape[0]
-    do = jnp.logical_or(jnp.asarray(ess_threshold) >= 1.0, ess_now < ess_threshold * n)
-
-    def resampled():
-        anc = resample(k_res, lw, scheme=scheme)
-        out = (take(particles.values, anc), jnp.zeros_like(lw), jnp.log(jnp.asarray(n, lw.dtype)))
-        return out + ((anc,) if keep_ancestors else ())
-
-    def kept():
-        out = (particles.values, lw, log_sum_w.astype(lw.dtype))
-        return out + ((jnp.arange(n, dtype=jnp.int32),) if keep_ancestors else ())
-
-    prev, lw, log_sum_prev, *anc = jax.lax.cond(do, resampled, kept)
-    values = fk.M(k_move, t, prev, fk.data)
-    log_g, num_nan = _clean_log_potential(fk.logG(t, prev, values, fk.data), n)
-    new_lw = lw + log_g
-    log_sum_new, ess_new = _log_sum_and_ess(new_lw)
-    inc = log_sum_new - log_sum_prev  # log sum_i W_i G_i with W = normalised lw
-    info = StepInfo(inc, ess_new, do, anc[0] if keep_ancestors else None, num_nan)
-    return Particles(values, new_lw), info, log_sum_new
-
-
+# --------------------------------------------------------------------------- jitted runner
 class SMCOutput(NamedTuple):
-    """Raw output of :func:`smc_scan` (JAX arrays, vmappable)."""
+    """Raw output of :func:`smc_scan` (JAX arrays, vmappable).
 
-    particles: Particles  # final weighted particles
+    With a ``finished`` rule the histories are padded with NaN (``resampled``: False,
+    ancestors: identity) after ``num_steps``.
+    """
+
+    state: SMCState  # final state (particles, normalised weights, running log Z, data)
     log_evidence_increments: Array  # (T,)
     ess: Array  # (T,)
     resampled: Array  # (T,) bool
     ancestors: Array | None  # (T, N) int32, row 0 = identity; None if not kept
     summaries: Any  # pytree with leading axis T, or None
     num_nan: Array  # (T,) NaN log potentials per step
+    num_steps: Array  # number of steps run
+
+    @property
+    def particles(self) -> Particles:
+        return self.state.particles
+
+    @property
+    def log_evidence(self) -> Array:
+        return self.state.log_evidence
+
+
+def _record(info: StepInfo, summary_value, keep_ancestors: bool):
+    anc = info.ancestors if keep_ancestors else None
+    return (info._replace(ancestors=anc), summary_value)
 
 
 @partial(
     jax.jit,
     static_argnames=(
-        "fk_fns",
+        "fns",
         "num_steps",
         "num_particles",
         "ess_threshold",
@@ -287,47 +385,71 @@ class SMCOutput(NamedTuple):
         "keep_ancestors",
     ),
 )
-def _scan_jit(
-    key, data, *, fk_fns, num_steps, num_particles, ess_threshold, scheme, summary, keep_ancestors
+def _run_jit(
+    key,
+    data,
+    reference,
+    *,
+    fns,
+    num_steps,
+    num_particles,
+    ess_threshold,
+    scheme,
+    summary,
+    keep_ancestors,
 ):
-    fk = FeynmanKac(*fk_fns, num_steps=num_steps, data=data)
+    fk = FeynmanKac(*fns[:3], num_steps=num_steps, data=data, adapt=fns[3], finished=fns[4],
+                    pin=fns[5])
     k0, k_rest = jax.random.split(key)
-    particles, info0 = initial_step(k0, fk, num_particles)
+    keys = jax.random.split(k_rest, max(num_steps - 1, 1))
+    state, info0 = init(k0, fk, num_particles, reference=reference)
 
-    def summarize(p):
-        return None if summary is None else summary(p, data)
+    def summarize(s):
+        return None if summary is None else summary(s.particles, s.data)
 
-    def body(carry, inputs):
-        p, log_sum_w, ess_now = carry
-        k, t = inputs
-        p, info, log_sum_w = _advance(
-            k, t, fk, p, log_sum_w, ess_now, ess_threshold, scheme, keep_ancestors
-        )
-        return (p, log_sum_w, info.ess), (info, summarize(p))
+    rec0 = _record(info0, summarize(state), keep_ancestors)
 
-    s0 = summarize(particles)
-    ts = jnp.arange(1, num_steps)
-    keys = jax.random.split(k_rest, num_steps - 1)
-    log_sum_0 = jax.scipy.special.logsumexp(particles.log_weights)
-    (particles, _, _), (infos, sums) = jax.lax.scan(
-        body, (particles, log_sum_0, info0.ess), (keys, ts)
-    )
-    if not keep_ancestors:
-        info0 = info0._replace(ancestors=None)
+    def advance(s, t):
+        s, info = step(keys[t - 1], t, fk, s, ess_threshold, scheme, reference=reference)
+        return s, _record(info, summarize(s), keep_ancestors)
 
-    def cat(first, rest):
-        return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    if fk.finished is None:
+        state, recs = jax.lax.scan(advance, state, jnp.arange(1, num_steps))
+        count = jnp.asarray(num_steps)
+        hist = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), rec0, recs)
+    else:
+        def pad(a):
+            a = jnp.asarray(a)
+            fill = jnp.nan if jnp.issubdtype(a.dtype, jnp.floating) else 0
+            return jnp.full((num_steps,) + a.shape, fill, a.dtype).at[0].set(a)
 
-    infos = cat(info0, infos)
-    sums = None if summary is None else cat(s0, sums)
+        hist = jax.tree_util.tree_map(pad, rec0)
+        if keep_ancestors:
+            ident = jnp.broadcast_to(jnp.arange(num_particles, dtype=jnp.int32),
+                                     (num_steps, num_particles))
+            hist = (hist[0]._replace(ancestors=ident), hist[1])
+
+        def cond(c):
+            s, t, _ = c
+            return (t < num_steps) & jnp.logical_not(fk.finished(s.values, s.data))
+
+        def body(c):
+            s, t, h = c
+            s, rec = advance(s, t)
+            h = jax.tree_util.tree_map(lambda a, v: a.at[t].set(v), h, rec)
+            return s, t + 1, h
+
+        state, count, hist = jax.lax.while_loop(cond, body, (state, jnp.asarray(1), hist))
+    infos, sums = hist
     return SMCOutput(
-        particles,
+        state,
         infos.log_evidence_increment,
         infos.ess,
         infos.resampled,
         infos.ancestors,
         sums,
         infos.num_nan,
+        count,
     )
 
 
@@ -340,18 +462,21 @@ def smc_scan(
     *,
     summary: Callable | None = None,
     keep_ancestors: bool = True,
+    reference: Any = None,
 ) -> SMCOutput:
-    """Run SMC jitted under ``lax.scan`` and return raw JAX arrays (vmappable over ``key``).
+    """Run SMC jitted (``lax.scan``, or ``lax.while_loop`` with a ``finished`` rule) and
+    return raw JAX arrays (vmappable over ``key``).
 
     ``summary(particles, data) -> pytree`` is evaluated after every reweighting (e.g.
     filtering means); its values are stacked along a leading time axis. Compiled code
-    is cached on ``(fk.M0, fk.M, fk.logG, summary)`` and the static settings, so reuse the
+    is cached on the model's callables, ``summary`` and the static settings, so reuse the
     same callables (and vary ``fk.data``) to avoid recompilation.
     """
-    return _scan_jit(
+    return _run_jit(
         key,
         fk.data,
-        fk_fns=(fk.M0, fk.M, fk.logG),
+        reference,
+        fns=fk.fns,
         num_steps=int(fk.num_steps),
         num_particles=int(num_particles),
         ess_threshold=float(ess_threshold),
@@ -361,16 +486,42 @@ def smc_scan(
     )
 
 
-@dataclass(frozen=True)
+@partial(
+    jax.jit,
+    static_argnames=("fns", "num_steps", "ess_threshold", "scheme", "summary", "keep_ancestors"),
+)
+def _step_jit(key, t, state, reference, *, fns, num_steps, ess_threshold, scheme, summary,
+              keep_ancestors):
+    fk = FeynmanKac(*fns[:3], num_steps=num_steps, data=state.data, adapt=fns[3],
+                    finished=fns[4], pin=fns[5])
+    state, info = step(key, t, fk, state, ess_threshold, scheme, reference=reference)
+    done = jnp.asarray(False) if fk.finished is None else fk.finished(state.values, state.data)
+    sv = None if summary is None else summary(state.particles, state.data)
+    return state, _record(info, sv, keep_ancestors), done
+
+
+@partial(jax.jit, static_argnames=("fns", "num_steps", "num_particles", "summary",
+                                   "keep_ancestors"))
+def _init_jit(key, data, reference, *, fns, num_steps, num_particles, summary, keep_ancestors):
+    fk = FeynmanKac(*fns[:3], num_steps=num_steps, data=data, adapt=fns[3], finished=fns[4],
+                    pin=fns[5])
+    state, info = init(key, fk, num_particles, reference=reference)
+    done = jnp.asarray(False) if fk.finished is None else fk.finished(state.values, state.data)
+    sv = None if summary is None else summary(state.particles, state.data)
+    return state, _record(info, sv, keep_ancestors), done
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True, kw_only=True)
 class SMCResult:
-    """Result of :func:`run_smc`.
+    """What every SMC run returns (the base of the algorithms' results).
 
     Attributes
     ----------
     particles
         Final weighted particles (values: whatever the transitions return).
     log_evidence
-        ``log Z_T``, the sum of the increments accumulated in float64.
+        ``log Z``, the float64 sum of the increments.
     log_evidence_increments
         ``(T,)`` float64 increments ``log sum_i W_{t-1}^i G_t^i``.
     ess
@@ -391,44 +542,80 @@ class SMCResult:
     log_evidence_increments: np.ndarray
     ess: np.ndarray
     resampled: np.ndarray
-    ancestors: np.ndarray | None
-    summaries: Any
-    wall_time: float
+    ancestors: np.ndarray | None = None
+    summaries: Any = None
+    wall_time: float = 0.0
+
+    @property
+    def num_steps(self) -> int:
+        """Number of SMC steps run (``T``)."""
+        return int(np.shape(self.log_evidence_increments)[0])
+
+    # What the subclasses extend ------------------------------------------------------
+    def _arviz_particles(self) -> Particles:
+        """The weighted draws exported to the ``posterior`` group."""
+        return self.particles
+
+    def _step_stats(self) -> dict[str, np.ndarray]:
+        return {
+            "ess": np.asarray(self.ess),
+            "resampled": np.asarray(self.resampled),
+            "log_evidence_increment": np.asarray(self.log_evidence_increments),
+        }
+
+    def _attrs(self) -> dict:
+        return {"wall_time": float(self.wall_time)}
+
+    def _arviz_groups(self) -> dict:
+        """Extra ArviZ groups (``log_likelihood``, ``observed_data``, ...)."""
+        return {}
 
     def to_arviz(
         self,
         key: Array | None = None,
         *,
         scheme: str = "systematic",
-        var_name="x",
         attrs: dict | None = None,
     ):
-        """One chain of equally weighted final particles; per-step history in ``smc_steps``."""
+        """ArviZ ``InferenceData``: the final particles as one chain of equally weighted
+        draws (resampled with ``key`` when weighted), per-step history in ``smc_steps``,
+        ``log_evidence`` in the attributes. Combine independent runs with
+        :func:`probinfer.inference_data.combine_chains`."""
         from probinfer.inference_data import to_inference_data
 
         return to_inference_data(
-            [self.particles],
+            [self._arviz_particles()],
             key=key,
             scheme=scheme,
-            var_name=var_name,
             log_evidence=self.log_evidence,
-            step_stats={
-                "ess": self.ess,
-                "resampled": self.resampled,
-                "log_evidence_increment": self.log_evidence_increments,
-            },
-            attrs=attrs,
+            step_stats={k: np.asarray(v)[None] for k, v in self._step_stats().items()},
+            attrs={**self._attrs(), **(attrs or {})},
+            groups=self._arviz_groups(),
         )
 
 
-def _finish(output: SMCOutput) -> tuple[float, np.ndarray]:
-    incs = np.asarray(output.log_evidence_increments, dtype=np.float64)
-    num_nan = int(np.sum(np.asarray(output.num_nan)))
-    _report_nan(num_nan, "during the run")
-    if np.any(np.isnan(incs)) or np.any(incs == -np.inf):
-        t = int(np.argmax(np.isnan(incs) | (incs == -np.inf)))
-        _check_alive(np.full(1, -np.inf), t)
-    return float(np.sum(incs)), incs
+# --------------------------------------------------------------------------- run_smc
+def _check_history(incs: np.ndarray, num_nan) -> None:
+    _report_nan(int(np.sum(np.asarray(num_nan))), "during the run")
+    bad = np.isnan(incs) | (incs == -np.inf)
+    if np.any(bad):
+        _raise_dead(int(np.argmax(bad)))
+
+
+def _report_nan(num_nan: int, where: str) -> None:
+    if num_nan:
+        warnings.warn(
+            f"{num_nan} particle(s) had a NaN log potential {where}; they were given weight 0",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _raise_dead(t: int):
+    raise ValueError(
+        f"every particle has weight 0 at step {t} (log potentials all NaN or -inf): "
+        "the model cannot explain the data or the log likelihood is NaN everywhere"
+    )
 
 
 def run_smc(
@@ -442,13 +629,16 @@ def run_smc(
     summary: Callable | None = None,
     keep_ancestors: bool = True,
     callback: Callable | None = None,
+    reference: Any = None,
+    progress: bool | None = False,
+    desc: str = "SMC",
 ) -> SMCResult:
     """Run SMC on a Feynman-Kac model and return weights, log evidence and history.
 
     Parameters
     ----------
     key
-        ``jax.random`` key; same key, same result (on both paths).
+        ``jax.random`` key; same key, same result (on every path).
     fk
         The model (:class:`FeynmanKac`).
     num_particles
@@ -457,17 +647,27 @@ def run_smc(
         Resample before a move when ``ESS < ess_threshold * N``; ``1.0`` resamples at every
         step, ``0.0`` never.
     scheme
-        Resampling scheme (see :func:`probinfer.resample`).
+        Resampling scheme (see :func:`probinfer.resample`); conditional SMC uses
+        multinomial draws for the free particles.
     jit
-        ``True``: the jitted ``lax.scan`` path (pure-JAX callables). ``False``: the eager
-        loop (black-box callables; particle values may be any store with ``take``).
+        ``True``: jitted steps (pure-JAX callables); the whole run is one compiled
+        ``scan``/``while_loop`` unless a ``callback`` or a progress bar asks for a Python
+        loop over the compiled step. ``False``: the eager loop (black-box callables;
+        particle values may be any store with ``take``; numpy float64 weights).
     summary
         ``summary(particles, data) -> pytree`` recorded after each reweighting.
     keep_ancestors
         Store the ``(T, N)`` ancestor indices (memory ``4 T N`` bytes).
     callback
-        Eager path only: ``callback(t, particles, info)`` after every step (progress,
-        logging, checkpointing).
+        ``callback(t, particles, info)`` after every step (progress, logging,
+        checkpointing).
+    reference
+        Conditional SMC: the trajectory kept in slot 0 (array particles: a pytree with a
+        leading time axis; other stores: whatever ``fk.pin`` reads).
+    progress
+        Show a tqdm bar over the steps (``None``: after 2 s).
+    desc
+        The bar's label.
 
     Raises
     ------
@@ -480,9 +680,7 @@ def run_smc(
     if not isinstance(fk, FeynmanKac):
         raise TypeError(f"fk must be a FeynmanKac model, got {type(fk).__name__}")
     start = time.perf_counter()
-    if jit:
-        if callback is not None:
-            raise ValueError("callback is only supported on the eager path (jit=False)")
+    if jit and callback is None and not progress and progress is not None:
         out = smc_scan(
             key,
             fk,
@@ -491,58 +689,86 @@ def run_smc(
             scheme,
             summary=summary,
             keep_ancestors=keep_ancestors,
+            reference=reference,
         )
         jax.block_until_ready(out)
-        log_z, incs = _finish(out)
+        k = int(out.num_steps)
+        incs = np.asarray(out.log_evidence_increments, dtype=np.float64)[:k]
+        _check_history(incs, np.asarray(out.num_nan)[:k])
+        cut = (lambda a: a[:k]) if k < fk.num_steps else (lambda a: a)
         return SMCResult(
-            out.particles,
-            log_z,
-            incs,
-            np.asarray(out.ess),
-            np.asarray(out.resampled),
-            None if out.ancestors is None else np.asarray(out.ancestors),
-            out.summaries,
-            time.perf_counter() - start,
+            particles=out.particles,
+            log_evidence=float(np.sum(incs)),
+            log_evidence_increments=incs,
+            ess=cut(np.asarray(out.ess)),
+            resampled=cut(np.asarray(out.resampled)),
+            ancestors=None if out.ancestors is None else cut(np.asarray(out.ancestors)),
+            summaries=None if summary is None else jax.tree_util.tree_map(cut, out.summaries),
+            wall_time=time.perf_counter() - start,
         )
-    return _run_eager(
-        key, fk, num_particles, ess_threshold, scheme, summary, keep_ancestors, callback, start
+    return _run_loop(
+        key, fk, num_particles, ess_threshold, scheme, summary, keep_ancestors, callback,
+        reference, jit, progress, desc, start,
     )
 
 
-def _run_eager(key, fk, n, ess_threshold, scheme, summary, keep_ancestors, callback, start):
+def _run_loop(key, fk, n, ess_threshold, scheme, summary, keep_ancestors, callback, reference,
+              jit, progress, desc, start):
+    """The Python loop over the (jitted or eager) step functions."""
+    from tqdm.auto import tqdm
+
     k0, k_rest = jax.random.split(key)
     keys = jax.random.split(k_rest, max(fk.num_steps - 1, 1))
-    particles, info = initial_step(k0, fk, n, eager=True)
-    incs, esses, flags, ancestors, sums = [], [], [], [], []
-    log_z = 0.0
-    for t in range(fk.num_steps):
-        if t > 0:
-            particles, info = transition_step(
-                keys[t - 1], t, fk, particles, ess_threshold, scheme, eager=True
-            )
-        inc = float(info.log_evidence_increment)
-        _report_nan(int(info.num_nan), f"at step {t}")
-        _check_alive(particles.log_weights, t)
-        log_z += inc
-        incs.append(inc)
-        esses.append(float(info.ess))
-        flags.append(bool(info.resampled))
-        if keep_ancestors:
-            ancestors.append(np.asarray(info.ancestors))
-        if summary is not None:
-            sums.append(summary(particles, fk.data))
-        if callback is not None:
-            callback(t, particles, info)
+    static = dict(fns=fk.fns, num_steps=int(fk.num_steps), summary=summary,
+                  keep_ancestors=keep_ancestors)
+    if jit:
+        state, (info, sv), done = _init_jit(k0, fk.data, reference, num_particles=n, **static)
+    else:
+        state, info = init(k0, fk, n, reference=reference, eager=True)
+        sv = None if summary is None else summary(state.particles, state.data)
+        done = fk.finished is not None and bool(fk.finished(state.values, state.data))
+    rows, sums = [], []
+    bar = tqdm(total=fk.num_steps, desc=desc, delay=0 if progress else 2.0,
+               disable=progress is False)
+    try:
+        for t in range(fk.num_steps):
+            if t > 0:
+                if jit:
+                    state, (info, sv), done = _step_jit(
+                        keys[t - 1], t, state, reference, ess_threshold=ess_threshold,
+                        scheme=scheme, **static,
+                    )
+                else:
+                    state, info = step(keys[t - 1], t, fk, state, ess_threshold, scheme,
+                                       reference=reference, eager=True)
+                    sv = None if summary is None else summary(state.particles, state.data)
+                    done = fk.finished is not None and bool(fk.finished(state.values, state.data))
+            inc = float(info.log_evidence_increment)
+            _report_nan(int(info.num_nan), f"at step {t}")
+            if not inc > -np.inf:
+                _raise_dead(t)
+            rows.append((inc, float(info.ess), bool(info.resampled),
+                         np.asarray(info.ancestors) if keep_ancestors else None))
+            if summary is not None:
+                sums.append(sv)
+            if callback is not None:
+                callback(t, state.particles, info)
+            bar.update(1)
+            if bool(done):
+                break
+    finally:
+        bar.close()
+    incs = np.asarray([r[0] for r in rows], dtype=np.float64)
     stacked = None
     if summary is not None:
-        stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *sums)
+        stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *sums)
     return SMCResult(
-        particles,
-        float(log_z),
-        np.asarray(incs, dtype=np.float64),
-        np.asarray(esses),
-        np.asarray(flags),
-        np.stack(ancestors) if keep_ancestors else None,
-        stacked,
-        time.perf_counter() - start,
+        particles=state.particles,
+        log_evidence=float(np.sum(incs)),
+        log_evidence_increments=incs,
+        ess=np.asarray([r[1] for r in rows]),
+        resampled=np.asarray([r[2] for r in rows]),
+        ancestors=np.stack([r[3] for r in rows]) if keep_ancestors else None,
+        summaries=stacked,
+        wall_time=time.perf_counter() - start,
     )

@@ -11,6 +11,7 @@ is the locally optimal ``p(x_t | x_{t-1}, y_t)``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probinfer.particles import Particles
-from probinfer.smc.feynman_kac import FeynmanKac, run_smc
+from probinfer.smc.feynman_kac import FeynmanKac, SMCResult, run_smc
 
 Array = jax.Array
 
@@ -259,9 +260,9 @@ def _summary_fn(levels: tuple[float, ...]):
     return summary
 
 
-@dataclass(frozen=True)
-class ParticleFilterResult:
-    """Result of :func:`particle_filter`.
+@dataclass(frozen=True, kw_only=True)
+class ParticleFilterResult(SMCResult):
+    """Result of :func:`particle_filter` (an :class:`~probinfer.smc.SMCResult`).
 
     Attributes
     ----------
@@ -285,43 +286,16 @@ class ParticleFilterResult:
         Seconds (including compilation on the first call with these shapes).
     """
 
-    particles: Particles
-    log_evidence: float
-    log_evidence_increments: np.ndarray
     filtering_means: np.ndarray
     filtering_quantiles: np.ndarray | None
     quantile_levels: tuple[float, ...]
-    ess: np.ndarray
-    resampled: np.ndarray
-    ancestors: np.ndarray | None
-    wall_time: float
 
-    def to_arviz(
-        self,
-        key: Array | None = None,
-        *,
-        scheme: str = "systematic",
-        var_name: str = "x",
-        attrs: dict | None = None,
-    ):
-        """Final filtering particles as one chain; per-step history in ``smc_steps``."""
-        from probinfer.inference_data import to_inference_data
+    def _arviz_particles(self) -> Particles:
+        return Particles({"x": self.particles.values}, self.particles.log_weights)
 
+    def _step_stats(self) -> dict[str, np.ndarray]:
         means = np.asarray(self.filtering_means)
-        return to_inference_data(
-            [self.particles],
-            key=key,
-            scheme=scheme,
-            var_name=var_name,
-            log_evidence=self.log_evidence,
-            step_stats={
-                "ess": self.ess,
-                "resampled": self.resampled,
-                "log_evidence_increment": self.log_evidence_increments,
-                "filtering_mean": means.reshape((1, means.shape[0], -1)),
-            },
-            attrs=attrs,
-        )
+        return {**super()._step_stats(), "filtering_mean": means.reshape((means.shape[0], -1))}
 
 
 def particle_filter(
@@ -383,14 +357,8 @@ def particle_filter(
     )
     sums = res.summaries
     return ParticleFilterResult(
-        res.particles,
-        res.log_evidence,
-        res.log_evidence_increments,
-        np.asarray(sums["mean"]),
-        np.asarray(sums["quantiles"]) if levels else None,
-        levels,
-        res.ess,
-        res.resampled,
-        res.ancestors,
-        res.wall_time,
+        **{f.name: getattr(res, f.name) for f in dataclasses.fields(SMCResult)},
+        filtering_means=np.asarray(sums["mean"]),
+        filtering_quantiles=np.asarray(sums["quantiles"]) if levels else None,
+        quantile_levels=levels,
     )

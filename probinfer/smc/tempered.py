@@ -1,34 +1,38 @@
-"""Adaptive tempered SMC for static models.
+"""Adaptive tempered SMC for static models, as a Feynman-Kac model on the one driver.
 
 Targets the path ``pi_lambda(theta) ∝ p(theta) p(y | theta)^lambda`` from the prior
-(``lambda = 0``) to the posterior (``lambda = 1``). Each step (:func:`tempering_step`) is the
-Feynman-Kac step of the driver specialised to tempering:
+(``lambda = 0``) to the posterior (``lambda = 1``). Tempering is a Feynman-Kac model
+(:func:`tempering_feynman_kac`) run by :func:`probinfer.smc.run_smc` with resampling at
+every step; each step ``t``
 
-1. choose the next temperature by bisection so that the ESS of the incremental weights
-   ``exp((lambda' - lambda) log p(y | theta_i))`` is ``ess_target * N`` (or jump to 1);
-2. add the evidence increment ``log E_{pi_lambda}[exp((lambda' - lambda) log p(y | theta))]``,
-   estimated from the particles either by the plain mean of the incremental weights
-   (``"is"``, the standard SMC estimator) or with zero-variance control variates built from
-   the particles' scores (``"zv"``, several times lower variance; see
-   :mod:`probinfer.smc.evidence`);
-3. resample;
-4. rejuvenate with MCMC moves invariant for ``pi_lambda'`` (random-walk MH and HMC with
-   the particle covariance, NUTS with a diagonal mass from the particle variances); the
-   scale / step size is fixed during a step and adapted between steps from the observed
-   acceptance rate (HMC: capped at a quarter-period integration time, which makes one
-   move nearly independent of its start on near-Gaussian targets).
+1. resamples (the driver);
+2. rejuvenates with MCMC moves invariant for ``pi_{lambda_{t-1}}`` (random-walk MH and HMC
+   with the particle covariance, NUTS with a diagonal mass from the particle variances);
+   the scale / step size is fixed during a step and adapted between steps from the
+   observed acceptance rate (HMC: capped at a quarter-period integration time);
+3. picks ``lambda_t`` (the model's ``adapt`` hook) by bisection so that the ESS of the
+   incremental weights ``exp((lambda_t - lambda_{t-1}) log p(y | theta_i))`` is
+   ``ess_target * N`` (or jumps to 1); the increment is at least :data:`MIN_DELTA`, so the
+   float32 schedule never stalls;
+4. reweights, adding the evidence increment
+   ``log E_{pi_{lambda_{t-1}}}[exp((lambda_t - lambda_{t-1}) log p(y | theta))]``, estimated
+   by the driver's plain mean of the incremental weights (``"is"``, the standard SMC
+   estimator) and, optionally, with zero-variance control variates built from the
+   particles' scores (``"zv"``, several times lower variance; see
+   :mod:`probinfer.smc.evidence`).
 
-Log-likelihoods are evaluated through the targets' :class:`~probinfer.engine.LikelihoodEngine`.
-The run is driven from Python with one jitted step (progress bar, any target) or entirely
-inside ``lax.while_loop`` (:func:`tempered_smc_loop`, vmappable over keys).
+A last move at ``lambda = 1`` makes the output equally weighted. The run is one jitted
+``lax.while_loop`` (``progress=False``; :func:`tempered_smc_loop` is vmappable over keys),
+a Python loop over the jitted step (progress bar), or eager steps (``jit=False``).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import jax
@@ -36,9 +40,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from probinfer.particles import Particles
-from probinfer.resampling import resample
 from probinfer.smc.evidence import EVIDENCE_ESTIMATORS, zv_degree, zv_log_mean_weight
-from probinfer.smc.feynman_kac import check_num_particles, check_threshold
+from probinfer.smc.feynman_kac import (
+    FeynmanKac,
+    SMCOutput,
+    SMCResult,
+    check_num_particles,
+    check_threshold,
+    run_smc,
+    smc_scan,
+)
 from probinfer.smc.kernels import (
     KERNELS,
     Densities,
@@ -48,38 +59,49 @@ from probinfer.smc.kernels import (
     nuts_move,
     rwmh_move,
 )
-from probinfer.weights import ess, log_mean_weight
+from probinfer.weights import ess
 
 Array = jax.Array
 
 __all__ = [
+    "StepStats",
+    "TemperedParticles",
     "TemperedSMCResult",
-    "TemperedState",
+    "TemperingData",
     "tempered_smc",
     "tempered_smc_loop",
-    "tempering_step",
+    "tempering_feynman_kac",
 ]
 
 _TARGET_ACCEPT = {"rwmh": 0.3, "hmc": 0.65, "nuts": 0.8}
 
 
-class TemperedState(NamedTuple):
-    """The state of a tempered SMC run (a pytree)."""
+class TemperedParticles(NamedTuple):
+    """Tempered-SMC particle values (every leaf has a leading particle axis)."""
 
-    theta: Array  # (N, D) unconstrained particles (equally weighted after each step)
+    theta: Array  # (N, D) unconstrained particles
     log_prior: Array  # (N,)
     log_lik: Array  # (N,)
-    lam: Array  # current temperature
-    scale: Array  # RWMH scale or (relative) step size, adapted
-    log_evidence: Array  # running sum (device dtype; the result is re-summed in float64)
-    score: Array  # (N, D) grad log pi_lam at theta (zeros when the "is" estimator is used)
+    score: Array  # (N, D) grad log pi_lambda at theta (zeros when the "is" estimator is used)
+    acceptance: Array  # (N,) mean acceptance of the move that produced them (broadcast)
+
+
+class TemperingData(NamedTuple):
+    """The tempering schedule and kernel tuning carried by the driver (scalars)."""
+
+    lam: Array  # temperature the weights target (after adapt)
+    lam_prev: Array  # temperature of the last move (the particles' target before reweighting)
+    scale: Array  # RWMH scale / step size for the next move
+    scale_used: Array  # the one used by the last move
+    acceptance: Array  # mean acceptance of the last move (NaN at t = 0)
+    initial: TemperedParticles  # the prior draws, made before the run
 
 
 class StepStats(NamedTuple):
+    """Per-step tempering statistics (the driver's ``summary``)."""
+
     lam: Array
-    log_evidence_increment: Array  # the run's estimator
-    log_evidence_increment_is: Array  # the plain importance-sampling estimator
-    ess: Array  # ESS of the incremental weights (before resampling)
+    log_evidence_increment_zv: Array  # control-variate increment (NaN with "is")
     acceptance_rate: Array
     scale: Array
 
@@ -94,13 +116,19 @@ class _Config(NamedTuple):
     zv_degree: int  # 0: plain "is" increments; 1 or 2: control variates of that degree
 
 
-def _next_delta(log_lik, lam, ess_target, num_bisection: int = 40):
-    """Largest ``delta <= 1 - lam`` with ``ESS(delta * log_lik) >= ess_target * N``."""
+#: Smallest temperature increment: larger than float32's spacing near 1 (6e-8), so the
+#: schedule always moves and a run can never stall on a step that rounds to zero.
+MIN_DELTA = 1e-6
+
+
+def _next_delta(log_lik, log_weights, lam, ess_target, num_bisection: int = 40):
+    """Largest ``delta <= 1 - lam`` with ``ESS(lw + delta * log_lik) >= ess_target * N``
+    (at least :data:`MIN_DELTA`)."""
     n = log_lik.shape[0]
     finite = jnp.isfinite(log_lik)
 
     def ess_frac(delta):
-        return ess(jnp.where(finite, delta * log_lik, -jnp.inf)) / n
+        return ess(jnp.where(finite, log_weights + delta * log_lik, -jnp.inf)) / n
 
     room = 1.0 - lam
 
@@ -111,7 +139,7 @@ def _next_delta(log_lik, lam, ess_target, num_bisection: int = 40):
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     lo, _ = jax.lax.fori_loop(0, num_bisection, bisect, (jnp.zeros_like(room), room))
-    lo = jnp.maximum(lo, jnp.minimum(room, 1e-12 * jnp.ones_like(room)))
+    lo = jnp.maximum(lo, jnp.minimum(room, MIN_DELTA))
     return jnp.where(ess_frac(room) >= ess_target, room, lo)
 
 
@@ -131,39 +159,76 @@ def _adapt_scale(scale, acc, cfg: _Config):
     return jnp.clip(scale * jnp.exp(2.0 * (acc - target)), 1e-4, _max_scale(cfg))
 
 
-def tempering_step(key, state: TemperedState, dens: Densities, cfg: _Config):
-    """One adaptive tempering step (reweight, resample, move); traceable."""
-    k_res, k_move = jax.random.split(key)
-    ll = state.log_lik
-    delta = _next_delta(ll, state.lam, cfg.ess_target)
-    lam = jnp.where(1.0 - (state.lam + delta) < 1e-6, 1.0, state.lam + delta)
-    delta = lam - state.lam
-    log_w = jnp.where(jnp.isfinite(ll), delta * ll, -jnp.inf)
-    inc_is = log_mean_weight(log_w)
-    inc = inc_is
-    if cfg.zv_degree:
-        inc = zv_log_mean_weight(log_w, state.theta, state.score, cfg.zv_degree)
-    ess_inc = ess(log_w)
-    idx = resample(k_res, log_w, scheme=cfg.scheme)
-    theta, lp, ll = state.theta[idx], state.log_prior[idx], ll[idx]
+def _move(key, lam, values: TemperedParticles, scale, dens: Densities, cfg: _Config):
+    """``cfg.num_mcmc_steps`` MCMC moves invariant for ``pi_lam``."""
+    th, lp, ll = values.theta, values.log_prior, values.log_lik
     if cfg.kernel == "rwmh":
-        theta, lp, ll, acc = rwmh_move(
-            k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps
-        )
+        th, lp, ll, acc = rwmh_move(key, th, lp, ll, lam, dens, scale, cfg.num_mcmc_steps)
     elif cfg.kernel == "hmc":
-        theta, lp, ll, acc = hmc_move(
-            k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps, cfg.num_leapfrog
+        th, lp, ll, acc = hmc_move(
+            key, th, lp, ll, lam, dens, scale, cfg.num_mcmc_steps, cfg.num_leapfrog
         )
     else:
-        theta, lp, ll, acc = nuts_move(
-            k_move, theta, lp, ll, lam, dens, state.scale, cfg.num_mcmc_steps, cfg.max_tree_depth
+        th, lp, ll, acc = nuts_move(
+            key, th, lp, ll, lam, dens, scale, cfg.num_mcmc_steps, cfg.max_tree_depth
         )
-    new_scale = _adapt_scale(state.scale, acc, cfg)
-    score = state.score
+    score = values.score
     if cfg.zv_degree:
-        _, _, score = log_target_and_score(dens, theta, lam)
-    new = TemperedState(theta, lp, ll, lam, new_scale, state.log_evidence + inc, score)
-    return new, StepStats(lam, inc, inc_is, ess_inc, acc, state.scale)
+        _, _, score = log_target_and_score(dens, th, lam)
+    ll = jnp.where(jnp.isnan(ll), -jnp.inf, ll)
+    return TemperedParticles(th, lp, ll, score, jnp.full(ll.shape, acc, ll.dtype))
+
+
+@lru_cache(maxsize=64)
+def tempering_feynman_kac_fns(dens: Densities, cfg: _Config):
+    """``(M0, M, logG, adapt, finished, summary)`` of adaptive tempering as a Feynman-Kac
+    model (Del Moral, Doucet & Jasra 2006; the ``particles`` library's ``AdaptiveTempering``).
+
+    Step ``t``: the particles, resampled at every step, are moved by MCMC invariant for
+    ``pi_{lambda_{t-1}}`` (``M``); ``adapt`` picks ``lambda_t`` by bisection on the ESS of the
+    incremental weights of the moved particles, and tunes the kernel scale from the move's
+    acceptance; ``G_t(x) = exp((lambda_t - lambda_{t-1}) log p(y | x))``. The run ends after
+    one last move at ``lambda = 1`` (weight increment 0), so the output is equally weighted.
+    Cached on ``(dens, cfg)`` so the compiled run is reused.
+    """
+
+    def M0(key, n, data: TemperingData):
+        return data.initial
+
+    def M(key, t, values, data: TemperingData):
+        return _move(key, data.lam, values, data.scale, dens, cfg)
+
+    def adapt(t, values, log_weights, data: TemperingData):
+        lam = data.lam
+        moved = jnp.asarray(t) > 0
+        acc = jnp.where(moved, jnp.mean(values.acceptance), jnp.nan)
+        scale = jnp.where(moved, _adapt_scale(data.scale, acc, cfg), data.scale)
+        delta = _next_delta(values.log_lik, log_weights.astype(lam.dtype), lam, cfg.ess_target)
+        new_lam = jnp.where(1.0 - (lam + delta) < 1e-6, 1.0, lam + delta).astype(lam.dtype)
+        return data._replace(
+            lam=new_lam, lam_prev=lam, scale=scale, scale_used=data.scale, acceptance=acc
+        )
+
+    def logG(t, prev, values, data: TemperingData):
+        delta = data.lam - data.lam_prev
+        ll = values.log_lik
+        return jnp.where(jnp.isfinite(ll), delta * ll, -jnp.inf)
+
+    def finished(values, data: TemperingData):
+        return data.lam_prev >= 1.0
+
+    def summary(particles, data: TemperingData):
+        v = particles.values
+        delta = data.lam - data.lam_prev
+        if cfg.zv_degree:
+            log_w = jnp.where(jnp.isfinite(v.log_lik), delta * v.log_lik, -jnp.inf)
+            inc = zv_log_mean_weight(log_w, v.theta, v.score, cfg.zv_degree)
+            inc = jnp.where(delta > 0, inc, 0.0)
+        else:
+            inc = jnp.full((), jnp.nan, data.lam.dtype)
+        return StepStats(data.lam, inc, data.acceptance, data.scale_used)
+
+    return M0, M, logG, adapt, finished, summary
 
 
 def _densities(target) -> Densities:
@@ -176,7 +241,7 @@ def _prior_draws(key, target, n):
     return theta, target.log_prior(theta), target.log_likelihood(theta)
 
 
-def _init_state(key, target, n, kernel, initial_scale, num_leapfrog=10, with_score=False):
+def _initial_data(key, target, n, kernel, initial_scale, num_leapfrog=10, with_score=False):
     theta, lp, ll = _prior_draws(key, target, n)
     score = jnp.zeros_like(theta)
     if with_score:
@@ -192,11 +257,12 @@ def _init_state(key, target, n, kernel, initial_scale, num_leapfrog=10, with_sco
             initial_scale = 0.5 / d**0.25
     scale = jnp.asarray(initial_scale, theta.dtype)
     zero = jnp.zeros((), theta.dtype)
-    return TemperedState(theta, lp, ll, zero, scale, zero, score)
+    initial = TemperedParticles(theta, lp, ll, score, jnp.full(ll.shape, jnp.nan, ll.dtype))
+    return TemperingData(zero, zero, scale, scale, jnp.full((), jnp.nan, theta.dtype), initial)
 
 
-def _check_init(state: TemperedState):
-    ll = np.asarray(state.log_lik)
+def _check_init(data: TemperingData):
+    ll = np.asarray(data.initial.log_lik)
     bad = int(np.sum(~np.isfinite(ll)))
     if bad == ll.shape[0]:
         raise ValueError(
@@ -211,24 +277,46 @@ def _check_init(state: TemperedState):
         )
 
 
-@partial(jax.jit, static_argnames=("dens", "cfg", "max_steps"))
-def _loop_jit(state, key, *, dens, cfg, max_steps):
-    dtype = state.theta.dtype
-    hist = StepStats(*(jnp.full(max_steps, jnp.nan, dtype) for _ in StepStats._fields))
+def tempering_feynman_kac(
+    key,
+    target,
+    num_particles: int,
+    *,
+    kernel="rwmh",
+    num_mcmc_steps=5,
+    ess_target=0.5,
+    scheme="systematic",
+    initial_scale=None,
+    max_steps=200,
+    num_leapfrog=10,
+    max_tree_depth=6,
+    evidence="auto",
+) -> tuple[FeynmanKac, Callable, _Config]:
+    """Adaptive tempering of ``target`` as a :class:`~probinfer.smc.FeynmanKac` model.
 
-    def cond(c):
-        s, _, i, _ = c
-        return (s.lam < 1.0) & (i < max_steps)
-
-    def body(c):
-        s, k, i, h = c
-        k, sub = jax.random.split(k)
-        s, st = tempering_step(sub, s, dens, cfg)
-        h = jax.tree_util.tree_map(lambda a, v: a.at[i].set(v.astype(dtype)), h, st)
-        return s, k, i + 1, h
-
-    state, _, steps, hist = jax.lax.while_loop(cond, body, (state, key, 0, hist))
-    return state, steps, hist
+    Returns ``(fk, summary, cfg)``; run it with :func:`~probinfer.smc.run_smc` (or
+    :func:`~probinfer.smc.smc_scan`, vmappable over keys) with ``ess_threshold=1.0``.
+    The prior draws are made here, eagerly, with ``key`` (the target's sampler may be a
+    black box); see :func:`tempered_smc` for the arguments.
+    """
+    cfg = _config(
+        target,
+        num_particles,
+        kernel,
+        num_mcmc_steps,
+        ess_target,
+        scheme,
+        num_leapfrog,
+        max_tree_depth,
+        evidence,
+    )
+    data = _initial_data(
+        key, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
+    )
+    M0, M, logG, adapt, finished, summary = tempering_feynman_kac_fns(_densities(target), cfg)
+    # t = 0 weights the prior draws; the last step is the final move at lambda = 1.
+    fk = FeynmanKac(M0, M, logG, int(max_steps) + 2, data, adapt=adapt, finished=finished)
+    return fk, summary, cfg
 
 
 def tempered_smc_loop(
@@ -245,58 +333,32 @@ def tempered_smc_loop(
     num_leapfrog=10,
     max_tree_depth=6,
     evidence="auto",
-):
-    """The whole run inside one ``lax.while_loop`` (pure JAX; vmappable over ``key``).
+) -> SMCOutput:
+    """The whole run as one jitted ``lax.while_loop`` of the driver (vmappable over
+    ``key``; the prior draws inside are JAX draws, so the target must be a JAX target).
 
-    Returns ``(state, num_steps, history)`` with the history padded with NaN up to
-    ``max_steps``. See :func:`tempered_smc` for the arguments.
+    Returns the driver's :class:`~probinfer.smc.SMCOutput`: ``state.values`` are the final
+    :class:`TemperedParticles`, ``state.data.lam`` the final temperature,
+    ``log_evidence_increments`` the standard increments and ``summaries`` the per-step
+    :class:`StepStats` (NaN-padded after ``num_steps``). See :func:`tempered_smc`.
     """
-    cfg, state, k_run = _setup(
-        key,
-        target,
-        num_particles,
-        kernel,
-        num_mcmc_steps,
-        ess_target,
-        scheme,
-        initial_scale,
-        num_leapfrog,
-        max_tree_depth,
-        evidence,
-    )
-    return _loop_jit(state, k_run, dens=_densities(target), cfg=cfg, max_steps=int(max_steps))
-
-
-def _setup(
-    key,
-    target,
-    num_particles,
-    kernel,
-    num_mcmc_steps,
-    ess_target,
-    scheme,
-    initial_scale,
-    num_leapfrog,
-    max_tree_depth,
-    evidence,
-):
-    """The run's static configuration, its initial state and the key for the steps."""
-    cfg = _config(
-        target,
-        num_particles,
-        kernel,
-        num_mcmc_steps,
-        ess_target,
-        scheme,
-        num_leapfrog,
-        max_tree_depth,
-        evidence,
-    )
     k_init, k_run = jax.random.split(key)
-    state = _init_state(
-        k_init, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
+    fk, summary, cfg = tempering_feynman_kac(
+        k_init,
+        target,
+        num_particles,
+        kernel=kernel,
+        num_mcmc_steps=num_mcmc_steps,
+        ess_target=ess_target,
+        scheme=scheme,
+        initial_scale=initial_scale,
+        max_steps=max_steps,
+        num_leapfrog=num_leapfrog,
+        max_tree_depth=max_tree_depth,
+        evidence=evidence,
     )
-    return cfg, state, k_run
+    return smc_scan(k_run, fk, num_particles, 1.0, cfg.scheme, summary=summary,
+                    keep_ancestors=False)
 
 
 def _config(
@@ -332,9 +394,9 @@ def _config(
     )
 
 
-@dataclass(frozen=True)
-class TemperedSMCResult:
-    """Result of :func:`tempered_smc`.
+@dataclass(frozen=True, kw_only=True)
+class TemperedSMCResult(SMCResult):
+    """Result of :func:`tempered_smc` (an :class:`~probinfer.smc.SMCResult`).
 
     Attributes
     ----------
@@ -354,58 +416,46 @@ class TemperedSMCResult:
         Degree of the control variates (0 for ``"is"``).
     log_evidence_increments, log_evidence_increments_is, temperatures, ess,
     acceptance_rates, scales
-        Per-step history (``temperatures[k]`` is lambda after step ``k``; ``ess`` is the ESS
-        of the incremental weights; ``scales`` the RWMH scale / step size used).
+        Per-step history. Step 0 weights the prior draws, each later step moves the
+        particles at the previous temperature and reweights them to ``temperatures[k]``;
+        the last step is the final move at ``lambda = 1`` (increment 0). ``ess`` is the
+        ESS of the incremental weights, ``acceptance_rates`` that of the step's move (NaN
+        at step 0), ``scales`` the RWMH scale / step size it used.
     wall_time
         Seconds, including compilation.
     """
 
-    particles: Particles
     samples: dict[str, Any]
-    log_evidence: float
-    log_evidence_increments: np.ndarray
     log_evidence_is: float
     log_evidence_increments_is: np.ndarray
     evidence: str
     zv_degree: int
     temperatures: np.ndarray
-    ess: np.ndarray
     acceptance_rates: np.ndarray
     scales: np.ndarray
     kernel: str
-    wall_time: float
 
-    @property
-    def num_steps(self) -> int:
-        return int(self.temperatures.shape[0])
-
-    def to_arviz(self, key: Array | None = None, attrs: dict | None = None):
-        """ArviZ ``InferenceData``: constrained draws as one chain, history in ``smc_steps``."""
-        from probinfer.inference_data import to_inference_data
-
-        run = Particles(
+    def _arviz_particles(self) -> Particles:
+        return Particles(
             {k: np.asarray(v) for k, v in self.samples.items()}, self.particles.log_weights
         )
-        return to_inference_data(
-            [run],
-            key=key,
-            log_evidence=self.log_evidence,
-            step_stats={
-                "temperature": self.temperatures,
-                "ess": self.ess,
-                "acceptance_rate": self.acceptance_rates,
-                "scale": self.scales,
-                "log_evidence_increment": self.log_evidence_increments,
-                "log_evidence_increment_is": self.log_evidence_increments_is,
-            },
-            attrs={
-                "kernel": self.kernel,
-                "wall_time": self.wall_time,
-                "evidence_estimator": self.evidence,
-                "log_evidence_is": self.log_evidence_is,
-                **(attrs or {}),
-            },
-        )
+
+    def _step_stats(self) -> dict[str, np.ndarray]:
+        return {
+            **super()._step_stats(),
+            "temperature": self.temperatures,
+            "acceptance_rate": self.acceptance_rates,
+            "scale": self.scales,
+            "log_evidence_increment_is": self.log_evidence_increments_is,
+        }
+
+    def _attrs(self) -> dict:
+        return {
+            **super()._attrs(),
+            "kernel": self.kernel,
+            "evidence_estimator": self.evidence,
+            "log_evidence_is": self.log_evidence_is,
+        }
 
 
 def _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, max_steps):
@@ -420,7 +470,7 @@ def _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, ma
         )
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel != "rwmh" and target.backend != "jax":
+    if kernel != "rwmh" and not target.has_gradients:
         raise ValueError(
             f"kernel={kernel!r} needs gradients: use kernel='rwmh' for a {target.backend} target"
         )
@@ -493,9 +543,9 @@ def tempered_smc(
     jit
         ``True``: jitted steps. ``False``: eager steps (same functions, no compilation).
     progress
-        ``None``/``True``: a Python loop over jitted steps with a tqdm bar that appears
-        after 2 s (``True``: immediately). ``False``: no bar; with ``jit=True`` the whole
-        run in one ``lax.while_loop`` (fastest).
+        ``None``/``True``: a Python loop over the jitted step with a tqdm bar over steps
+        that appears after 2 s (``True``: immediately). ``False``: no bar; with
+        ``jit=True`` the whole run in one ``lax.while_loop`` (fastest).
 
     Returns
     -------
@@ -503,77 +553,64 @@ def tempered_smc(
     """
     _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, max_steps)
     start = time.perf_counter()
-    cfg, state, k_run = _setup(
-        key,
+    k_init, k_run = jax.random.split(key)
+    fk, summary, cfg = tempering_feynman_kac(
+        k_init,
         target,
         num_particles,
-        kernel,
-        num_mcmc_steps,
-        ess_target,
-        scheme,
-        initial_scale,
-        num_leapfrog,
-        max_tree_depth,
-        evidence,
+        kernel=kernel,
+        num_mcmc_steps=num_mcmc_steps,
+        ess_target=ess_target,
+        scheme=scheme,
+        initial_scale=initial_scale,
+        max_steps=max_steps,
+        num_leapfrog=num_leapfrog,
+        max_tree_depth=max_tree_depth,
+        evidence=evidence,
     )
-    _check_init(state)
-    dens = _densities(target)
-    if progress is False and jit:
-        state, steps, hist = _loop_jit(state, k_run, dens=dens, cfg=cfg, max_steps=max_steps)
-        steps = int(steps)
-        stats = [np.asarray(h)[:steps] for h in hist]
-    else:
-        step = jax.jit(tempering_step, static_argnames=("dens", "cfg")) if jit else tempering_step
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=1.0,
-            desc="tempered SMC",
-            unit="lambda",
-            delay=0 if progress else 2.0,
-            disable=progress is False,
-            bar_format="{l_bar}{bar}| lambda={n:.3f} [{elapsed}]",
-        )
-        rows = []
-        k = k_run
-        try:
-            while float(state.lam) < 1.0 and len(rows) < max_steps:
-                k, sub = jax.random.split(k)
-                state, st = step(sub, state, dens=dens, cfg=cfg)
-                rows.append([np.asarray(v) for v in st])
-                bar.update(float(state.lam) - bar.n)
-        finally:
-            bar.close()
-        stats = [np.asarray(c) for c in zip(*rows)] if rows else [np.zeros(0)] * 6
-    lams, incs, incs_is, esses, accs, scales = stats
-    if float(state.lam) < 1.0:
+    _check_init(fk.data)
+    res = run_smc(
+        k_run,
+        fk,
+        num_particles,
+        ess_threshold=1.0,
+        scheme=cfg.scheme,
+        jit=jit,
+        summary=summary,
+        keep_ancestors=False,
+        progress=progress,
+        desc="tempered SMC",
+    )
+    stats = res.summaries
+    lams = np.asarray(stats.lam)
+    if res.num_steps < 2 or lams[-1] < 1.0 or lams[-2] < 1.0:
         raise ValueError(
             f"tempering did not reach lambda = 1 within max_steps={max_steps} "
-            f"(lambda = {float(state.lam):.3g}); increase max_steps"
+            f"(lambda = {float(lams[-1]):.3g}); increase max_steps"
         )
-    incs = np.asarray(incs, dtype=np.float64)
-    incs_is = np.asarray(incs_is, dtype=np.float64)
-    if not np.all(np.isfinite(incs_is)):
-        raise ValueError(
-            "the log evidence is not finite: the log likelihood is NaN or -inf "
-            "for all particles at some temperature"
-        )
-    particles = Particles(state.theta, jnp.zeros(num_particles, state.theta.dtype))
-    samples = target.constrain(state.theta)
+    incs_is = res.log_evidence_increments
+    incs = incs_is
+    if cfg.zv_degree:
+        incs = np.asarray(stats.log_evidence_increment_zv, dtype=np.float64)
+    values = res.particles.values
+    theta = jnp.asarray(values.theta)
+    particles = Particles(theta, jnp.zeros(num_particles, theta.dtype))
+    samples = target.constrain(theta)
     jax.block_until_ready(samples)
     return TemperedSMCResult(
-        particles,
-        samples,
-        float(np.sum(incs)),
-        incs,
-        float(np.sum(incs_is)),
-        incs_is,
-        "zv" if cfg.zv_degree else "is",
-        cfg.zv_degree,
-        lams,
-        esses,
-        accs,
-        scales,
-        kernel,
-        time.perf_counter() - start,
+        particles=particles,
+        log_evidence=float(np.sum(incs)),
+        log_evidence_increments=incs,
+        ess=res.ess,
+        resampled=res.resampled,
+        wall_time=time.perf_counter() - start,
+        samples=samples,
+        log_evidence_is=float(np.sum(incs_is)),
+        log_evidence_increments_is=incs_is,
+        evidence="zv" if cfg.zv_degree else "is",
+        zv_degree=cfg.zv_degree,
+        temperatures=lams,
+        acceptance_rates=np.asarray(stats.acceptance_rate),
+        scales=np.asarray(stats.scale),
+        kernel=kernel,
     )

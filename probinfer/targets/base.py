@@ -44,11 +44,16 @@ class Target:
         ``M``, the number of pointwise log-likelihood terms.
     backend
         ``"jax"`` (traceable: usable under ``jit`` and with gradients) or ``"torch"``.
+    has_gradients
+        Whether ``jax.grad`` of ``log_prior`` and ``log_likelihood`` works (also under
+        ``jit``), so that gradient kernels (HMC, NUTS) can move the particles. True for
+        NumPyro targets (JAX autodiff) and Pyro targets (torch autograd).
     """
 
     sites: tuple[LatentSite, ...]
     num_observations: int
     backend: str = field(default="jax")
+    has_gradients: bool = field(default=True)
 
     @property
     def dim(self) -> int:

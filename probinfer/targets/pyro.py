@@ -1,16 +1,26 @@
 """Targets from Pyro models (torch; imported only when used).
 
 Evaluation is batched with an outer ``pyro.plate`` over particles (the vectorised-particles
-idiom of Pyro's ELBOs), under ``torch.no_grad`` through the engine's torch backend; the
-supports of latent sites must not depend on other latents.
+idiom of Pyro's ELBOs); the supports of latent sites must not depend on other latents.
+Called eagerly, the densities run under ``torch.no_grad`` through the engine's torch
+backend. Under a JAX trace (``jit``, ``grad``, ``vmap``) ``log_prior`` and
+``log_likelihood`` are :func:`jax.custom_vjp` functions around :func:`jax.pure_callback`:
+the forward pass is one batched torch evaluation, and when JAX asks for the gradient one
+batched torch forward + backward (autograd) pass returns both densities and both
+per-particle gradients, so gradient kernels (HMC, NUTS) work on Pyro models.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import warnings
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from probinfer.engine.core import LikelihoodEngine
+from probinfer.engine.core import LikelihoodEngine, chunk_size_for
 from probinfer.targets.base import LatentSite, Target, check_finite_data, check_num
 
 Array = jax.Array
@@ -18,10 +28,19 @@ Array = jax.Array
 __all__ = ["PyroTarget", "from_pyro"]
 
 _PARTICLE_PLATE = "_probinfer_particles"
+# Rough autograd memory per particle and per log-density term (graph + saved tensors),
+# used to size the chunks of the forward + backward pass to the memory budget.
+_GRAD_BYTES_PER_TERM = 64
 
 
 class PyroTarget(Target):
-    """A Pyro model ``model(*args, **kwargs)`` as a batched target (torch backend)."""
+    """A Pyro model ``model(*args, **kwargs)`` as a batched target (torch backend).
+
+    ``has_gradients`` is True: ``jax.grad`` of ``log_prior``/``log_likelihood`` (also under
+    ``jit`` and ``vmap``) runs torch autograd, so tempered SMC can move the particles with
+    HMC or NUTS. The model should broadcast over a leading particle dimension; one that
+    does not is evaluated particle by particle, after one warning that says how to fix it.
+    """
 
     def __init__(self, model, *args, dtype=None, device=None, memory_budget=512 * 2**20, **kwargs):
         import pyro.poutine as poutine
@@ -85,7 +104,12 @@ class PyroTarget(Target):
             _transforms=transforms,
             _batch_dims=batch_dims,
             torch_dtype=dtype,
+            torch_device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            memory_budget=int(memory_budget),
             _loop=[False],
+            _checked=[False],
+            _cache=[None],
+            _cache_lock=threading.Lock(),
         )
         for k, v in attrs.items():
             object.__setattr__(self, k, v)
@@ -99,6 +123,7 @@ class PyroTarget(Target):
         object.__setattr__(
             self, "_pointwise_engine", LikelihoodEngine(lambda u: self._terms(u)[1], **eng)
         )
+        object.__setattr__(self, "_traced", (self._traced_density(0), self._traced_density(1)))
 
     # ---- batched torch evaluation -------------------------------------------------------
     def _plated(self, n):
@@ -128,18 +153,66 @@ class PyroTarget(Target):
     def _terms(self, u):
         """Torch ``u (n, D)`` -> (log prior with Jacobian ``(n,)``, pointwise ``(n, M)``).
 
-        Vectorised with an outer particle plate; a model whose code does not broadcast over
-        an extra leading dimension (e.g. ``x @ beta``) falls back to a loop over particles.
+        Vectorised with an outer particle plate. A model whose code does not broadcast over
+        an extra leading dimension (e.g. ``X @ beta``) raises there, or (checked once on
+        three particles) gives values that differ from a one-particle evaluation;
+        it then falls back, with one warning, to a loop over particles.
         """
         import torch
 
         if not self._loop[0]:
             try:
-                return self._terms_plated(u)
-            except (RuntimeError, ValueError):
-                self._loop[0] = True
+                out = self._terms_plated(u)
+            except (RuntimeError, ValueError, IndexError) as err:
+                self._fall_back(f"with the particle plate it raised {_first_line(err)}")
+            else:
+                if not self._checked[0]:
+                    self._check_plated(u, out)
+                if not self._loop[0]:
+                    return out
         rows = [self._terms_plated(u[i : i + 1], plate=False) for i in range(u.shape[0])]
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+
+    def _check_plated(self, u, out) -> None:
+        """Compare the vectorised densities of the first, second and last particle with a
+        one-particle evaluation (once per target, on the first batch of two or more; the
+        engine pads batches at the end, so the second row is a real particle)."""
+        import torch
+
+        n = u.shape[0]
+        if n < 2:
+            return
+        self._checked[0] = True
+        with torch.no_grad():
+            for i in sorted({0, 1, n - 1}):
+                one = self._terms_plated(u[i : i + 1].detach(), plate=False)
+                for batched, single in zip(out, one):
+                    b, s1 = batched[i : i + 1].detach(), single
+                    if b.shape != s1.shape or not torch.allclose(
+                        b, s1, rtol=1e-4, atol=1e-4, equal_nan=True
+                    ):
+                        self._fall_back(
+                            "its log densities with the particle plate differ from a "
+                            "one-particle evaluation"
+                        )
+                        return
+
+    def _fall_back(self, reason: str) -> None:
+        """Switch to one model call per particle, with one warning that names the fix."""
+        self._loop[0] = True
+        name = getattr(self.model, "__name__", type(self.model).__name__)
+        warnings.warn(
+            f"the Pyro model {name!r} does not vectorise over particles ({reason}). "
+            "probinfer now calls it once per particle: correct, but about N times slower. "
+            "Fix: write the model so that it broadcasts over extra leading batch dimensions "
+            "(probinfer evaluates all particles at once inside "
+            f"pyro.plate({_PARTICLE_PLATE!r}, N, dim={-(self.max_plate_nesting + 1)})): "
+            "give every pyro.plate an explicit negative dim, index with ellipses "
+            "(x[..., i]) and use broadcasting operations such as (X * beta).sum(-1) "
+            "instead of X @ beta.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def _terms_plated(self, u, plate: bool = True):
         import pyro.poutine as poutine
@@ -164,13 +237,102 @@ class PyroTarget(Target):
 
         return prior, torch.cat(pointwise, dim=-1)
 
+    # ---- gradients through torch autograd ---------------------------------------------
+    def _torch_values(self, x: np.ndarray, with_grad: bool) -> tuple[np.ndarray, ...]:
+        """Densities of numpy ``x (..., D)``: ``(log_prior, log_lik)`` each ``(...)``, and with
+        ``with_grad`` their gradients ``(..., D)`` (one batched forward + backward pass per
+        chunk of particles; particles are independent, so the gradient of the sum over
+        particles is the per-particle gradient)."""
+        import torch
+
+        lead = x.shape[:-1]
+        u_all = torch.from_numpy(np.array(x, copy=True).reshape(-1, self.dim))
+        u_all = u_all.to(device=self.torch_device, dtype=self.torch_dtype)
+        per = _GRAD_BYTES_PER_TERM * (self.num_observations + self.dim + 1)
+        per *= u_all.element_size()
+        chunk = chunk_size_for(per if with_grad else per // 8, self.memory_budget)
+        parts = []
+        for start in range(0, u_all.shape[0], chunk):
+            u = u_all[start : start + chunk]
+            if with_grad:
+                with torch.enable_grad():
+                    u = u.detach().requires_grad_(True)
+                    lp, pointwise = self._terms(u)
+                    ll = pointwise.sum(-1)
+                    g_lp = _grad_of_sum(lp, u, retain_graph=True)
+                    g_ll = _grad_of_sum(ll, u, retain_graph=False)
+                parts.append((lp.detach(), ll.detach(), g_lp, g_ll))
+            else:
+                with torch.no_grad():
+                    lp, pointwise = self._terms(u)
+                parts.append((lp, pointwise.sum(-1)))
+        out = []
+        for k, pieces in enumerate(zip(*parts)):
+            shape = lead if k < 2 else lead + (self.dim,)
+            arr = torch.cat(pieces).detach().cpu().numpy().astype(x.dtype, copy=False)
+            out.append(arr.reshape(shape))
+        return tuple(out)
+
+    def _callback(self, x, with_grad: bool) -> tuple[np.ndarray, ...]:
+        """:meth:`_torch_values` behind a one-entry cache keyed by the bytes of ``x``.
+
+        ``log_prior`` and ``log_likelihood`` at the same particles (as in a gradient
+        kernel's step) then cost one torch pass between them, not two.
+        """
+        x = np.asarray(x)
+        key = (x.shape, x.dtype.str, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+        with self._cache_lock:
+            hit = self._cache[0]
+            if hit is not None and hit[0] == key and (len(hit[1]) == 4 or not with_grad):
+                return hit[1]
+            out = self._torch_values(x, with_grad)
+            self._cache[0] = (key, out)
+            return out
+
+    def _traced_density(self, which: int):
+        """``log_prior`` (``which=0``) or ``log_likelihood`` (1) for traced ``theta``: a
+        ``jax.custom_vjp`` around ``jax.pure_callback`` (works under ``jit``, ``grad`` and
+        ``vmap``; the callback takes any leading axes)."""
+
+        def call(theta, with_grad: bool):
+            shapes = [jax.ShapeDtypeStruct(theta.shape[:-1], theta.dtype)]
+            if with_grad:
+                shapes.append(jax.ShapeDtypeStruct(theta.shape, theta.dtype))
+
+            def host(x):
+                out = self._callback(x, with_grad)
+                return (out[which], out[2 + which]) if with_grad else (out[which],)
+
+            return jax.pure_callback(host, tuple(shapes), theta, vmap_method="expand_dims")
+
+        @jax.custom_vjp
+        def density(theta):
+            return call(theta, False)[0]
+
+        def fwd(theta):
+            value, grad = call(theta, True)
+            return value, grad
+
+        def bwd(grad, cotangent):
+            return (cotangent[..., None] * grad,)
+
+        density.defvjp(fwd, bwd)
+        return density
+
     # ---- Target interface ---------------------------------------------------------------
     def log_prior(self, theta) -> Array:
-        return self._prior_engine(self._check_theta(theta))
+        theta = self._check_theta(theta)
+        if isinstance(theta, jax.core.Tracer):
+            return self._traced[0](theta)
+        return self._prior_engine(theta)
 
     def log_likelihood(self, theta, pointwise: bool = False) -> Array:
         theta = self._check_theta(theta)
-        return self._pointwise_engine(theta) if pointwise else self._lik_engine(theta)
+        if pointwise:
+            return self._pointwise_engine(theta)
+        if isinstance(theta, jax.core.Tracer):
+            return self._traced[1](theta)
+        return self._lik_engine(theta)
 
     def sample_prior(self, key: Array, num: int) -> Array:
         import pyro.poutine as poutine
@@ -194,8 +356,8 @@ class PyroTarget(Target):
             if not self._loop[0]:
                 try:
                     out = draw(self._plated(num), num)
-                except (RuntimeError, ValueError):
-                    self._loop[0] = True
+                except (RuntimeError, ValueError, IndexError) as err:
+                    self._fall_back(f"drawing with the particle plate raised {_first_line(err)}")
             if self._loop[0]:
                 out = torch.cat([draw(self.model, 1) for _ in range(num)])
         return to_jax(out.to(self.torch_dtype))
@@ -214,6 +376,21 @@ class PyroTarget(Target):
         return out
 
 
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _grad_of_sum(y, u, retain_graph: bool):
+    """``d sum(y) / d u`` (zeros where ``y`` does not depend on ``u``)."""
+    import torch
+
+    if not y.requires_grad:
+        return torch.zeros_like(u)
+    (g,) = torch.autograd.grad(y.sum(), u, retain_graph=retain_graph, allow_unused=True)
+    return torch.zeros_like(u) if g is None else g
+
+
 def from_pyro(model, *args, dtype=None, device=None, **kwargs) -> PyroTarget:
     """Wrap a Pyro model (called as ``model(*args, **kwargs)``) as a batched target.
 
@@ -226,10 +403,23 @@ def from_pyro(model, *args, dtype=None, device=None, **kwargs) -> PyroTarget:
         torch dtype of the evaluation (default: that of the observed data) and device
         (default ``"cuda"`` when available).
 
+    Returns
+    -------
+    PyroTarget
+        With ``has_gradients = True``: gradients through torch autograd (``jax.grad``,
+        ``jax.jit``, ``jax.vmap``), for HMC and NUTS.
+
     Raises
     ------
     ValueError
         If the model has no observed or no latent site, a latent is discrete, or the data
         contain NaN/inf.
+
+    Warns
+    -----
+    UserWarning
+        Once, if the model does not vectorise over the particle plate (it raises there, or
+        its values differ from a one-particle evaluation); it is then evaluated one
+        particle at a time (correct, slower). The warning names the fix.
     """
     return PyroTarget(model, *args, dtype=dtype, device=device, **kwargs)

@@ -58,23 +58,28 @@ def _check_runs(log_z_hat, means, variances, exact_mean, exact_var, exact_log_z)
 def test_normal_mean_rwmh_vmapped_runs(normal_mean):
     target, m, v, log_z = normal_mean
     keys = jax.random.split(jax.random.key(0), 24)
-    state, steps, hist = jax.vmap(lambda k: tempered_smc_loop(k, target, 500))(keys)
-    lz = np.nansum(np.asarray(hist.log_evidence_increment, np.float64), axis=1)
-    assert np.all(np.asarray(state.lam) == 1.0) and np.all(np.asarray(steps) >= 2)
-    mu = np.asarray(state.theta[..., 0])  # unconstrained = constrained for a Normal prior
+    out = jax.vmap(lambda k: tempered_smc_loop(k, target, 500))(keys)
+    lz = np.nansum(np.asarray(out.summaries.log_evidence_increment_zv, np.float64), axis=1)
+    assert np.all(np.asarray(out.state.data.lam) == 1.0)
+    assert np.all(np.asarray(out.num_steps) >= 3)
+    mu = np.asarray(out.state.values.theta[..., 0])  # Normal prior: unconstrained
     _check_runs(lz, mu.mean(1)[:, None], mu.var(1)[:, None], m, v, log_z)
 
 
 def test_normal_mean_result_api_and_arviz(normal_mean):
     target, m, v, log_z = normal_mean
     res = tempered_smc(jax.random.key(1), target, 400, kernel="hmc", num_mcmc_steps=2)
-    assert res.temperatures[-1] == 1.0 and np.all(np.diff(res.temperatures) > 0)
+    # step 0 weights the prior draws; the last step is the final move at lambda = 1
+    assert res.temperatures[-1] == res.temperatures[-2] == 1.0
+    assert np.all(np.diff(res.temperatures[:-1]) > 0)
+    assert res.log_evidence_increments[-1] == 0.0 and abs(res.log_evidence_increments_is[-1]) < 1e-6
     assert res.log_evidence_increments.dtype == np.float64
     assert np.isclose(res.log_evidence, res.log_evidence_increments.sum())
     assert res.evidence == "zv" and res.zv_degree == 2
     assert np.isclose(res.log_evidence_is, res.log_evidence_increments_is.sum())
     assert abs(res.log_evidence - res.log_evidence_is) < 0.5
-    assert np.all((res.acceptance_rates > 0) & (res.acceptance_rates <= 1))
+    assert np.isnan(res.acceptance_rates[0])
+    assert np.all((res.acceptance_rates[1:] > 0) & (res.acceptance_rates[1:] <= 1))
     mu = np.asarray(res.samples["mu"])
     assert abs(mu.mean() - m) < 5 * np.sqrt(v / 100)
     idata = res.to_arviz()
@@ -99,14 +104,15 @@ def test_linear_regression_hmc_matches_conjugate_posterior():
     log_z = multivariate_normal(np.zeros(40), 0.25 * np.eye(40) + X @ X.T).logpdf(y)
     target = from_numpyro(regression_model, X, y)
     keys = jax.random.split(jax.random.key(2), 16)
-    state, _, hist = jax.vmap(
+    out = jax.vmap(
         lambda k: tempered_smc_loop(k, target, 400, kernel="hmc", num_mcmc_steps=3)
     )(keys)
-    th = np.asarray(state.theta)
-    lz = np.nansum(np.asarray(hist.log_evidence_increment, np.float64), axis=1)
+    hist = out.summaries
+    th = np.asarray(out.state.values.theta)
+    lz = np.nansum(np.asarray(hist.log_evidence_increment_zv, np.float64), axis=1)
     _check_runs(lz, th.mean(1), th.var(1), mean, np.diag(cov), log_z)
     # the same runs' standard estimator is also exact within MC error
-    lz_is = np.nansum(np.asarray(hist.log_evidence_increment_is, np.float64), axis=1)
+    lz_is = np.nansum(np.asarray(out.log_evidence_increments, np.float64), axis=1)
     _check_runs(lz_is, th.mean(1), th.var(1), mean, np.diag(cov), log_z)
     # per step, against the closed-form log Z(lambda') - log Z(lambda): the control-variate
     # increments (default "auto" = "zv" for a JAX target) have a clearly smaller mean
@@ -116,8 +122,8 @@ def test_linear_regression_hmc_matches_conjugate_posterior():
     prev = np.where(ok, np.concatenate([np.zeros((16, 1)), lam[:, :-1]], 1), 0.0)
     exact = np.vectorize(lambda b: _tempered_log_z(X, y, b))
     inc = np.where(ok, exact(np.where(ok, lam, 0.0)) - exact(prev), np.nan)
-    err_zv = np.asarray(hist.log_evidence_increment, np.float64)[ok] - inc[ok]
-    err_is = np.asarray(hist.log_evidence_increment_is, np.float64)[ok] - inc[ok]
+    err_zv = np.asarray(hist.log_evidence_increment_zv, np.float64)[ok] - inc[ok]
+    err_is = np.asarray(out.log_evidence_increments, np.float64)[ok] - inc[ok]
     assert np.mean(err_zv**2) < 0.8 * np.mean(err_is**2), (err_zv.std(), err_is.std())
 
 

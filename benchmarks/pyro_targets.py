@@ -1,0 +1,200 @@
+"""Pyro models with gradients: tempered SMC (HMC) on a Pyro model vs Pyro's own NUTS vs
+tempered SMC (HMC) on the same model written in NumPyro.
+
+The model is a Bayesian linear regression with known noise (``D`` coefficients,
+``M`` observations), so the posterior is Gaussian and known exactly; every method's
+posterior means are scored against it (error in posterior standard deviations) and its
+Monte-Carlo standard error is reported. Wall times are medians of interleaved rounds
+(every contender sees the same background load); the first call of each (compilation,
+tracing) is timed separately. Writes benchmarks/results/pyro_targets.json.
+
+    OMP_NUM_THREADS=1 python benchmarks/pyro_targets.py [--reps 3] [--particles 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _common import time_interleaved, write_results
+
+D, M, SIGMA = 5, 200, 0.5
+
+
+def make_data(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(M, D)).astype(np.float32)
+    y = (X @ rng.normal(size=D) + SIGMA * rng.normal(size=M)).astype(np.float32)
+    return X, y
+
+
+def exact_posterior(X, y):
+    X64 = X.astype(np.float64)
+    cov = np.linalg.inv(np.eye(D) + X64.T @ X64 / SIGMA**2)
+    return cov @ X64.T @ y / SIGMA**2, cov
+
+
+def pyro_model(X, y):
+    import pyro
+    import pyro.distributions as pdist
+
+    b = pyro.sample("b", pdist.Normal(0.0, 1.0).expand([X.shape[-1]]).to_event(1))
+    with pyro.plate("n", X.shape[0], dim=-1):
+        pyro.sample("y", pdist.Normal((X * b).sum(-1), SIGMA), obs=y)
+
+
+def numpyro_model(X, y):
+    import numpyro
+    import numpyro.distributions as dist
+
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0).expand([X.shape[-1]]).to_event(1))
+    with numpyro.plate("n", X.shape[0]):
+        numpyro.sample("y", dist.Normal(jnp.sum(X * b, -1), SIGMA), obs=y)
+
+
+def smc_runner(target, n, mcmc_steps):
+    from probinfer.smc import tempered_smc
+
+    def once(seed):
+        res = tempered_smc(
+            jax.random.key(seed),
+            target,
+            n,
+            kernel="hmc",
+            num_mcmc_steps=mcmc_steps,
+            evidence="is",
+            progress=False,
+        )
+        return np.asarray(res.samples["b"], np.float64).mean(0), res.num_steps
+
+    return once
+
+
+def pyro_nuts_runner(X, y, warmup, samples):
+    import pyro
+    import torch
+    from pyro.infer import MCMC, NUTS
+
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+
+    def once(seed):
+        pyro.set_rng_seed(seed)
+        mcmc = MCMC(
+            NUTS(pyro_model), num_samples=samples, warmup_steps=warmup, disable_progbar=True
+        )
+        mcmc.run(Xt, yt)
+        b = mcmc.get_samples()["b"].double().numpy()
+        return b.mean(0), b
+
+    return once
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--accuracy-seeds", type=int, default=5, help="SMC seeds for the error")
+    p.add_argument("--particles", type=int, default=1000)
+    p.add_argument("--mcmc-steps", type=int, default=3)
+    p.add_argument("--nuts-warmup", type=int, default=500)
+    p.add_argument("--nuts-samples", type=int, default=1000)
+    p.add_argument("--out", default="pyro_targets")
+    args = p.parse_args(argv)
+
+    import arviz as az
+    import torch
+
+    from probinfer.targets import from_numpyro, from_pyro
+
+    X, y = make_data()
+    mean, cov = exact_posterior(X, y)
+    sd = np.sqrt(np.diag(cov))
+    t_pyro = from_pyro(pyro_model, torch.tensor(X), torch.tensor(y))
+    t_numpyro = from_numpyro(numpyro_model, X, y)
+    runners = {
+        "tempered SMC (HMC), Pyro model": smc_runner(t_pyro, args.particles, args.mcmc_steps),
+        "tempered SMC (HMC), NumPyro model": smc_runner(t_numpyro, args.particles, args.mcmc_steps),
+        "Pyro NUTS": pyro_nuts_runner(X, y, args.nuts_warmup, args.nuts_samples),
+    }
+    load_before = os.getloadavg()
+    first = {}
+    for name, once in runners.items():
+        start = time.perf_counter()
+        once(0)
+        first[name] = time.perf_counter() - start
+        print(f"{name}: first call {first[name]:.2f}s", flush=True)
+    seeds = iter(range(1, 10_000))
+    times = time_interleaved(
+        {name: (lambda once=once: once(next(seeds))) for name, once in runners.items()},
+        repeats=args.reps,
+        warmup=0,
+    )
+    rows = {}
+    for name, once in runners.items():
+        row = {"median_wall_s": times[name], "first_call_s": first[name]}
+        if name.startswith("tempered"):
+            outs = [once(1000 + s) for s in range(args.accuracy_seeds)]
+            means = np.array([o[0] for o in outs])
+            err = (means - mean) / sd
+            # SE of one run's mean from the spread over independent seeds
+            se = means.std(0, ddof=1) / sd
+            row.update(
+                num_particles=args.particles,
+                num_mcmc_steps=args.mcmc_steps,
+                tempering_steps=[int(o[1]) for o in outs],
+                seeds=args.accuracy_seeds,
+                mean_error_in_sd=err.mean(0).tolist(),
+                max_abs_error_in_sd_per_seed=np.abs(err).max(1).tolist(),
+                mc_se_in_sd_one_run=se.tolist(),
+                max_abs_error_of_seed_average_in_se=float(
+                    np.max(np.abs(err.mean(0)) / (se / np.sqrt(args.accuracy_seeds)))
+                ),
+            )
+        else:
+            bmean, b = once(1000)
+            ess = np.array([float(az.ess(b[:, i])) for i in range(D)])
+            se = np.sqrt(np.diag(cov) / ess) / sd
+            err = (bmean - mean) / sd
+            row.update(
+                warmup=args.nuts_warmup,
+                samples=args.nuts_samples,
+                ess=ess.tolist(),
+                mean_error_in_sd=err.tolist(),
+                mc_se_in_sd=se.tolist(),
+                max_abs_error_in_se=float(np.max(np.abs(err) / se)),
+            )
+        rows[name] = row
+        print(name, {k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
+    smc_pyro = times["tempered SMC (HMC), Pyro model"]
+    ratios = {
+        "pyro_nuts_time_over_smc_pyro": times["Pyro NUTS"] / smc_pyro,
+        "smc_pyro_time_over_smc_numpyro": smc_pyro / times["tempered SMC (HMC), NumPyro model"],
+    }
+    print("ratios:", ratios)
+    path = write_results(
+        args.out,
+        {
+            "model": f"Bayesian linear regression, D={D}, M={M}, known noise sd {SIGMA}; "
+            "exact Gaussian posterior",
+            "rows": rows,
+            "ratios": ratios,
+            "conditions": {
+                "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+                "torch_threads": torch.get_num_threads(),
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg(),
+                "note": "2-core machine shared with other jobs; contenders interleaved",
+                "jax_devices": [str(d) for d in jax.devices()],
+            },
+            "command": "python benchmarks/pyro_targets.py " + " ".join(sys.argv[1:]),
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
