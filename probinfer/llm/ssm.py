@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from probinfer.llm.protocols import (
@@ -270,25 +269,44 @@ class LLMStateSpaceModel:
         )
 
     # ------------------------------------------------------------------ Feynman-Kac
-    def feynman_kac(self, prompt: str, usage: Usage) -> FeynmanKac:
+    def feynman_kac(self, prompt: str, usage: Usage, *, conditional: bool = False) -> FeynmanKac:
         """The Feynman-Kac model for the SMC driver's eager path (``run_smc(jit=False)``).
 
         ``M0`` proposes the first step of every particle, ``M`` extends every unfinished
-        particle by one step, ``logG`` reads the scores attached by the moves. ``usage`` is
-        updated in place.
+        particle by one step (one batched LM call and one batched reward call), ``logG``
+        reads the scores attached by the moves (numpy float64), and ``finished`` stops the
+        run as soon as every particle has finished. ``usage`` is updated in place.
+
+        With ``conditional=True`` (conditional SMC, ``run_smc(reference=...)``) slot 0 is
+        never extended: ``pin`` writes the reference's first ``t + 1`` steps into it
+        (the reference is a one-particle :class:`~probinfer.llm.store.Trajectories`).
         """
         check_prompt(prompt)
+        first = 1 if conditional else 0
 
         def M0(key, n, data):
-            return self.extend(key, Trajectories.empty(prompt, n), usage)
+            return self.extend(key, Trajectories.empty(prompt, n), usage, np.arange(first, n))
 
         def M(key, t, values, data):
-            return self.extend(key, values, usage)
+            return self.extend(key, values, usage, np.arange(first, len(values)))
 
         def logG(t, prev, values, data):
-            return jnp.asarray(self.step_log_potential(values, t + 1))
+            return self.step_log_potential(values, t + 1)
 
-        return FeynmanKac(M0, M, logG, num_steps=self.max_steps)
+        def finished(values, data):
+            return values.live.size == 0
+
+        def pin(t, values, reference, data):
+            return values.pin(0, reference.prefix(0, t + 1))
+
+        return FeynmanKac(
+            M0,
+            M,
+            logG,
+            num_steps=self.max_steps,
+            finished=finished,
+            pin=pin if conditional else None,
+        )
 
     def answers(self, store: Trajectories) -> list[str | None]:
         """The extracted final answer of each particle (``None`` if unfinished)."""

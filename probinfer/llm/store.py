@@ -192,6 +192,28 @@ class Trajectories:
             car = tuple(car)
         return Trajectories(self.prompt, tuple(s), tuple(f), tuple(r), toks, car, lm_state)
 
+    def pin(self, i: int, other: Trajectories) -> Trajectories:
+        """A copy with particle ``i`` replaced by the one particle of ``other`` (its token
+        ids and carry included); particle ``i`` loses its language model state row."""
+        if len(other) != 1:
+            raise ValueError(f"other must hold one particle, got {len(other)}")
+        toks, car = other.token_fields()
+        tokenized = other.step_tokens is not None or self.step_tokens is not None
+        state = self.lm_state
+        if state is not None:
+            idx = np.arange(len(self))
+            idx[i] = -1
+            state = state.take(idx)
+        return self.replace(
+            [i],
+            other.steps,
+            other.finished,
+            other.scores,
+            toks if tokenized else None,
+            car if tokenized or other.carries is not None else None,
+            state,
+        )
+
     def without_state(self) -> Trajectories:
         """The same particles without the language model state (frees cache memory)."""
         if self.lm_state is None:
