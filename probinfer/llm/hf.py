@@ -201,8 +201,16 @@ class HFCausalLM:
         """The cache rows to continue from, and the tokens encoded to build them."""
         b = len(contexts)
         state = contexts.lm_state
-        if self.kv_cache and state is not None and len(state) == b and state.complete:
-            return state, 0
+        if self.kv_cache and state is not None and len(state) == b:
+            if state.complete:
+                return state, 0
+            missing = np.flatnonzero(state.row_of < 0)
+            if contexts.step_tokens is not None and missing.size < b and state.layers:
+                rows, encoded = self._prefill(
+                    [prompt_ids + contexts.tokens(int(i)) for i in missing]
+                )
+                if rows.layers:  # prefill only the particles without rows
+                    return state.fill(rows, missing), encoded
         fresh = contexts.step_tokens is None and not any(contexts.steps)
         if self.kv_cache and fresh and not any(contexts.partials()):
             encoded = 0

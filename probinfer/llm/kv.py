@@ -60,6 +60,53 @@ class KVRows:
     def num_rows(self) -> int:
         return int(self.mask.shape[0])
 
+    def fill(self, other: KVRows, at) -> KVRows:
+        """These rows with the particles at ``at`` (which have none) given ``other``'s rows
+        (one per entry of ``at``, in order), reordered so that row ``i`` is particle ``i``.
+
+        The shorter cache is left-padded with masked positions, so positions and attention
+        stay exact. Used to prefill only the particles that lost their rows (children of a
+        pinned reference in conditional SMC) instead of the whole batch.
+        """
+        import torch
+
+        at = np.asarray(at, dtype=np.int64).reshape(-1)
+        if not self.layers or not other.layers or other.num_rows != at.size:
+            raise ValueError("fill needs non-empty caches and one row of other per index")
+        if np.any(self.row_of[at] >= 0):
+            raise ValueError("fill: the particles at `at` already have rows")
+        length = max(self.mask.shape[1], other.mask.shape[1])
+
+        def left_pad(rows: KVRows):
+            extra = length - rows.mask.shape[1]
+            if extra == 0:
+                return rows.layers, rows.mask
+            mask = torch.nn.functional.pad(rows.mask, (extra, 0))
+            layers = tuple(
+                (
+                    torch.nn.functional.pad(k, (0, 0, extra, 0)),
+                    torch.nn.functional.pad(v, (0, 0, extra, 0)),
+                )
+                for k, v in rows.layers
+            )
+            return layers, mask
+
+        la, ma = left_pad(self)
+        lb, mb = left_pad(other)
+        layers = tuple(
+            (torch.cat([ka, kb], 0), torch.cat([va, vb], 0)) for (ka, va), (kb, vb) in zip(la, lb)
+        )
+        row_of = self.row_of.copy()
+        row_of[at] = self.num_rows + np.arange(at.size)
+        merged = KVRows(
+            layers,
+            torch.cat([ma, mb], 0),
+            torch.cat([self.position, other.position], 0),
+            torch.cat([self.pending, other.pending], 0),
+            row_of,
+        )
+        return merged.take(np.arange(len(self)))
+
     def take(self, indices) -> KVRows:
         """The rows of the particles at ``indices`` (``-1``: a particle without a row)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

@@ -269,3 +269,43 @@ def test_delimiter_inside_a_token_and_eos_after_a_delimiter():
     assert store.finished == (True, True) and res.answers == ("2", "2")
     assert set(seen) == {("0;",), ("0;12;",)}  # "model" aggregation: the whole prefix
     assert res.usage.lm_calls == 3 and res.usage.rewards_scored == 4
+
+
+def test_conditional_smc_keeps_the_cache_and_changes_nothing(bpe_lm, monkeypatch):
+    """Particle Gibbs sweeps on the driver's conditional SMC: the reference stays in slot
+    0, only children of the reference are prefilled again (their tokens, once), and the
+    sweep for the same key is identical with and without the cache."""
+    from probinfer.llm.gibbs import conditional_smc
+    from probinfer.llm.protocols import Usage
+
+    lm = bpe_lm
+    reward = FunctionReward(lambda p, s: 0.2 + 0.6 * ("1" in "".join(s)))
+    model = _model(lm, reward)
+    prompt_len = len(lm.tokenizer.encode(PROMPT))
+    _, _, ref = conditional_smc(jax.random.key(7), model, PROMPT, 4, None, Usage())
+    ref_tokens = len(ref.tokens(0))
+    for k in range(2):
+        key = jax.random.key(200 + k)
+        outs = []
+        for kv in (True, False):
+            lm.kv_cache, lm._prompt_rows = kv, None
+            usage = Usage()
+            counted, counting = _count_forward_tokens(lm)
+            monkeypatch.setattr(lm.model, "forward", counting)
+            try:
+                store, lw, new = conditional_smc(key, model, PROMPT, 4, ref, usage)
+            finally:
+                monkeypatch.undo()
+                lm.kv_cache = True
+            assert counted["tokens"] == usage.tokens_encoded
+            assert store.steps[0] == ref.steps[0] and store.step_tokens[0] == ref.step_tokens[0]
+            outs.append((store, lw, new, usage))
+        (s1, lw1, n1, u1), (s2, lw2, n2, u2) = outs
+        assert s1.steps == s2.steps and s1.step_tokens == s2.step_tokens
+        np.testing.assert_array_equal(lw1, lw2)
+        assert n1.steps == n2.steps
+        # at most: the prompt, every generated token, and each child of the reference's
+        # prefix once per step (3 free slots, at most MAX_STEPS - 1 resampling steps)
+        bound = prompt_len + u1.tokens_generated + 3 * (MAX_STEPS - 1) * (prompt_len + ref_tokens)
+        assert u1.tokens_encoded <= bound
+        assert u1.tokens_encoded < u2.tokens_encoded
