@@ -85,6 +85,16 @@ def context_limit(config) -> int | None:
     return None
 
 
+def step_text(tokenizer, history, step, carry: str) -> str:
+    """``carry`` + the text the token ids ``step`` add after the token ids ``history``
+    (decoded in a short window of context so that tokenizers with context-dependent
+    spacing decode exactly)."""
+    window = list(history[-8:])
+    head = tokenizer.decode(window)
+    full = tokenizer.decode(window + list(step))
+    return carry + (full[len(head) :] if full.startswith(head) else tokenizer.decode(step))
+
+
 class HFCausalLM:
     """A local causal language model proposing token-exact reasoning steps in batches.
 
@@ -225,13 +235,7 @@ class HFCausalLM:
         return self._prefill(seqs)
 
     def _step_text(self, history, step, carry) -> str:
-        """``carry`` + the text ``step`` adds after ``history`` (decoded in a short window
-        of context so that tokenizers with context-dependent spacing decode exactly)."""
-        tok = self.tokenizer
-        window = history[-8:]
-        head = tok.decode(window)
-        full = tok.decode(window + step)
-        return carry + (full[len(head) :] if full.startswith(head) else tok.decode(step))
+        return step_text(self.tokenizer, history, step, carry)
 
     # ------------------------------------------------------------------ sampling
     def propose(
