@@ -231,3 +231,21 @@ def test_step_reward_pooling_reads_p_positive_at_the_last_tag(local):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_probinfer_scale_cli_against_servers(local, server, tmp_path, capsys, monkeypatch):
+    from probinfer.cli import main
+
+    monkeypatch.setenv("PROBINFER_TEST_KEY", SECRET)
+    out = tmp_path / "scale.json"
+    argv = ["scale", "--server", f"{server}/v1", "--model", "tiny", "--tokenizer",
+            str(ASSETS / "lm"), "--prm-server", server, "--prm-model", "prm", "--prm-kind",
+            "sequence", "--api-key-env", "PROBINFER_TEST_KEY", "--num-problems", "2",
+            "--budgets", "2", "--algorithms", "particle_filter", "--output", str(out),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    text = out.read_text()
+    report = json.loads(text)
+    assert report["server"] == [f"{server}/v1"]
+    assert report["results"]["particle_filter"][0]["tokens_generated"] > 0
+    assert SECRET not in text and SECRET not in capsys.readouterr().out
