@@ -1,4 +1,4 @@
-"""OpenAI-compatible server backends (vLLM, SGLang, any ``/v1/completions`` server).
+r"""OpenAI-compatible server backends (vLLM, SGLang, any ``/v1/completions`` server).
 
 This is the scale-out path: the language model and the PRM run on serving stacks (one or
 several data-parallel replicas), the particle algorithms run here.
@@ -28,6 +28,22 @@ spread round-robin over several base URLs. After the retries a :class:`ServerErr
 the URL. The API key is read from the environment variable the user names (default
 ``OPENAI_API_KEY``), sent only in the ``Authorization`` header, and never appears in
 logs, exceptions, results or JSON.
+
+Running at scale with vLLM (a Qwen2.5-Math model and its PRM; both servers may be
+replicated, pass several URLs separated by commas)::
+
+    vllm serve Qwen/Qwen2.5-Math-7B-Instruct --port 8000 --enable-prefix-caching
+    vllm serve Qwen/Qwen2.5-Math-PRM-7B --port 8001 --task reward --trust-remote-code
+    export OPENAI_API_KEY=...        # only if the servers were started with --api-key
+    probinfer scale --server http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-Math-7B-Instruct \
+        --tokenizer /path/to/local/Qwen2.5-Math-7B-Instruct \
+        --prm-server http://127.0.0.1:8001 --prm-model Qwen/Qwen2.5-Math-PRM-7B \
+        --prm-kind token --step-tag "<extra_0>" --delimiter $'\n\n' --stop '\boxed' \
+        --answer-regex '\\boxed\{([^}]*)\}' --problems problems.jsonl --budgets 4,8,16
+
+``--tokenizer`` (a local directory with the tokenizer files) makes prompts token ids and
+steps token-exact; without it prompts are text. Prefix caching on the server keeps the
+re-sent prefixes cheap (the server-side counterpart of the local backend's KV cache).
 """
 
 from __future__ import annotations

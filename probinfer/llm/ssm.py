@@ -112,6 +112,11 @@ class LLMStateSpaceModel:
     answer_extractor
         ``text -> str | None``, the final answer of a generated text (default: the number
         before ``"|"``). Unfinished answers get ``None``.
+    max_tokens
+        Budget: a run stops after the step at which this many tokens have been generated
+        for the problem (``None``: no cap). Particles still unfinished then have no answer.
+    max_lm_calls
+        Budget: a run stops after this many batched LM calls (``None``: no cap).
     """
 
     lm: LanguageModel
@@ -125,6 +130,8 @@ class LLMStateSpaceModel:
     aggregation: str = "model"
     telescoping: bool = False
     answer_extractor: Callable[[str], str | None] | None = None
+    max_tokens: int | None = None
+    max_lm_calls: int | None = None
 
     def __post_init__(self):
         if not callable(getattr(self.lm, "propose", None)):
@@ -141,6 +148,9 @@ class LLMStateSpaceModel:
             raise ValueError(f"potential must be one of {POTENTIALS}, got {self.potential!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        for name in ("max_tokens", "max_lm_calls"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.answer_extractor is not None and not callable(self.answer_extractor):
             raise TypeError("answer_extractor must be callable or None")
         if self.answer_extractor is None:
@@ -227,6 +237,12 @@ class LLMStateSpaceModel:
         usage.rewards_scored += n
         return r
 
+    def budget_spent(self, usage: Usage) -> bool:
+        """Whether ``usage`` has reached ``max_tokens`` or ``max_lm_calls``."""
+        return (self.max_tokens is not None and usage.tokens_generated >= self.max_tokens) or (
+            self.max_lm_calls is not None and usage.lm_calls >= self.max_lm_calls
+        )
+
     # ------------------------------------------------------------------ potentials
     def aggregate(self, scores: tuple[float, ...]) -> float:
         """The aggregated score ``r_t`` of one particle from its per-step scores."""
@@ -294,7 +310,7 @@ class LLMStateSpaceModel:
             return self.step_log_potential(values, t + 1)
 
         def finished(values, data):
-            return values.live.size == 0
+            return values.live.size == 0 or self.budget_spent(usage)
 
         def pin(t, values, reference, data):
             return values.pin(0, reference.prefix(0, t + 1))

@@ -253,3 +253,16 @@ def test_to_arviz():
     post = idata["posterior"]
     assert post["answer_index"].shape == (1, 16)
     assert idata["posterior"].attrs["algorithm"] == "particle_filter"
+
+
+def test_budget_caps_stop_the_run():
+    model = _model(max_steps=6, max_lm_calls=2)
+    res = particle_filter(jax.random.key(8), model, "q", 16)
+    assert res.usage.lm_calls == 2 and res.ess.shape == (2,)
+    capped = _model(max_steps=6, max_tokens=20)
+    res = particle_filter(jax.random.key(8), capped, "q", 16)
+    assert res.usage.tokens_generated >= 20 and res.usage.lm_calls == 2  # 16 + 16 steps
+    single = particle_filter(jax.random.key(8), model, "q", 1)
+    assert single.usage.lm_calls <= 2
+    with pytest.raises(ValueError, match="max_tokens"):
+        _model(max_tokens=0)
