@@ -336,5 +336,10 @@ class LLMStateSpaceModel:
 
 
 def key_to_seed(key) -> int:
-    """A 31-bit integer seed drawn from a ``jax.random`` key (for torch/numpy generators)."""
-    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+    """A 31-bit integer seed from a ``jax.random`` key (for torch/numpy generators): an
+    FNV-1a hash of the key's data words, read once to the host (no JAX computation, so
+    it costs one small transfer per LM call, not a dispatched kernel)."""
+    h = 1469598103934665603
+    for w in np.asarray(jax.random.key_data(key)).reshape(-1).tolist():
+        h = ((h ^ int(w)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h % (2**31 - 1)
