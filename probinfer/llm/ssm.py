@@ -159,7 +159,9 @@ class LLMStateSpaceModel:
     # ------------------------------------------------------------------ moves
     def extend(self, key, store: Trajectories, usage: Usage, which=None) -> Trajectories:
         """Propose the next step of every unfinished particle (one batched LM call) and
-        score it (one batched reward call). Finished particles are left unchanged.
+        score it (one batched reward call; identical partial answers are scored once, the
+        reward model being a function of the partial answer). Finished particles are left
+        unchanged.
 
         The proposal continues each particle's own token ids (token-exact backends): the
         new step is the text of the sampled tokens up to and including the delimiter, and
@@ -232,10 +234,15 @@ class LLMStateSpaceModel:
         if self.reward is None:
             return np.full(n, np.nan)
         queries = [("".join(p),) for p in partials] if self.aggregation == "model" else partials
-        r = check_rewards(self.reward.score([prompt] * n, queries), n)
+        # identical partial answers (children of one parent that sampled the same step) are
+        # scored once: the reward model is a function of the partial answer
+        first: dict = {}
+        where = np.array([first.setdefault(tuple(q), len(first)) for q in queries])
+        unique = list(first)
+        r = check_rewards(self.reward.score([prompt] * len(unique), unique), len(unique))
         usage.reward_calls += 1
         usage.rewards_scored += n
-        return r
+        return r[where]
 
     def budget_spent(self, usage: Usage) -> bool:
         """Whether ``usage`` has reached ``max_tokens`` or ``max_lm_calls``."""
