@@ -140,36 +140,19 @@ def _lm_samples(args, task, lm):
     import jax
 
     from probinfer.llm.default import default_model_kwargs
+    from probinfer.llm.filtering import sample_rollouts
+    from probinfer.llm.protocols import Usage
+    from probinfer.llm.ssm import LLMStateSpaceModel
 
-    settings = default_model_kwargs()
-    fmt = settings["step_format"]
+    model = LLMStateSpaceModel(lm, None, **default_model_kwargs())
     key = jax.random.key(args.seed)
     problems = task.problems(args.prm_problems, seed=args.seed + 1000)
     out = []
-    for b in range(0, len(problems), 128):
-        chunk = range(b, min(b + 128, len(problems)))
-        index = [j for j in chunk for _ in range(args.prm_samples)]
-        prompts = [problems[j].prompt for j in index]
-        steps: list[list[str]] = [[] for _ in prompts]
-        for _ in range(settings["max_steps"]):
-            live = [
-                i
-                for i, st in enumerate(steps)
-                if not (st and fmt.is_final(st[-1])) and len(st) < settings["max_steps"]
-            ]
-            if not live:
-                break
-            key, sub = jax.random.split(key)
-            prop = lm.propose(
-                sub,
-                [prompts[i] for i in live],
-                ["".join(steps[i]) for i in live],
-                fmt.step_end,
-                max_new_tokens=settings["max_tokens_per_step"],
-            )
-            for i, s in zip(live, prop.steps):
-                steps[i].append(s)
-        out += list(zip(index, prompts, steps))
+    for j, prob in enumerate(problems):
+        store, _ = sample_rollouts(
+            jax.random.fold_in(key, j), model, prob.prompt, args.prm_samples, Usage()
+        )
+        out += [(j, prob.prompt, list(st)) for st in store.steps]
     return out
 
 

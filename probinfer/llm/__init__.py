@@ -41,6 +41,8 @@ _LAZY = {
     "HFCausalLM": "probinfer.llm.hf",
     "HFRewardModel": "probinfer.llm.hf",
     "load_default": "probinfer.llm.default",
+    "OpenAICompatibleLM": "probinfer.llm.server",
+    "OpenAICompatiblePRM": "probinfer.llm.server",
     "ALGORITHMS": "probinfer.llm.scale",
     "run_scaling": "probinfer.llm.scale",
 }
@@ -54,6 +56,8 @@ __all__ = [
     "LLMResult",
     "LLMStateSpaceModel",
     "LanguageModel",
+    "OpenAICompatibleLM",
+    "OpenAICompatiblePRM",
     "RewardModel",
     "StepFormat",
     "StepProposal",

@@ -87,6 +87,37 @@ def _add_scale(sub) -> None:
     p.add_argument(
         "--reward-temperature", type=float, default=1.0, help="log potentials are divided by it"
     )
+    p.add_argument(
+        "--server",
+        default=None,
+        help="OpenAI-compatible completions server(s), URL[,URL...] (e.g. vLLM's "
+        "http://127.0.0.1:8000/v1); --model is then the served model name",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="with --server: a local tokenizer directory for token-id prompts (token-exact "
+        "steps); without it prompts are text",
+    )
+    p.add_argument(
+        "--prm-server",
+        default=None,
+        help="PRM server(s) with vLLM's pooling route, URL[,URL...]; --prm-model names it",
+    )
+    p.add_argument("--prm-model", default=None, help="served PRM name (with --prm-server)")
+    p.add_argument(
+        "--prm-kind",
+        choices=["token", "sequence"],
+        default="token",
+        help="served PRM: 'token' (step tag after every step, P(positive) at the last, "
+        "Qwen2.5-Math-PRM) or 'sequence' (one score)",
+    )
+    p.add_argument("--step-tag", default="<extra_0>", help="step tag of a 'token' served PRM")
+    p.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the servers' API key (never printed)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
     p.add_argument("--no-progress", action="store_true")
@@ -131,8 +162,36 @@ def _build_model(args):
         reward_temperature=args.reward_temperature,
         answer_extractor=regex_extractor(args.answer_regex),
     )
-    lm = HFCausalLM.from_pretrained(args.model or ASSETS / "lm", eos_text=args.stop)
-    if args.prm in PRMS:
+    if args.server:
+        from probinfer.llm.hf import load_tokenizer
+        from probinfer.llm.server import OpenAICompatibleLM
+
+        if not args.model:
+            raise ValueError("--model must name the served model when --server is given")
+        lm = OpenAICompatibleLM(
+            args.server,
+            args.model,
+            tokenizer=load_tokenizer(args.tokenizer) if args.tokenizer else None,
+            api_key_env=args.api_key_env,
+            eos_text=args.stop,
+        )
+    else:
+        lm = HFCausalLM.from_pretrained(args.model or ASSETS / "lm", eos_text=args.stop)
+    if args.prm_server:
+        from probinfer.llm.server import OpenAICompatiblePRM
+
+        if not args.prm_model:
+            raise ValueError("--prm-model must name the served PRM when --prm-server is given")
+        reward = OpenAICompatiblePRM(
+            args.prm_server,
+            args.prm_model,
+            kind=args.prm_kind,
+            step_tag=args.step_tag,
+            api_key_env=args.api_key_env,
+        )
+    elif args.prm in PRMS:
+        if args.prm == "likelihood" and args.server:
+            raise ValueError("--prm likelihood needs a local LM; use --prm-server")
         reward = bundled_reward(args.prm, lm, step_format=fmt)
     else:
         reward = HFRewardModel.from_pretrained(args.prm)
@@ -153,7 +212,9 @@ def _run_scale(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     report["model"] = str(args.model or "bundled")
-    report["prm"] = str(args.prm)
+    report["prm"] = str(args.prm_model if args.prm_server else args.prm)
+    if args.server:
+        report["server"] = list(model.lm.base_urls)
     out = Path(args.output)
     png = out.with_suffix(".png")
     write_report(report, out, png)

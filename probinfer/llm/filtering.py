@@ -36,7 +36,7 @@ def sample_rollouts(
     keys = jax.random.split(key, model.max_steps)
     for t in range(model.max_steps):
         store = model.extend(keys[t], store, usage)
-        if not store.live.size:
+        if not store.live.size or model.budget_spent(usage):
             break
     return store, model.total_log_potential(store)
 

@@ -14,9 +14,10 @@ proposes, after every sweep, to swap the references of neighbouring chains, acce
 with probability ``min(1, exp((beta_i - beta_j) (L(x_j) - L(x_i))))``
 (:func:`swap_log_acceptance`; the LM terms cancel).
 
-The conditional step needs a resampling move that the SMC driver does not have (one
-particle pinned), so the sweep is a small loop here using the same model moves, potentials
-and :func:`probinfer.resample`.
+Each sweep is one run of the single SMC driver (:func:`probinfer.smc.run_smc` on its
+eager path) with ``reference=``: the driver keeps slot 0 pinned and draws the ancestors of
+slots ``1..N-1`` multinomially; the model never extends slot 0, and the run stops as soon
+as every particle (the reference included) has finished.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from probinfer.llm.result import LLMResult, build_result
 from probinfer.llm.ssm import LLMStateSpaceModel, check_budget, check_prompt
 from probinfer.llm.store import Trajectories
 from probinfer.resampling import resample
+from probinfer.smc.feynman_kac import run_smc
 
 __all__ = ["conditional_smc", "parallel_tempering", "particle_gibbs", "swap_log_acceptance"]
 
@@ -52,36 +54,31 @@ def conditional_smc(
     reference: Trajectories | None,
     usage: Usage,
 ):
-    """One sweep of conditional SMC (plain SMC with multinomial resampling when
-    ``reference`` is ``None``).
+    """One sweep of conditional SMC on the SMC driver (plain SMC with multinomial
+    resampling at every step when ``reference`` is ``None``).
 
     Returns
     -------
     store, log_weights, new_reference
-        The final particles (particle 0 is the reference when one was given), their log
-        weights, and a new reference drawn from the final weights (a one-particle store).
+        The final particles (particle 0 is the reference when one was given), their
+        normalised log weights, and a new reference drawn from the final weights (a
+        one-particle store).
     """
-    n = num_particles
-    keys = jax.random.split(key, model.max_steps + 1)
-    lw = np.zeros(n)
-    store = Trajectories.empty(prompt, n)
-    for t in range(1, model.max_steps + 1):
-        if t > 1:
-            k = n - 1 if reference is not None else n
-            anc = np.asarray(resample(keys[t], lw, num=k, scheme="multinomial"))
-            idx = np.concatenate([[0], anc]) if reference is not None else anc
-            store, lw = store.take(idx), np.zeros(n)
-        free = np.arange(1 if reference is not None else 0, n)
-        store = model.extend(keys[t - 1], store, usage, which=free)
-        if reference is not None:
-            ref_t = reference.prefix(0, t)
-            store = store.replace([0], ref_t.steps, ref_t.finished, ref_t.scores)
-        lw = lw + model.step_log_potential(store, t)
-        if not store.live.size and (reference is None or t >= len(reference.steps[0])):
-            break
-    if np.all(lw == -np.inf):
-        raise ValueError("every particle has weight 0 in a conditional SMC sweep")
-    j = int(jax.random.choice(keys[-1], n, p=jax.numpy.asarray(_normalized(lw))))
+    k_run, k_ref = jax.random.split(key)
+    fk = model.feynman_kac(prompt, usage, conditional=reference is not None)
+    res = run_smc(
+        k_run,
+        fk,
+        num_particles,
+        ess_threshold=1.0,
+        scheme="multinomial",
+        jit=False,
+        keep_ancestors=False,
+        reference=reference,
+    )
+    store = res.particles.values.without_state()
+    lw = np.asarray(res.particles.log_weights, dtype=np.float64)
+    j = int(np.asarray(resample(k_ref, lw, num=1, scheme="multinomial"))[0])
     return store, lw, store.prefix(j, model.max_steps)
 
 

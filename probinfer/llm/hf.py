@@ -5,9 +5,10 @@ forward pass per token: contexts are left-padded, attention masks and position i
 the padding, the key/value cache is reused across the tokens of a step, and sampling uses a
 ``torch.Generator`` seeded from the ``jax.random`` key (same key, same result).
 
-:class:`HFRewardModel` scores partial answers with a sequence classifier (one logit,
-``p = sigmoid(logit)``) through the batched likelihood engine (torch backend: chunked,
-bucketed, no-grad, CUDA when present).
+:class:`HFRewardModel` scores partial answers with a local PRM of one of three kinds
+(sequence classifier, token classifier with a step separator as in Qwen2.5-Math-PRM, causal
+LM reading good/bad tokens at a step tag as in Math-Shepherd), in batched no-grad torch
+forward passes (no padding beyond the longest row of a chunk, CUDA when present).
 
 Everything loads from local paths (``local_files_only=True``): nothing is downloaded.
 Torch and transformers are imported inside the functions, never at module import.
@@ -16,7 +17,7 @@ Torch and transformers are imported inside the functions, never at module import
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,12 @@ from probinfer.llm.protocols import StepProposal
 from probinfer.llm.ssm import key_to_seed
 from probinfer.llm.task import CharTokenizer
 
-__all__ = ["HFCausalLM", "HFRewardModel", "load_tokenizer"]
+__all__ = ["HFCausalLM", "HFRewardModel", "HFTokenizer", "context_limit", "load_tokenizer"]
 
 
-class _HFTokenizer:
-    """Adapter giving a ``transformers`` tokenizer the small interface used here."""
+class HFTokenizer:
+    """Adapter giving a ``transformers`` tokenizer the small interface used here
+    (``encode`` without special tokens, ``decode`` without clean-up, pad and EOS ids)."""
 
     def __init__(self, tok):
         self.tok = tok
@@ -41,7 +43,9 @@ class _HFTokenizer:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
+        return self.tok.decode(
+            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
 
 
 def load_tokenizer(path):
@@ -53,7 +57,7 @@ def load_tokenizer(path):
         return CharTokenizer.from_dict(json.loads(char.read_text()))
     from transformers import AutoTokenizer
 
-    return _HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    return HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
 
 
 def _check_dir(path, what: str) -> Path:
@@ -71,8 +75,41 @@ def _device(device):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def context_limit(config) -> int | None:
+    """The model's context window in tokens (``max_position_embeddings`` or
+    ``n_positions``), or ``None`` when the config has none."""
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(config, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def step_text(tokenizer, history, step, carry: str) -> str:
+    """``carry`` + the text the token ids ``step`` add after the token ids ``history``
+    (decoded in a short window of context so that tokenizers with context-dependent
+    spacing decode exactly)."""
+    window = list(history[-8:])
+    head = tokenizer.decode(window)
+    full = tokenizer.decode(window + list(step))
+    return carry + (full[len(head) :] if full.startswith(head) else tokenizer.decode(step))
+
+
 class HFCausalLM:
-    """A local causal language model proposing reasoning steps in batches.
+    """A local causal language model proposing token-exact reasoning steps in batches.
+
+    Each particle's state is the token ids it sampled. A step ends at the first token whose
+    decoded text completes the delimiter (or the stop); the text decoded past the delimiter
+    from that token opens the next step, and the next step continues from the token ids,
+    never from re-tokenized text. The target of the particle filter is then exactly the
+    LM's distribution over token sequences reweighted by the potentials.
+
+    With ``kv_cache=True`` (default) the prompt is prefilled once per problem and shared,
+    each particle keeps its key/value cache rows between steps
+    (:class:`~probinfer.llm.kv.KVRows`, attached to the store), children of a resampled
+    particle continue from copies of their parent's rows, and finished particles drop
+    theirs: every token is encoded once. ``kv_cache=False`` re-encodes prompt and token ids
+    at every step (same tokens, same result for the same key).
 
     Parameters
     ----------
@@ -85,32 +122,126 @@ class HFCausalLM:
     eos_text
         Text that an end-of-sequence token stands for (e.g. the stop string, so that a model
         ending its answer with EOS finishes the particle); ``None`` ends the step only.
+    kv_cache
+        Carry each particle's key/value cache between steps and through resampling.
     """
 
-    def __init__(self, model, tokenizer, *, device=None, eos_text: str | None = None):
+    def __init__(
+        self, model, tokenizer, *, device=None, eos_text: str | None = None, kv_cache: bool = True
+    ):
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.eos_text = eos_text
+        self.kv_cache = bool(kv_cache)
+        self.context_limit = context_limit(model.config)
         # a character tokenizer's padding id is not a real token: never sample it
         self._mask_pad = isinstance(tokenizer, CharTokenizer)
+        self._prompt_rows = None  # (prompt ids, one-row KVRows): the last prompt's prefill
 
     @classmethod
-    def from_pretrained(cls, path, *, device=None, eos_text: str | None = None) -> HFCausalLM:
+    def from_pretrained(
+        cls, path, *, device=None, eos_text: str | None = None, kv_cache: bool = True
+    ) -> HFCausalLM:
         """Load a model directory (safetensors + config) from disk; no network access."""
         from transformers import AutoModelForCausalLM
 
         p = _check_dir(path, "path")
         model = AutoModelForCausalLM.from_pretrained(p, local_files_only=True)
-        return cls(model, load_tokenizer(p), device=device, eos_text=eos_text)
+        return cls(model, load_tokenizer(p), device=device, eos_text=eos_text, kv_cache=kv_cache)
 
+    # ------------------------------------------------------------------ encoding
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt``; ``ValueError`` when it does not leave room for one
+        generated token in the context window."""
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            raise ValueError("prompt must encode to at least one token")
+        limit = self.context_limit
+        if limit is not None and len(ids) >= limit:
+            raise ValueError(
+                f"prompt has {len(ids)} tokens but the language model's context limit is "
+                f"{limit} tokens (config max_position_embeddings/n_positions); shorten the "
+                "prompt or use a model with a longer context"
+            )
+        return ids
+
+    def _forward(self, ids, mask, position, layers):
+        """One forward pass on top of cached ``layers``; returns the last logits and the
+        new layers. The cache object is built fresh, so stored rows are never mutated."""
+        from transformers import DynamicCache
+
+        cfg = self.model.config
+        cache = (
+            DynamicCache(ddp_cache_data=layers, config=cfg) if layers else DynamicCache(config=cfg)
+        )
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
+        )
+        return out.logits[:, -1, :], tuple((layer.keys, layer.values) for layer in cache.layers)
+
+    def _prefill(self, seqs):
+        """Encode every sequence but its last token (left-padded batch); the last token is
+        each row's pending token. Returns ``(KVRows, tokens encoded)``."""
+        import torch
+
+        from probinfer.llm.kv import KVRows
+
+        b = len(seqs)
+        width = max(len(q) - 1 for q in seqs)
+        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for i, q in enumerate(seqs):
+            if len(q) > 1:
+                ids[i, width - len(q) + 1 :] = torch.tensor(q[:-1])
+                mask[i, width - len(q) + 1 :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        layers = ()
+        if width:
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            _, layers = self._forward(ids, mask, pos, ())
+        position = torch.tensor([len(q) - 1 for q in seqs], dtype=torch.long, device=self.device)
+        pending = torch.tensor([q[-1] for q in seqs], dtype=torch.long, device=self.device)
+        rows = KVRows(layers, mask, position, pending, np.arange(b))
+        return rows, sum(len(q) - 1 for q in seqs)
+
+    def _start(self, contexts, prompt_ids):
+        """The cache rows to continue from, and the tokens encoded to build them."""
+        b = len(contexts)
+        state = contexts.lm_state
+        if self.kv_cache and state is not None and len(state) == b:
+            if state.complete:
+                return state, 0
+            missing = np.flatnonzero(state.row_of < 0)
+            if contexts.step_tokens is not None and missing.size < b and state.layers:
+                rows, encoded = self._prefill(
+                    [prompt_ids + contexts.tokens(int(i)) for i in missing]
+                )
+                if rows.layers:  # prefill only the particles without rows
+                    return state.fill(rows, missing), encoded
+        fresh = contexts.step_tokens is None and not any(contexts.steps)
+        if self.kv_cache and fresh and not any(contexts.partials()):
+            encoded = 0
+            if self._prompt_rows is None or self._prompt_rows[0] != tuple(prompt_ids):
+                rows, encoded = self._prefill([prompt_ids])
+                self._prompt_rows = (tuple(prompt_ids), rows)
+            return self._prompt_rows[1].take(np.zeros(b, dtype=np.int64)), encoded
+        if contexts.step_tokens is None:  # text history without token ids
+            seqs = [self.tokenizer.encode(contexts.prompt + q) for q in contexts.partials()]
+        else:
+            seqs = [prompt_ids + contexts.tokens(i) for i in range(b)]
+        return self._prefill(seqs)
+
+    def _step_text(self, history, step, carry) -> str:
+        return step_text(self.tokenizer, history, step, carry)
+
+    # ------------------------------------------------------------------ sampling
     def propose(
         self,
         key,
-        prompts: Sequence[str],
-        partials: Sequence[str],
+        contexts,
         step_end: Callable[[str], int | None],
         *,
         max_new_tokens: int,
@@ -118,35 +249,49 @@ class HFCausalLM:
     ) -> StepProposal:
         import torch
 
-        tok = self.tokenizer
-        ctx = [tok.encode(p + q) for p, q in zip(prompts, partials)]
-        b = len(ctx)
+        from probinfer.llm.kv import KVRows
+
+        b = len(contexts)
         if b == 0:
             return StepProposal([], [])
-        width = max(map(len, ctx))
-        ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for i, row in enumerate(ctx):
-            if row:
-                ids[i, width - len(row) :] = torch.tensor(row)
-                mask[i, width - len(row) :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
-        gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
-        tokens: list[list[int]] = [[] for _ in range(b)]
+        prompt_ids = self.encode_prompt(contexts.prompt)
+        rows, encoded = self._start(contexts, prompt_ids)
+        history = [
+            prompt_ids + (contexts.tokens(i) or [])
+            if contexts.step_tokens is not None
+            else self.tokenizer.encode(contexts.prompt + contexts.partials()[i])
+            for i in range(b)
+        ]
+        carries = [contexts.carry(i) for i in range(b)]
         steps: list[str | None] = [None] * b
-        cur_ids, cur_pos, past, produced = ids, pos, None, 0
+        new_carry = [""] * b
+        ended = [False] * b
+        truncated = [False] * b
+        toks: list[list[int]] = [[] for _ in range(b)]
+        for i, c in enumerate(carries):  # a carry that already holds a whole step
+            end = step_end(c) if c else None
+            if end is not None and end > 0:
+                steps[i], new_carry[i] = c[:end], c[end:]
+        layers, mask = rows.layers, rows.mask
+        position, pending = rows.position.clone(), rows.pending.clone()
+        gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
+        limit = self.context_limit
+        produced = 0
         with torch.no_grad():
             for _ in range(int(max_new_tokens)):
-                out = self.model(
-                    input_ids=cur_ids,
-                    attention_mask=mask,
-                    position_ids=cur_pos,
-                    past_key_values=past,
-                    use_cache=True,
-                )
-                past = out.past_key_values
-                logits = out.logits[:, -1, :].float().cpu()
+                for i in range(b):  # a full context window ends the answer
+                    if steps[i] is None and limit is not None and int(position[i]) >= limit:
+                        steps[i] = self._step_text(history[i], toks[i], carries[i])
+                        ended[i] = truncated[i] = True
+                active = torch.tensor([s is None for s in steps], device=self.device)
+                if not bool(active.any()):
+                    break
+                ids = torch.where(active, pending, self.pad_token_id)[:, None]
+                mask = torch.cat([mask, active.long()[:, None]], 1)
+                logits, layers = self._forward(ids, mask, position[:, None], layers)
+                encoded += int(active.sum())
+                position = position + active.long()
+                logits = logits.float().cpu()
                 if self._mask_pad:
                     logits[:, self.pad_token_id] = -torch.inf
                 if temperature == 0:
@@ -160,114 +305,249 @@ class HFCausalLM:
                     t = int(nxt[i])
                     produced += 1
                     if self.eos_token_id is not None and t == self.eos_token_id:
-                        steps[i] = tok.decode(tokens[i]) + (self.eos_text or "")
+                        text = self._step_text(history[i], toks[i], carries[i])
+                        steps[i] = text + (self.eos_text or "") if text else ""
+                        ended[i] = True
                         continue
-                    tokens[i].append(t)
-                    text = tok.decode(tokens[i])
+                    toks[i].append(t)
+                    pending[i] = t
+                    text = self._step_text(history[i], toks[i], carries[i])
                     end = step_end(text)
-                    if end is not None:
-                        steps[i] = text[:end]
-                if all(s is not None for s in steps):
-                    break
-                cur_ids = nxt[:, None].to(self.device)
-                cur_pos = cur_pos[:, -1:] + 1
-                mask = torch.cat(
-                    [mask, torch.ones((b, 1), dtype=mask.dtype, device=self.device)], 1
-                )
-        truncated = [s is None for s in steps]
-        final = [tok.decode(tokens[i]) if s is None else s for i, s in enumerate(steps)]
+                    if end is not None and end > 0:
+                        steps[i], new_carry[i] = text[:end], text[end:]
+        for i in range(b):
+            if steps[i] is None:
+                truncated[i] = True
+                steps[i] = self._step_text(history[i], toks[i], carries[i])
+        state = None
+        if self.kv_cache:
+            state = KVRows(layers, mask, position, pending, np.arange(b))
         return StepProposal(
-            final,
+            list(steps),
             truncated,
             tokens_generated=produced,
-            tokens_encoded=int(sum(map(len, ctx))),
+            tokens_encoded=encoded,
+            step_tokens=[tuple(t) for t in toks],
+            carries=new_carry,
+            ended=ended,
+            state=state,
         )
 
 
-class HFRewardModel:
-    """A learned process reward model with one logit: a sequence classifier, or a token
-    classifier read at the last token of the partial answer (the usual PRM layout: one
-    score per step, at the step's last token).
+PRM_KINDS = ("sequence", "token", "causal")
 
-    ``score`` concatenates prompt and steps, right-pads the batch and evaluates
-    ``sigmoid(logit)`` at the last real token through
-    :class:`~probinfer.engine.LikelihoodEngine` (torch backend).
+
+def _detect_kind(architectures) -> str | None:
+    """The PRM kind from architecture (class) names (``None`` when not recognisable)."""
+    for arch in architectures or []:
+        if arch.endswith("ForSequenceClassification"):
+            return "sequence"
+        if arch.endswith(("ForTokenClassification", "ForProcessRewardModel")):
+            return "token"
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal"
+    return None
+
+
+def check_kind(kind) -> str:
+    """Validate a PRM kind (``ValueError`` listing :data:`PRM_KINDS`)."""
+    if kind not in PRM_KINDS:
+        raise ValueError(f"kind must be one of {PRM_KINDS}, got {kind!r}")
+    return kind
+
+
+class HFRewardModel:
+    """A local Hugging Face process reward model, in one of three conventions (``kind``):
+
+    ``"sequence"``
+        A sequence classifier scoring ``prompt + steps``: ``sigmoid(logit)`` with one label,
+        ``P(label 1)`` with two.
+    ``"token"``
+        A token classifier read at a step position: with ``step_separator`` (the
+        Qwen2.5-Math-PRM convention, e.g. ``"<extra_0>"``) the separator is inserted after
+        every step and the score is ``P(positive label)`` at the last one; without, the score
+        is read at the last token (the bundled PRM).
+    ``"causal"``
+        A causal LM reading good/bad token probabilities at a step tag (Math-Shepherd:
+        ``step_separator="ки"``, ``good_token="+"``, ``bad_token="-"``): the score is
+        ``P(good) / (P(good) + P(bad))`` at the last tag.
+
+    ``score`` runs one no-grad batched forward per chunk of ``batch_size`` partial answers
+    (right-padded to the longest in the chunk, no other padding), in torch only.
 
     Parameters
     ----------
     model
-        A ``transformers`` sequence- or token-classification model with ``num_labels = 1``.
+        The ``transformers`` model (``kind`` decides how its output is read).
     tokenizer
         As for :class:`HFCausalLM`.
+    kind
+        One of :data:`PRM_KINDS`; ``None`` detects it from ``model.config.architectures``.
+    step_separator
+        Text inserted after each step (``"token"``/``"causal"``), or ``None``.
+    good_token, bad_token
+        ``"causal"``: the tokens whose probabilities give the score.
+    positive_label
+        Index of the "correct" class when the head has two or more labels.
     device
         Torch device.
+    batch_size
+        Partial answers per forward pass.
     """
 
-    def __init__(self, model, tokenizer, *, device=None):
-        import torch
-
-        from probinfer.engine import LikelihoodEngine
-
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        kind: str | None = None,
+        step_separator: str | None = None,
+        good_token: str = "+",
+        bad_token: str = "-",
+        positive_label: int = 1,
+        device=None,
+        batch_size: int = 64,
+    ):
+        if kind is None:
+            names = list(getattr(model.config, "architectures", None) or [])
+            kind = _detect_kind(names + [type(model).__name__])
+        if kind is None:
+            raise ValueError(
+                f"kind must be one of {PRM_KINDS}: it cannot be detected from the model's "
+                f"architectures {getattr(model.config, 'architectures', None)!r}"
+            )
+        self.kind = check_kind(kind)
+        if kind == "causal" and step_separator is None:
+            raise ValueError("step_separator is needed for kind='causal' (e.g. 'ки')")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
+        self.step_separator = step_separator
+        self.positive_label = int(positive_label)
+        self.batch_size = batch_size
         self.pad_token_id = int(tokenizer.pad_token_id)
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = self.pad_token_id
-        pad = self.pad_token_id
-
-        def prob(ids):
-            mask = (ids != pad).long()
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-            if logits.ndim == 3:  # token head: the score at the last real token (right padding)
-                last = (mask.sum(-1) - 1).clamp(min=0)
-                logits = logits[torch.arange(ids.shape[0], device=ids.device), last]
-            return torch.sigmoid(logits[:, 0].float())
-
-        self.engine = LikelihoodEngine(
-            prob, backend="torch", min_bucket=8, device=str(self.device), dtype=torch.long
-        )
+        self.context_limit = context_limit(model.config)
+        self._sep_ids = tokenizer.encode(step_separator) if step_separator else []
+        if step_separator is not None and not self._sep_ids:
+            raise ValueError(f"step_separator {step_separator!r} encodes to no token")
+        self._good_bad = None
+        if kind == "causal":
+            ids = [tokenizer.encode(t) for t in (good_token, bad_token)]
+            if any(len(i) != 1 for i in ids):
+                raise ValueError(
+                    f"good_token and bad_token must each be one token, got {good_token!r} -> "
+                    f"{ids[0]} and {bad_token!r} -> {ids[1]}"
+                )
+            self._good_bad = (ids[0][0], ids[1][0])
 
     @classmethod
-    def from_pretrained(cls, path, *, device=None) -> HFRewardModel:
+    def from_pretrained(
+        cls,
+        path,
+        *,
+        kind: str | None = None,
+        step_separator: str | None = None,
+        good_token: str = "+",
+        bad_token: str = "-",
+        positive_label: int = 1,
+        device=None,
+    ) -> HFRewardModel:
+        """Load a local PRM directory; ``kind=None`` detects it from ``config.json``
+        (``ValueError`` listing the kinds when it cannot). No network access."""
         import transformers
 
         p = _check_dir(path, "path")
-        arch = json.loads((p / "config.json").read_text()).get("architectures") or []
-        token = any(a.endswith("ForTokenClassification") for a in arch)
-        auto = (
-            transformers.AutoModelForTokenClassification
-            if token
-            else transformers.AutoModelForSequenceClassification
-        )
+        if kind is not None:
+            check_kind(kind)
+        else:
+            cfg = json.loads((p / "config.json").read_text())
+            kind = _detect_kind(cfg.get("architectures"))
+            if kind is None:
+                raise ValueError(
+                    f"kind must be one of {PRM_KINDS}: cannot detect it from the architectures "
+                    f"{cfg.get('architectures')!r} in {p / 'config.json'}"
+                )
+        auto = {
+            "sequence": transformers.AutoModelForSequenceClassification,
+            "token": transformers.AutoModelForTokenClassification,
+            "causal": transformers.AutoModelForCausalLM,
+        }[kind]
         model = auto.from_pretrained(p, local_files_only=True)
-        return cls(model, load_tokenizer(p), device=device)
+        return cls(
+            model,
+            load_tokenizer(p),
+            kind=kind,
+            step_separator=step_separator,
+            good_token=good_token,
+            bad_token=bad_token,
+            positive_label=positive_label,
+            device=device,
+        )
+
+    def _ids(self, prompt: str, steps) -> list[int]:
+        tok = self.tokenizer
+        if not self._sep_ids:
+            return tok.encode(prompt + "".join(steps))
+        ids = tok.encode(prompt)
+        for s in steps:
+            ids += tok.encode(s) + self._sep_ids
+        return ids
+
+    def _probability(self, logits, at):
+        """The score from the logits at the read positions ``at`` (one per row)."""
+        import torch
+
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        if logits.ndim == 3:
+            logits = logits[rows, at]
+        logits = logits.float()
+        if self.kind == "causal":
+            good, bad = self._good_bad
+            return torch.softmax(logits[:, [good, bad]], -1)[:, 0]
+        if logits.shape[-1] == 1:
+            return torch.sigmoid(logits[:, 0])
+        return torch.softmax(logits, -1)[:, self.positive_label]
 
     def score(self, prompts, partials) -> np.ndarray:
-        """``sigmoid(logit)`` of each ``prompt + "".join(steps)``, shape ``(n,)``.
+        """The score in ``[0, 1]`` of the last step of each ``prompt + steps``, shape ``(n,)``.
 
         Raises ``ValueError`` when ``prompts`` and ``partials`` differ in length, a text
         has a character outside the tokenizer's vocabulary, or is longer than the model's
         context window.
         """
+        import torch
+
         if len(prompts) != len(partials):
             raise ValueError(
                 f"prompts and partials must have the same length, got {len(prompts)} "
                 f"and {len(partials)}"
             )
-        rows = [self.tokenizer.encode(p + "".join(s)) for p, s in zip(prompts, partials)]
+        rows = [self._ids(p, s) for p, s in zip(prompts, partials)]
         if not rows:
             return np.zeros(0)
         width = max(map(len, rows))
-        limit = getattr(self.model.config, "n_positions", None) or getattr(
-            self.model.config, "max_position_embeddings", None
-        )
+        limit = self.context_limit
         if limit is not None and width > limit:
             raise ValueError(
                 f"partials: a prompt + partial answer has {width} tokens, more than the "
-                f"reward model's context window of {limit}"
+                f"reward model's context window limit of {limit}"
             )
-        ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int32)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-        return np.asarray(self.engine(ids), dtype=np.float64)
+        out = np.empty(len(rows))
+        with torch.no_grad():
+            for a in range(0, len(rows), self.batch_size):
+                chunk = rows[a : a + self.batch_size]
+                w = max(map(len, chunk))
+                ids = torch.full((len(chunk), w), self.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), w), dtype=torch.long)
+                for i, r in enumerate(chunk):
+                    ids[i, : len(r)] = torch.tensor(r)
+                    mask[i, : len(r)] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                at = mask.sum(-1) - 1  # the last token: the step's separator when there is one
+                out[a : a + len(chunk)] = self._probability(logits, at).cpu().numpy()
+        return out.astype(np.float64)

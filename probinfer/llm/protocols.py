@@ -90,18 +90,36 @@ class StepProposal:
     Attributes
     ----------
     steps
-        The next step of each context (text up to and including the step end; the whole
-        generation when ``max_new_tokens`` ran out first).
+        The next step of each context: text up to and including the step end (the whole
+        generation when ``max_new_tokens`` ran out first). ``""`` only together with
+        ``ended``: the model ended the answer right after the previous step.
     truncated
         Per context: ``True`` when no step end was produced within ``max_new_tokens``.
     tokens_generated, tokens_encoded
-        Tokens sampled, and context tokens encoded (prefill), over the whole batch.
+        Tokens sampled, and context tokens encoded (prefill and fed tokens), over the
+        whole batch.
+    step_tokens
+        Token-exact backends: the token ids sampled for each step (the token that
+        completed the delimiter included); ``None`` for text backends.
+    carries
+        Token-exact backends: the text decoded past the step end from the step's last
+        token, which opens the next step; ``None`` means ``""`` for every context.
+    ended
+        Per context: the model ended the answer (end-of-sequence token, or its context
+        window is full); ``None`` means never.
+    state
+        The backend's new per-context state (e.g. key/value cache rows, ``take(indices)``
+        with ``-1`` = none), or ``None``.
     """
 
     steps: list[str]
     truncated: list[bool]
     tokens_generated: int = 0
     tokens_encoded: int = 0
+    step_tokens: list[tuple[int, ...]] | None = None
+    carries: list[str] | None = None
+    ended: list[bool] | None = None
+    state: object | None = None
 
 
 @runtime_checkable
@@ -111,17 +129,19 @@ class LanguageModel(Protocol):
     def propose(
         self,
         key,
-        prompts: Sequence[str],
-        partials: Sequence[str],
+        contexts,
         step_end: Callable[[str], int | None],
         *,
         max_new_tokens: int,
         temperature: float = 1.0,
     ) -> StepProposal:
-        """Sample one step for each context ``prompts[i] + partials[i]`` in one batch.
+        """Sample one step for each particle of ``contexts`` in one batch.
 
-        ``step_end(generated_text)`` tells where the step ends (see
-        :meth:`StepFormat.step_end`); randomness comes only from ``key``.
+        ``contexts`` is a :class:`~probinfer.llm.store.Trajectories` (its prompt, each
+        particle's steps, token ids, carry and backend state). ``step_end(text)`` tells
+        where the step ``text`` ends (see :meth:`StepFormat.step_end`); randomness comes
+        only from ``key``. Text backends continue ``contexts.prompt +
+        contexts.partials()[i]``; token-exact backends continue the token ids.
         """
         ...
 

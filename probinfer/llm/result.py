@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,19 +18,28 @@ __all__ = ["SELECT", "LLMResult", "select_answer"]
 SELECT = ("mass", "argmax")
 
 
-def select_answer(dist: AnswerDistribution, answers, log_weights, select: str) -> str | None:
-    """The selected final answer.
+def select_answer(answers, log_weights, select: str) -> str | None:
+    """The selected final answer (numpy float64; no JAX call).
 
     ``"mass"``: the answer with the highest posterior mass (``None`` — unfinished — only
-    when nothing else has mass); ``"argmax"``: the answer of the highest-weight particle.
+    when nothing else has mass; ties go to the first appearance); ``"argmax"``: the answer
+    of the highest-weight particle.
     """
     if select not in SELECT:
         raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+    lw = np.asarray(log_weights, dtype=np.float64)
     if select == "argmax":
-        return answers[int(np.argmax(np.asarray(log_weights)))]
-    probs = dict(dist.as_dict())
-    ranked = [a for a in dist.answers if a is not None and probs[a] > 0]
-    return ranked[0] if ranked else dist.mode
+        return answers[int(np.argmax(lw))]
+    top = np.max(lw) if lw.size else -np.inf
+    w = np.exp(lw - top) if np.isfinite(top) else np.zeros(lw.shape)
+    mass: dict = {}
+    for a, wi in zip(answers, w):
+        mass[a] = mass.get(a, 0.0) + float(wi)
+    ranked = sorted(mass.items(), key=lambda kv: -kv[1])  # stable: first appearance on ties
+    for a, m in ranked:
+        if a is not None and m > 0:
+            return a
+    return ranked[0][0] if ranked else None
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,6 @@ class LLMResult:
     prompt: str
     particles: Particles
     answers: tuple[str | None, ...]
-    answer_distribution: AnswerDistribution
     selected: str | None
     budget: int
     usage: Usage
@@ -79,6 +88,12 @@ class LLMResult:
     log_evidence: float | None = None
     wall_time: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def answer_distribution(self) -> AnswerDistribution:
+        """The posterior over final answers (built on first access)."""
+        lw = np.asarray(self.particles.log_weights, dtype=np.float64)
+        return AnswerDistribution(list(self.answers), log_weights=lw)
 
     @property
     def trajectories(self) -> Trajectories:
@@ -147,14 +162,12 @@ def build_result(
 
     lw = np.asarray(log_weights, dtype=np.float64)
     answers = model.answers(store)
-    dist = AnswerDistribution(answers, log_weights=lw)
     return LLMResult(
         algorithm=algorithm,
         prompt=prompt,
         particles=Particles(store, lw),
         answers=tuple(answers),
-        answer_distribution=dist,
-        selected=select_answer(dist, answers, lw, select),
+        selected=select_answer(answers, lw, select),
         budget=budget,
         usage=usage,
         ess=np.zeros(0) if ess is None else np.asarray(ess),

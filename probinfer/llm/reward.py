@@ -6,7 +6,8 @@ coefficients are fitted (``scripts/train_llm_default.py``) on the bundled LM's o
 labelled by the verifier ("every step so far correct"). It is imperfect by construction:
 it only looks at the newest step, so a prefix whose earlier step was wrong can still score
 high, and an outcome score computed this way is easy to hack. Per-token log-probabilities
-of the whole batch come from one forward pass through the batched likelihood engine.
+of the whole batch come from no-grad torch forward passes over chunks of right-padded rows
+(padded to the longest row of the chunk only; nothing goes through JAX).
 """
 
 from __future__ import annotations
@@ -34,35 +35,52 @@ class LikelihoodPRM:
         Logistic-regression coefficients for :data:`FEATURES`.
     step_format
         Used to re-split a partial answer passed as one string (``"model"`` aggregation).
+    batch_size
+        Partial answers per forward pass.
     """
 
-    def __init__(self, lm, coef, intercept: float, *, step_format: StepFormat | None = None):
-        import torch
-
-        from probinfer.engine import LikelihoodEngine
-
+    def __init__(
+        self,
+        lm,
+        coef,
+        intercept: float,
+        *,
+        step_format: StepFormat | None = None,
+        batch_size: int = 64,
+    ):
         self.lm = lm
         self.coef = np.asarray(coef, dtype=np.float64)
         if self.coef.shape != (len(FEATURES),):
             raise ValueError(f"coef must have {len(FEATURES)} entries, got {self.coef.shape}")
         self.intercept = float(intercept)
         self.step_format = step_format or StepFormat()
-        pad = lm.pad_token_id
-        model = lm.model
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
 
-        def token_log_probs(ids):
-            mask = (ids != pad).long()
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
-            return torch.cat([torch.zeros_like(lp[:, :1]), lp], 1) * mask
+    def _token_log_probs(self, rows, spans) -> np.ndarray:
+        """Sum of the log-probabilities of the tokens ``rows[i][a:b]`` for each span."""
+        import torch
 
-        self.engine = LikelihoodEngine(
-            token_log_probs,
-            backend="torch",
-            min_bucket=8,
-            device=str(lm.device),
-            dtype=torch.long,
-        )
+        out = np.zeros(len(rows))
+        pad = self.lm.pad_token_id
+        with torch.no_grad():
+            for c in range(0, len(rows), self.batch_size):
+                chunk = rows[c : c + self.batch_size]
+                w = max(map(len, chunk))
+                ids = torch.full((len(chunk), w), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), w), dtype=torch.long)
+                for i, r in enumerate(chunk):
+                    ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+                    mask[i, : len(r)] = 1
+                ids, mask = ids.to(self.lm.device), mask.to(self.lm.device)
+                logits = self.lm.model(input_ids=ids, attention_mask=mask).logits.float()
+                lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+                lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], 1).cpu().numpy()
+                for i in range(len(chunk)):
+                    a, b = spans[c + i]
+                    out[c + i] = lp[i, a:b].sum(dtype=np.float64)
+        return out
 
     @classmethod
     def from_pretrained(
@@ -92,12 +110,8 @@ class LikelihoodPRM:
             spans.append((len(head), len(head) + len(last)))
         if not rows:
             return np.zeros((0, len(FEATURES)))
-        width = max(map(len, rows))
-        ids = np.full((len(rows), width), self.lm.pad_token_id, dtype=np.int32)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-        lp = np.asarray(self.engine(ids), dtype=np.float64)
-        return np.array([[lp[i, a:b].sum(), b - a] for i, (a, b) in enumerate(spans)])
+        lp = self._token_log_probs(rows, spans)
+        return np.array([[lp[i], b - a] for i, (a, b) in enumerate(spans)])
 
     def score(self, prompts, partials) -> np.ndarray:
         z = self.features(prompts, partials) @ self.coef + self.intercept

@@ -148,6 +148,21 @@ def format_table(report: dict) -> str:
             "{:>12}".format(f"{100 * r['accuracy']:.1f}+-{100 * r['stderr']:.1f}") for r in rows
         )
         lines.append(f"{name:<20}{cells}")
+    lines += [
+        "",
+        "usage per problem (prefill tokens / generated tokens / LM calls / seconds)",
+        head,
+        "-" * len(head),
+    ]
+    for name, rows in report["results"].items():
+        cells = "".join(
+            "{:>12}".format(
+                f"{r['tokens_encoded']:.0f}/{r['tokens_generated']:.0f}/{r['lm_calls']:.0f}/"
+                f"{r['seconds'] / report['num_problems']:.2f}"
+            )
+            for r in rows
+        )
+        lines.append(f"{name:<20}{cells}")
     return "\n".join(lines)
 
 

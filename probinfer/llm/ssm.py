@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from probinfer.llm.protocols import (
@@ -113,6 +112,11 @@ class LLMStateSpaceModel:
     answer_extractor
         ``text -> str | None``, the final answer of a generated text (default: the number
         before ``"|"``). Unfinished answers get ``None``.
+    max_tokens
+        Budget: a run stops after the step at which this many tokens have been generated
+        for the problem (``None``: no cap). Particles still unfinished then have no answer.
+    max_lm_calls
+        Budget: a run stops after this many batched LM calls (``None``: no cap).
     """
 
     lm: LanguageModel
@@ -126,6 +130,8 @@ class LLMStateSpaceModel:
     aggregation: str = "model"
     telescoping: bool = False
     answer_extractor: Callable[[str], str | None] | None = None
+    max_tokens: int | None = None
+    max_lm_calls: int | None = None
 
     def __post_init__(self):
         if not callable(getattr(self.lm, "propose", None)):
@@ -142,6 +148,9 @@ class LLMStateSpaceModel:
             raise ValueError(f"potential must be one of {POTENTIALS}, got {self.potential!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        for name in ("max_tokens", "max_lm_calls"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
         if self.answer_extractor is not None and not callable(self.answer_extractor):
             raise TypeError("answer_extractor must be callable or None")
         if self.answer_extractor is None:
@@ -150,17 +159,25 @@ class LLMStateSpaceModel:
     # ------------------------------------------------------------------ moves
     def extend(self, key, store: Trajectories, usage: Usage, which=None) -> Trajectories:
         """Propose the next step of every unfinished particle (one batched LM call) and
-        score it (one batched reward call). Finished particles are left unchanged."""
+        score it (one batched reward call; identical partial answers are scored once, the
+        reward model being a function of the partial answer). Finished particles are left
+        unchanged.
+
+        The proposal continues each particle's own token ids (token-exact backends): the
+        new step is the text of the sampled tokens up to and including the delimiter, and
+        the rest of the delimiter's token opens the next step. An end-of-sequence token
+        right after a delimiter ends the answer without adding an empty step (no new
+        score: the step's log potential is 0). Finished particles' language-model state
+        is dropped.
+        """
         live = store.live if which is None else np.asarray(which, dtype=int)
         live = np.array([i for i in live if not store.finished[i]], dtype=int)
         if live.size == 0:
             return store
-        prompts = [store.prompt] * live.size
-        partials = ["".join(store.steps[i]) for i in live]
+        contexts = store.take(live)
         prop = self.lm.propose(
             key,
-            prompts,
-            partials,
+            contexts,
             self.step_format.step_end,
             max_new_tokens=self.max_tokens_per_step,
             temperature=self.sampling_temperature,
@@ -171,27 +188,67 @@ class LLMStateSpaceModel:
         usage.tokens_generated += int(prop.tokens_generated)
         usage.tokens_encoded += int(prop.tokens_encoded)
         usage.steps_truncated += int(sum(prop.truncated))
+        ended = prop.ended or [False] * live.size
+        partials = contexts.partials()
         for j, s in enumerate(prop.steps):
-            if not isinstance(s, str) or s == "":
+            if not isinstance(s, str) or (s == "" and not ended[j]):
                 raise ValueError(
                     f"lm returned an empty step for particle {int(live[j])} (context "
                     f"{(store.prompt + partials[j])!r}); a step must contain at least one character"
                 )
-        new_steps = [store.steps[i] + (s,) for i, s in zip(live, prop.steps)]
-        finished = [self.step_format.is_final(s) for s in prop.steps]
-        scores = self._score(store.prompt, new_steps, usage)
-        new_scores = [store.scores[i] + (float(r),) for i, r in zip(live, scores)]
-        return store.replace(live, new_steps, finished, new_scores)
+        grew = [j for j, s in enumerate(prop.steps) if s]
+        new_steps = [contexts.steps[j] + ((s,) if s else ()) for j, s in enumerate(prop.steps)]
+        finished = [
+            bool(e) or (bool(s) and self.step_format.is_final(s)) for s, e in zip(prop.steps, ended)
+        ]
+        scores = [contexts.scores[j] for j in range(live.size)]
+        if grew:
+            r = self._score(store.prompt, [new_steps[j] for j in grew], usage)
+            for j, rj in zip(grew, r):
+                scores[j] = scores[j] + (float(rj),)
+        step_tokens = carries = None
+        if prop.step_tokens is not None or prop.carries is not None:
+            toks_old, car_old = contexts.token_fields()
+            got_toks = prop.step_tokens or [()] * live.size
+            # text history without token ids (a store built from text): stay text-only
+            text_only = contexts.step_tokens is None and any(contexts.steps)
+            got_car = prop.carries or [""] * live.size
+            grown = [bool(s) for s in prop.steps]
+            if prop.step_tokens is not None and not text_only:
+                step_tokens = [
+                    toks_old[j] + ((tuple(got_toks[j]),) if grown[j] else ())
+                    for j in range(live.size)
+                ]
+            carries = [car_old[j] + ((got_car[j],) if grown[j] else ()) for j in range(live.size)]
+        state = None
+        if prop.state is not None:
+            pos = np.full(len(store), -1, dtype=np.int64)
+            for j, i in enumerate(live):
+                if not finished[j]:
+                    pos[i] = j
+            state = prop.state.take(pos)
+        return store.replace(live, new_steps, finished, scores, step_tokens, carries, state)
 
     def _score(self, prompt: str, partials, usage: Usage) -> np.ndarray:
         n = len(partials)
         if self.reward is None:
             return np.full(n, np.nan)
         queries = [("".join(p),) for p in partials] if self.aggregation == "model" else partials
-        r = check_rewards(self.reward.score([prompt] * n, queries), n)
+        # identical partial answers (children of one parent that sampled the same step) are
+        # scored once: the reward model is a function of the partial answer
+        first: dict = {}
+        where = np.array([first.setdefault(tuple(q), len(first)) for q in queries])
+        unique = list(first)
+        r = check_rewards(self.reward.score([prompt] * len(unique), unique), len(unique))
         usage.reward_calls += 1
         usage.rewards_scored += n
-        return r
+        return r[where]
+
+    def budget_spent(self, usage: Usage) -> bool:
+        """Whether ``usage`` has reached ``max_tokens`` or ``max_lm_calls``."""
+        return (self.max_tokens is not None and usage.tokens_generated >= self.max_tokens) or (
+            self.max_lm_calls is not None and usage.lm_calls >= self.max_lm_calls
+        )
 
     # ------------------------------------------------------------------ potentials
     def aggregate(self, scores: tuple[float, ...]) -> float:
@@ -235,25 +292,44 @@ class LLMStateSpaceModel:
         )
 
     # ------------------------------------------------------------------ Feynman-Kac
-    def feynman_kac(self, prompt: str, usage: Usage) -> FeynmanKac:
+    def feynman_kac(self, prompt: str, usage: Usage, *, conditional: bool = False) -> FeynmanKac:
         """The Feynman-Kac model for the SMC driver's eager path (``run_smc(jit=False)``).
 
         ``M0`` proposes the first step of every particle, ``M`` extends every unfinished
-        particle by one step, ``logG`` reads the scores attached by the moves. ``usage`` is
-        updated in place.
+        particle by one step (one batched LM call and one batched reward call), ``logG``
+        reads the scores attached by the moves (numpy float64), and ``finished`` stops the
+        run as soon as every particle has finished. ``usage`` is updated in place.
+
+        With ``conditional=True`` (conditional SMC, ``run_smc(reference=...)``) slot 0 is
+        never extended: ``pin`` writes the reference's first ``t + 1`` steps into it
+        (the reference is a one-particle :class:`~probinfer.llm.store.Trajectories`).
         """
         check_prompt(prompt)
+        first = 1 if conditional else 0
 
         def M0(key, n, data):
-            return self.extend(key, Trajectories.empty(prompt, n), usage)
+            return self.extend(key, Trajectories.empty(prompt, n), usage, np.arange(first, n))
 
         def M(key, t, values, data):
-            return self.extend(key, values, usage)
+            return self.extend(key, values, usage, np.arange(first, len(values)))
 
         def logG(t, prev, values, data):
-            return jnp.asarray(self.step_log_potential(values, t + 1))
+            return self.step_log_potential(values, t + 1)
 
-        return FeynmanKac(M0, M, logG, num_steps=self.max_steps)
+        def finished(values, data):
+            return values.live.size == 0 or self.budget_spent(usage)
+
+        def pin(t, values, reference, data):
+            return values.pin(0, reference.prefix(0, t + 1))
+
+        return FeynmanKac(
+            M0,
+            M,
+            logG,
+            num_steps=self.max_steps,
+            finished=finished,
+            pin=pin if conditional else None,
+        )
 
     def answers(self, store: Trajectories) -> list[str | None]:
         """The extracted final answer of each particle (``None`` if unfinished)."""
@@ -267,5 +343,10 @@ class LLMStateSpaceModel:
 
 
 def key_to_seed(key) -> int:
-    """A 31-bit integer seed drawn from a ``jax.random`` key (for torch/numpy generators)."""
-    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+    """A 31-bit integer seed from a ``jax.random`` key (for torch/numpy generators): an
+    FNV-1a hash of the key's data words, read once to the host (no JAX computation, so
+    it costs one small transfer per LM call, not a dispatched kernel)."""
+    h = 1469598103934665603
+    for w in np.asarray(jax.random.key_data(key)).reshape(-1).tolist():
+        h = ((h ^ int(w)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h % (2**31 - 1)

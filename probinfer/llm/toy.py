@@ -61,11 +61,12 @@ class TabularLM:
                 raise ValueError(f"cannot split {partial!r} into table steps")
         return out
 
-    def propose(self, key, prompts, partials, step_end, *, max_new_tokens, temperature=1.0):
+    def propose(self, key, contexts, step_end, *, max_new_tokens, temperature=1.0):
         from probinfer.llm.ssm import key_to_seed
 
         rng = np.random.default_rng(key_to_seed(key))
         steps = []
+        partials = contexts.partials()
         for partial in partials:
             choices, p = self._row(self.split(partial))
             steps.append(choices[int(rng.choice(len(choices), p=p))])

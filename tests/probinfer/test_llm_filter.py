@@ -133,7 +133,10 @@ def test_finished_particles_are_absorbing_and_usage_is_counted():
         assert ends == ([len(steps) - 1] if fin else [])  # nothing after the stop
     assert res.usage.lm_calls >= 1 and res.usage.reward_calls == res.usage.lm_calls
     assert res.usage.tokens_generated == res.usage.rewards_scored
-    assert res.ess.shape == (6,)
+    # the driver stops at the first step after which every particle has finished
+    k = res.ess.shape[0]
+    assert 1 <= k <= 6 and res.usage.lm_calls == k
+    assert all(store.finished) or k == 6
     assert res.selected in res.answer_distribution.answers
     again = particle_filter(jax.random.key(3), model, "q", 64)
     assert again.texts == res.texts  # same key, same result
@@ -196,17 +199,17 @@ def test_baselines_run_with_budget_semantics():
 
 
 class _EmptyLM:
-    def propose(self, key, prompts, partials, step_end, *, max_new_tokens, temperature=1.0):
-        return StepProposal([""] * len(prompts), [False] * len(prompts))
+    def propose(self, key, contexts, step_end, *, max_new_tokens, temperature=1.0):
+        return StepProposal([""] * len(contexts), [False] * len(contexts))
 
 
 class _NeverEndsLM:
     """Never produces a delimiter: each step is max_new_tokens characters, truncated."""
 
-    def propose(self, key, prompts, partials, step_end, *, max_new_tokens, temperature=1.0):
+    def propose(self, key, contexts, step_end, *, max_new_tokens, temperature=1.0):
         s = "x" * max_new_tokens
         assert step_end(s) is None
-        return StepProposal([s] * len(prompts), [True] * len(prompts), len(prompts) * len(s))
+        return StepProposal([s] * len(contexts), [True] * len(contexts), len(contexts) * len(s))
 
 
 def test_bad_input():
@@ -250,3 +253,16 @@ def test_to_arviz():
     post = idata["posterior"]
     assert post["answer_index"].shape == (1, 16)
     assert idata["posterior"].attrs["algorithm"] == "particle_filter"
+
+
+def test_budget_caps_stop_the_run():
+    model = _model(max_steps=6, max_lm_calls=2)
+    res = particle_filter(jax.random.key(8), model, "q", 16)
+    assert res.usage.lm_calls == 2 and res.ess.shape == (2,)
+    capped = _model(max_steps=6, max_tokens=20)
+    res = particle_filter(jax.random.key(8), capped, "q", 16)
+    assert res.usage.tokens_generated >= 20 and res.usage.lm_calls == 2  # 16 + 16 steps
+    single = particle_filter(jax.random.key(8), model, "q", 1)
+    assert single.usage.lm_calls <= 2
+    with pytest.raises(ValueError, match="max_tokens"):
+        _model(max_tokens=0)

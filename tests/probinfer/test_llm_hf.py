@@ -59,27 +59,41 @@ def tiny_prm(request):
 
 
 CONTEXTS = [("3+5=", ""), ("1+2-3+4=", "1;"), ("9-9=", "9;0;"), ("2+2+2+2+2=", "")]
+PROMPT = "1+2-3+4="
+PARTIALS = ["", "1;", "1;3;", "1;3;0;"]
+
+
+def _store(prompt, partials):
+    from probinfer.llm import Trajectories
+
+    n = len(partials)
+    steps = tuple(tuple(StepFormat(";", "|").split(q)) for q in partials)
+    return Trajectories(prompt, steps, (False,) * n, tuple(((),) * len(s) for s in steps))
 
 
 def test_batched_greedy_generation_matches_one_by_one(tiny_lm):
     """Left padding, attention masks and position ids make a batch equal to single calls."""
     fmt = StepFormat(";", "|")
-    prompts, partials = zip(*CONTEXTS)
     key = jax.random.key(0)
-    batch = tiny_lm.propose(key, prompts, partials, fmt.step_end, max_new_tokens=5, temperature=0)
-    for i, (p, q) in enumerate(CONTEXTS):
-        one = tiny_lm.propose(key, [p], [q], fmt.step_end, max_new_tokens=5, temperature=0)
+    batch = tiny_lm.propose(
+        key, _store(PROMPT, PARTIALS), fmt.step_end, max_new_tokens=5, temperature=0
+    )
+    for i, q in enumerate(PARTIALS):
+        one = tiny_lm.propose(
+            key, _store(PROMPT, [q]), fmt.step_end, max_new_tokens=5, temperature=0
+        )
         assert one.steps[0] == batch.steps[i]
         assert one.truncated[0] == batch.truncated[i]
-    assert batch.tokens_encoded == sum(len(p) + len(q) for p, q in CONTEXTS)
-    assert 0 < batch.tokens_generated <= 5 * len(CONTEXTS)
+    # a text-only history is encoded once, then every sampled token but the last is fed
+    fed = batch.tokens_generated - len(PARTIALS)
+    assert batch.tokens_encoded == sum(len(PROMPT) + len(q) for q in PARTIALS) + fed
+    assert 0 < batch.tokens_generated <= 5 * len(PARTIALS)
 
 
 def test_sampling_is_keyed_and_guarded(tiny_lm):
     fmt = StepFormat(";", "|")
-    prompts, partials = zip(*CONTEXTS)
-    a = tiny_lm.propose(jax.random.key(3), prompts, partials, fmt.step_end, max_new_tokens=4)
-    b = tiny_lm.propose(jax.random.key(3), prompts, partials, fmt.step_end, max_new_tokens=4)
+    a = tiny_lm.propose(jax.random.key(3), _store(PROMPT, PARTIALS), fmt.step_end, max_new_tokens=4)
+    b = tiny_lm.propose(jax.random.key(3), _store(PROMPT, PARTIALS), fmt.step_end, max_new_tokens=4)
     assert a.steps == b.steps
     for s, t in zip(a.steps, a.truncated):
         assert 1 <= len(s) <= 4 and "\x00" not in s

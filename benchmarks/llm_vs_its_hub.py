@@ -1,0 +1,307 @@
+"""Particle filtering: probinfer vs its-hub 1.2.0 on the bundled task, same LM, same PRM.
+
+Run in a separate venv that has its-hub (never the project's venv)::
+
+    python3 -m venv /work/bench-venv
+    /work/bench-venv/bin/pip install torch==2.13.0 its-hub==1.2.0 -e ".[llm]"
+    OMP_NUM_THREADS=1 /work/bench-venv/bin/python benchmarks/llm_vs_its_hub.py
+
+Setup (fair by construction):
+
+* the same 100 default problems (``default_problems``), the bundled LM weights and the
+  bundled learned PRM (``assets/prm``) on both sides, torch on CPU, one thread;
+* its-hub's ``ParticleFiltering`` with ``StepGeneration`` configured as its README
+  recommends for particle filtering (a step token, a stop token, stop strings kept in the
+  output, multinomial resampling, argmax selection), the LM wrapped in its
+  ``AbstractLanguageModel`` and the PRM in its ``AbstractProcessRewardModel``, each batched:
+  one LM call (one forward pass per token for all particles) and one PRM forward pass per
+  step for all particles. The LM wrapper re-encodes each particle's text at every step,
+  which is what its-hub's text interface implies;
+* probinfer's ``particle_filter`` with the bundled defaults (``load_default``), token-exact
+  particles with the KV cache carried through resampling;
+* budgets 4, 8, 16, interleaved problem by problem (for each problem and budget, both
+  libraries run back to back, alternating which goes first) in one process.
+
+Reported: accuracy (binomial standard error), wall time per problem and the ratio, tokens
+generated and encoded per problem (probinfer with and without KV reuse), and probinfer's
+bookkeeping time (everything outside the LM and PRM calls) as a share of the LM time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, write_results  # noqa: E402
+
+
+def _its_hub_wrappers(lm, prm, step_format, max_tokens_per_step, counters):
+    from its_hub.api import AbstractLanguageModel, AbstractProcessRewardModel
+
+    from probinfer.llm.store import Trajectories
+
+    class ProbinferLM(AbstractLanguageModel):
+        """The bundled LM behind its-hub's interface: one batched call for all
+        conversations (one forward pass per token for all particles)."""
+
+        async def agenerate(self, messages, stop=None, **kwargs):
+            import jax
+
+            single = not isinstance(messages[0], list)
+            batch = [messages] if single else messages
+            prompt = batch[0][0].content
+            partials = [m[1].content if len(m) > 1 else "" for m in batch]
+            assert all(m[0].content == prompt for m in batch)
+            ctx = Trajectories(
+                prompt,
+                tuple((p,) if p else () for p in partials),
+                (False,) * len(batch),
+                ((),) * len(batch),
+            )
+            counters["seed"] += 1
+            t0 = time.perf_counter()
+            prop = lm.propose(
+                jax.random.key(counters["seed"]),
+                ctx,
+                step_format.step_end,
+                max_new_tokens=kwargs.get("max_completion_tokens") or max_tokens_per_step,
+                temperature=kwargs.get("temperature", 1.0),
+            )
+            counters["lm_time"] += time.perf_counter() - t0
+            counters["tokens_generated"] += prop.tokens_generated
+            counters["tokens_encoded"] += prop.tokens_encoded
+            out = [{"role": "assistant", "content": s} for s in prop.steps]
+            return out[0] if single else out
+
+    class ProbinferPRM(AbstractProcessRewardModel):
+        """The bundled PRM behind its-hub's interface: one forward pass per call."""
+
+        def score(self, prompt_or_messages, steps):
+            return asyncio.run(self.ascore(prompt_or_messages, steps))
+
+        async def ascore(self, prompt_or_messages, steps):
+            prompt = str(prompt_or_messages)
+            texts = [steps] if isinstance(steps, str) else list(steps)
+            t0 = time.perf_counter()
+            r = prm.score([prompt] * len(texts), [(t,) for t in texts])
+            counters["prm_time"] += time.perf_counter() - t0
+            return [float(x) for x in r]
+
+    return ProbinferLM(), ProbinferPRM()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--num-problems", type=int, default=100)
+    ap.add_argument("--budgets", default="4,8,16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", default="llm_vs_its_hub")
+    args = ap.parse_args(argv)
+
+    import dataclasses
+    import random
+
+    import jax
+    import torch
+
+    torch.set_num_threads(1)
+    import its_hub
+    from its_hub.core.algorithms.particle_gibbs import ParticleFiltering
+    from its_hub.core.lms.step_generation import StepGeneration
+
+    from probinfer.llm import default_problems, load_default, particle_filter
+
+    budgets = [int(b) for b in args.budgets.split(",")]
+    problems = default_problems(args.num_problems)
+    model = load_default("learned", device="cpu")
+    fmt = model.step_format
+    lm, prm = model.lm, model.reward
+
+    # probinfer, with its LM/PRM time measured (bookkeeping = the rest)
+    ours_t = {"lm": 0.0, "prm": 0.0}
+
+    class TimedLM:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def propose(self, *a, **k):
+            t0 = time.perf_counter()
+            try:
+                return self.inner.propose(*a, **k)
+            finally:
+                ours_t["lm"] += time.perf_counter() - t0
+
+    class TimedPRM:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def score(self, *a, **k):
+            t0 = time.perf_counter()
+            try:
+                return self.inner.score(*a, **k)
+            finally:
+                ours_t["prm"] += time.perf_counter() - t0
+
+    ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=TimedPRM(prm))
+
+    counters = {"seed": 0, "lm_time": 0.0, "prm_time": 0.0, "tokens_generated": 0,
+                "tokens_encoded": 0}  # fmt: skip
+    plain_lm = type(lm)(lm.model, lm.tokenizer, device="cpu", kv_cache=False)
+    hub_lm, hub_prm = _its_hub_wrappers(plain_lm, prm, fmt, model.max_tokens_per_step, counters)
+    # its-hub's README set-up for particle filtering: step token, stop token kept in the
+    # output, max_steps (its count is of steps *before* the new one, hence - 1)
+    sg = StepGeneration(
+        step_token=[fmt.delimiter, fmt.stop],
+        max_steps=model.max_steps - 1,
+        stop_token=fmt.stop,
+        temperature=model.sampling_temperature,
+        include_stop_str_in_output=True,
+    )
+    hub_pf = ParticleFiltering(sg, hub_prm)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+
+    rows = {b: {"ours": [], "hub": [], "ours_plain_tokens": []} for b in budgets}
+    base = jax.random.key(args.seed)
+    # warm-up (compilation, allocator) on a problem outside the set
+    particle_filter(jax.random.key(10**6), ours_model, problems[0][0], 4)
+    hub_pf.infer(hub_lm, problems[0][0], 4, return_response_only=False)
+    start_all = time.perf_counter()
+    for i, (prompt, answer) in enumerate(problems):
+        for b in budgets:
+            key = jax.random.fold_in(jax.random.fold_in(base, i), b)
+
+            def run_ours(key=key, prompt=prompt, answer=answer, b=b):
+                lm0, prm0 = ours_t["lm"], ours_t["prm"]
+                t0 = time.perf_counter()
+                res = particle_filter(key, ours_model, prompt, b)
+                wall = time.perf_counter() - t0
+                u = res.usage
+                return {
+                    "correct": res.selected == answer,
+                    "wall": wall,
+                    "lm_time": ours_t["lm"] - lm0,
+                    "prm_time": ours_t["prm"] - prm0,
+                    "tokens_generated": u.tokens_generated,
+                    "tokens_encoded": u.tokens_encoded,
+                    "lm_calls": u.lm_calls,
+                }
+
+            def run_hub(prompt=prompt, answer=answer, b=b):
+                c0 = dict(counters)
+                t0 = time.perf_counter()
+                res = hub_pf.infer(hub_lm, prompt, b, return_response_only=False)
+                wall = time.perf_counter() - t0
+                text = res.the_one["content"]
+                got = model.answer_extractor(text + ("" if text.endswith(fmt.stop) else fmt.stop))
+                return {
+                    "correct": got == answer,
+                    "wall": wall,
+                    "lm_time": counters["lm_time"] - c0["lm_time"],
+                    "prm_time": counters["prm_time"] - c0["prm_time"],
+                    "tokens_generated": counters["tokens_generated"] - c0["tokens_generated"],
+                    "tokens_encoded": counters["tokens_encoded"] - c0["tokens_encoded"],
+                }
+
+            order = [("ours", run_ours), ("hub", run_hub)]
+            if (i + b) % 2:
+                order.reverse()
+            for name, fn in order:
+                rows[b][name].append(fn())
+            if i < 10:  # tokens without KV reuse (same key, same particles)
+                lm.kv_cache = False
+                try:
+                    u = particle_filter(key, model, prompt, b).usage
+                finally:
+                    lm.kv_cache = True
+                rows[b]["ours_plain_tokens"].append(
+                    {"tokens_encoded": u.tokens_encoded, "tokens_generated": u.tokens_generated}
+                )
+        print(f"problem {i + 1}/{len(problems)}  {time.perf_counter() - start_all:.0f} s",
+              flush=True)  # fmt: skip
+
+    def summary(rs):
+        n = len(rs)
+        acc = float(np.mean([r["correct"] for r in rs]))
+        out = {
+            "accuracy": acc,
+            "stderr": float(np.sqrt(acc * (1 - acc) / n)),
+            "seconds_per_problem": float(np.mean([r["wall"] for r in rs])),
+            "lm_seconds_per_problem": float(np.mean([r["lm_time"] for r in rs])),
+            "prm_seconds_per_problem": float(np.mean([r["prm_time"] for r in rs])),
+            "tokens_generated": float(np.mean([r["tokens_generated"] for r in rs])),
+            "tokens_encoded": float(np.mean([r["tokens_encoded"] for r in rs])),
+        }
+        other = out["seconds_per_problem"] - out["lm_seconds_per_problem"]
+        out["bookkeeping_share_of_lm_time"] = float(
+            (other - out["prm_seconds_per_problem"]) / out["lm_seconds_per_problem"]
+        )
+        return out
+
+    results = []
+    for b in budgets:
+        o, h = summary(rows[b]["ours"]), summary(rows[b]["hub"])
+        plain = rows[b]["ours_plain_tokens"]
+        kv = rows[b]["ours"][: len(plain)]
+        results.append(
+            {
+                "budget": b,
+                "probinfer": o,
+                "its_hub": h,
+                "wall_time_ratio_probinfer_over_its_hub": o["seconds_per_problem"]
+                / h["seconds_per_problem"],
+                "accuracy_difference": o["accuracy"] - h["accuracy"],
+                "tokens_encoded_first_problems": {
+                    "num_problems": len(plain),
+                    "with_kv_reuse": float(np.mean([r["tokens_encoded"] for r in kv])),
+                    "without_kv_reuse": float(np.mean([r["tokens_encoded"] for r in plain])),
+                    "tokens_generated": float(np.mean([r["tokens_generated"] for r in kv])),
+                },
+            }
+        )
+        print(
+            f"budget {b:3d}: accuracy probinfer {o['accuracy']:.2f}±{o['stderr']:.2f}, its-hub "
+            f"{h['accuracy']:.2f}±{h['stderr']:.2f}; s/problem {o['seconds_per_problem']:.3f} "
+            f"vs {h['seconds_per_problem']:.3f} (ratio "
+            f"{results[-1]['wall_time_ratio_probinfer_over_its_hub']:.2f}); bookkeeping "
+            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time"
+        )
+    payload = {
+        "benchmark": "llm_vs_its_hub",
+        "num_problems": len(problems),
+        "budgets": budgets,
+        "seed": args.seed,
+        "versions": {"its_hub": its_hub.__version__, "torch": torch.__version__},
+        "threads": {"torch": 1, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "its_hub_config": {
+            "algorithm": "ParticleFiltering (multinomial resampling, argmax selection)",
+            "step_token": [fmt.delimiter, fmt.stop],
+            "stop_token": fmt.stop,
+            "include_stop_str_in_output": True,
+            "max_steps": model.max_steps - 1,
+            "temperature": model.sampling_temperature,
+            "lm": "bundled LM, one batched call per step (kv_cache=False: text re-encoded)",
+            "prm": "bundled learned PRM, one forward pass per step",
+        },
+        "probinfer_config": {
+            "settings": "load_default('learned') defaults",
+            "potential": model.potential,
+            "aggregation": model.aggregation,
+        },
+        "machine": machine(),
+        "results": results,
+    }
+    path = write_results(args.output, payload)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

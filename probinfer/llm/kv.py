@@ -1,0 +1,138 @@
+"""Key/value cache rows of LLM particles, carried through resampling.
+
+:class:`KVRows` is the per-particle state that :class:`~probinfer.llm.hf.HFCausalLM`
+attaches to a :class:`~probinfer.llm.store.Trajectories` store. It holds one batched
+key/value cache (one row per particle that has one) in the layout of transformers'
+:class:`~transformers.DynamicCache` (``[rows, heads, length, head_dim]`` per layer), the
+attention mask over the cached positions, each row's next position and the row's
+*pending* token: the last sampled token, whose key/value is not computed yet (it is fed
+first at the next step, so no token is ever encoded twice).
+
+Rows share one physical length: when some rows stop early within a step, the others go
+on and the stopped rows get masked positions (attention mask 0), so positions and
+attention stay exact. ``take(indices)`` gathers rows (``-1``: no row), which is how
+children inherit their parent's cache on resampling and how finished particles drop
+theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["KVRows"]
+
+
+@dataclass(frozen=True, eq=False)
+class KVRows:
+    """Cache rows of ``len(row_of)`` particles.
+
+    Attributes
+    ----------
+    layers
+        Per model layer, ``(keys, values)`` tensors with ``rows`` leading entries.
+    mask
+        ``(rows, length)`` attention mask of the cached positions (long).
+    position
+        ``(rows,)`` the position id of each row's pending token (= real tokens cached).
+    pending
+        ``(rows,)`` each row's last sampled token, not yet fed to the model.
+    row_of
+        ``(n,)`` the row of each particle, ``-1`` when it has none.
+    """
+
+    layers: tuple
+    mask: object
+    position: object
+    pending: object
+    row_of: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.row_of.shape[0])
+
+    @property
+    def complete(self) -> bool:
+        """Whether every particle has a row, in order (row ``i`` is particle ``i``)."""
+        return bool(np.array_equal(self.row_of, np.arange(len(self))))
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.mask.shape[0])
+
+    def fill(self, other: KVRows, at) -> KVRows:
+        """These rows with the particles at ``at`` (which have none) given ``other``'s rows
+        (one per entry of ``at``, in order), reordered so that row ``i`` is particle ``i``.
+
+        The shorter cache is left-padded with masked positions, so positions and attention
+        stay exact. Used to prefill only the particles that lost their rows (children of a
+        pinned reference in conditional SMC) instead of the whole batch.
+        """
+        import torch
+
+        at = np.asarray(at, dtype=np.int64).reshape(-1)
+        if not self.layers or not other.layers or other.num_rows != at.size:
+            raise ValueError("fill needs non-empty caches and one row of other per index")
+        if np.any(self.row_of[at] >= 0):
+            raise ValueError("fill: the particles at `at` already have rows")
+        length = max(self.mask.shape[1], other.mask.shape[1])
+
+        def left_pad(rows: KVRows):
+            extra = length - rows.mask.shape[1]
+            if extra == 0:
+                return rows.layers, rows.mask
+            mask = torch.nn.functional.pad(rows.mask, (extra, 0))
+            layers = tuple(
+                (
+                    torch.nn.functional.pad(k, (0, 0, extra, 0)),
+                    torch.nn.functional.pad(v, (0, 0, extra, 0)),
+                )
+                for k, v in rows.layers
+            )
+            return layers, mask
+
+        la, ma = left_pad(self)
+        lb, mb = left_pad(other)
+        layers = tuple(
+            (torch.cat([ka, kb], 0), torch.cat([va, vb], 0)) for (ka, va), (kb, vb) in zip(la, lb)
+        )
+        row_of = self.row_of.copy()
+        row_of[at] = self.num_rows + np.arange(at.size)
+        merged = KVRows(
+            layers,
+            torch.cat([ma, mb], 0),
+            torch.cat([self.position, other.position], 0),
+            torch.cat([self.pending, other.pending], 0),
+            row_of,
+        )
+        return merged.take(np.arange(len(self)))
+
+    def take(self, indices) -> KVRows:
+        """The rows of the particles at ``indices`` (``-1``: a particle without a row)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        rows = np.where(idx >= 0, self.row_of[np.clip(idx, 0, None)], -1)
+        if len(self) == 0:
+            rows = np.full(idx.shape, -1, dtype=np.int64)
+        keep = rows >= 0
+        sel = rows[keep]
+        row_of = np.full(idx.shape, -1, dtype=np.int64)
+        row_of[keep] = np.arange(sel.size)
+        if sel.size == self.num_rows and np.array_equal(sel, np.arange(self.num_rows)):
+            return KVRows(self.layers, self.mask, self.position, self.pending, row_of)
+        import torch
+
+        at = torch.as_tensor(sel, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, at)
+        layers = tuple((k.index_select(0, at), v.index_select(0, at)) for k, v in self.layers)
+        used = mask.any(0)
+        if sel.size and not bool(used.all()):  # positions masked in every kept row: compact
+            cols = torch.nonzero(used)[:, 0]
+            mask = mask.index_select(1, cols)
+            layers = tuple((k.index_select(2, cols), v.index_select(2, cols)) for k, v in layers)
+        return KVRows(
+            layers,
+            mask,
+            self.position.index_select(0, at),
+            self.pending.index_select(0, at),
+            row_of,
+        )
