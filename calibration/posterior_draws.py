@@ -100,9 +100,7 @@ def _particle_draws(key, particles, num_draws, batched: bool) -> np.ndarray:
         return flat
     num = _resolve_num(num_draws, flat.shape[1])
     keys = jax.random.split(key, flat.shape[0])
-    idx = np.stack(
-        [np.asarray(resample(k, w, num=num, scheme="multinomial")) for k, w in zip(keys, lw)]
-    )
+    idx = np.asarray(jax.vmap(lambda k, w: resample(k, w, num=num, scheme="multinomial"))(keys, lw))
     return np.take_along_axis(flat, idx[..., None], axis=1)
 
 
