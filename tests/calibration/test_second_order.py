@@ -1,0 +1,156 @@
+"""Second-order calibration (Johnson et al. 2024) against a task with a known p(y | x).
+
+The synthetic task: an observed group ``x`` in ``0..G-1`` and a hidden variable ``z`` in
+``0..Z-1`` (uniform, never observed); the true aleatoric distribution of an example is the
+table row ``T[x, z]``, with zeros (answers impossible for some hidden states). A model that sees
+only ``x`` has the exact best predictions (computed here by enumeration, independently of the
+code under test)
+
+* ``p_hat(y | x) = mean_z T[x, z, y]``,
+* ``p_same(y | x) = mean_z T[x, z, y]^2 / p_hat(y | x)`` (the pair joint of two draws),
+* ``E[(p_hat - p)^2 | x, y] = Var_z T[x, z, y]`` and ``P(p(y | x) = 0 | x) = mean_z 1{T = 0}``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration.second_order import (
+    VarianceRescaling,
+    cheat_corrected_confidence,
+    cheat_variance,
+    chebyshev_interval,
+    hallucination_filter,
+    paired_squared_error,
+)
+
+G, Z, K = 6, 3, 4
+
+
+def _table(seed: int = 0) -> np.ndarray:
+    """``T[x, z, :]``: Dirichlet rows on random supports of 2-3 of the K classes."""
+    rng = np.random.default_rng(seed)
+    t = np.zeros((G, Z, K))
+    for x in range(G):
+        for z in range(Z):
+            support = rng.choice(K, size=int(rng.integers(2, 4)), replace=False)
+            t[x, z, support] = rng.dirichlet(np.ones(len(support)))
+    return t
+
+
+def _exact(t: np.ndarray):
+    p_hat = t.mean(axis=1)
+    second = (t**2).mean(axis=1)
+    p_same = np.where(p_hat > 0, second / np.where(p_hat > 0, p_hat, 1.0), 0.0)
+    return p_hat, p_same, t.var(axis=1), (t == 0).mean(axis=1)
+
+
+def _sample(rng, t: np.ndarray, n: int, pairs: int = 2):
+    """``x``, ``z`` and ``pairs`` independent responses ``y ~ T[x, z]`` per example."""
+    x = rng.integers(G, size=n)
+    z = rng.integers(Z, size=n)
+    cdf = np.cumsum(t[x, z], axis=1)
+    u = rng.uniform(size=(pairs, n, 1))
+    ys = np.minimum((u > cdf[None]).sum(axis=2), K - 1)
+    return x, z, ys
+
+
+def test_exact_pair_predictions_give_the_true_second_order_quantities():
+    t = _table()
+    p_hat, p_same, var, p_zero = _exact(t)
+    # V_cheat is exactly the epistemic variance Var_z p(y | x, z)
+    np.testing.assert_allclose(cheat_variance(p_hat, p_same), var, atol=1e-15)
+    # hallucination bound, per (x, y): P(p(y | x) = 0) <= 1 - C_cheat
+    c = cheat_corrected_confidence(p_hat, p_same)
+    assert np.all(p_zero <= 1 - c + 1e-12)
+    assert np.any(p_zero > 0) and np.any(1 - c > 0.2)  # the task has impossible answers
+    # Chebyshev, exactly over the hidden states: P_z(|p_hat - p| > sqrt(V / beta)) <= beta
+    for beta in (0.05, 0.1, 0.3):
+        lo, hi = chebyshev_interval(p_hat, var, beta=beta)
+        half = np.sqrt(var / beta)
+        miss = (np.abs(t - p_hat[:, None]) > half[:, None]).mean(axis=1)
+        assert np.all(miss <= beta + 1e-12)
+        np.testing.assert_allclose(lo, np.clip(p_hat - half, 0, 1))
+        np.testing.assert_allclose(hi, np.clip(p_hat + half, 0, 1))
+        # the filter keeps exactly the answers whose impossibility bound is below beta
+        keep = hallucination_filter(p_hat, p_same, beta=beta)
+        np.testing.assert_array_equal(keep, 1 - c < beta)
+        assert np.all(p_zero[keep] < beta)
+
+
+def test_paired_squared_error_is_unbiased_by_enumeration():
+    """sum_{y1, y2} p(y1) p(y2) U(y1, y2) = (p_hat - p)^2 exactly."""
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(K))
+    p_hat = rng.dirichlet(np.ones(K))[None]
+    expect = np.zeros(K)
+    for y1 in range(K):
+        for y2 in range(K):
+            expect += p[y1] * p[y2] * paired_squared_error(p_hat, [y1], [y2])[0]
+    np.testing.assert_allclose(expect, (p_hat[0] - p) ** 2, atol=1e-15)
+
+
+def _miss_rate(p_hat, p_true, variance, beta):
+    """Chebyshev miss rate (``p`` outside the interval) over all (example, class) entries,
+    and weighted by ``p_hat`` (over the answers the model gives)."""
+    lo, hi = chebyshev_interval(p_hat, variance, beta=beta)
+    miss = (p_true < lo) | (p_true > hi)
+    return miss.mean(), (miss * p_hat).sum(axis=1).mean()
+
+
+def test_robust_rescaling_makes_a_never_cheating_model_valid():
+    """A model whose pair head ignores y1 reports V_cheat = 0 and misses almost always; the
+    rescaling fitted on held-out pairs restores the Chebyshev guarantee and matches the mean
+    squared error within Monte-Carlo error."""
+    t = _table()
+    p_hat_g, _, var_g, _ = _exact(t)
+    rng = np.random.default_rng(2)
+    x, z, (y1, y2) = _sample(rng, t, 20000)
+    p_hat = p_hat_g[x]
+    v0 = cheat_variance(p_hat, p_hat)  # never cheats: p_same = p_hat
+    assert np.all(v0 == 0)
+    beta = 0.1
+    xt, zt, _ = _sample(rng, t, 20000)
+    p_true, p_test = t[xt, zt], p_hat_g[xt]
+    assert _miss_rate(p_test, p_true, np.zeros_like(p_test), beta)[0] > 0.5
+    resc = VarianceRescaling.fit(p_hat, v0, y1, y2)
+    assert resc.slope >= 0 and resc.intercept > 0
+    u = paired_squared_error(p_hat, y1, y2)
+    se = u.mean(axis=1).std(ddof=1) / np.sqrt(len(u))
+    err = (p_test - p_true) ** 2
+    # V_robust = mean U, which estimates the mean squared error without bias
+    assert abs(resc.intercept - err.mean()) <= 4 * se + 4 * err.mean(1).std() / np.sqrt(len(err))
+    v = resc.transform(np.zeros_like(p_test))
+    for rate in _miss_rate(p_test, p_true, v, beta):
+        assert rate <= beta
+    # an under-cheating model (V reported 3x too small) is rescaled by about 3
+    under = VarianceRescaling.fit(p_hat, var_g[x] / 3, y1, y2)
+    assert abs(under.slope - 3) < 0.5
+    assert np.mean(under.transform(var_g[xt] / 3)) == pytest.approx(err.mean(), rel=0.1)
+
+
+def test_bad_input_names_the_argument():
+    p = np.array([[0.5, 0.5], [0.2, 0.8]])
+    with pytest.raises(ValueError, match="p_same"):
+        cheat_variance(p, p[:1])
+    with pytest.raises(ValueError, match="p_same"):
+        cheat_corrected_confidence(p, np.array([[np.nan, 0.5], [0.2, 0.8]]))
+    with pytest.raises(ValueError, match="p "):
+        cheat_variance(p + 0.6, p)
+    with pytest.raises(ValueError, match="beta"):
+        chebyshev_interval(p, p * 0.01, beta=1.5)
+    with pytest.raises(ValueError, match="variance"):
+        chebyshev_interval(p, -p, beta=0.1)
+    with pytest.raises(ValueError, match="variance"):
+        chebyshev_interval(p, p[:1], beta=0.1)
+    with pytest.raises(ValueError, match="length"):
+        paired_squared_error(p, [0, 1], [0])
+    with pytest.raises(ValueError, match="y2"):
+        paired_squared_error(p, [0, 1], [0, 2])
+    with pytest.raises(ValueError, match="y1"):
+        paired_squared_error(p, [0, np.nan], [0, 1])
+    with pytest.raises(ValueError, match="v_cheat"):
+        VarianceRescaling.fit(p, p[:1], [0, 1], [1, 0])
+    with pytest.raises(ValueError, match="at least 2"):
+        VarianceRescaling.fit(p[:1], p[:1], [0], [1])
