@@ -127,8 +127,8 @@ def fit_pair_classifier(
     lr: float = 3e-3,
     weight_decay: float = 0.0,
 ) -> list[float]:
-    """Train ``model`` with the pair loss (AdamW, shuffled mini-batches); returns the mean loss
-    of each epoch.
+    """Train ``model`` with the pair loss (AdamW with a cosine learning-rate decay to 0,
+    shuffled mini-batches); returns the mean loss of each epoch.
 
     Parameters
     ----------
@@ -157,6 +157,8 @@ def fit_pair_classifier(
     y1, y2 = y1.to(device), y2.to(device)
     gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * -(-n // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history = []
     model.train()
     for _ in range(epochs):
@@ -168,7 +170,8 @@ def fit_pair_classifier(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            sched.step()
+            total += loss.item() * len(idx)
         history.append(total / n)
     model.eval()
     return history

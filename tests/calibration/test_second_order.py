@@ -9,6 +9,10 @@ code under test)
 * ``p_hat(y | x) = mean_z T[x, z, y]``,
 * ``p_same(y | x) = mean_z T[x, z, y]^2 / p_hat(y | x)`` (the pair joint of two draws),
 * ``E[(p_hat - p)^2 | x, y] = Var_z T[x, z, y]`` and ``P(p(y | x) = 0 | x) = mean_z 1{T = 0}``.
+
+A :class:`PairClassifier` trained on sampled triples must then recover these quantities
+(against the true per-example ``p = T[x, z]``), and a never-cheating one must become valid
+after the robust rescaling.
 """
 
 from __future__ import annotations
@@ -128,6 +132,91 @@ def test_robust_rescaling_makes_a_never_cheating_model_valid():
     under = VarianceRescaling.fit(p_hat, var_g[x] / 3, y1, y2)
     assert abs(under.slope - 3) < 0.5
     assert np.mean(under.transform(var_g[xt] / 3)) == pytest.approx(err.mean(), rel=0.1)
+
+
+# --------------------------------------------------------------- a trained PairClassifier
+def _one_hot(x):
+    import torch
+
+    return torch.eye(G)[torch.as_tensor(x)]
+
+
+def _train(x, y1, y2, *, cheat: bool = True, seed: int = 0):
+    import jax
+    import torch
+
+    from calibration.second_order import PairClassifier, fit_pair_classifier
+
+    torch.manual_seed(seed)
+    model = PairClassifier(torch.nn.Identity(), K, G, hidden=32, label_dim=8)
+    if not cheat:  # the pair head never sees y1: it can only learn p(y2 | x)
+        model.label_embedding.weight.data.zero_()
+        model.label_embedding.weight.requires_grad_(False)
+    history = fit_pair_classifier(
+        model, _one_hot(x), y1, y2, key=jax.random.key(seed), epochs=30, batch_size=2000, lr=3e-2
+    )
+    assert history[-1] < history[0]
+    return model
+
+
+@pytest.fixture(scope="module")
+def task():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    t = _table()
+    rng = np.random.default_rng(3)
+    x, _, (y1, y2) = _sample(rng, t, 20000)
+    xt, zt, (yt1, yt2) = _sample(rng, t, 20000)
+    return t, (x, y1, y2), (xt, t[xt, zt], yt1, yt2)
+
+
+def test_trained_pair_head_recovers_the_epistemic_variance(task):
+    t, (x, y1, y2), (xt, p_true, _, _) = task
+    model = _train(x, y1, y2)
+    p, p_same = model.predict_pair(_one_hot(xt))
+    assert p.shape == p_same.shape == (len(xt), K) and p.dtype == np.float64
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(p, _exact(t)[0][xt], atol=0.05)
+    v = cheat_variance(p, p_same)
+    err = (p - p_true) ** 2
+    # mean V_cheat within 10% of the true E[(p_hat - p)^2] (whose MC error is ~0.5%)
+    se = err.mean(axis=1).std(ddof=1) / np.sqrt(len(err))
+    assert se < 0.01 * err.mean()
+    assert abs(v.mean() / err.mean() - 1) <= 0.10, (v.mean(), err.mean())
+    # Chebyshev miss rate <= beta, over all classes and over the model's answers
+    for beta in (0.05, 0.1, 0.2):
+        for rate in _miss_rate(p, p_true, v, beta):
+            assert rate <= beta
+    # hallucination bound: P(p(y | x) = 0) <= 1 - E[C_cheat] for y ~ p_hat(. | x)
+    c = cheat_corrected_confidence(p, p_same)
+    impossible = (p * (p_true == 0)).sum(axis=1)
+    bound = (p * (1 - c)).sum(axis=1)
+    assert impossible.mean() + 4 * impossible.std(ddof=1) / np.sqrt(len(xt)) <= bound.mean()
+    # among kept answers the hallucination rate is below beta
+    beta = 0.3
+    keep = hallucination_filter(p, p_same, beta=beta)
+    assert 0 < keep.mean() < 1
+    kept_rate = (p * keep * (p_true == 0)).sum() / (p * keep).sum()
+    assert kept_rate <= beta
+
+
+def test_never_cheating_model_is_valid_after_rescaling(task):
+    _, (x, y1, y2), (xt, p_true, yt1, yt2) = task
+    model = _train(x, y1, y2, cheat=False, seed=1)
+    p, p_same = model.predict_pair(_one_hot(xt))
+    v = cheat_variance(p, p_same)
+    err = (p - p_true) ** 2
+    assert v.mean() < 0.05 * err.mean()  # blind to its own error
+    beta = 0.1
+    assert _miss_rate(p, p_true, v, beta)[0] > 0.5
+    # fit the rescaling on one half of the held-out pairs, check on the other
+    half = len(xt) // 2
+    resc = VarianceRescaling.fit(p[:half], v[:half], yt1[:half], yt2[:half])
+    v_robust = resc.transform(v[half:])
+    for rate in _miss_rate(p[half:], p_true[half:], v_robust, beta):
+        assert rate <= beta
+    e = err[half:].mean(axis=1)
+    assert abs(v_robust.mean() - e.mean()) <= 0.1 * e.mean()
 
 
 def test_bad_input_names_the_argument():
