@@ -27,8 +27,11 @@ means ``p_hat - p``). Regressing ``U`` on ``V_cheat`` (non-negative intercept an
 ``E[(p_hat - p)^2 / V_robust] = 1`` and the Chebyshev intervals of ``V_robust`` are valid
 marginally (over ``x`` and ``y``) whatever the pair head learned.
 
+:class:`SecondOrderCalibrator` puts these together as a scikit-learn estimator around any
+prefit pair model (``predict_pair(X) -> (p, p_same)``).
+
 The torch side (:class:`PairClassifier`, :func:`fit_pair_classifier`) lives in
-:mod:`calibration.pair_classifier`, imported on first use so that this module needs NumPy only.
+:mod:`calibration.pair_classifier`, imported on first use so that this module needs no torch.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import nnls
+from sklearn.base import BaseEstimator
 
 from ._validation import as_float_array, check_alpha, check_same_length
 
@@ -46,6 +50,7 @@ if TYPE_CHECKING:  # torch is imported on first use only
 
 __all__ = [
     "PairClassifier",
+    "SecondOrderCalibrator",
     "VarianceRescaling",
     "cheat_corrected_confidence",
     "cheat_variance",
@@ -227,3 +232,155 @@ class VarianceRescaling:
         if (v < 0).any():
             raise ValueError("v_cheat must be non-negative")
         return self.intercept + self.slope * v
+
+
+def _paired_labels(y) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y)
+    if y.ndim != 2 or y.shape[1] != 2:
+        raise ValueError(
+            f"y must have shape (n, 2): two independent responses per input, got {y.shape}"
+        )
+    return y[:, 0], y[:, 1]
+
+
+class SecondOrderCalibrator(BaseEstimator):
+    """Second-order calibration of a pair model, with the scikit-learn estimator contract.
+
+    :meth:`fit` estimates the misspecification-robust rescaling (:class:`VarianceRescaling`)
+    on held-out inputs with two independent responses each; the predict methods then give the
+    first-order probabilities, their (rescaled) variances, Chebyshev intervals for
+    ``p(y | x)``, the cheat-corrected confidences and the hallucination filter.
+
+    Parameters
+    ----------
+    pair_model : object, optional
+        A prefit pair model: ``pair_model.predict_pair(X)`` returns ``(p, p_same)``, two
+        ``(n, K)`` arrays (e.g. a trained :class:`PairClassifier`). May be ``None`` when
+        ``p=`` and ``p_same=`` are passed to every method.
+    beta : float
+        Miss probability of :meth:`predict_interval` and rejection threshold of
+        :meth:`predict_keep`, in ``(0, 1)``.
+    rescale : bool
+        ``True``: fit ``V_robust = a + b V_cheat`` on the held-out pairs. ``False``: report
+        ``V_cheat`` as is (``a = 0, b = 1``; :meth:`fit` only records the classes).
+
+    Attributes
+    ----------
+    rescaling_ : VarianceRescaling
+        The fitted rescaling.
+    classes_ : ndarray of shape (K,)
+        The class labels ``0..K-1`` of the pair model's outputs.
+    n_calibration_ : int
+        Number of held-out inputs used by :meth:`fit`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.full((4, 2), 0.5)
+    >>> p_same = np.array([[0.7, 0.7]] * 4)
+    >>> y = np.array([[0, 0], [1, 1], [0, 1], [1, 0]])
+    >>> so = SecondOrderCalibrator(beta=0.2).fit(y=y, p=p, p_same=p_same)
+    >>> so.predict_interval(p=p, p_same=p_same).shape
+    (4, 2, 2)
+    """
+
+    def __init__(self, pair_model=None, *, beta: float = 0.1, rescale: bool = True) -> None:
+        self.pair_model = pair_model
+        self.beta = beta
+        self.rescale = rescale
+
+    def _check_params(self) -> float:
+        if not isinstance(self.rescale, (bool, np.bool_)):
+            raise TypeError(f"rescale must be a bool, got {type(self.rescale).__name__}")
+        return check_alpha(self.beta, "beta")
+
+    def _pair_predictions(self, X, p, p_same) -> tuple[np.ndarray, np.ndarray]:
+        if (p is None) != (p_same is None):
+            raise ValueError("pass both p and p_same (precomputed), or neither")
+        if p is None:
+            if X is None:
+                raise ValueError("pass either p and p_same (precomputed) or X (with pair_model)")
+            if self.pair_model is None:
+                raise ValueError("pair_model is None: pass precomputed p and p_same or set it")
+            fn = getattr(self.pair_model, "predict_pair", None)
+            if not callable(fn):
+                raise TypeError("pair_model must have a callable .predict_pair(X) method")
+            p, p_same = fn(X)
+        p, p_same = _pair(p, p_same)
+        if p.ndim != 2 or p.shape[1] < 2:
+            raise ValueError(f"p must have shape (n, K) with K >= 2, got {p.shape}")
+        if hasattr(self, "classes_") and p.shape[1] != len(self.classes_):
+            raise ValueError(
+                f"p has {p.shape[1]} classes but the calibrator was fitted with "
+                f"{len(self.classes_)}"
+            )
+        return p, p_same
+
+    def fit(self, X=None, y=None, *, p=None, p_same=None) -> SecondOrderCalibrator:
+        """Fit the robust rescaling on held-out paired responses.
+
+        Parameters
+        ----------
+        X : array_like, optional
+            Held-out inputs of ``pair_model`` (used when ``p``/``p_same`` are not given).
+        y : array_like of shape (n, 2)
+            Two independent responses (class labels ``0..K-1``) per held-out input.
+        p, p_same : array_like of shape (n, K), optional
+            Precomputed pair-model outputs on the held-out inputs.
+        """
+        self._check_params()
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
+        y1, y2 = _paired_labels(y)
+        p, p_same = self._pair_predictions(X, p, p_same)
+        v = cheat_variance(p, p_same)
+        if self.rescale:
+            self.rescaling_ = VarianceRescaling.fit(p, v, y1, y2)
+        else:
+            paired_squared_error(p, y1, y2)  # validates the labels
+            self.rescaling_ = VarianceRescaling(0.0, 1.0)
+        self.classes_ = np.arange(p.shape[1])
+        self.n_calibration_ = len(p)
+        return self
+
+    calibrate = fit
+
+    def _fitted(self) -> VarianceRescaling:
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "rescaling_")
+        return self.rescaling_
+
+    def predict_proba(self, X=None, *, p=None, p_same=None) -> np.ndarray:
+        """First-order probabilities ``p_hat(y | x)``, shape ``(n, K)``."""
+        return self._pair_predictions(X, p, p_same)[0]
+
+    def predict(self, X=None, *, p=None, p_same=None) -> np.ndarray:
+        """The most probable class of each input, shape ``(n,)``."""
+        return self.predict_proba(X, p=p, p_same=p_same).argmax(axis=1)
+
+    def predict_variance(self, X=None, *, p=None, p_same=None) -> np.ndarray:
+        """``V_robust = a + b V_cheat`` (or ``V_cheat`` when ``rescale=False``), ``(n, K)``."""
+        resc = self._fitted()
+        return resc.transform(cheat_variance(*self._pair_predictions(X, p, p_same)))
+
+    def predict_interval(self, X=None, *, p=None, p_same=None) -> np.ndarray:
+        """Chebyshev intervals for ``p(y | x)``, shape ``(n, K, 2)`` (lower, upper)."""
+        beta = self._check_params()
+        resc = self._fitted()
+        p, p_same = self._pair_predictions(X, p, p_same)
+        lo, hi = chebyshev_interval(p, resc.transform(cheat_variance(p, p_same)), beta=beta)
+        return np.stack([lo, hi], axis=-1)
+
+    def predict_confidence(self, X=None, *, p=None, p_same=None) -> np.ndarray:
+        """Cheat-corrected confidences ``C_cheat``, shape ``(n, K)``."""
+        self._fitted()
+        return cheat_corrected_confidence(*self._pair_predictions(X, p, p_same))
+
+    def predict_keep(self, X=None, *, p=None, p_same=None) -> np.ndarray:
+        """Boolean ``(n, K)`` mask of the answers kept by :func:`hallucination_filter`."""
+        beta = self._check_params()
+        self._fitted()
+        return hallucination_filter(*self._pair_predictions(X, p, p_same), beta=beta)

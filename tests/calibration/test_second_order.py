@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from calibration.second_order import (
+    SecondOrderCalibrator,
     VarianceRescaling,
     cheat_corrected_confidence,
     cheat_variance,
@@ -217,6 +218,77 @@ def test_never_cheating_model_is_valid_after_rescaling(task):
         assert rate <= beta
     e = err[half:].mean(axis=1)
     assert abs(v_robust.mean() - e.mean()) <= 0.1 * e.mean()
+
+
+# ------------------------------------------------------------------- scikit-learn estimator
+class _TablePairModel:
+    """The exact pair model of the synthetic task: ``X[:, 0]`` is the group."""
+
+    def __init__(self, t):
+        self.p_hat, self.p_same = _exact(t)[:2]
+
+    def predict_pair(self, X):
+        g = np.asarray(X)[:, 0].astype(int)
+        return self.p_hat[g], self.p_same[g]
+
+
+def test_estimator_matches_the_functions_and_follows_the_contract():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    t = _table()
+    model = _TablePairModel(t)
+    rng = np.random.default_rng(5)
+    x, z, (y1, y2) = _sample(rng, t, 4000)
+    X, Y = x[:, None].astype(float), np.stack([y1, y2], axis=1)
+    est = SecondOrderCalibrator(model, beta=0.2)
+    with pytest.raises(NotFittedError):
+        est.predict_interval(X)
+    assert est.fit(X, Y) is est
+    c = clone(est)  # the prefit pair model is deep-copied, the fitted state dropped
+    assert c.get_params()["beta"] == 0.2 and not hasattr(c, "rescaling_")
+    np.testing.assert_array_equal(c.pair_model.p_hat, model.p_hat)
+    p, p_same = model.predict_pair(X)
+    resc = VarianceRescaling.fit(p, cheat_variance(p, p_same), y1, y2)
+    assert (est.rescaling_.intercept, est.rescaling_.slope) == (resc.intercept, resc.slope)
+    np.testing.assert_array_equal(est.classes_, np.arange(K))
+    np.testing.assert_allclose(est.predict_variance(X), resc.transform(cheat_variance(p, p_same)))
+    lo, hi = chebyshev_interval(p, est.predict_variance(X), beta=0.2)
+    np.testing.assert_allclose(est.predict_interval(X), np.stack([lo, hi], -1))
+    np.testing.assert_array_equal(est.predict_keep(X), hallucination_filter(p, p_same, 0.2))
+    np.testing.assert_allclose(est.predict_confidence(X), cheat_corrected_confidence(p, p_same))
+    np.testing.assert_array_equal(est.predict(X), p.argmax(1))
+    # precomputed outputs give the same answers as X
+    same = SecondOrderCalibrator(beta=0.2).fit(y=Y, p=p, p_same=p_same)
+    np.testing.assert_allclose(same.predict_interval(p=p, p_same=p_same), est.predict_interval(X))
+    # the exact pair model is well specified: the rescaling is close to the identity
+    assert abs(resc.slope - 1) < 0.2 and resc.intercept < 0.1 * cheat_variance(p, p_same).mean()
+    # rescale=False reports V_cheat itself
+    raw = SecondOrderCalibrator(model, rescale=False).fit(X, Y)
+    np.testing.assert_allclose(raw.predict_variance(X), cheat_variance(p, p_same))
+    # a Pipeline final step; set_params is honoured
+    pipe = make_pipeline(FunctionTransformer(), SecondOrderCalibrator(model)).fit(X, Y)
+    np.testing.assert_allclose(pipe.predict_proba(X), p)
+    assert pipe.set_params(secondordercalibrator__beta=0.3)[-1].beta == 0.3
+    # bad parameters and inputs are reported at fit time, naming the argument
+    with pytest.raises(ValueError, match="beta"):
+        SecondOrderCalibrator(model, beta=0).fit(X, Y)
+    with pytest.raises(TypeError, match="rescale"):
+        SecondOrderCalibrator(model, rescale="yes").fit(X, Y)
+    with pytest.raises(ValueError, match=r"y must have shape \(n, 2\)"):
+        SecondOrderCalibrator(model).fit(X, y1)
+    with pytest.raises(ValueError, match="length"):
+        SecondOrderCalibrator(model).fit(X[:-1], Y)
+    with pytest.raises(ValueError, match="pair_model"):
+        SecondOrderCalibrator().fit(X, Y)
+    with pytest.raises(TypeError, match="predict_pair"):
+        SecondOrderCalibrator(object()).fit(X, Y)
+    with pytest.raises(ValueError, match="p_same"):
+        SecondOrderCalibrator().fit(y=Y, p=p)
+    with pytest.raises(ValueError, match="classes"):
+        est.predict_proba(p=p[:, :2] / p[:, :2].sum(1, keepdims=True), p_same=p_same[:, :2])
 
 
 def test_bad_input_names_the_argument():
