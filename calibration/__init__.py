@@ -44,6 +44,7 @@ from .second_order import (
     chebyshev_interval,
     hallucination_filter,
     paired_squared_error,
+    squared_error_estimate,
 )
 from .split import SplitConformalRegressor, absolute_residual_scores, normalized_residual_scores
 
@@ -112,6 +113,7 @@ __all__ = [
     "sbc",
     "select_exceeding",
     "split_batches_mean_bound",
+    "squared_error_estimate",
     "squared_calibration_error",
     "tarp",
 ]

@@ -58,6 +58,7 @@ __all__ = [
     "fit_pair_classifier",
     "hallucination_filter",
     "paired_squared_error",
+    "squared_error_estimate",
 ]
 
 _LAZY = {"PairClassifier", "fit_pair_classifier"}
@@ -187,6 +188,34 @@ def paired_squared_error(p, y1, y2) -> np.ndarray:
     check_same_length(p=p, y1=y1, y2=y2)
     k = np.arange(p.shape[1])
     return (p - (y1[:, None] == k)) * (p - (y2[:, None] == k))
+
+
+def squared_error_estimate(p, responses) -> np.ndarray:
+    """Unbiased estimates of ``(p_hat(y | x) - p(y | x))^2`` from ``M >= 2`` independent
+    responses per input, shape ``(n, K)``: the mean of :func:`paired_squared_error` over all
+    ``M (M - 1)`` ordered pairs of distinct responses (a U-statistic, less noisy than a single
+    pair).
+
+    Parameters
+    ----------
+    p : array_like of shape (n, K)
+        First-order probabilities.
+    responses : array_like of shape (n, M)
+        ``M`` independent responses (class labels) per input.
+    """
+    p = _probabilities(p, "p")
+    if p.ndim != 2:
+        raise ValueError(f"p must have shape (n, K), got {p.shape}")
+    r = np.asarray(responses)
+    if r.ndim != 2 or r.shape[1] < 2:
+        raise ValueError(f"responses must have shape (n, M) with M >= 2, got {r.shape}")
+    m = r.shape[1]
+    r = _labels(r.reshape(-1), p.shape[1], "responses").reshape(r.shape)
+    check_same_length(p=p, responses=r)
+    counts = (r[:, :, None] == np.arange(p.shape[1])).sum(axis=1)
+    total = m * p - counts  # sum_i (p - 1{y_i = y})
+    squares = (m - counts) * p**2 + counts * (1.0 - p) ** 2  # sum_i (p - 1{y_i = y})^2
+    return (total**2 - squares) / (m * (m - 1))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from calibration.second_order import (
     chebyshev_interval,
     hallucination_filter,
     paired_squared_error,
+    squared_error_estimate,
 )
 
 G, Z, K = 6, 3, 4
@@ -94,6 +95,17 @@ def test_paired_squared_error_is_unbiased_by_enumeration():
         for y2 in range(K):
             expect += p[y1] * p[y2] * paired_squared_error(p_hat, [y1], [y2])[0]
     np.testing.assert_allclose(expect, (p_hat[0] - p) ** 2, atol=1e-15)
+    # the U-statistic over M = 3 responses, by enumeration of the 64 response triples
+    expect = np.zeros(K)
+    for ys in np.ndindex(K, K, K):
+        expect += np.prod(p[list(ys)]) * squared_error_estimate(p_hat, [ys])[0]
+    np.testing.assert_allclose(expect, (p_hat[0] - p) ** 2, atol=1e-15)
+    # M = 2 is the paired estimator
+    y = rng.integers(K, size=(50, 2))
+    q = rng.dirichlet(np.ones(K), size=50)
+    np.testing.assert_allclose(
+        squared_error_estimate(q, y), paired_squared_error(q, y[:, 0], y[:, 1]), atol=1e-15
+    )
 
 
 def _miss_rate(p_hat, p_true, variance, beta):
@@ -311,6 +323,10 @@ def test_bad_input_names_the_argument():
         paired_squared_error(p, [0, 1], [0, 2])
     with pytest.raises(ValueError, match="y1"):
         paired_squared_error(p, [0, np.nan], [0, 1])
+    with pytest.raises(ValueError, match="responses"):
+        squared_error_estimate(p, [[0], [1]])
+    with pytest.raises(ValueError, match="responses"):
+        squared_error_estimate(p, [[0, 3], [1, 1]])
     with pytest.raises(ValueError, match="v_cheat"):
         VarianceRescaling.fit(p, p[:1], [0, 1], [1, 0])
     with pytest.raises(ValueError, match="at least 2"):
