@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ._validation import check_positive_int, check_same_length
+from .second_order import _labels
 
 __all__ = ["PairClassifier", "fit_pair_classifier"]
 
@@ -107,12 +108,9 @@ class PairClassifier(nn.Module):
 
 
 def _as_labels(y, k: int, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(y))
-    if t.ndim != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-D integer array of class labels")
-    if ((t < 0) | (t >= k)).any():
-        raise ValueError(f"{name} must hold class labels in 0..{k - 1}")
-    return t.long()
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    return torch.from_numpy(np.ascontiguousarray(_labels(y, k, name)))
 
 
 def fit_pair_classifier(

@@ -331,3 +331,37 @@ def test_bad_input_names_the_argument():
         VarianceRescaling.fit(p, p[:1], [0, 1], [1, 0])
     with pytest.raises(ValueError, match="at least 2"):
         VarianceRescaling.fit(p[:1], p[:1], [0], [1])
+
+
+def test_pair_classifier_bad_input_names_the_argument():
+    torch = pytest.importorskip("torch")
+    import jax
+
+    from calibration.second_order import PairClassifier, fit_pair_classifier
+
+    with pytest.raises(TypeError, match="encoder"):
+        PairClassifier(lambda x: x, K, G)
+    with pytest.raises(ValueError, match="num_classes"):
+        PairClassifier(torch.nn.Identity(), 1, G)
+    model = PairClassifier(torch.nn.Identity(), K, G)
+    x, key = torch.zeros(3, G), jax.random.key(0)
+    with pytest.raises(ValueError, match="y1"):
+        fit_pair_classifier(model, x, [0.5, 1.0, 2.0], [0, 1, 2], key=key)
+    with pytest.raises(ValueError, match="y2"):
+        fit_pair_classifier(model, x, [0, 1, 2], [0, 1, K], key=key)
+    with pytest.raises(ValueError, match="length"):
+        fit_pair_classifier(model, x, [0, 1], [0, 1], key=key)
+    with pytest.raises(ValueError, match="epochs"):
+        fit_pair_classifier(model, x, [0, 1, 2], [0, 1, 2], key=key, epochs=0)
+    with pytest.raises(TypeError, match="model"):
+        fit_pair_classifier(torch.nn.Linear(2, 2), x, [0, 1, 2], [0, 1, 2], key=key)
+    # same key, same initial parameters: the same run
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = PairClassifier(torch.nn.Identity(), K, G)
+        y = np.arange(12) % K
+        fit_pair_classifier(m, torch.eye(G)[np.arange(12) % G], y, y[::-1], key=key, epochs=2)
+        runs.append(m.predict_pair(torch.eye(G)))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
