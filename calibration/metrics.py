@@ -176,8 +176,16 @@ def expected_calibration_error(
         debiased squared calibration error (see :func:`squared_calibration_error`).
     """
     if debiased:
-        return float(np.sqrt(max(0.0, squared_calibration_error(
-            proba, y, n_bins=n_bins, binning=binning, debiased=True))))
+        return float(
+            np.sqrt(
+                max(
+                    0.0,
+                    squared_calibration_error(
+                        proba, y, n_bins=n_bins, binning=binning, debiased=True
+                    ),
+                )
+            )
+        )
     _, _, _, counts, s, _ = _binned(proba, y, n_bins, binning)
     return float(np.abs(s).sum() / counts.sum())
 
@@ -245,13 +253,32 @@ class ReliabilityDiagram:
         ok = self.counts > 0
         centers = 0.5 * (self.edges[:-1] + self.edges[1:])
         widths = np.diff(self.edges)
-        ax.bar(centers[ok], self.accuracy[ok], width=widths[ok], color="C0", alpha=0.7,
-               edgecolor="k", lw=0.4, label="accuracy")
-        ax.plot(self.confidence[ok], self.accuracy[ok], "o", color="C3", ms=3,
-                label="(confidence, accuracy)")
+        ax.bar(
+            centers[ok],
+            self.accuracy[ok],
+            width=widths[ok],
+            color="C0",
+            alpha=0.7,
+            edgecolor="k",
+            lw=0.4,
+            label="accuracy",
+        )
+        ax.plot(
+            self.confidence[ok],
+            self.accuracy[ok],
+            "o",
+            color="C3",
+            ms=3,
+            label="(confidence, accuracy)",
+        )
         ax.plot([0, 1], [0, 1], "k--", lw=0.7)
-        ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-               title=f"ECE {self.ece:.3f}")
+        ax.set(
+            xlabel="confidence",
+            ylabel="accuracy",
+            xlim=(0, 1),
+            ylim=(0, 1),
+            title=f"ECE {self.ece:.3f}",
+        )
         ax.legend(loc="upper left", fontsize=7)
         return fig
 

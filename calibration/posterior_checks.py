@@ -268,8 +268,15 @@ class SBCResult:
             hi = np.concatenate([[0.0], band.upper - band.z, [0.0]])
             f = _ecdf(np.sort(self.pit, axis=0), grid)
             for j, a in enumerate(axes):
-                a.fill_between(grid, lo, hi, step=None, color="C0", alpha=0.2,
-                               label=f"{1 - self.alpha:.0%} simultaneous band")
+                a.fill_between(
+                    grid,
+                    lo,
+                    hi,
+                    step=None,
+                    color="C0",
+                    alpha=0.2,
+                    label=f"{1 - self.alpha:.0%} simultaneous band",
+                )
                 a.plot(grid, f[:, j] - grid, color="C3", label="ECDF - uniform")
                 a.axhline(0.0, color="k", lw=0.6)
                 a.set(xlabel="fractional rank", title=self.names[j])
@@ -385,11 +392,21 @@ class TARPResult:
         fig, axes = _new_axes(ax, 1)
         a = axes[0]
         band = self.band
-        a.fill_between(band.z, band.lower, band.upper, color="C0", alpha=0.2,
-                       label=f"{1 - self.alpha:.0%} simultaneous band")
+        a.fill_between(
+            band.z,
+            band.lower,
+            band.upper,
+            color="C0",
+            alpha=0.2,
+            label=f"{1 - self.alpha:.0%} simultaneous band",
+        )
         a.plot([0, 1], [0, 1], color="k", lw=0.6, ls="--")
-        a.plot(self.alpha_grid, self.ecp, color="C3",
-               label=f"TARP (ATC {self.atc:+.3f}, KS p {self.ks_pvalue:.2g})")
+        a.plot(
+            self.alpha_grid,
+            self.ecp,
+            color="C3",
+            label=f"TARP (ATC {self.atc:+.3f}, KS p {self.ks_pvalue:.2g})",
+        )
         a.set(xlabel="credibility level", ylabel="expected coverage", xlim=(0, 1), ylim=(0, 1))
         a.legend(loc="upper left", fontsize=7)
         return fig

@@ -21,9 +21,10 @@ prompts x 2, 150 test prompts x 32): per prompt, summed over the 72 answer class
 estimated ``E[(p_hat - p)^2]`` is 0.130 +- 0.005; the mean ``V_cheat`` is only 0.039 (the
 prompt features barely predict this LM's answers, and the pair head underfits its own
 ignorance), and the rescaled ``V_robust = 1.4e-3 + 1.09 V_cheat`` averages 0.141. The
-hallucination filter (beta = 0.2) keeps 62% of the top answers; their accuracy (7.5%, vs 7.3% for all)
-and how often they are absent from the 32 answers (48% vs 46% for the rejected ones) show that
-these features carry little answer-level signal: the filter is only as good as the pair head.
+hallucination filter (beta = 0.2) keeps 62% of the top answers; their accuracy (7.5%, vs 7.3%
+for all) and how often they are absent from the 32 answers (48%, vs 46% for the rejected ones)
+show that these features carry little answer-level signal: the filter is only as good as the
+pair head.
 
 Run ``python examples/second_order_calibration.py`` (10-15 minutes on one CPU core, most of it
 sampling answers; ``--cache answers.npz`` keeps the answers for later runs; see ``--help``).

@@ -64,8 +64,10 @@ def test_known_miscalibration_is_recovered():
     for binning in ("uniform", "quantile"):
         assert abs(expected_calibration_error(p, y, binning=binning) - gap) <= 4 * se
     reps = 40
-    sq = [squared_calibration_error(*_overconfident(np.random.default_rng(10 + r), 4000, gap))
-          for r in range(reps)]
+    sq = [
+        squared_calibration_error(*_overconfident(np.random.default_rng(10 + r), 4000, gap))
+        for r in range(reps)
+    ]
     assert abs(np.mean(sq) - gap**2) <= 4 * np.std(sq, ddof=1) / np.sqrt(reps)
 
 

@@ -80,8 +80,9 @@ def test_conjugate_exact_passes_and_2x_fails(conjugate):
     _assert_passes(s, r, B_CONJ)
     for factor, sign in ((0.5, -1), (2.0, +1)):
         q = dist.Normal(m, factor * np.sqrt(v))
-        _assert_fails(sbc(jax.random.key(1), q, theta), tarp(jax.random.key(2), q, theta),
-                      B_CONJ, sign)
+        _assert_fails(
+            sbc(jax.random.key(1), q, theta), tarp(jax.random.key(2), q, theta), B_CONJ, sign
+        )
 
 
 def test_bivariate_gaussian_mixture_posterior():
@@ -231,13 +232,13 @@ def test_tempered_smc_passes_2x_fails():
     run = jax.vmap(lambda k, yi: tempered_smc_loop(k, from_numpyro(_factor_model, yi), 128)[0])
     state = run(jax.random.split(jax.random.key(22), b), y)
     particles = jax.vmap(lambda t: Particles(t))(state.theta)  # equally weighted, (B, N, 1)
-    _assert_passes(sbc(jax.random.key(1), particles, theta),
-                   tarp(jax.random.key(2), particles, theta), b)
+    _assert_passes(
+        sbc(jax.random.key(1), particles, theta), tarp(jax.random.key(2), particles, theta), b
+    )
     draws = np.asarray(state.theta, np.float64)
     for factor, sign in ((0.5, -1), (2.0, +1)):
         d = _scaled(draws, factor)
-        _assert_fails(sbc(jax.random.key(1), d, theta), tarp(jax.random.key(2), d, theta), b,
-                      sign)
+        _assert_fails(sbc(jax.random.key(1), d, theta), tarp(jax.random.key(2), d, theta), b, sign)
 
 
 def test_tempered_smc_result_is_a_posterior():
