@@ -21,6 +21,8 @@ from amortized.priors import (
 )
 
 _LAZY = {
+    "CheckpointDir": "amortized.checkpoint",
+    "CheckpointLockedError": "amortized.checkpoint",
     "PFN": "amortized.pfn",
     "PFNConfig": "amortized.model",
     "PFNTransformer": "amortized.model",
