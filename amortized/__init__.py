@@ -25,6 +25,7 @@ _LAZY = {
     "CheckpointLockedError": "amortized.checkpoint",
     "PFN": "amortized.pfn",
     "PFNConfig": "amortized.model",
+    "PFNRangeWarning": "amortized.pfn",
     "PFNTransformer": "amortized.model",
     "TrainConfig": "amortized.train",
     "train_pfn": "amortized.train",
