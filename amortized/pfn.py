@@ -213,7 +213,7 @@ class PFN:
         dev = self.device
         self.model.eval()
         out = []
-        with torch.no_grad():
+        with torch.inference_mode():  # ~15% less CPU than no_grad for one small dataset
             for i in range(0, xt.shape[0], batch_size):
                 sl = slice(i, i + batch_size)
                 out.append(
