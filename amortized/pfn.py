@@ -224,6 +224,13 @@ class PFN:
                     )
                 )
         logits = torch.cat(out, dim=0)
+        if not torch.isfinite(logits).all():  # finite but huge inputs overflow inside the network
+            big = max(float(np.abs(a).max(initial=0.0)) for a in (xt, yt, xs))
+            raise ValueError(
+                "x_train, y_train or x_test are too large in magnitude for the network (the "
+                f"logits overflow; largest |value| {big:.3g}); standardise the data first, see "
+                "amortized.pfn"
+            )
         return logits[0] if single else logits
 
     def predict(self, x_train, y_train, x_test):

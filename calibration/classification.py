@@ -203,7 +203,7 @@ class SplitConformalClassifier(WrapsEstimator, ClassifierMixin, BaseEstimator):
     ----------
     classes_ : ndarray of shape (n_classes,)
         Labels of the columns of :meth:`predict_proba` and :meth:`predict_set`.
-    scores_ : ndarray of shape (n,)
+    conformity_scores_ : ndarray of shape (n,)
         Calibration scores of the true labels.
     quantile_ : float or ndarray of shape (n_classes,)
         Threshold(s); ``+inf`` (full label set) where the calibration set is too small.

@@ -69,7 +69,7 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
     ----------
     lower_estimator_, upper_estimator_ : estimator
         The fitted clones (after :meth:`fit`).
-    scores_ : ndarray
+    conformity_scores_ : ndarray
         Calibration scores ``max(lo - y, y - hi)``.
     quantile_ : float
         Conformal correction ``q`` (``+inf`` if ``n`` is too small).
@@ -152,9 +152,9 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         y = as_float_array(y, "y")
         lo, hi = self._band(X, lower, upper, distribution)
         check_same_length(y=y, lower=lo)
-        self.scores_ = np.maximum(lo - y, y - hi)
+        self.conformity_scores_ = np.maximum(lo - y, y - hi)
         self.n_calibration_ = len(y)
-        self.quantile_ = conformal_quantile(self.scores_, alpha)
+        self.quantile_ = conformal_quantile(self.conformity_scores_, alpha)
         return self
 
     def predict_interval(self, X=None, *, lower=None, upper=None, distribution=None):

@@ -85,7 +85,7 @@ class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
     ----------
     estimator_ : estimator
         The fitted clone (after :meth:`fit`).
-    scores_ : ndarray of shape (n,)
+    conformity_scores_ : ndarray of shape (n,)
         Calibration scores.
     quantile_ : float
         The conformal threshold ``q`` (``+inf`` when ``n`` is too small for

@@ -10,6 +10,9 @@ import warnings
 import jax
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amortized.pfn import PFNRangeWarning
 from amortized.pretrained import load_pretrained, prior_of
@@ -79,3 +82,30 @@ def test_documented_standardisation_matches_exact_gp(pfn):
         xs(xr[:30])[None, :, None], (s0 * (yr[:30] - m) / s)[None], xs(xr[30:])[None, :, None]
     )
     np.testing.assert_allclose(mean, m + s / s0 * np.asarray(gp_mean)[0], atol=0.15 * s / s0)
+
+
+@settings(max_examples=80, derandomize=True, database=None, deadline=None)
+@given(
+    st.integers(0, 6),
+    st.integers(1, 4),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=16, max_size=16),
+    st.sampled_from(["ok", "short_y", "2d_x", "empty_test"]),
+)
+def test_fuzz_predict(pfn, n, m, pool, shape):
+    """Random values (NaN, inf, float32 extremes) and shapes: only ValueError/TypeError, and
+    a prediction that is returned has finite logits."""
+    v = np.asarray(pool, dtype=np.float32)
+    x, y, xs = v[:n], v[6 : 6 + n], v[12 : 12 + m]
+    if shape == "short_y":
+        y = y[: max(n - 1, 0)] if n else v[:1]
+    elif shape == "2d_x":
+        x = np.stack([x, x], axis=-1)
+    elif shape == "empty_test":
+        xs = xs[:0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PFNRangeWarning)
+        try:
+            logits = pfn.predict_logits(x, y, xs)
+        except (ValueError, TypeError):
+            return
+    assert torch.isfinite(logits).all()

@@ -89,7 +89,7 @@ def test_small_n_full_label_set_and_boundary():
     clf = SplitConformalClassifier(alpha=0.1, conformity_score="lac").calibrate(
         y=y[0, :9], proba=p[0, :9]
     )
-    assert clf.quantile_ == clf.scores_.max()
+    assert clf.quantile_ == clf.conformity_scores_.max()
 
 
 def test_scores_by_hand_and_include_last_label():

@@ -126,7 +126,7 @@ def test_cqr_coverage_is_exact(family):
         scores = (
             ConformalizedQuantileRegressor(alpha=ALPHA)
             .calibrate(y=family.y[:n_pts], distribution=family.make(slice(0, n_pts)))
-            .scores_
+            .conformity_scores_
         )
         w = np.exp(family.log_w[:n_pts])
         w /= w.sum(axis=1, keepdims=True)
@@ -137,7 +137,7 @@ def test_cqr_coverage_is_exact(family):
         return
     # the CQR scores of all M points through the estimator, then R independent splits
     cqr = ConformalizedQuantileRegressor(alpha=ALPHA)
-    scores = cqr.calibrate(y=family.y, distribution=family.make(slice(None))).scores_
+    scores = cqr.calibrate(y=family.y, distribution=family.make(slice(None))).conformity_scores_
     assert scores.shape == (M,)
     reps = scores.reshape(-1, N + 1)
     q = np.array([conformal_quantile(s[:N], ALPHA) for s in reps])

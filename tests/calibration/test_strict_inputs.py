@@ -186,3 +186,29 @@ def test_fuzz_pit_scores(y, loc):
         assert not np.isfinite(loc)  # NaN/inf location: the cdf is NaN, rejected by name
         return
     assert np.all((u >= 0) & (u <= 1))
+
+
+@jax.jit
+def _mixture_outputs(d, y):
+    u = d.cdf(y[:, None])
+    return u, d.log_prob(y[:, None]), d.icdf(jnp.clip(u, 1e-4, 1 - 1e-4))
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=3, max_size=3),
+    st.lists(st.floats(-1e3, 1e3, width=32), min_size=3, max_size=3),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=3, max_size=3),
+    st.lists(st.floats(-1e4, 1e4, width=32), min_size=4, max_size=4),
+)
+def test_fuzz_gaussian_mixture_1d(weights, locs, scales, y):
+    from probinfer.distributions import GaussianMixture
+
+    try:
+        d = GaussianMixture.univariate(np.array(weights), np.array(locs), np.array(scales))
+    except (ValueError, TypeError):
+        w, s = np.array(weights), np.array(scales)
+        assert not (np.all(np.isfinite(w) & (w >= 0)) and w.sum() > 0 and np.all(s > 0))
+        return
+    u, lp, q = (np.asarray(a) for a in _mixture_outputs(d, jnp.asarray(y, dtype=jnp.float32)))
+    assert np.all((u >= 0) & (u <= 1)) and not np.isnan(lp).any() and not np.isnan(q).any()
