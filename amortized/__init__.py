@@ -21,8 +21,11 @@ from amortized.priors import (
 )
 
 _LAZY = {
+    "CheckpointDir": "amortized.checkpoint",
+    "CheckpointLockedError": "amortized.checkpoint",
     "PFN": "amortized.pfn",
     "PFNConfig": "amortized.model",
+    "PFNRangeWarning": "amortized.pfn",
     "PFNTransformer": "amortized.model",
     "TrainConfig": "amortized.train",
     "train_pfn": "amortized.train",

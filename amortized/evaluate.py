@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from amortized.priors import GPPrior
+from amortized.priors import GPPrior, indexed_key
 
 __all__ = ["gaussian_nll", "nll_vs_gp"]
 
@@ -62,7 +62,7 @@ def nll_vs_gp(
     out: dict = {"by_n_train": {}}
     gaps_all, pfn_all, gp_all, prior_all = [], [], [], []
     for j, n in enumerate(n_train_values):
-        key = np.array([seed % 2**32, 1_000_003 + j], dtype=np.uint32)
+        key = indexed_key(seed, 1_000_003 + j)
         x, y = prior.sample(key, n_datasets, n + n_test)
         xt, yt, xs, ys = x[:, :n], y[:, :n], x[:, n:], y[:, n:]
         dist = pfn.predict(xt, yt, xs)

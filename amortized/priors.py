@@ -8,8 +8,10 @@ Built-ins: :class:`GPPrior` (RBF kernel, fixed hyperparameters or log-normal hyp
 :class:`BayesianLinearPrior`, :class:`MLPPrior` (random Bayesian neural networks) and
 :class:`NumPyroPrior` (any NumPyro model with an ``x`` argument and an observed-free ``y`` site).
 
-Keys are ``jax.random`` keys (or integer seeds); the same key always gives the same datasets.
-Sampling uses numpy in float64 (batched Cholesky), then casts to float32.
+Keys are ``jax.random`` keys (typed, ``jax.random.key(s)``, or legacy uint32 pairs,
+``jax.random.PRNGKey(s)``), as everywhere in probinfer; the same key always gives the same
+datasets. Sampling uses numpy in float64 (batched Cholesky) seeded from the key's words, then
+casts to float32.
 """
 
 from __future__ import annotations
@@ -26,24 +28,53 @@ __all__ = [
     "MLPPrior",
     "NumPyroPrior",
     "Prior",
+    "indexed_key",
     "numpy_rng",
 ]
 
 
-def numpy_rng(key) -> np.random.Generator:
-    """A numpy ``Generator`` seeded deterministically from a jax key or an integer seed."""
-    if isinstance(key, (int, np.integer)):
-        return np.random.default_rng(int(key))
+def indexed_key(seed: int, index: int):
+    """The typed ``jax.random`` key whose two threefry words are ``(seed, index)``.
+
+    Used for streams indexed by an integer (training step ``t``, evaluation context size ``j``):
+    key ``t`` of a run is a function of ``(seed, t)`` only, so a resumed run sees the data it
+    would have seen uninterrupted. ``indexed_key(0, s)`` equals ``jax.random.PRNGKey(s)``.
+    """
     import jax
 
-    data = np.asarray(jax.random.key_data(key) if _is_typed_key(key) else key, dtype=np.uint32)
-    return np.random.default_rng(data.ravel().tolist())
+    words = np.array([int(seed) % 2**32, int(index) % 2**32], dtype=np.uint32)
+    return jax.random.wrap_key_data(words, impl="threefry2x32")
+
+
+def key_words(key) -> np.ndarray:
+    """The uint32 words of a ``jax.random`` key (typed or legacy); ``TypeError`` otherwise."""
+    import jax
+
+    if _is_typed_key(key):
+        return np.asarray(jax.random.key_data(key), dtype=np.uint32).ravel()
+    arr = np.asarray(key) if isinstance(key, (np.ndarray, jax.Array)) else None
+    if arr is None or arr.dtype != np.uint32 or arr.shape != (2,):
+        raise TypeError(
+            "key must be a jax.random key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
+            f"got {type(key).__name__}"
+            + (f" of dtype {arr.dtype} and shape {arr.shape}" if arr is not None else "")
+        )
+    return arr
+
+
+def numpy_rng(key) -> np.random.Generator:
+    """A numpy ``Generator`` seeded deterministically from the words of a ``jax.random`` key."""
+    return np.random.default_rng(key_words(key).tolist())
 
 
 def _is_typed_key(key) -> bool:
     import jax
 
-    return hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return (
+        isinstance(key, jax.Array)
+        and hasattr(key, "dtype")
+        and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    )
 
 
 def _check_sizes(n_datasets: int, n_points: int) -> None:
@@ -257,8 +288,7 @@ class NumPyroPrior:
                 return pred(k, x=xi)[self.y_site][0]
 
             self._predict = jax.jit(jax.vmap(one))
-        seed = int(rng.integers(0, 2**31 - 1))
-        keys = jax.random.split(jax.random.PRNGKey(seed), n_datasets)
+        keys = jax.random.split(jax.random.fold_in(key, 1), n_datasets)
         y = np.asarray(self._predict(keys, x), dtype=np.float32)
         if y.shape != (n_datasets, n_points):
             raise ValueError(

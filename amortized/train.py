@@ -1,33 +1,39 @@
-"""Training a PFN on draws from a prior, with checkpoint and resume.
+"""Training a PFN on draws from a prior, with crash-safe checkpoint and resume.
 
 Each step draws ``batch_size`` datasets of ``n_points`` points from the prior, picks one random
 split position ``n_train`` for the whole batch (PFN training), and minimises the bar-distribution
 NLL of the held-out points (AdamW, linear warm-up then cosine decay, gradient clipping).
 
-The data of step ``t`` is a function of ``(seed, t)`` only, so a run resumed from a checkpoint
-sees exactly the batches it would have seen uninterrupted. A checkpoint directory holds
+Randomness goes through ``jax.random`` keys: the data of step ``t`` comes from the key
+:func:`step_key` ``(seed, t)`` only, so a run resumed from a checkpoint sees exactly the batches
+it would have seen uninterrupted; the parameter initialisation uses a torch generator seeded
+with ``seed`` inside :func:`torch.random.fork_rng` (the global torch RNG is left untouched).
 
-* ``model.safetensors`` + ``config.json`` (a loadable :class:`~amortized.pfn.PFN`),
-* ``optimizer.safetensors`` (AdamW moments) and ``train_state.json`` (step, config, loss log).
+A checkpoint directory is a :class:`~amortized.checkpoint.CheckpointDir`: one tensor file
+(network weights, bucket borders, AdamW state, with the step in its metadata) and a manifest
+committed last by atomic rename, a lock held while training, checksums verified on resume. A run
+killed at any point (``kill -9`` included) resumes to weights bit-identical to an uninterrupted
+run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from amortized.bar_torch import bar_nll, borders_from_samples
+from amortized.checkpoint import CheckpointDir
 from amortized.model import PFNConfig, PFNTransformer
 from amortized.pfn import PFN
+from amortized.priors import indexed_key, key_words
 
-__all__ = ["TrainConfig", "train_pfn", "step_key"]
+__all__ = ["TrainConfig", "train_pfn", "step_key", "split_position"]
 
 _BORDER_STEP = 2**32 - 1  # reserved "step" for the draws that place the borders
 
@@ -45,7 +51,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = 0  # root of the step keys and of the torch initialisation generator
     n_border_datasets: int = 2000
 
     def __post_init__(self):
@@ -62,9 +68,15 @@ class TrainConfig:
             )
 
 
-def step_key(seed: int, step: int) -> np.ndarray:
-    """Key (a uint32 pair usable by every :class:`~amortized.priors.Prior`) of one step."""
-    return np.array([seed % 2**32, step % 2**32], dtype=np.uint32)
+def step_key(seed: int, step: int):
+    """The ``jax.random`` key of the datasets of step ``step`` (a function of ``(seed, step)``)."""
+    return indexed_key(seed, step)
+
+
+def split_position(key, min_train: int, max_train: int) -> int:
+    """The number of context points ``n_train`` of one step, uniform on ``[min, max]``."""
+    rng = np.random.default_rng([*key_words(key).tolist(), 1])
+    return int(rng.integers(min_train, max_train + 1))
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -75,22 +87,16 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
-    from safetensors.torch import save_file
-
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state (AdamW moments and step counts) as named tensors."""
     tensors = {}
     for i, st in opt.state_dict()["state"].items():
         for name, t in st.items():
-            tensors[f"state.{i}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+            tensors[f"optimizer.{i}.{name}"] = torch.as_tensor(t).detach().cpu().contiguous()
+    return tensors
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     sd = opt.state_dict()
     state: dict = {}
     for key, t in tensors.items():
@@ -128,10 +134,14 @@ def train_pfn(
         Dataset sampler (``prior.sample(key, n_datasets, n_points)``).
     model_config, train_config : PFNConfig, TrainConfig
     checkpoint_dir : path, optional
-        Where checkpoints are written every ``checkpoint_every_s`` seconds and at the end. If it
-        already holds a checkpoint, training resumes from it; its configs must match, except
-        ``n_steps``, which may be changed to extend or shorten a run (the cosine schedule is
-        recomputed for the new total).
+        Where checkpoints are committed every ``checkpoint_every_s`` seconds and at the end
+        (see :mod:`amortized.checkpoint`). If it already holds a checkpoint, training resumes
+        from it; its configs must match, except ``n_steps``, which may be changed to extend or
+        shorten a run (the cosine schedule is recomputed for the new total). The directory is
+        locked while training: a second trainer on it gets
+        :class:`~amortized.checkpoint.CheckpointLockedError`.
+    checkpoint_every_s : float
+        Seconds between checkpoints (0: after every step).
     device : str, optional
         ``"cuda"`` when available unless given.
     progress : bool
@@ -143,6 +153,12 @@ def train_pfn(
     -------
     PFN
         The trained network (in eval mode), with ``meta["training"]`` describing the run.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint's configs differ, or its files are damaged (the message names the
+        file and how to recover).
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -152,34 +168,59 @@ def train_pfn(
             f"model_config.x_dim ({model_config.x_dim})"
         )
     tc = train_config
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state_file = ckpt / "train_state.json" if ckpt is not None else None
+    ckpt = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
+    with ckpt if ckpt is not None else nullcontext():
+        return _train(
+            prior,
+            model_config,
+            tc,
+            ckpt,
+            checkpoint_every_s,
+            device,
+            progress,
+            log_file,
+            max_seconds,
+        )
 
-    torch.manual_seed(tc.seed)  # parameter initialisation only; data comes from step keys
-    model = PFNTransformer(model_config).to(device)
+
+def _train(
+    prior, model_config, tc, ckpt, checkpoint_every_s, device, progress, log_file, max_seconds
+) -> PFN:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)  # parameter initialisation only; data comes from step keys
+        model = PFNTransformer(model_config)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
     losses: list[list[float]] = []
+    ema = None
     elapsed_before = 0.0
 
-    if state_file is not None and state_file.is_file():
-        st = json.loads(state_file.read_text())
+    saved = ckpt.load() if ckpt is not None else None
+    if saved is not None:
+        step, tensors, st = saved
         # n_steps may change on resume (the cosine schedule is recomputed for the new total);
         # everything else must match, otherwise the run would silently change its data/model
-        saved = {k: v for k, v in st["train_config"].items() if k != "n_steps"}
+        had = {k: v for k, v in st["train_config"].items() if k != "n_steps"}
         wanted = {k: v for k, v in asdict(tc).items() if k != "n_steps"}
-        if saved != wanted:
+        if had != wanted:
             raise ValueError(
                 f"checkpoint train_config {st['train_config']} does not match {asdict(tc)} "
                 "(only n_steps may differ on resume)"
             )
-        loaded = PFN.load(ckpt, device=device, expected_config=model_config)
-        model.load_state_dict(loaded.model.state_dict())
-        borders = loaded.borders
-        _load_optimizer(opt, ckpt / "optimizer.safetensors")
-        step = int(st["step"])
-        losses = st.get("losses", [])
-        elapsed_before = float(st.get("elapsed_s", 0.0))
+        if st["model_config"] != model_config.to_dict():
+            raise ValueError(
+                f"checkpoint model config {st['model_config']} does not match the expected "
+                f"config {model_config.to_dict()}"
+            )
+        model.load_state_dict(
+            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        borders = tensors["borders"].numpy()
+        _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
+        losses = st["losses"]
+        ema = st["loss_ema"]
+        elapsed_before = float(st["elapsed_s"])
     else:
         _, y = prior.sample(step_key(tc.seed, _BORDER_STEP), tc.n_border_datasets, tc.n_points)
         borders = borders_from_samples(y, model_config.n_buckets)
@@ -205,21 +246,27 @@ def train_pfn(
         }
         return PFN(model, borders, meta)
 
+    committed = step if saved is not None else -1
+
     def checkpoint() -> None:
-        if ckpt is None:
+        nonlocal committed
+        if ckpt is None or committed == step:
             return
-        make_pfn().save(ckpt)
-        _save_optimizer(opt, ckpt / "optimizer.safetensors")
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        }
+        tensors["borders"] = torch.from_numpy(np.array(borders, dtype=np.float32))
+        tensors.update(_optimizer_tensors(opt))
         st = {
-            "step": step,
             "train_config": asdict(tc),
             "model_config": model_config.to_dict(),
+            "prior": _prior_description(prior),
             "losses": losses,
+            "loss_ema": ema,
             "elapsed_s": elapsed_before + time.time() - t0,
         }
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st))
-        os.replace(tmp, state_file)
+        ckpt.save(step, tensors, st)
+        committed = step
 
     t0 = time.time()
     last_ckpt = t0
@@ -231,11 +278,10 @@ def train_pfn(
             total=tc.n_steps, initial=step, file=log_file, mininterval=5.0, dynamic_ncols=False
         )
     model.train()
-    ema = None
     while step < tc.n_steps:
-        x, y = prior.sample(step_key(tc.seed, step), tc.batch_size, tc.n_points)
-        rng = np.random.default_rng([tc.seed, step, 1])
-        n_train = int(rng.integers(tc.min_train, tc.max_train + 1))
+        key = step_key(tc.seed, step)
+        x, y = prior.sample(key, tc.batch_size, tc.n_points)
+        n_train = split_position(key, tc.min_train, tc.max_train)
         xt = torch.from_numpy(x).to(device)
         yt = torch.from_numpy(y).to(device)
         logits = model(xt[:, :n_train], yt[:, :n_train], xt[:, n_train:])

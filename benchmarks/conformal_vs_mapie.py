@@ -82,12 +82,12 @@ def classification(rng, score):
 
     def ours():
         if score == "lac":
-            clf = SplitConformalClassifier(model, alpha=ALPHA, score="lac").calibrate(Xc, yc)
+            clf = SplitConformalClassifier(model, alpha=ALPHA, conformity_score="lac").calibrate(Xc, yc)
         else:
             # MAPIE's APS: randomised calibration scores, sets that include the last label
             u = np.random.RandomState(seed).uniform(size=n_cal)
             clf = SplitConformalClassifier(
-                model, alpha=ALPHA, score="aps", randomized=True, include_last_label=True
+                model, alpha=ALPHA, conformity_score="aps", randomized=True, include_last_label=True
             ).calibrate(Xc, yc, u=u)
         return clf.predict_set(Xt)
 

@@ -113,12 +113,13 @@ def main() -> None:
     from amortized import PFN, load_pretrained
     from amortized.evaluate import gaussian_nll
     from amortized.pretrained import prior_of
+    from amortized.priors import indexed_key
 
     pfn = PFN.load(a.model_dir) if a.model_dir else load_pretrained("gp-1d")
     prior = prior_of("gp-1d")
     rows = []
     for j, n in enumerate(a.n_train):
-        key = np.array([a.seed, j], dtype=np.uint32)
+        key = indexed_key(a.seed, j)
         x, y = prior.sample(key, a.n_datasets, n + a.n_test)
         xt, yt, xs, ys = x[:, :n], y[:, :n], x[:, n:], y[:, n:]
 

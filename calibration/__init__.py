@@ -1,8 +1,11 @@
 """Calibrated uncertainty: split conformal prediction and batch predictive inference.
 
-NumPy in, NumPy out; scikit-learn conventions (``calibrate`` / ``predict_interval`` /
-``predict_set``).  Heavy dependencies (JAX, numpyro) are never imported here:
-predictive distributions are duck-typed through their ``cdf``/``icdf`` methods.
+NumPy in, NumPy out.  The estimators are scikit-learn estimators (``BaseEstimator``
+parameters validated in ``fit``/``calibrate``, ``clone``-able, usable as a Pipeline's final
+step, ``classes_`` for any labels, ``NotFittedError``, ``random_state``) with
+``fit`` / ``calibrate`` / ``predict`` / ``predict_interval`` / ``predict_set``.  JAX and
+numpyro are never imported here: predictive distributions (numpyro's, ``BarDistribution``,
+1-D ``GaussianMixture``, particle distributions) are duck-typed through ``cdf``/``icdf``.
 
 Also here: first-order calibration metrics (:mod:`calibration.metrics`), second-order
 calibration from pair predictions (:mod:`calibration.second_order`), and the posterior checks

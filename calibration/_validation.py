@@ -15,6 +15,7 @@ import numpy as np
 __all__ = [
     "as_float_array",
     "as_generator",
+    "random_generator",
     "check_alpha",
     "check_positive_int",
     "check_same_length",
@@ -97,6 +98,26 @@ def as_generator(seed, name: str = "seed") -> np.random.Generator:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"{name} must be an int or numpy.random.Generator")
     return np.random.default_rng(int(seed))
+
+
+def random_generator(random_state, stream: int, name: str = "random_state") -> np.random.Generator:
+    """The NumPy ``Generator`` of one use (``stream``) of an estimator's ``random_state``.
+
+    An int gives an independent, reproducible stream per use (calibration uniforms and test
+    uniforms must not be the same draws); a ``Generator`` is used as is (and advances).
+    ``None`` is rejected: no global RNG state.
+    """
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is None:
+        raise ValueError(
+            f"{name} is required for randomised methods (an int or a numpy.random.Generator)"
+        )
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+        raise TypeError(f"{name} must be an int or numpy.random.Generator")
+    if random_state < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {random_state}")
+    return np.random.default_rng([int(random_state), stream])
 
 
 def exact_fraction(x: float) -> Fraction:

@@ -161,6 +161,14 @@ def order_statistic_quantile(n: int, m: int, zeta: int, alpha: float) -> int:
 def _extended_sorted(scores, upper_bound: float) -> np.ndarray:
     """``S_(1..n)`` sorted, followed by ``S_(n+1) = upper_bound`` (1-based access)."""
     s = np.sort(as_float_array(scores, "scores", allow_empty=True))
+    if len(s) and s[0] == -np.inf:
+        raise ValueError("scores must not contain -inf (conformity scores are real or +inf)")
+    if isinstance(upper_bound, bool) or not isinstance(
+        upper_bound, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"upper_bound must be a real number, got {type(upper_bound).__name__}")
+    if math.isnan(upper_bound) or upper_bound == -np.inf:
+        raise ValueError(f"upper_bound must be a real number or +inf, got {upper_bound!r}")
     if len(s) and upper_bound < s[-1]:
         raise ValueError("upper_bound must be >= every calibration score")
     return np.concatenate([s, [float(upper_bound)]])

@@ -23,9 +23,18 @@ rule used by MAPIE; coverage is then at least that of the plain set.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ._estimator import resolve_array
-from ._validation import as_float_array, as_generator, check_alpha, check_same_length
+from ._estimator import (
+    WrapsEstimator,
+    check_calibrated,
+    check_calibration_size,
+    fit_clone,
+    fitted_or_prefit,
+    resolve_array,
+    split_for_calibration,
+)
+from ._validation import as_float_array, check_alpha, check_same_length, random_generator
 from .quantile import conformal_quantile
 
 __all__ = [
@@ -36,6 +45,7 @@ __all__ = [
 ]
 
 _SCORES = ("lac", "aps", "raps")
+_SUM_TOL = 1e-5  # float32 softmax outputs over thousands of classes stay well inside
 
 
 def _check_proba(proba, name: str = "proba") -> np.ndarray:
@@ -46,6 +56,12 @@ def _check_proba(proba, name: str = "proba") -> np.ndarray:
         raise ValueError(f"{name} must have at least 2 classes in its last axis")
     if (p < 0).any():
         raise ValueError(f"{name} must be non-negative probabilities")
+    deviation = np.abs(p.sum(axis=-1) - 1.0)
+    if p.size and deviation.max() > _SUM_TOL:
+        raise ValueError(
+            f"{name} rows must sum to 1 (probabilities over the classes, tolerance {_SUM_TOL:g}); "
+            f"the largest deviation is {deviation.max():.3g}"
+        )
     return p
 
 
@@ -146,21 +162,22 @@ def _include_last_label_sets(p, threshold, score, lam, k_reg, tol):
     return sets
 
 
-class SplitConformalClassifier:
-    """Split conformal prediction sets for a prefit probabilistic classifier.
+class SplitConformalClassifier(WrapsEstimator, ClassifierMixin, BaseEstimator):
+    """Split conformal prediction sets for a probabilistic classifier (a scikit-learn estimator).
 
     Parameters
     ----------
-    estimator : object, optional
-        Prefit classifier with ``predict_proba(X)`` returning ``(n, n_classes)``
-        probabilities whose columns are the class codes ``0..n_classes-1``.
-        Not needed when passing ``proba=``.
+    estimator : estimator, optional
+        Classifier with ``predict_proba(X)`` returning ``(n, n_classes)`` probabilities
+        whose columns are its ``classes_``. :meth:`fit` fits a clone of it (``estimator_``);
+        without ``fit`` it is used as given (prefit). Not needed when passing ``proba=``.
     alpha : float
         Miscoverage level in ``(0, 1)``.
-    score : {"lac", "aps", "raps"}
-        Conformity score.
+    conformity_score : {"lac", "aps", "raps"}
+        Conformity score (the name MAPIE uses; ``score`` is scikit-learn's metric method).
     randomized : bool
-        APS/RAPS only: add ``-u p_y`` with ``u ~ U(0, 1)`` (needs ``seed`` or ``u``).
+        APS/RAPS only: add ``-u p_y`` with ``u ~ U(0, 1)`` (drawn from ``random_state``,
+        or passed as ``u=``).
     include_last_label : bool
         APS/RAPS only: conservative sets that include the label crossing ``q``.
     mondrian : bool
@@ -171,10 +188,22 @@ class SplitConformalClassifier:
     tol : float
         Scores within ``tol`` above the threshold count as ties and are included
         (absorbs round-off in cumulative sums; conservative).
+    classes : array_like, optional
+        The labels of the probability columns when the classifier has no ``classes_``
+        (precomputed ``proba=``); default ``0..n_classes-1``. Labels may be any values
+        (strings, ``1..K``): they are encoded through ``classes_`` as in scikit-learn.
+    calibration_size : float, optional
+        If set, :meth:`fit` holds out this fraction of its rows at random, fits on the rest
+        and calibrates on the held-out rows (a Pipeline final step is then ready to use).
+    random_state : int or numpy.random.Generator, optional
+        Source of the random split and of the uniforms of ``randomized=True`` (independent
+        streams for calibration and prediction; the same value gives the same result).
 
     Attributes
     ----------
-    scores_ : ndarray of shape (n,)
+    classes_ : ndarray of shape (n_classes,)
+        Labels of the columns of :meth:`predict_proba` and :meth:`predict_set`.
+    conformity_scores_ : ndarray of shape (n,)
         Calibration scores of the true labels.
     quantile_ : float or ndarray of shape (n_classes,)
         Threshold(s); ``+inf`` (full label set) where the calibration set is too small.
@@ -185,42 +214,116 @@ class SplitConformalClassifier:
         estimator=None,
         *,
         alpha: float = 0.1,
-        score: str = "lac",
+        conformity_score: str = "lac",
         randomized: bool = False,
         include_last_label: bool = False,
         mondrian: bool = False,
         lam: float = 0.01,
         k_reg: int = 1,
         tol: float = 1e-8,
+        classes=None,
+        calibration_size: float | None = None,
+        random_state=None,
     ) -> None:
-        if score not in _SCORES:
-            raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
-        if (randomized or include_last_label) and score == "lac":
-            raise ValueError("randomized/include_last_label apply to score='aps' or 'raps'")
-        if include_last_label and mondrian:
-            raise ValueError("include_last_label is not defined with mondrian=True")
-        if lam < 0 or not np.isfinite(lam):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        if tol < 0:
-            raise ValueError(f"tol must be >= 0, got {tol!r}")
         self.estimator = estimator
-        self.alpha = check_alpha(alpha)
-        self.score = score
-        self.randomized = bool(randomized)
-        self.include_last_label = bool(include_last_label)
-        self.mondrian = bool(mondrian)
-        self.lam = float(lam)
-        self.k_reg = int(k_reg)
-        self.tol = float(tol)
+        self.alpha = alpha
+        self.conformity_score = conformity_score
+        self.randomized = randomized
+        self.include_last_label = include_last_label
+        self.mondrian = mondrian
+        self.lam = lam
+        self.k_reg = k_reg
+        self.tol = tol
+        self.classes = classes
+        self.calibration_size = calibration_size
+        self.random_state = random_state
+
+    def _check_params(self) -> float:
+        if self.conformity_score not in _SCORES:
+            raise ValueError(
+                f"conformity_score must be one of {_SCORES}, got {self.conformity_score!r}"
+            )
+        if (self.randomized or self.include_last_label) and self.conformity_score == "lac":
+            raise ValueError(
+                "randomized/include_last_label apply to conformity_score='aps' or 'raps'"
+            )
+        if self.include_last_label and self.mondrian:
+            raise ValueError("include_last_label is not defined with mondrian=True")
+        if not (isinstance(self.lam, (int, float)) and self.lam >= 0 and np.isfinite(self.lam)):
+            raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
+        if isinstance(self.k_reg, bool) or not isinstance(self.k_reg, (int, np.integer)):
+            raise TypeError(f"k_reg must be an integer, got {type(self.k_reg).__name__}")
+        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
+            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
+        check_calibration_size(self.calibration_size)
+        return check_alpha(self.alpha)
+
+    def fit(self, X, y) -> SplitConformalClassifier:
+        """Fit a clone of ``estimator`` on a training set (not the calibration set).
+
+        With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
+        :meth:`calibrate` instead.
+        """
+        self._check_params()
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
+        if self.calibration_size is not None:
+            X, X_cal, y, y_cal = split_for_calibration(self, X, y)
+        self.estimator_ = fit_clone(self, "estimator", X, y)
+        self.classes_ = np.asarray(self.estimator_.classes_)
+        if hasattr(self.estimator_, "n_features_in_"):
+            self.n_features_in_ = self.estimator_.n_features_in_
+        if self.calibration_size is not None:
+            self.calibrate(X_cal, y_cal)
+        return self
 
     def _proba(self, X, proba) -> np.ndarray:
-        p = resolve_array(proba, self.estimator, "predict_proba", X, "proba", "estimator")
+        model = fitted_or_prefit(self, "estimator")
+        p = resolve_array(proba, model, "predict_proba", X, "proba", "estimator")
         p = _check_proba(p)
         if p.ndim != 2:
             raise ValueError(f"proba must be 2-D (n, n_classes), got shape {p.shape}")
         return p
 
-    def _uniforms(self, n: int, seed, u):
+    def _column_labels(self, n_classes: int) -> np.ndarray:
+        model = fitted_or_prefit(self, "estimator")
+        labels = getattr(model, "classes_", None)
+        if labels is None:
+            labels = np.arange(n_classes) if self.classes is None else self.classes
+        labels = np.asarray(labels)
+        if labels.shape != (n_classes,):
+            raise ValueError(
+                f"classes must list one label per probability column ({n_classes}), "
+                f"got shape {labels.shape}"
+            )
+        if len(np.unique(labels)) != n_classes:
+            raise ValueError("classes must not repeat a label")
+        return labels
+
+    def _encode(self, y) -> np.ndarray:
+        """Column index of each label of ``y`` in ``classes_`` (``ValueError`` if unknown)."""
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(f"y must be a 1-D array of labels, got shape {y.shape}")
+        order = np.argsort(self.classes_, kind="stable")
+        sorted_labels = self.classes_[order]
+        try:
+            pos = np.clip(np.searchsorted(sorted_labels, y), 0, len(order) - 1)
+            known = sorted_labels[pos] == y
+        except (TypeError, ValueError, np.exceptions.DTypePromotionError):
+            known = np.zeros(y.shape, dtype=bool)
+            pos = np.zeros(y.shape, dtype=int)
+        if not np.all(known):
+            bad = y[~np.asarray(known, dtype=bool)][:3]
+            raise ValueError(
+                f"y holds labels {bad.tolist()} that are not in classes_ {self.classes_.tolist()}"
+                " (the class codes of the probability columns)"
+            )
+        return order[pos]
+
+    def _uniforms(self, n: int, stream: int, u):
         if not self.randomized:
             if u is not None:
                 raise ValueError("u is only used with randomized=True")
@@ -231,12 +334,12 @@ class SplitConformalClassifier:
             if ((u < 0) | (u > 1)).any():
                 raise ValueError("u must lie in [0, 1]")
             return u
-        return as_generator(seed).uniform(size=n)
+        return random_generator(self.random_state, stream).uniform(size=n)
 
     def _all_scores(self, p, u):
-        return class_scores(p, self.score, u=u, lam=self.lam, k_reg=self.k_reg)
+        return class_scores(p, self.conformity_score, u=u, lam=self.lam, k_reg=self.k_reg)
 
-    def calibrate(self, X=None, y=None, *, proba=None, seed=None, u=None):
+    def calibrate(self, X=None, y=None, *, proba=None, u=None) -> SplitConformalClassifier:
         """Score a calibration set.
 
         Parameters
@@ -244,46 +347,59 @@ class SplitConformalClassifier:
         X : array_like, optional
             Calibration features (for ``estimator.predict_proba``).
         y : array_like of shape (n,)
-            Integer class codes.
+            Labels (any values listed in ``classes_``).
         proba : array_like of shape (n, n_classes), optional
-            Precomputed probabilities.
-        seed : int or numpy.random.Generator, optional
-            Source of the uniforms for ``randomized=True``.
+            Precomputed probabilities (rows sum to one).
         u : array_like of shape (n,), optional
-            Explicit uniforms for ``randomized=True`` (overrides ``seed``).
+            Explicit uniforms for ``randomized=True`` (else drawn from ``random_state``).
         """
+        alpha = self._check_params()
         if y is None:
             raise ValueError("y (calibration labels) is required")
         p = self._proba(X, proba)
-        y = _check_labels(y, p.shape[1])
-        check_same_length(y=y, proba=p)
-        u = self._uniforms(len(y), seed, u)
-        s = np.take_along_axis(self._all_scores(p, u), y[:, None], axis=1)[:, 0]
-        self.scores_ = s
+        self.classes_ = self._column_labels(p.shape[1])
+        codes = self._encode(y)
+        check_same_length(y=codes, proba=p)
+        u = self._uniforms(len(codes), 0, u)
+        s = np.take_along_axis(self._all_scores(p, u), codes[:, None], axis=1)[:, 0]
+        self.conformity_scores_ = s
         self.n_classes_ = p.shape[1]
-        self.n_calibration_ = len(y)
+        self.n_calibration_ = len(codes)
         if self.mondrian:
             self.quantile_ = np.array(
-                [conformal_quantile(s[y == c], self.alpha) for c in range(p.shape[1])]
+                [conformal_quantile(s[codes == c], alpha) for c in range(p.shape[1])]
             )
         else:
-            self.quantile_ = conformal_quantile(s, self.alpha)
+            self.quantile_ = conformal_quantile(s, alpha)
         return self
 
     def predict_proba(self, X=None, *, proba=None) -> np.ndarray:
-        """Probabilities of the wrapped classifier (or ``proba`` itself)."""
+        """Probabilities of the wrapped classifier (or ``proba`` itself), columns ``classes_``."""
         return self._proba(X, proba)
 
-    def predict_set(self, X=None, *, proba=None, seed=None, u=None) -> np.ndarray:
-        """Boolean prediction sets of shape ``(n_test, n_classes)``."""
-        if not hasattr(self, "quantile_"):
-            raise ValueError("call calibrate() before predict_set()")
+    def predict(self, X=None, *, proba=None) -> np.ndarray:
+        """The most probable label of each row (the wrapped classifier's point prediction)."""
+        p = self._proba(X, proba)
+        classes = getattr(self, "classes_", None)
+        if classes is None:
+            classes = self._column_labels(p.shape[1])
+        return classes[np.argmax(p, axis=1)]
+
+    def predict_set(self, X=None, *, proba=None, u=None) -> np.ndarray:
+        """Boolean prediction sets of shape ``(n_test, n_classes)``, columns ``classes_``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before :meth:`calibrate`.
+        """
+        check_calibrated(self, "predict_set")
         p = self._proba(X, proba)
         if p.shape[1] != self.n_classes_:
             raise ValueError(f"proba must have {self.n_classes_} columns, got {p.shape[1]}")
         if self.include_last_label:
             return _include_last_label_sets(
-                p, self.quantile_, self.score, self.lam, self.k_reg, self.tol
+                p, self.quantile_, self.conformity_score, self.lam, self.k_reg, self.tol
             )
-        u = self._uniforms(p.shape[0], seed, u)
+        u = self._uniforms(p.shape[0], 1, u)
         return prediction_sets(self._all_scores(p, u), self.quantile_, self.tol)

@@ -11,8 +11,18 @@ distributions), evaluated at ``alpha/2`` and ``1 - alpha/2``.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
-from ._estimator import resolve_array
+from ._estimator import (
+    WrapsEstimator,
+    check_calibrated,
+    check_calibration_size,
+    distribution_icdf,
+    fit_clone,
+    fitted_or_prefit,
+    resolve_array,
+    split_for_calibration,
+)
 from ._validation import as_float_array, check_alpha, check_same_length
 from .quantile import conformal_quantile
 
@@ -29,55 +39,92 @@ def cqr_scores(y, lower, upper) -> np.ndarray:
 
 
 def distribution_quantiles(distribution, levels) -> list[np.ndarray]:
-    """Evaluate ``distribution.icdf(level)`` for each level and return NumPy arrays.
+    """``distribution.icdf(level)`` for each level, as 1-D NumPy arrays of length ``n``.
 
-    ``distribution`` is duck-typed: anything with ``icdf`` (numpyro distributions
-    over JAX arrays are converted with ``np.asarray``).
+    ``distribution``: any shared predictive distribution with batch shape ``(n,)`` (scalar or
+    ``(1,)`` events, e.g. a 1-D ``GaussianMixture``) or a sequence of ``n`` distributions (see
+    :func:`calibration._estimator.distribution_cdf`).
     """
-    icdf = getattr(distribution, "icdf", None)
-    if not callable(icdf):
-        raise TypeError("distribution must have a callable .icdf(q) method")
-    out = []
-    for level in levels:
-        v = np.asarray(icdf(float(level)), dtype=np.float64)
-        out.append(np.atleast_1d(v))
-    return out
+    return [distribution_icdf(distribution, level) for level in levels]
 
 
-class ConformalizedQuantileRegressor:
-    """Split-conformal calibration of a lower/upper quantile band.
+class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
+    """Split-conformal calibration of a lower/upper quantile band (a scikit-learn estimator).
 
     Parameters
     ----------
-    lower_estimator, upper_estimator : object, optional
-        Prefit models whose ``predict(X)`` return the ``alpha/2`` and ``1 - alpha/2``
-        conditional quantiles.  Not needed when passing ``lower=``/``upper=`` or
-        ``distribution=``.
+    lower_estimator, upper_estimator : estimator, optional
+        Models whose ``predict(X)`` return the ``alpha/2`` and ``1 - alpha/2`` conditional
+        quantiles. :meth:`fit` fits clones of them; without ``fit`` they are used as given
+        (prefit). Not needed when passing ``lower=``/``upper=`` or ``distribution=``.
     alpha : float
         Miscoverage level in ``(0, 1)``.
+    calibration_size : float, optional
+        If set, :meth:`fit` holds out this fraction of its rows at random, fits on the rest
+        and calibrates on the held-out rows.
+    random_state : int or numpy.random.Generator, optional
+        Source of the random split (required when ``calibration_size`` is set).
 
     Attributes
     ----------
-    scores_ : ndarray
+    lower_estimator_, upper_estimator_ : estimator
+        The fitted clones (after :meth:`fit`).
+    conformity_scores_ : ndarray
         Calibration scores ``max(lo - y, y - hi)``.
     quantile_ : float
         Conformal correction ``q`` (``+inf`` if ``n`` is too small).
     """
 
-    def __init__(self, lower_estimator=None, upper_estimator=None, *, alpha: float = 0.1):
+    def __init__(
+        self,
+        lower_estimator=None,
+        upper_estimator=None,
+        *,
+        alpha: float = 0.1,
+        calibration_size: float | None = None,
+        random_state=None,
+    ):
         self.lower_estimator = lower_estimator
         self.upper_estimator = upper_estimator
-        self.alpha = check_alpha(alpha)
+        self.alpha = alpha
+        self.calibration_size = calibration_size
+        self.random_state = random_state
+
+    def _check_params(self) -> float:
+        check_calibration_size(self.calibration_size)
+        return check_alpha(self.alpha)
+
+    def fit(self, X, y) -> ConformalizedQuantileRegressor:
+        """Fit clones of both quantile estimators on a training set (not the calibration set).
+
+        With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
+        :meth:`calibrate` instead.
+        """
+        self._check_params()
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
+        if self.calibration_size is not None:
+            X, X_cal, y, y_cal = split_for_calibration(self, X, y)
+        self.lower_estimator_ = fit_clone(self, "lower_estimator", X, y)
+        self.upper_estimator_ = fit_clone(self, "upper_estimator", X, y)
+        if hasattr(self.lower_estimator_, "n_features_in_"):
+            self.n_features_in_ = self.lower_estimator_.n_features_in_
+        if self.calibration_size is not None:
+            self.calibrate(X_cal, y_cal)
+        return self
 
     def _band(self, X, lower, upper, distribution) -> tuple[np.ndarray, np.ndarray]:
+        alpha = self._check_params()
         if distribution is not None:
             if lower is not None or upper is not None:
                 raise ValueError("pass either distribution or lower/upper, not both")
-            lower, upper = distribution_quantiles(
-                distribution, (self.alpha / 2, 1 - self.alpha / 2)
-            )
-        lo = resolve_array(lower, self.lower_estimator, "predict", X, "lower", "lower_estimator")
-        hi = resolve_array(upper, self.upper_estimator, "predict", X, "upper", "upper_estimator")
+            lower, upper = distribution_quantiles(distribution, (alpha / 2, 1 - alpha / 2))
+        lo_model = fitted_or_prefit(self, "lower_estimator")
+        hi_model = fitted_or_prefit(self, "upper_estimator")
+        lo = resolve_array(lower, lo_model, "predict", X, "lower", "lower_estimator")
+        hi = resolve_array(upper, hi_model, "predict", X, "upper", "upper_estimator")
         lo = as_float_array(lo, "lower")
         hi = as_float_array(hi, "upper")
         check_same_length(lower=lo, upper=hi)
@@ -99,19 +146,25 @@ class ConformalizedQuantileRegressor:
         distribution : object, optional
             Predictive distribution with batch shape ``(n,)`` and an ``icdf`` method.
         """
+        alpha = self._check_params()
         if y is None:
             raise ValueError("y (calibration responses) is required")
         y = as_float_array(y, "y")
         lo, hi = self._band(X, lower, upper, distribution)
         check_same_length(y=y, lower=lo)
-        self.scores_ = np.maximum(lo - y, y - hi)
+        self.conformity_scores_ = np.maximum(lo - y, y - hi)
         self.n_calibration_ = len(y)
-        self.quantile_ = conformal_quantile(self.scores_, self.alpha)
+        self.quantile_ = conformal_quantile(self.conformity_scores_, alpha)
         return self
 
     def predict_interval(self, X=None, *, lower=None, upper=None, distribution=None):
-        """Intervals ``[lo - q, hi + q]``, shape ``(n_test, 2)``."""
-        if not hasattr(self, "quantile_"):
-            raise ValueError("call calibrate() before predict_interval()")
+        """Intervals ``[lo - q, hi + q]``, shape ``(n_test, 2)``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before :meth:`calibrate`.
+        """
+        check_calibrated(self, "predict_interval")
         lo, hi = self._band(X, lower, upper, distribution)
         return np.stack([lo - self.quantile_, hi + self.quantile_], axis=1)

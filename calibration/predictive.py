@@ -18,26 +18,49 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
-from ._validation import as_float_array, as_generator, check_alpha, exact_fraction
+from ._estimator import check_calibrated, distribution_cdf, distribution_icdf
+from ._validation import as_float_array, check_alpha, exact_fraction, random_generator
 
 __all__ = ["ConformalPredictiveDistribution", "pit_scores"]
 
 
 def pit_scores(distribution, y) -> np.ndarray:
-    """``F(y)`` for a distribution with a ``cdf`` method (numpyro, JAX arrays converted)."""
-    cdf = getattr(distribution, "cdf", None)
-    if not callable(cdf):
-        raise TypeError("distribution must have a callable .cdf(y) method")
-    y = as_float_array(y, "y")
-    u = np.atleast_1d(np.asarray(cdf(y), dtype=np.float64))
+    """``F_i(y_i)``, shape ``(n,)``, for any shared predictive distribution.
+
+    ``distribution`` has batch shape ``(n,)`` (scalar events, or ``(1,)`` events as a 1-D
+    ``GaussianMixture``), or is a sequence of ``n`` per-point distributions (particle
+    distributions). JAX arrays are converted to NumPy.
+
+    Raises
+    ------
+    ValueError
+        If ``y`` holds NaN, the shapes do not match, or the cdf returns NaN or values outside
+        ``[0, 1]``.
+    """
+    y = np.atleast_1d(as_float_array(y, "y", ndim=None))
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1-D array, got shape {y.shape}")
+    u = distribution_cdf(distribution, y)
+    if u.shape != y.shape:
+        raise ValueError(
+            f"distribution batch shape must match y: cdf(y) has shape {u.shape}, y {y.shape}"
+        )
     if np.isnan(u).any():
         raise ValueError("distribution.cdf(y) returned NaN")
+    if ((u < 0) | (u > 1)).any():
+        raise ValueError("distribution.cdf(y) returned values outside [0, 1]")
     return u
 
 
-class ConformalPredictiveDistribution:
-    """Split conformal predictive system built on PIT scores.
+class ConformalPredictiveDistribution(BaseEstimator):
+    """Split conformal predictive system built on PIT scores (a scikit-learn estimator).
+
+    Parameters
+    ----------
+    random_state : int or numpy.random.Generator, optional
+        Source of ``tau ~ U(0, 1)`` in :meth:`cdf` when ``tau`` is not given.
 
     Attributes
     ----------
@@ -45,61 +68,57 @@ class ConformalPredictiveDistribution:
         Sorted calibration PIT values ``F_{x_i}(y_i)``.
     """
 
+    def __init__(self, random_state=None):
+        self.random_state = random_state
+
     def calibrate(self, y, distribution) -> ConformalPredictiveDistribution:
         """Store the sorted PIT values of the calibration responses.
 
-        ``distribution`` has batch shape ``(n,)`` matching ``y``.
+        ``distribution`` has batch shape ``(n,)`` matching ``y`` (or is a sequence of ``n``
+        distributions); see :func:`pit_scores`.
         """
-        u = pit_scores(distribution, y)
-        if u.shape != (len(np.atleast_1d(y)),):
-            raise ValueError(f"distribution batch shape must match y: got {u.shape}")
-        self.pit_ = np.sort(u)
+        self.pit_ = np.sort(pit_scores(distribution, y))
         return self
 
-    def _check(self):
-        if not hasattr(self, "pit_"):
-            raise ValueError("call calibrate() first")
-
-    def cdf(self, distribution, y, *, tau=None, seed=None):
-        """Conformal predictive cdf ``Q(y, tau)`` at test points.
-
-        Returns ``(lower, upper)`` (``tau = 0`` and ``1``) when neither ``tau`` nor
-        ``seed`` is given, else the randomised value with ``tau`` given or drawn
-        from ``seed``.
-        """
-        self._check()
+    def _counts(self, distribution, y):
+        check_calibrated(self, "cdf")
         z = pit_scores(distribution, y)
-        n = len(self.pit_)
         below = np.searchsorted(self.pit_, z, side="left")
         equal = np.searchsorted(self.pit_, z, side="right") - below
-        lower = below / (n + 1)
-        upper = (below + equal + 1) / (n + 1)
-        if tau is None and seed is None:
-            return lower, upper
+        return below, equal, len(self.pit_)
+
+    def cdf_bounds(self, distribution, y) -> np.ndarray:
+        """Lower and upper envelopes ``Q(y, 0)``, ``Q(y, 1)``, shape ``(n_test, 2)``."""
+        below, equal, n = self._counts(distribution, y)
+        return np.stack([below / (n + 1), (below + equal + 1) / (n + 1)], axis=1)
+
+    def cdf(self, distribution, y, *, tau=None) -> np.ndarray:
+        """Conformal predictive cdf ``Q(y, tau)``, shape ``(n_test,)``.
+
+        ``tau`` in ``[0, 1]`` (scalar or one per point); when ``None`` it is drawn
+        ``U(0, 1)`` from ``random_state``, which makes ``Q(Y, tau)`` exactly uniform.
+        For the deterministic envelopes use :meth:`cdf_bounds`.
+        """
+        below, equal, n = self._counts(distribution, y)
         if tau is None:
-            tau = as_generator(seed).uniform(size=z.shape)
-        tau = np.broadcast_to(as_float_array(tau, "tau", ndim=None), z.shape)
-        return lower + tau * (upper - lower)
+            tau = random_generator(self.random_state, 0).uniform(size=below.shape)
+        tau = np.broadcast_to(as_float_array(tau, "tau", ndim=None, allow_inf=False), below.shape)
+        if ((tau < 0) | (tau > 1)).any():
+            raise ValueError("tau must lie in [0, 1]")
+        return (below + tau * (equal + 1)) / (n + 1)
 
     def predict_interval(self, distribution, alpha: float = 0.1) -> np.ndarray:
         """Equal-tailed level ``1 - alpha`` intervals, shape ``(n_test, 2)``."""
-        self._check()
+        check_calibrated(self, "predict_interval")
         alpha = check_alpha(alpha)
         a = exact_fraction(alpha)
         n = len(self.pit_)
         k_lo = math.floor((n + 1) * a / 2)
         k_hi = math.ceil((n + 1) * (1 - a / 2))
-        icdf = getattr(distribution, "icdf", None)
-        if not callable(icdf):
-            raise TypeError("distribution must have a callable .icdf(q) method")
-        lo = hi = None
-        if k_lo >= 1:
-            lo = np.atleast_1d(np.asarray(icdf(float(self.pit_[k_lo - 1])), dtype=np.float64))
-        if k_hi <= n:
-            hi = np.atleast_1d(np.asarray(icdf(float(self.pit_[k_hi - 1])), dtype=np.float64))
-        shape = (lo if lo is not None else hi if hi is not None else np.zeros(1)).shape
-        if lo is None and hi is None:
-            shape = np.atleast_1d(np.asarray(icdf(0.5))).shape
-        lo = np.full(shape, -np.inf) if lo is None else lo
-        hi = np.full(shape, np.inf) if hi is None else hi
+        lo = distribution_icdf(distribution, self.pit_[k_lo - 1]) if k_lo >= 1 else None
+        hi = distribution_icdf(distribution, self.pit_[k_hi - 1]) if k_hi <= n else None
+        if lo is None and hi is None:  # n too small for alpha: the whole line, of the test shape
+            lo = np.full(distribution_icdf(distribution, 0.5).shape, -np.inf)
+        lo = np.full(hi.shape, -np.inf) if lo is None else lo
+        hi = np.full(lo.shape, np.inf) if hi is None else hi
         return np.stack([lo, hi], axis=1)

@@ -10,8 +10,17 @@ response with probability in ``[1 - alpha, 1 - alpha + 1/(n + 1))`` (no ties).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
 
-from ._estimator import resolve_array
+from ._estimator import (
+    WrapsEstimator,
+    check_calibrated,
+    check_calibration_size,
+    fit_clone,
+    fitted_or_prefit,
+    resolve_array,
+    split_for_calibration,
+)
 from ._validation import as_float_array, check_alpha, check_same_length
 from .quantile import conformal_quantile
 
@@ -48,26 +57,35 @@ def _check_scale(scale, name: str) -> np.ndarray:
     return scale
 
 
-class SplitConformalRegressor:
-    """Split conformal prediction intervals around a prefit point predictor.
+class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
+    """Split conformal prediction intervals around a point predictor (a scikit-learn estimator).
 
     Parameters
     ----------
-    estimator : object, optional
-        A prefit regressor with ``predict(X)``; may be ``None`` when predictions
-        are passed as ``y_pred=``.  ``fit`` fits it if it has a ``fit`` method.
+    estimator : estimator, optional
+        A regressor with ``predict(X)``. :meth:`fit` fits a clone of it (``estimator_``);
+        without ``fit`` it is used as given (prefit). May be ``None`` when predictions are
+        passed as ``y_pred=``.
     alpha : float
         Miscoverage level in ``(0, 1)``; intervals cover with probability at
         least ``1 - alpha``.
-    score : {"absolute", "normalized"}
+    conformity_score : {"absolute", "normalized"}
         ``|y - mu|`` or ``|y - mu| / sigma``.
     scale_estimator : object, optional
-        For ``"normalized"``: an object whose ``predict(X)`` returns ``sigma(x) > 0``
+        For ``"normalized"``: a prefit object whose ``predict(X)`` returns ``sigma(x) > 0``
         (or pass ``scale=`` arrays instead).
+    calibration_size : float, optional
+        If set, :meth:`fit` holds out this fraction of its rows at random (``random_state``),
+        fits on the rest and calibrates on the held-out rows: fitted and calibrated in one call,
+        which is what a :class:`~sklearn.pipeline.Pipeline` final step needs.
+    random_state : int or numpy.random.Generator, optional
+        Source of the random split (required when ``calibration_size`` is set).
 
     Attributes
     ----------
-    scores_ : ndarray of shape (n,)
+    estimator_ : estimator
+        The fitted clone (after :meth:`fit`).
+    conformity_scores_ : ndarray of shape (n,)
         Calibration scores.
     quantile_ : float
         The conformal threshold ``q`` (``+inf`` when ``n`` is too small for
@@ -88,28 +106,50 @@ class SplitConformalRegressor:
         estimator=None,
         *,
         alpha: float = 0.1,
-        score: str = "absolute",
+        conformity_score: str = "absolute",
         scale_estimator=None,
+        calibration_size: float | None = None,
+        random_state=None,
     ) -> None:
         self.estimator = estimator
-        self.alpha = check_alpha(alpha)
-        if score not in _SCORES:
-            raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
-        self.score = score
+        self.alpha = alpha
+        self.conformity_score = conformity_score
         self.scale_estimator = scale_estimator
+        self.calibration_size = calibration_size
+        self.random_state = random_state
+
+    def _check_params(self) -> float:
+        if self.conformity_score not in _SCORES:
+            raise ValueError(
+                f"conformity_score must be one of {_SCORES}, got {self.conformity_score!r}"
+            )
+        check_calibration_size(self.calibration_size)
+        return check_alpha(self.alpha)
 
     def fit(self, X, y) -> SplitConformalRegressor:
-        """Fit the wrapped estimator on a training set (not the calibration set)."""
-        fit = getattr(self.estimator, "fit", None)
-        if not callable(fit):
-            raise TypeError("estimator must have a fit(X, y) method to be fitted here")
-        fit(X, y)
+        """Fit a clone of ``estimator`` on a training set (not the calibration set).
+
+        With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
+        :meth:`calibrate` instead.
+        """
+        self._check_params()
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
+            )
+        if self.calibration_size is not None:
+            X, X_cal, y, y_cal = split_for_calibration(self, X, y)
+        self.estimator_ = fit_clone(self, "estimator", X, y)
+        if hasattr(self.estimator_, "n_features_in_"):
+            self.n_features_in_ = self.estimator_.n_features_in_
+        if self.calibration_size is not None:
+            self.calibrate(X_cal, y_cal)
         return self
 
     def _scale(self, scale, X) -> np.ndarray | None:
-        if self.score != "normalized":
+        if self.conformity_score != "normalized":
             if scale is not None:
-                raise ValueError("scale is only used with score='normalized'")
+                raise ValueError("scale is only used with conformity_score='normalized'")
             return None
         s = resolve_array(scale, self.scale_estimator, "predict", X, "scale", "scale_estimator")
         return _check_scale(s, "scale")
@@ -126,32 +166,32 @@ class SplitConformalRegressor:
         y_pred, scale : array_like of shape (n,), optional
             Precomputed point predictions and spreads.
         """
+        alpha = self._check_params()
         if y is None:
             raise ValueError("y (calibration responses) is required")
         y = as_float_array(y, "y")
-        mu = as_float_array(
-            resolve_array(y_pred, self.estimator, "predict", X, "y_pred", "estimator"), "y_pred"
-        )
+        mu = self.predict(X, y_pred=y_pred)
         check_same_length(y=y, y_pred=mu)
-        if self.score == "absolute":
+        if self.conformity_score == "absolute":
             self._check_no_scale(scale)
-            self.scores_ = np.abs(y - mu)
+            self.conformity_scores_ = np.abs(y - mu)
         else:
             sigma = self._scale(scale, X)
             check_same_length(y=y, scale=sigma)
-            self.scores_ = np.abs(y - mu) / sigma
+            self.conformity_scores_ = np.abs(y - mu) / sigma
         self.n_calibration_ = len(y)
-        self.quantile_ = conformal_quantile(self.scores_, self.alpha)
+        self.quantile_ = conformal_quantile(self.conformity_scores_, alpha)
         return self
 
     def _check_no_scale(self, scale) -> None:
         if scale is not None:
-            raise ValueError("scale is only used with score='normalized'")
+            raise ValueError("scale is only used with conformity_score='normalized'")
 
     def predict(self, X=None, *, y_pred=None) -> np.ndarray:
-        """Point predictions of the wrapped estimator (or ``y_pred`` itself)."""
+        """Point predictions of the (fitted or prefit) estimator, or ``y_pred`` itself."""
+        model = fitted_or_prefit(self, "estimator")
         return as_float_array(
-            resolve_array(y_pred, self.estimator, "predict", X, "y_pred", "estimator"), "y_pred"
+            resolve_array(y_pred, model, "predict", X, "y_pred", "estimator"), "y_pred"
         )
 
     def predict_interval(self, X=None, *, y_pred=None, scale=None) -> np.ndarray:
@@ -159,12 +199,16 @@ class SplitConformalRegressor:
 
         When the calibration set is too small for ``alpha`` the rows are
         ``[-inf, +inf]`` (a valid, documented answer rather than an error).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before :meth:`calibrate`.
         """
-        if not hasattr(self, "quantile_"):
-            raise ValueError("call calibrate() before predict_interval()")
+        check_calibrated(self, "predict_interval")
         mu = self.predict(X, y_pred=y_pred)
         q = self.quantile_
-        if self.score == "normalized":
+        if self.conformity_score == "normalized":
             sigma = self._scale(scale, X)
             check_same_length(y_pred=mu, scale=sigma)
             q = q * sigma

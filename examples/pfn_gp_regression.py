@@ -31,12 +31,13 @@ def main(argv=None) -> dict:
     from amortized import PFN, load_pretrained
     from amortized.evaluate import gaussian_nll
     from amortized.pretrained import prior_of
+    from amortized.priors import indexed_key
 
     pfn = PFN.load(a.model_dir) if a.model_dir else load_pretrained("gp-1d")
     prior = prior_of("gp-1d")
 
     # one dataset: n_train context points + 200 held-out points, plus a grid for the bands
-    x, y = prior.sample(np.array([a.seed, 7], dtype=np.uint32), 1, a.n_train + 200)
+    x, y = prior.sample(indexed_key(a.seed, 7), 1, a.n_train + 200)
     xt, yt, xh, yh = x[0, : a.n_train], y[0, : a.n_train], x[0, a.n_train :], y[0, a.n_train :]
     grid = np.linspace(0.0, 1.0, 200, dtype=np.float32)[:, None]
 

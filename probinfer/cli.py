@@ -1,13 +1,21 @@
 """The ``probinfer`` command line.
 
 Subcommands import their dependencies lazily so that ``probinfer --help`` is instant.
+
+Conventions: every help text shows its default; a bare ``probinfer`` prints the help and exits
+2; bad arguments, missing files and invalid regular expressions end in one line
+``probinfer COMMAND: error: ...`` with exit code 2, checked before any model weights load;
+``--quiet`` silences progress bars and library logging (results and errors still print).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from probinfer._version import __version__
 
@@ -17,6 +25,27 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with ``(default: ...)`` on every described flag."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (``PROG: error: ... (see PROG --help)``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_demo(sub) -> None:
@@ -29,16 +58,28 @@ def _add_demo(sub) -> None:
             "estimates next to the exact Kalman value, and writes an ArviZ netCDF file."
         ),
     )
-    p.add_argument("--num-particles", type=_positive_int, default=10_000)
+    p.add_argument(
+        "--num-particles", type=_positive_int, default=10_000, help="particles per filter run"
+    )
     p.add_argument("--num-steps", type=_positive_int, default=100, help="T, the series length")
-    p.add_argument("--chains", type=_positive_int, default=4, help="independent filter runs")
+    p.add_argument(
+        "--chains", type=_positive_int, default=4, help="independent filter runs (ArviZ chains)"
+    )
     p.add_argument(
         "--scheme",
         default="systematic",
         choices=["systematic", "stratified", "residual", "multinomial"],
+        help="resampling scheme",
     )
-    p.add_argument("--ess-threshold", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ess-threshold",
+        type=_unit_interval,
+        default=0.5,
+        help="resample when ESS / N falls below this fraction (0: never, 1: every step)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the jax.random key (data and filters)"
+    )
     p.add_argument("--output", default="out/lgssm_pf.nc", help="netCDF file to write")
     p.set_defaults(func=_run_demo)
 
@@ -59,28 +100,76 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="probinfer",
         description="Particle methods, amortized posteriors and calibrated uncertainty.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"probinfer {__version__}")
+    quiet = "no progress bars or library logging (results and errors still print)"
+    parser.add_argument("--quiet", "-q", action="store_true", help=quiet)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
     __import__("probinfer.llm.cli", fromlist=["_add_scale"])._add_scale(sub)
+    for p in sub.choices.values():
+        p.formatter_class = _HelpFormatter
+        # also accepted after the subcommand; SUPPRESS keeps a top-level --quiet
+        p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help=quiet)
     return parser
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Checks of arguments shared by subcommands, before anything heavy is imported or loaded.
+
+    Raises ``ValueError`` naming the flag: a missing input file (``--problems``), a missing local
+    model directory (``--model``), an invalid regular expression (``--answer-regex``).
+    """
+    problems = getattr(args, "problems", None)
+    if problems is not None and not Path(problems).is_file():
+        raise ValueError(f"--problems: no such file {problems!r}")
+    model = getattr(args, "model", None)
+    if model is not None and not Path(model).is_dir():
+        raise ValueError(f"--model: no such local model directory {model!r}")
+    pattern = getattr(args, "answer_regex", None)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            msg = f"--answer-regex: invalid regular expression {pattern!r}: {err}"
+            raise ValueError(msg) from None
+
+
+def _silence() -> None:
+    """``--quiet``: progress bars and library logging off (set before the libraries import)."""
+    for var, value in (
+        ("TQDM_DISABLE", "1"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+    ):
+        os.environ.setdefault(var, value)
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argument errors exit 2 via ``SystemExit``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2
+    if args.quiet:
+        _silence()
+        if hasattr(args, "no_progress"):
+            args.no_progress = True
     try:
+        _preflight(args)
         return args.func(args)
-    except ValueError as err:
-        parser.exit(2, f"probinfer {args.command}: error: {err}\n")
-    return 1
+    except (ValueError, OSError, re.error) as err:
+        msg = " ".join(str(err).split()) or type(err).__name__
+        parser.exit(2, f"probinfer {args.command}: error: {msg}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

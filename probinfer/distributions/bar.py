@@ -67,8 +67,16 @@ def _check_logits(logits, n_buckets: int) -> jax.Array:
             f"logits must have shape batch + (K,) with K = len(borders) - 1 = {n_buckets}, "
             f"got shape {lg.shape}"
         )
-    if _is_concrete(lg) and np.any(np.isnan(np.asarray(lg))):
-        raise ValueError("logits must not contain NaN")
+    if _is_concrete(lg) and lg.size:
+        ln = np.asarray(lg)
+        if np.any(np.isnan(ln)):
+            raise ValueError("logits must not contain NaN")
+        if np.any(ln == np.inf):
+            raise ValueError(
+                "logits must not contain +inf (use finite logits; -inf = empty bucket)"
+            )
+        if np.any(np.all(ln == -np.inf, axis=-1)):
+            raise ValueError("logits must have at least one finite entry per distribution")
     return lg
 
 
@@ -78,9 +86,10 @@ class BarDistribution(Distribution):
     Parameters
     ----------
     borders : array, shape (K+1,)
-        Strictly increasing bucket borders, shared by every batch member. ``K >= 2``.
+        Strictly increasing finite bucket borders, shared by every batch member. ``K >= 2``.
     logits : array, shape batch + (K,)
-        Unnormalised log probabilities of the buckets (softmax is applied).
+        Unnormalised log probabilities of the buckets (softmax is applied). ``-inf`` marks an
+        empty bucket; NaN, ``+inf`` and rows that are all ``-inf`` raise ``ValueError``.
     validate_args : bool, optional
         Passed on to :class:`numpyro.distributions.Distribution`.
 
@@ -89,7 +98,8 @@ class BarDistribution(Distribution):
     See the module docstring for the exact tail convention: the first/last bucket's mass is a
     half-normal pointing outwards from ``borders[1]`` / ``borders[K-1]`` with scale
     ``width / Phi^{-1}(3/4)`` (median equal to the bucket width). ``cdf`` and ``icdf`` are exact
-    inverses of each other; ``sample`` is inverse-cdf sampling.
+    inverses of each other; ``sample`` is inverse-cdf sampling. As in numpyro, ``icdf`` of a
+    level outside ``[0, 1]`` (or NaN) is NaN, and ``cdf``/``log_prob`` of NaN are NaN.
     """
 
     arg_constraints: dict = {}
@@ -177,7 +187,8 @@ class BarDistribution(Distribution):
         inner = c_idx + p_idx * frac
         left = p[..., 0] * 2.0 * ndtr(-(b[1] - value) / s_left)
         right = 1.0 - p[..., -1] * 2.0 * ndtr(-(value - b[-2]) / s_right)
-        return jnp.where(idx == 0, left, jnp.where(idx == k - 1, right, inner))
+        out = jnp.where(idx == 0, left, jnp.where(idx == k - 1, right, inner))
+        return jnp.clip(out, 0.0, 1.0)  # float32 cumulative sums can overshoot 1 by an ulp
 
     def icdf(self, q):
         q = jnp.asarray(q, dtype=self.logits.dtype)
@@ -210,8 +221,10 @@ class BarDistribution(Distribution):
         in_left = q < p0
         in_right = q >= 1.0 - plast
         if k == 2:
-            return jnp.where(in_left, left, right)
-        return jnp.where(in_left, left, jnp.where(in_right & ~in_left, right, inner))
+            out = jnp.where(in_left, left, right)
+        else:
+            out = jnp.where(in_left, left, jnp.where(in_right & ~in_left, right, inner))
+        return jnp.where((q >= 0.0) & (q <= 1.0), out, jnp.nan)  # numpyro: NaN outside [0, 1]
 
     # ------------------------------------------------------------------ sampling
     def sample(self, key, sample_shape=()):

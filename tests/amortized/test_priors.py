@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ def _z_of_mean(samples: np.ndarray, expected: np.ndarray, var: np.ndarray) -> fl
 
 def test_gp_prior_covariance_matches_kernel():
     prior = GPPrior(lengthscale=0.3, outputscale=1.7, noise=0.2)
-    x, y = prior.sample(0, 20_000, 2)
+    x, y = prior.sample(jax.random.key(0), 20_000, 2)
     assert x.shape == (20_000, 2, 1) and y.shape == (20_000, 2) and y.dtype == np.float32
     x64, y64 = x.astype(float), y.astype(float)
     k12 = 1.7 * np.exp(-0.5 * (x64[:, 0, 0] - x64[:, 1, 0]) ** 2 / 0.3**2)
@@ -55,7 +56,7 @@ def test_gp_hyperprior_varies_hyperparameters():
     # log-normal: log ls ~ N(log 0.25, 0.5^2)
     assert abs(np.mean(np.log(ls)) - np.log(0.25)) < 5 * 0.5 / 100
     assert abs(np.std(np.log(os_)) - 0.5) < 0.02
-    x, y = prior.sample(1, 4, 5)
+    x, y = prior.sample(jax.random.key(1), 4, 5)
     assert np.all(np.isfinite(y))
 
 
@@ -79,7 +80,7 @@ def test_gp_posterior_predictive_matches_dense_formula():
 def test_gp_posterior_is_the_conditional_of_the_prior():
     # Monte-Carlo: y_test - mean(y_train) standardised by the predictive sd is N(0, 1)
     prior = GPPrior(lengthscale=0.2, outputscale=1.0, noise=0.05)
-    x, y = prior.sample(3, 4000, 8)
+    x, y = prior.sample(jax.random.key(3), 4000, 8)
     mean, var = prior.posterior_predictive(x[:, :5], y[:, :5], x[:, 5:])
     z = (y[:, 5:] - mean) / np.sqrt(var)
     n = z[:, 0].size
@@ -89,7 +90,7 @@ def test_gp_posterior_is_the_conditional_of_the_prior():
 
 def test_bayesian_linear_prior_variance():
     prior = BayesianLinearPrior(x_dim=2, weight_sd=0.7, noise_sd=0.2)
-    x, y = prior.sample(5, 50_000, 3)
+    x, y = prior.sample(jax.random.key(5), 50_000, 3)
     x64, y64 = x.astype(float), y.astype(float)
     var = 0.49 * (np.sum(x64[:, 0] ** 2, axis=-1) + 1.0) + 0.04
     assert abs(_z_of_mean(y64[:, 0] ** 2, var, 2 * var**2)) < 5
@@ -97,9 +98,9 @@ def test_bayesian_linear_prior_variance():
 
 def test_mlp_prior_shapes_and_determinism():
     prior = MLPPrior(x_dim=2, hidden=8, layers=2)
-    x, y = prior.sample(0, 5, 11)
+    x, y = prior.sample(jax.random.key(0), 5, 11)
     assert x.shape == (5, 11, 2) and y.shape == (5, 11)
-    np.testing.assert_array_equal(y, prior.sample(0, 5, 11)[1])
+    np.testing.assert_array_equal(y, prior.sample(jax.random.key(0), 5, 11)[1])
     assert np.all(np.isfinite(y)) and y.std() > 0.05
 
 
@@ -113,9 +114,9 @@ def test_numpyro_prior_adapter_matches_linear_prior_moments():
         numpyro.sample("y", dist.Normal(w * x[:, 0] + b, 0.2))
 
     prior = NumPyroPrior(model, x_dim=1)
-    x, y = prior.sample(0, 4000, 2)
+    x, y = prior.sample(jax.random.key(0), 4000, 2)
     assert x.shape == (4000, 2, 1) and y.shape == (4000, 2)
-    np.testing.assert_array_equal(y, prior.sample(0, 4000, 2)[1])
+    np.testing.assert_array_equal(y, prior.sample(jax.random.key(0), 4000, 2)[1])
     x64, y64 = x.astype(float), y.astype(float)
     var = 0.49 * (x64[:, 0, 0] ** 2 + 1.0) + 0.04
     assert abs(_z_of_mean(y64[:, 0] ** 2, var, 2 * var**2)) < 5
@@ -137,8 +138,8 @@ def test_numpyro_prior_adapter_matches_linear_prior_moments():
         (lambda: GPPrior(lengthscale=-1.0), "lengthscale"),
         (lambda: GPPrior(noise=float("nan")), "noise"),
         (lambda: GPPrior(x_dim=0), "x_dim"),
-        (lambda: GPPrior().sample(0, 0, 3), "n_datasets"),
-        (lambda: GPPrior().sample(0, 2, -1), "n_points"),
+        (lambda: GPPrior().sample(jax.random.key(0), 0, 3), "n_datasets"),
+        (lambda: GPPrior().sample(jax.random.key(0), 2, -1), "n_points"),
     ],
 )
 def test_bad_input(make, match):
@@ -149,3 +150,21 @@ def test_bad_input(make, match):
 def test_numpyro_prior_rejects_non_callable():
     with pytest.raises(TypeError, match="model"):
         NumPyroPrior("not a model")
+
+
+def test_keys_are_jax_random_keys_only():
+    from amortized.priors import indexed_key, numpy_rng
+
+    prior = GPPrior()
+    for bad in (0, 3.0, np.array([1, 2]), np.zeros(3, dtype=np.uint32), "k"):
+        with pytest.raises(TypeError, match="key must be a jax.random key"):
+            prior.sample(bad, 2, 3)
+    # typed and legacy keys with the same words give the same data
+    typed, legacy = indexed_key(7, 11), np.array([7, 11], dtype=np.uint32)
+    np.testing.assert_array_equal(jax.random.key_data(typed), legacy)
+    np.testing.assert_array_equal(prior.sample(typed, 2, 5)[1], prior.sample(legacy, 2, 5)[1])
+    np.testing.assert_array_equal(jax.random.key_data(indexed_key(0, 5)), jax.random.PRNGKey(5))
+    # the numpy stream is the one seeded by the key's words
+    np.testing.assert_array_equal(
+        numpy_rng(typed).standard_normal(4), np.random.default_rng([7, 11]).standard_normal(4)
+    )

@@ -27,11 +27,11 @@ def _data(seed, reps=R, n=N + T):
 
 
 CONFIGS = [
-    dict(score="lac"),
-    dict(score="aps"),
-    dict(score="aps", randomized=True),
-    dict(score="raps", lam=0.05, k_reg=1),
-    dict(score="raps", lam=0.05, k_reg=1, randomized=True),
+    dict(conformity_score="lac"),
+    dict(conformity_score="aps"),
+    dict(conformity_score="aps", randomized=True),
+    dict(conformity_score="raps", lam=0.05, k_reg=1),
+    dict(conformity_score="raps", lam=0.05, k_reg=1, randomized=True),
 ]
 
 
@@ -40,9 +40,9 @@ def test_marginal_coverage(config):
     p, y = _data(10)
     cov = np.empty(R)
     for r in range(R):
-        clf = SplitConformalClassifier(alpha=ALPHA, **config)
-        clf.calibrate(y=y[r, :N], proba=p[r, :N], seed=r)
-        sets = clf.predict_set(proba=p[r, N:], seed=10_000 + r)
+        clf = SplitConformalClassifier(alpha=ALPHA, random_state=r, **config)
+        clf.calibrate(y=y[r, :N], proba=p[r, :N])
+        sets = clf.predict_set(proba=p[r, N:])
         cov[r] = sets[np.arange(T), y[r, N:]].mean()
     assert 0.900 - 4.5 * SE <= cov.mean() <= 0.9099 + 4.5 * SE
 
@@ -52,7 +52,7 @@ def test_mondrian_class_conditional_coverage():
     hits = np.zeros(KC)
     counts = np.zeros(KC)
     for r in range(R):
-        clf = SplitConformalClassifier(alpha=ALPHA, score="lac", mondrian=True)
+        clf = SplitConformalClassifier(alpha=ALPHA, conformity_score="lac", mondrian=True)
         clf.calibrate(y=y[r, :N], proba=p[r, :N])
         sets = clf.predict_set(proba=p[r, N:])
         covered = sets[np.arange(T), y[r, N:]]
@@ -81,11 +81,15 @@ def test_lac_per_draw_coverage_is_beta():
 
 def test_small_n_full_label_set_and_boundary():
     p, y = _data(14, reps=1, n=20)
-    clf = SplitConformalClassifier(alpha=0.1, score="aps").calibrate(y=y[0, :8], proba=p[0, :8])
+    clf = SplitConformalClassifier(alpha=0.1, conformity_score="aps").calibrate(
+        y=y[0, :8], proba=p[0, :8]
+    )
     assert clf.quantile_ == np.inf
     assert clf.predict_set(proba=p[0, 8:]).all()
-    clf = SplitConformalClassifier(alpha=0.1, score="lac").calibrate(y=y[0, :9], proba=p[0, :9])
-    assert clf.quantile_ == clf.scores_.max()
+    clf = SplitConformalClassifier(alpha=0.1, conformity_score="lac").calibrate(
+        y=y[0, :9], proba=p[0, :9]
+    )
+    assert clf.quantile_ == clf.conformity_scores_.max()
 
 
 def test_scores_by_hand_and_include_last_label():
@@ -94,11 +98,11 @@ def test_scores_by_hand_and_include_last_label():
     np.testing.assert_allclose(class_scores(p, "aps"), [[0.5, 0.8, 1.0]])
     np.testing.assert_allclose(class_scores(p, "aps", u=np.array([0.5])), [[0.25, 0.65, 0.9]])
     np.testing.assert_allclose(class_scores(p, "raps", lam=0.1, k_reg=1), [[0.5, 0.9, 1.2]])
-    clf = SplitConformalClassifier(alpha=0.5, score="aps", include_last_label=True)
+    clf = SplitConformalClassifier(alpha=0.5, conformity_score="aps", include_last_label=True)
     clf.calibrate(y=[0, 0, 0], proba=np.tile([[0.7, 0.2, 0.1]], (3, 1)))  # scores 0.7
     # cumulative mass 0.5, 0.8 -> label 1 crosses 0.7 and is included
     np.testing.assert_array_equal(clf.predict_set(proba=p), [[True, True, False]])
-    plain = SplitConformalClassifier(alpha=0.5, score="aps").calibrate(
+    plain = SplitConformalClassifier(alpha=0.5, conformity_score="aps").calibrate(
         y=[0, 0, 0], proba=np.tile([[0.7, 0.2, 0.1]], (3, 1))
     )
     np.testing.assert_array_equal(plain.predict_set(proba=p), [[True, False, False]])
@@ -106,16 +110,18 @@ def test_scores_by_hand_and_include_last_label():
 
 def test_randomized_same_seed_same_result_and_bad_inputs():
     p, y = _data(15, reps=1, n=50)
-    a = SplitConformalClassifier(score="aps", randomized=True).calibrate(y=y[0], proba=p[0], seed=3)
-    b = SplitConformalClassifier(score="aps", randomized=True).calibrate(y=y[0], proba=p[0], seed=3)
-    assert a.quantile_ == b.quantile_
-    with pytest.raises(ValueError, match="seed"):
-        SplitConformalClassifier(score="aps", randomized=True).calibrate(y=y[0], proba=p[0])
+    aps = SplitConformalClassifier(conformity_score="aps", randomized=True, random_state=3)
+    a = aps.calibrate(y=y[0], proba=p[0]).quantile_
+    assert a == aps.calibrate(y=y[0], proba=p[0]).quantile_
+    with pytest.raises(ValueError, match="random_state"):
+        SplitConformalClassifier(conformity_score="aps", randomized=True).calibrate(
+            y=y[0], proba=p[0]
+        )
     with pytest.raises(ValueError, match="length mismatch"):
         SplitConformalClassifier().calibrate(y=y[0, :10], proba=p[0])
     with pytest.raises(ValueError, match="NaN"):
         SplitConformalClassifier().calibrate(y=y[0], proba=np.full_like(p[0], np.nan))
-    with pytest.raises(ValueError, match="class codes"):
+    with pytest.raises(ValueError, match="not in classes_"):
         SplitConformalClassifier().calibrate(y=y[0] + KC, proba=p[0])
     with pytest.raises(ValueError, match="alpha"):
-        SplitConformalClassifier(alpha=1.0)
+        SplitConformalClassifier(alpha=1.0).calibrate(y=y[0], proba=p[0])

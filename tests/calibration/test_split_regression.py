@@ -48,8 +48,8 @@ def test_conformal_rank_exact_and_edges():
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5, float("nan")])
 def test_bad_alpha(alpha):
-    with pytest.raises(ValueError, match="alpha"):
-        SplitConformalRegressor(alpha=alpha)
+    with pytest.raises(ValueError, match="alpha"):  # validated in calibrate, not __init__
+        SplitConformalRegressor(alpha=alpha).calibrate(y=[0.0], y_pred=[0.0])
 
 
 def test_bad_inputs():
@@ -61,9 +61,11 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="calibrate"):
         SplitConformalRegressor().predict_interval(y_pred=[0.0])
     with pytest.raises(ValueError, match="score"):
-        SplitConformalRegressor(score="bogus")
+        SplitConformalRegressor(conformity_score="bogus").calibrate(y=[0.0], y_pred=[0.0])
     with pytest.raises(ValueError, match="scale"):
-        SplitConformalRegressor(score="normalized").calibrate(y=[1.0], y_pred=[0.0], scale=[0.0])
+        SplitConformalRegressor(conformity_score="normalized").calibrate(
+            y=[1.0], y_pred=[0.0], scale=[0.0]
+        )
 
 
 def test_small_n_gives_infinite_interval():
@@ -101,7 +103,9 @@ def test_normalized_score_coverage_beta():
     sigma = np.exp(rng.normal(size=(R, N)))
     y = mu + sigma * rng.normal(size=(R, N))
     cps = [
-        SplitConformalRegressor(score="normalized").calibrate(y=y[r], y_pred=mu[r], scale=sigma[r])
+        SplitConformalRegressor(conformity_score="normalized").calibrate(
+            y=y[r], y_pred=mu[r], scale=sigma[r]
+        )
         for r in range(R)
     ]
     _check_beta(2 * stats.norm.cdf([c.quantile_ for c in cps]) - 1)
@@ -173,11 +177,12 @@ def test_cpd_randomized_pit_is_uniform_and_numpyro_interface():
     y = rng.standard_t(3, size=(reps, n + 1))
     vals = []
     for r in range(reps):
-        cpd = ConformalPredictiveDistribution().calibrate(y[r, :n], _ScipyNormal(np.zeros(n), 1.0))
-        vals.append(cpd.cdf(_ScipyNormal([0.0], 1.0), [y[r, n]], seed=r)[0])
+        cpd = ConformalPredictiveDistribution(random_state=r)
+        cpd.calibrate(y[r, :n], _ScipyNormal(np.zeros(n), 1.0))
+        vals.append(cpd.cdf(_ScipyNormal([0.0], 1.0), [y[r, n]])[0])
     # exactly uniform: KS at the 0.1% level
     assert stats.kstest(vals, "uniform").statistic < 1.95 / np.sqrt(reps)
     cpd = ConformalPredictiveDistribution().calibrate(y[0, :n], dist.Normal(np.zeros(n), 1.0))
-    lower, upper = cpd.cdf(dist.Normal(0.0, 1.0), [0.0])
-    assert 0 <= lower[0] < upper[0] <= 1
+    ((lower, upper),) = cpd.cdf_bounds(dist.Normal(0.0, 1.0), [0.0])
+    assert 0 <= lower < upper <= 1
     assert cpd.predict_interval(dist.Normal(np.zeros(2), 1.0), 0.1).shape == (2, 2)

@@ -1,0 +1,74 @@
+"""CLI conventions (issue 15, point 7): defaults in every help text, bare ``probinfer`` -> help and
+exit 2, one-line errors with exit 2 checked before any weights load, ``--quiet``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from probinfer.cli import build_parser, main
+
+
+def _exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_bare_command_prints_help_and_exits_2(capsys):
+    assert _exit_code([]) == 2
+    assert "usage: probinfer" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-m", "probinfer"], capture_output=True, text=True)
+    assert out.returncode == 2 and "COMMAND" in out.stderr
+
+
+def test_demo_flags_are_all_described_with_defaults():
+    parser = build_parser()
+    demo = parser._subparsers._group_actions[0].choices["demo"]
+    for action in demo._actions:
+        if action.dest in ("help",):
+            continue
+        assert action.help, f"--{action.dest} has no help text"
+    text = demo.format_help()
+    for default in ("10000", "100", "systematic", "0.5", "out/lgssm_pf.nc"):
+        assert f"(default: {default})" in text
+    assert "(default: False)" in parser.format_help()  # --quiet
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--ess-threshold", "1.5"], "must be a number in [0, 1]"),
+        (["demo", "--chains", "0"], "positive integer"),
+        (["scale", "--problems", "/no/such/file.jsonl"], "--problems: no such file"),
+        (["scale", "--answer-regex", "(unclosed"], "--answer-regex: invalid regular expression"),
+        (["scale", "--model", "/no/such/model"], "--model: no such local model directory"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_errors_come_before_any_weights_load():
+    # a subprocess: the check must fire before torch/transformers are even imported
+    code = (
+        "import sys; from probinfer.cli import main\n"
+        "try: main(['scale', '--answer-regex', '('])\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr
+
+
+def test_quiet_is_accepted_before_and_after_the_command():
+    parser = build_parser()
+    assert parser.parse_args(["--quiet", "demo"]).quiet
+    assert parser.parse_args(["demo", "-q"]).quiet
+    assert not parser.parse_args(["demo"]).quiet
