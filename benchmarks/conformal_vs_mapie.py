@@ -82,7 +82,8 @@ def classification(rng, score):
 
     def ours():
         if score == "lac":
-            clf = SplitConformalClassifier(model, alpha=ALPHA, conformity_score="lac").calibrate(Xc, yc)
+            clf = SplitConformalClassifier(model, alpha=ALPHA, conformity_score="lac")
+            clf = clf.calibrate(Xc, yc)
         else:
             # MAPIE's APS: randomised calibration scores, sets that include the last label
             u = np.random.RandomState(seed).uniform(size=n_cal)
