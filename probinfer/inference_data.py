@@ -20,7 +20,7 @@ import numpy as np
 
 from probinfer._version import __version__
 
-__all__ = ["STEPS_GROUP", "import_arviz", "to_inference_data", "values_to_dict"]
+__all__ = ["STEPS_GROUP", "combine_chains", "import_arviz", "to_inference_data", "values_to_dict"]
 
 STEPS_GROUP = "smc_steps"
 
@@ -203,3 +203,75 @@ def to_inference_data(
         else:
             idata[STEPS_GROUP] = ds
     return idata
+
+
+# Groups without (chain, draw) axes: stored once, not per chain.
+_SHARED_GROUPS = ("observed_data", "constant_data")
+
+
+def combine_chains(results: Sequence, key=None, *, scheme: str = "systematic", attrs=None):
+    """ArviZ ``InferenceData`` with one chain per independent SMC run.
+
+    Parameters
+    ----------
+    results
+        :class:`~probinfer.smc.SMCResult` objects (any subclass) from independent runs of the
+        same model (different keys), e.g. ``[tempered_smc(k, target, n) for k in keys]``.
+        With several chains ArviZ's ``r_hat`` and ``ess`` are defined.
+    key
+        ``jax.random`` key for the final resample of weighted runs.
+    scheme
+        Resampling scheme of that resample.
+    attrs
+        Extra attributes.
+
+    Notes
+    -----
+    Per-step histories of different lengths (adaptive tempering) are padded with NaN to the
+    longest. The ``log_likelihood`` group (``az.loo``, ``az.waic``) and ``observed_data``
+    come from the results' extra groups, when their model provides them.
+    """
+    results = list(results)
+    if not results:
+        raise ValueError("results must contain at least one SMC result")
+    runs = [r._arviz_particles() for r in results]
+    stats = [r._step_stats() for r in results]
+    steps = {}
+    for name in stats[0]:
+        rows = [np.asarray(s[name], np.float64) for s in stats]
+        length = max(r.shape[0] for r in rows)
+        steps[name] = np.stack(
+            [
+                np.pad(
+                    r, [(0, length - r.shape[0])] + [(0, 0)] * (r.ndim - 1), constant_values=np.nan
+                )
+                for r in rows
+            ]
+        )
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    extra = [r._arviz_groups() for r in results]
+    for group in extra[0]:
+        for name in extra[0][group]:
+            if group in _SHARED_GROUPS:
+                groups.setdefault(group, {})[name] = np.asarray(extra[0][group][name])
+            else:
+                groups.setdefault(group, {})[name] = np.stack(
+                    [np.asarray(e[group][name]) for e in extra]
+                )
+    merged = {}
+    for r in results:
+        merged.update(r._attrs())
+    merged.update(attrs or {})
+    if len(results) > 1:
+        merged = {k: v for k, v in merged.items() if not isinstance(v, int | float)}
+    return to_inference_data(
+        runs,
+        key=key,
+        scheme=scheme,
+        log_evidence=[r.log_evidence for r in results]
+        if len(results) > 1
+        else results[0].log_evidence,
+        step_stats=steps,
+        attrs=merged,
+        groups=groups,
+    )

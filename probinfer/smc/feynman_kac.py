@@ -730,17 +730,9 @@ class SMCResult:
         draws (resampled with ``key`` when weighted), per-step history in ``smc_steps``,
         ``log_evidence`` in the attributes. Combine independent runs with
         :func:`probinfer.inference_data.combine_chains`."""
-        from probinfer.inference_data import to_inference_data
+        from probinfer.inference_data import combine_chains
 
-        return to_inference_data(
-            [self._arviz_particles()],
-            key=key,
-            scheme=scheme,
-            log_evidence=self.log_evidence,
-            step_stats={k: np.asarray(v)[None] for k, v in self._step_stats().items()},
-            attrs={**self._attrs(), **(attrs or {})},
-            groups=self._arviz_groups(),
-        )
+        return combine_chains([self], key=key, scheme=scheme, attrs=attrs)
 
 
 # --------------------------------------------------------------------------- run_smc

@@ -404,7 +404,13 @@ class TemperedSMCResult(SMCResult):
     particles
         Equally weighted posterior particles, unconstrained ``(N, D)``.
     samples
-        Constrained values per latent site, ``{name: (N, *shape)}``.
+        Constrained values per latent site (and NumPyro ``deterministic`` site),
+        ``{name: (N, *shape)}``.
+    log_likelihood
+        Pointwise log likelihood of each particle, ``{observed site: (N, *obs_shape)}`` (the
+        ArviZ ``log_likelihood`` group: ``az.loo``/``az.waic``), or ``None``.
+    observed_data
+        The observed values, ``{observed site: array}`` (the ``observed_data`` group).
     log_evidence
         ``log p(y)`` estimate (float64 sum of the increments) from the ``evidence``
         estimator.
@@ -435,6 +441,16 @@ class TemperedSMCResult(SMCResult):
     acceptance_rates: np.ndarray
     scales: np.ndarray
     kernel: str
+    log_likelihood: dict[str, np.ndarray] | None = None
+    observed_data: dict[str, np.ndarray] | None = None
+
+    def _arviz_groups(self) -> dict:
+        groups = {}
+        if self.log_likelihood:
+            groups["log_likelihood"] = self.log_likelihood
+        if self.observed_data:
+            groups["observed_data"] = self.observed_data
+        return groups
 
     def _arviz_particles(self) -> Particles:
         return Particles(
@@ -604,6 +620,7 @@ def tempered_smc(
     particles = Particles(theta, jnp.zeros(num_particles, theta.dtype))
     samples = target.constrain(theta)
     jax.block_until_ready(samples)
+    log_lik, observed = _pointwise_groups(target, theta)
     return TemperedSMCResult(
         particles=particles,
         log_evidence=float(np.sum(incs)),
@@ -620,4 +637,22 @@ def tempered_smc(
         acceptance_rates=np.asarray(stats.acceptance_rate),
         scales=np.asarray(stats.scale),
         kernel=kernel,
+        log_likelihood=log_lik,
+        observed_data=observed,
     )
+
+
+def _pointwise_groups(target, theta) -> tuple[dict | None, dict | None]:
+    """The pointwise log likelihood split per observed site, and the observed values."""
+    observed = target.observed_data() if hasattr(target, "observed_data") else None
+    pointwise = np.asarray(target.log_likelihood(theta, pointwise=True), np.float64)
+    if not observed:
+        return {"obs": pointwise}, None
+    out, start = {}, 0
+    for name, value in observed.items():
+        size = int(np.size(value))
+        out[name] = pointwise[:, start : start + size].reshape((-1,) + np.shape(value))
+        start += size
+    if start != pointwise.shape[1]:  # sites with batched log probs of another shape
+        return {"obs": pointwise}, observed
+    return out, observed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from probinfer.engine.core import LikelihoodEngine
 from probinfer.targets.base import LatentSite, Target, check_finite_data, check_num
@@ -155,13 +156,27 @@ class NumPyroTarget(Target):
         return sampler(jax.random.split(key, num))
 
     def constrain(self, theta) -> dict[str, Array]:
+        """Constrained values of the latent and ``numpyro.deterministic`` sites."""
         theta = self._check_theta(theta)
 
         def one(u):
             tr, _ = self._trace(u)
-            return {n: tr[n]["value"] for n in self.latent_names}
+            return {
+                n: site["value"]
+                for n, site in tr.items()
+                if n in self.latent_names or site["type"] == "deterministic"
+            }
 
         return jax.vmap(one)(theta)
+
+    def observed_data(self) -> dict[str, np.ndarray]:
+        """The observed values, ``{site: array}``, in the order of the pointwise terms."""
+        from numpyro import handlers
+
+        tr = handlers.trace(handlers.seed(self.model, jax.random.key(0))).get_trace(
+            *self.args, **self.kwargs
+        )
+        return {n: np.asarray(tr[n]["value"]) for n in self.observed_names}
 
 
 def from_numpyro(model, *args, **kwargs) -> NumPyroTarget:
