@@ -322,7 +322,9 @@ def step(
     only when resampling happens, so any store with ``take`` works) and the weights are
     numpy float64; otherwise ``lax.cond`` is used and the function is traceable.
     """
-    k_res, k_move = jax.random.split(key)
+    # a pre-split (k_res, k_move) pair is accepted: the eager loop splits every step's key
+    # in one call up front instead of one small device call per step
+    k_res, k_move = key if isinstance(key, tuple) else jax.random.split(key)
     lw, data = state.log_weights, state.data
     n = lw.shape[0]
     nv = state.num_particles  # None unless bucketed
@@ -913,6 +915,17 @@ def _run_loop(
     jit = layout is not None
     k0, k_rest = jax.random.split(key)
     keys = jax.random.split(k_rest, max(fk.num_steps - 1, 1))
+    if not jit:  # per-step key pairs as host data, wrapped without a device gather each step
+        pairs = np.asarray(jax.random.key_data(jax.vmap(jax.random.split)(keys)))
+        impl = jax.random.key_impl(keys)
+
+        def step_keys(t):
+            row = pairs[t - 1]
+            return (
+                jax.random.wrap_key_data(row[0], impl=impl),
+                jax.random.wrap_key_data(row[1], impl=impl),
+            )
+
     static = dict(
         fns=fk.fns,
         num_steps=int(fk.num_steps),
@@ -946,7 +959,7 @@ def _run_loop(
                     )
                 else:
                     state, info = step(
-                        keys[t - 1],
+                        step_keys(t),
                         t,
                         fk,
                         state,
