@@ -648,11 +648,11 @@ def _pointwise_groups(target, theta) -> tuple[dict | None, dict | None]:
     pointwise = np.asarray(target.log_likelihood(theta, pointwise=True), np.float64)
     if not observed:
         return {"obs": pointwise}, None
+    sizes = [int(np.size(v)) for v in observed.values()]
+    if sum(sizes) != pointwise.shape[1]:  # log probs not one per observed value
+        return {"obs": pointwise}, observed
     out, start = {}, 0
-    for name, value in observed.items():
-        size = int(np.size(value))
+    for (name, value), size in zip(observed.items(), sizes, strict=True):
         out[name] = pointwise[:, start : start + size].reshape((-1,) + np.shape(value))
         start += size
-    if start != pointwise.shape[1]:  # sites with batched log probs of another shape
-        return {"obs": pointwise}, observed
     return out, observed
