@@ -27,7 +27,7 @@ from amortized.bar_torch import bar_nll, borders_from_samples
 from amortized.model import PFNConfig, PFNTransformer
 from amortized.pfn import PFN
 
-__all__ = ["TrainConfig", "train_pfn", "step_key"]
+__all__ = ["OptimConfig", "TrainConfig", "step_key", "train_loop", "train_pfn"]
 
 _BORDER_STEP = 2**32 - 1  # reserved "step" for the draws that place the borders
 
@@ -265,3 +265,141 @@ def train_pfn(
     checkpoint()
     model.eval()
     return make_pfn()
+
+
+# ---------------------------------------------------------------------------------------------
+# The model-agnostic loop (shared by every amortized network)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation settings of :func:`train_loop` (AdamW, warm-up then cosine decay)."""
+
+    n_steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.n_steps, int) and self.n_steps >= 1):
+            raise ValueError(f"n_steps must be a positive integer, got {self.n_steps!r}")
+        if not (self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip > 0):
+            raise ValueError(
+                "lr and grad_clip must be > 0 and warmup_steps >= 0, got "
+                f"{self.lr}, {self.grad_clip}, {self.warmup_steps}"
+            )
+
+
+def train_loop(
+    model: torch.nn.Module,
+    loss_fn,
+    batch_fn,
+    optim: OptimConfig,
+    *,
+    record: dict,
+    save_model=None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every_s: float = 180.0,
+    progress: bool = True,
+    log_file=None,
+    max_seconds: float | None = None,
+) -> dict:
+    """Minimise ``loss_fn(model, batch_fn(step))`` over steps, with checkpoint and resume.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Trained in place. On resume its weights are read from ``checkpoint_dir`` by the caller
+        (the saved model format belongs to the caller, see ``save_model``).
+    loss_fn : callable ``(model, batch) -> scalar tensor``
+    batch_fn : callable ``(step) -> batch``
+        Must be a function of the step only (e.g. drawn from a key folded with the step), so a
+        resumed run sees exactly the batches of an uninterrupted one.
+    optim : OptimConfig
+    record : dict
+        JSON description of the run (model and data settings). A checkpoint is resumed only if
+        its record equals this one; ``optim.n_steps`` alone may change on resume.
+    save_model : callable ``(directory, state) -> None``, optional
+        Writes the loadable model files; called at every checkpoint with the loop state
+        ``{"step", "losses", "elapsed_s"}``.
+    checkpoint_dir : path, optional
+        Holds ``optimizer.safetensors`` and ``train_state.json`` (written last) next to the
+        caller's model files.
+
+    Returns
+    -------
+    dict
+        ``{"step", "losses", "elapsed_s"}``; ``losses`` is a list of ``[step, ema_loss]``.
+    """
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    state_file = ckpt / "train_state.json" if ckpt is not None else None
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    state = {"step": 0, "losses": [], "elapsed_s": 0.0}
+    if state_file is not None and state_file.is_file():
+        saved = json.loads(state_file.read_text())
+        mine = {k: v for k, v in asdict(optim).items() if k != "n_steps"}
+        theirs = {k: v for k, v in saved.get("optim", {}).items() if k != "n_steps"}
+        if saved.get("record") != json.loads(json.dumps(record)) or mine != theirs:
+            raise ValueError(
+                f"checkpoint in {str(ckpt)!r} was written by a different run (record/optim "
+                "differ; only n_steps may change on resume)"
+            )
+        _load_optimizer(opt, ckpt / "optimizer.safetensors")
+        state = {k: saved[k] for k in ("step", "losses", "elapsed_s")}
+    step = int(state["step"])
+    for g in opt.param_groups:
+        g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)
+
+    t0 = time.time()
+
+    def checkpoint() -> None:
+        state.update(step=step, elapsed_s=state_elapsed + time.time() - t0)
+        if ckpt is None:
+            return
+        ckpt.mkdir(parents=True, exist_ok=True)
+        if save_model is not None:
+            save_model(ckpt, dict(state))
+        _save_optimizer(opt, ckpt / "optimizer.safetensors")
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**state, "optim": asdict(optim), "record": record}))
+        os.replace(tmp, state_file)
+
+    state_elapsed = float(state["elapsed_s"])
+    last_ckpt = t0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=optim.n_steps, initial=step, file=log_file, mininterval=5.0,
+                   dynamic_ncols=False)
+    model.train()
+    ema = None
+    while step < optim.n_steps:
+        loss = loss_fn(model, batch_fn(step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        opt.step()
+        step += 1
+        for g in opt.param_groups:
+            g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)
+        lv = float(loss.detach())
+        ema = lv if ema is None else 0.99 * ema + 0.01 * lv
+        if step % 50 == 0 or step == optim.n_steps:
+            state["losses"].append([step, round(ema, 5)])
+        if bar is not None:
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        now = time.time()
+        if now - last_ckpt >= checkpoint_every_s:
+            checkpoint()
+            last_ckpt = now
+        if max_seconds is not None and now - t0 >= max_seconds:
+            break
+    if bar is not None:
+        bar.close()
+    checkpoint()
+    model.eval()
+    return dict(state)
