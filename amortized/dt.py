@@ -124,9 +124,9 @@ class DistributionTransformer:
             )
         if len(prior.batch_shape) > 1:
             raise ValueError(f"prior must have batch shape () or (B,), got {prior.batch_shape}")
-        logits = np.asarray(prior.logits, dtype=np.float32)
-        means = np.asarray(prior.means, dtype=np.float32)
-        trils = np.asarray(prior.scale_trils, dtype=np.float32)
+        logits = np.array(prior.logits, dtype=np.float32)
+        means = np.array(prior.means, dtype=np.float32)
+        trils = np.array(prior.scale_trils, dtype=np.float32)
         single = prior.batch_shape == ()
         if single:
             logits, means, trils = logits[None], means[None], trils[None]
@@ -203,10 +203,9 @@ class DistributionTransformer:
                 msgs.append(f"prior means up to |{np.abs(means).max():.3g}| are outside the "
                             f"training range mean_max={task.mean_max}")
         for msg in msgs:
-            warnings.warn(msg, UserWarning, stacklevel=3)
+            warnings.warn(msg, UserWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
     def posterior_arrays(self, prior, x=None, y=None, mask=None, batch_size: int = 4096):
         """Posterior parameters as torch tensors ``(logits, means, scale_trils)``.
 
@@ -226,7 +225,8 @@ class DistributionTransformer:
             t = [torch.from_numpy(a[sl]).to(dev) for a in (logits, means, trils)]
             comp_mask = torch.ones(t[0].shape, dtype=torch.bool, device=dev)
             src = [(torch.from_numpy(tokens[sl]).to(dev), torch.from_numpy(m[sl]).to(dev))]
-            outs.append(self.network(*t, comp_mask, src))
+            with torch.no_grad():
+                outs.append(self.network(*t, comp_mask, src))
         return tuple(torch.cat(parts, dim=0) for parts in zip(*outs)), single
 
     def posterior(self, prior, x=None, y=None, mask=None, batch_size: int = 4096):

@@ -195,7 +195,7 @@ class InverseGammaVarianceTask:
     median_range: tuple[float, float] = (0.1, 10.0)
     n_range: tuple[int, int] = (1, 20)
     n_components: int = 5
-    n_shapes: int = 64
+    n_shapes: int = 32
 
     family = "inverse-gamma (gaussian-mixture fit in log sigma^2)"
     param_dim = 1
