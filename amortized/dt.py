@@ -171,7 +171,9 @@ class DistributionTransformer:
             if single:
                 m = m[None]
             if m.shape != (b, n) or m.dtype != np.bool_:
-                raise ValueError(f"mask must be a boolean array shaped like y, got {np.shape(mask)}")
+                raise ValueError(
+                    f"mask must be a boolean array shaped like y, got {np.shape(mask)}"
+                )
         tokens = np.where(m[..., None], tokens, 0.0).astype(np.float32)
         return tokens, m
 
@@ -183,25 +185,34 @@ class DistributionTransformer:
         n = mask.sum(-1)
         lo, hi = task.n_range
         if n.min() < lo or n.max() > hi:
-            msgs.append(f"number of observations n in [{n.min()}, {n.max()}] is outside the "
-                        f"training range n_range={task.n_range}")
+            msgs.append(
+                f"number of observations n in [{n.min()}, {n.max()}] is outside the "
+                f"training range n_range={task.n_range}"
+            )
         if isinstance(task, LinearGaussianTask):
             x = np.abs(tokens[..., :-1])[mask]
             if x.size and x.max() > task.x_max * (1 + 1e-6):
-                msgs.append(f"|x| up to {x.max():.3g} is outside the training range "
-                            f"x_max={task.x_max}")
+                msgs.append(
+                    f"|x| up to {x.max():.3g} is outside the training range x_max={task.x_max}"
+                )
             k = logits.shape[-1]
             if not task.components[0] <= k <= task.components[1]:
-                msgs.append(f"prior has {k} components, outside the training range "
-                            f"components={task.components}")
+                msgs.append(
+                    f"prior has {k} components, outside the training range "
+                    f"components={task.components}"
+                )
             scales = np.sqrt(np.sum(trils.astype(np.float64) ** 2, axis=-1))
             slo, shi = task.scale_range
             if scales.min() < slo * 0.999 or scales.max() > shi * 1.001:
-                msgs.append(f"prior component scales in [{scales.min():.3g}, {scales.max():.3g}] "
-                            f"are outside the training range scale_range={task.scale_range}")
+                msgs.append(
+                    f"prior component scales in [{scales.min():.3g}, {scales.max():.3g}] "
+                    f"are outside the training range scale_range={task.scale_range}"
+                )
             if np.abs(means).max() > task.mean_max * (1 + 1e-6):
-                msgs.append(f"prior means up to |{np.abs(means).max():.3g}| are outside the "
-                            f"training range mean_max={task.mean_max}")
+                msgs.append(
+                    f"prior means up to |{np.abs(means).max():.3g}| are outside the "
+                    f"training range mean_max={task.mean_max}"
+                )
         for msg in msgs:
             warnings.warn(msg, UserWarning, stacklevel=4)
 
@@ -278,8 +289,11 @@ class DistributionTransformer:
         if logd.size and np.any(theta[..., logd] <= 0):
             raise ValueError("theta must be positive on the coordinates with a 'log' transform")
         z = np.where(logd, np.log(np.where(logd, theta, 1.0)), theta) if logd.size else theta
-        jac = np.sum(np.where(logd, np.log(np.where(logd, theta, 1.0)), 0.0), -1) if logd.size \
+        jac = (
+            np.sum(np.where(logd, np.log(np.where(logd, theta, 1.0)), 0.0), -1)
+            if logd.size
             else 0.0
+        )
         return np.asarray(posterior.log_prob(z)) - jac
 
     # ------------------------------------------------------------------ persistence
@@ -309,7 +323,9 @@ class DistributionTransformer:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike, device: str | torch.device = "cpu",
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device = "cpu",
         name: str | None = None,
     ) -> DistributionTransformer:
         """Load a model saved by :meth:`save` (``ValueError`` on missing or mismatched files)."""
@@ -323,7 +339,9 @@ class DistributionTransformer:
             )
         cfg = json.loads(cfg_file.read_text())
         if cfg.get("format") != FORMAT:
-            raise ValueError(f"{cfg_file.name} format must be {FORMAT!r}, got {cfg.get('format')!r}")
+            raise ValueError(
+                f"{cfg_file.name} format must be {FORMAT!r}, got {cfg.get('format')!r}"
+            )
         config = DTConfig.from_dict(cfg["model"])
         network = DTNetwork(config)
         try:
@@ -334,4 +352,3 @@ class DistributionTransformer:
         task = task_from_dict(cfg["task"]) if cfg.get("task") else None
         meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "model", "task")}
         return cls(network, task, meta)
-

@@ -71,11 +71,10 @@ class DTConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not self.source_dims or not all(
-            isinstance(v, int) and v >= 1 for v in self.source_dims
-        ):
-            raise ValueError(f"source_dims must be a non-empty tuple of positive ints, got "
-                             f"{self.source_dims!r}")
+        if not self.source_dims or not all(isinstance(v, int) and v >= 1 for v in self.source_dims):
+            raise ValueError(
+                f"source_dims must be a non-empty tuple of positive ints, got {self.source_dims!r}"
+            )
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"

@@ -176,8 +176,13 @@ class LinearGaussianTask:
         tokens = np.concatenate([x, y[..., None]], axis=-1) * data_mask[..., None]
         f = np.float32
         return DTBatch(
-            logits.astype(f), means.astype(f), trils.astype(f), comp_mask,
-            tokens.astype(f), data_mask, theta.astype(f),
+            logits.astype(f),
+            means.astype(f),
+            trils.astype(f),
+            comp_mask,
+            tokens.astype(f),
+            data_mask,
+            theta.astype(f),
         )
 
 
@@ -252,6 +257,11 @@ class InverseGammaVarianceTask:
         tokens = (y * data_mask)[..., None]
         f = np.float32
         return DTBatch(
-            logits.astype(f), means.astype(f), trils.astype(f), comp_mask,
-            tokens.astype(f), data_mask, z.astype(f),
+            logits.astype(f),
+            means.astype(f),
+            trils.astype(f),
+            comp_mask,
+            tokens.astype(f),
+            data_mask,
+            z.astype(f),
         )

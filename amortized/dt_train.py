@@ -134,8 +134,16 @@ def train_dt(
         DistributionTransformer(network, task, meta(state)).save(directory)
 
     state = train_loop(
-        network, loss_fn, batch_fn, optim, record=record, save_model=save_model,
-        checkpoint_dir=ckpt, checkpoint_every_s=checkpoint_every_s, progress=progress,
-        log_file=log_file, max_seconds=max_seconds,
+        network,
+        loss_fn,
+        batch_fn,
+        optim,
+        record=record,
+        save_model=save_model,
+        checkpoint_dir=ckpt,
+        checkpoint_every_s=checkpoint_every_s,
+        progress=progress,
+        log_file=log_file,
+        max_seconds=max_seconds,
     )
     return DistributionTransformer(network, task, meta(state))

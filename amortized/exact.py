@@ -65,8 +65,9 @@ def linear_gaussian_posterior(weights, means, covariances, x, y, noise_std: floa
     if not noise_std > 0:
         raise ValueError(f"noise_std must be > 0, got {noise_std!r}")
     if x.shape[:-1] != y.shape or x.shape[-1] != mu.shape[-1]:
-        raise ValueError(f"x must have shape y.shape + (D,) = {y.shape + mu.shape[-1:]}, "
-                         f"got {x.shape}")
+        raise ValueError(
+            f"x must have shape y.shape + (D,) = {y.shape + mu.shape[-1:]}, got {x.shape}"
+        )
     m = np.ones(y.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     s2 = float(noise_std) ** 2
     xm = x * m[..., None]
@@ -128,8 +129,9 @@ def log_inverse_gamma_log_prob(z, a, b):
     return a * np.log(b) - gammaln(a) - a * z - b * np.exp(-z)
 
 
-def inverse_gamma_log_gmm(a: float, b: float, n_components: int = 5, n_points: int = 4096,
-                          n_iter: int = 300):
+def inverse_gamma_log_gmm(
+    a: float, b: float, n_components: int = 5, n_points: int = 4096, n_iter: int = 300
+):
     """Gaussian-mixture fit of the density of ``log sigma^2`` under ``IG(a, b)``.
 
     Weighted EM on ``n_points`` equally spaced quantiles of ``z = log sigma^2`` (a deterministic

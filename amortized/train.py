@@ -1,14 +1,19 @@
-"""Training a PFN on draws from a prior, with checkpoint and resume.
+"""Training amortized networks, with checkpoint and resume.
 
-Each step draws ``batch_size`` datasets of ``n_points`` points from the prior, picks one random
-split position ``n_train`` for the whole batch (PFN training), and minimises the bar-distribution
-NLL of the held-out points (AdamW, linear warm-up then cosine decay, gradient clipping).
+:func:`train_loop` is the one training loop of the package (AdamW, linear warm-up then cosine
+decay, gradient clipping, checkpoint/resume in safetensors + JSON, progress bar, CPU/CUDA); it
+is model-agnostic and used by :func:`train_pfn` and by
+:func:`amortized.dt_train.train_dt` (Distribution Transformers).
+
+PFN training: each step draws ``batch_size`` datasets of ``n_points`` points from the prior,
+picks one random split position ``n_train`` for the whole batch, and minimises the
+bar-distribution NLL of the held-out points.
 
 The data of step ``t`` is a function of ``(seed, t)`` only, so a run resumed from a checkpoint
 sees exactly the batches it would have seen uninterrupted. A checkpoint directory holds
 
-* ``model.safetensors`` + ``config.json`` (a loadable :class:`~amortized.pfn.PFN`),
-* ``optimizer.safetensors`` (AdamW moments) and ``train_state.json`` (step, config, loss log).
+* the caller's loadable model files (for a PFN ``model.safetensors`` + ``config.json``),
+* ``optimizer.safetensors`` (AdamW moments) and ``train_state.json`` (step, run record, loss log).
 """
 
 from __future__ import annotations
@@ -153,118 +158,69 @@ def train_pfn(
         )
     tc = train_config
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state_file = ckpt / "train_state.json" if ckpt is not None else None
 
     torch.manual_seed(tc.seed)  # parameter initialisation only; data comes from step keys
     model = PFNTransformer(model_config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    step = 0
-    losses: list[list[float]] = []
-    elapsed_before = 0.0
-
-    if state_file is not None and state_file.is_file():
-        st = json.loads(state_file.read_text())
-        # n_steps may change on resume (the cosine schedule is recomputed for the new total);
-        # everything else must match, otherwise the run would silently change its data/model
-        saved = {k: v for k, v in st["train_config"].items() if k != "n_steps"}
-        wanted = {k: v for k, v in asdict(tc).items() if k != "n_steps"}
-        if saved != wanted:
-            raise ValueError(
-                f"checkpoint train_config {st['train_config']} does not match {asdict(tc)} "
-                "(only n_steps may differ on resume)"
-            )
+    if ckpt is not None and (ckpt / "train_state.json").is_file():
         loaded = PFN.load(ckpt, device=device, expected_config=model_config)
         model.load_state_dict(loaded.model.state_dict())
         borders = loaded.borders
-        _load_optimizer(opt, ckpt / "optimizer.safetensors")
-        step = int(st["step"])
-        losses = st.get("losses", [])
-        elapsed_before = float(st.get("elapsed_s", 0.0))
     else:
         _, y = prior.sample(step_key(tc.seed, _BORDER_STEP), tc.n_border_datasets, tc.n_points)
         borders = borders_from_samples(y, model_config.n_buckets)
-
     borders_t = torch.from_numpy(np.asarray(borders)).to(device)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, tc.warmup_steps, tc.n_steps), last_epoch=-1
+    optim = OptimConfig(
+        n_steps=tc.n_steps,
+        lr=tc.lr,
+        warmup_steps=tc.warmup_steps,
+        weight_decay=tc.weight_decay,
+        grad_clip=tc.grad_clip,
     )
-    for g in opt.param_groups:
-        g["lr"] = tc.lr * lr_factor(step, tc.warmup_steps, tc.n_steps)
-    sched.last_epoch = step
+    # n_steps may change on resume (the cosine schedule is recomputed for the new total);
+    # everything else must match, otherwise the run would silently change its data/model
+    record = {
+        "train_config": {k: v for k, v in asdict(tc).items() if k != "n_steps"},
+        "model_config": model_config.to_dict(),
+    }
 
-    def make_pfn() -> PFN:
+    def batch_fn(step: int):
+        x, y = prior.sample(step_key(tc.seed, step), tc.batch_size, tc.n_points)
+        rng = np.random.default_rng([tc.seed, step, 1])
+        n_train = int(rng.integers(tc.min_train, tc.max_train + 1))
+        return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), n_train
+
+    def loss_fn(net, batch):
+        xt, yt, n_train = batch
+        logits = net(xt[:, :n_train], yt[:, :n_train], xt[:, n_train:])
+        return bar_nll(borders_t, logits, yt[:, n_train:])
+
+    def make_pfn(state: dict) -> PFN:
         meta = {
             "prior": _prior_description(prior),
             "training": {
                 **asdict(tc),
-                "steps_done": step,
-                "wall_time_s": round(elapsed_before + time.time() - t0, 1),
+                "steps_done": state["step"],
+                "wall_time_s": round(state["elapsed_s"], 1),
                 "device": str(device),
                 "torch_threads": torch.get_num_threads(),
             },
         }
         return PFN(model, borders, meta)
 
-    def checkpoint() -> None:
-        if ckpt is None:
-            return
-        make_pfn().save(ckpt)
-        _save_optimizer(opt, ckpt / "optimizer.safetensors")
-        st = {
-            "step": step,
-            "train_config": asdict(tc),
-            "model_config": model_config.to_dict(),
-            "losses": losses,
-            "elapsed_s": elapsed_before + time.time() - t0,
-        }
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st))
-        os.replace(tmp, state_file)
-
-    t0 = time.time()
-    last_ckpt = t0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=tc.n_steps, initial=step, file=log_file, mininterval=5.0, dynamic_ncols=False
-        )
-    model.train()
-    ema = None
-    while step < tc.n_steps:
-        x, y = prior.sample(step_key(tc.seed, step), tc.batch_size, tc.n_points)
-        rng = np.random.default_rng([tc.seed, step, 1])
-        n_train = int(rng.integers(tc.min_train, tc.max_train + 1))
-        xt = torch.from_numpy(x).to(device)
-        yt = torch.from_numpy(y).to(device)
-        logits = model(xt[:, :n_train], yt[:, :n_train], xt[:, n_train:])
-        loss = bar_nll(borders_t, logits, yt[:, n_train:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        lv = float(loss.detach())
-        ema = lv if ema is None else 0.99 * ema + 0.01 * lv
-        if step % 50 == 0 or step == tc.n_steps:
-            losses.append([step, round(ema, 5)])
-        if bar is not None:
-            bar.update(1)
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-        now = time.time()
-        if now - last_ckpt >= checkpoint_every_s:
-            checkpoint()
-            last_ckpt = now
-        if max_seconds is not None and now - t0 >= max_seconds:
-            break
-    if bar is not None:
-        bar.close()
-    checkpoint()
-    model.eval()
-    return make_pfn()
+    state = train_loop(
+        model,
+        loss_fn,
+        batch_fn,
+        optim,
+        record=record,
+        save_model=lambda directory, st: make_pfn(st).save(directory),
+        checkpoint_dir=ckpt,
+        checkpoint_every_s=checkpoint_every_s,
+        progress=progress,
+        log_file=log_file,
+        max_seconds=max_seconds,
+    )
+    return make_pfn(state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,10 +296,14 @@ def train_loop(
         saved = json.loads(state_file.read_text())
         mine = {k: v for k, v in asdict(optim).items() if k != "n_steps"}
         theirs = {k: v for k, v in saved.get("optim", {}).items() if k != "n_steps"}
-        if saved.get("record") != json.loads(json.dumps(record)) or mine != theirs:
+        theirs_rec, mine_rec = saved.get("record") or {}, json.loads(json.dumps(record))
+        differ = sorted(
+            k for k in set(theirs_rec) | set(mine_rec) if theirs_rec.get(k) != mine_rec.get(k)
+        ) + (["optim"] if mine != theirs else [])
+        if differ:
             raise ValueError(
-                f"checkpoint in {str(ckpt)!r} was written by a different run (record/optim "
-                "differ; only n_steps may change on resume)"
+                f"checkpoint in {str(ckpt)!r} was written by a different run ({differ} differ; "
+                "only n_steps may change on resume)"
             )
         _load_optimizer(opt, ckpt / "optimizer.safetensors")
         state = {k: saved[k] for k in ("step", "losses", "elapsed_s")}
@@ -371,8 +331,9 @@ def train_loop(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=optim.n_steps, initial=step, file=log_file, mininterval=5.0,
-                   dynamic_ncols=False)
+        bar = tqdm(
+            total=optim.n_steps, initial=step, file=log_file, mininterval=5.0, dynamic_ncols=False
+        )
     model.train()
     ema = None
     while step < optim.n_steps:

@@ -20,11 +20,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SETTINGS = {
     # task (a): GMM prior on theta in R^2, y = x^T theta + N(0, 0.5^2)
-    "linear-2d": dict(name="dt_linear_2d", steps=11000, batch=256, d_model=64, layers=3, d_ff=128,
-                      lr=1.5e-3, warmup=300),
+    "linear-2d": dict(
+        name="dt_linear_2d",
+        steps=5000,
+        batch=256,
+        d_model=64,
+        layers=3,
+        d_ff=128,
+        lr=1.5e-3,
+        warmup=300,
+    ),
     # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2
-    "invgamma": dict(name="dt_invgamma", steps=6000, batch=256, d_model=48, layers=2, d_ff=96,
-                     lr=1e-3, warmup=300),
+    "invgamma": dict(
+        name="dt_invgamma",
+        steps=5000,
+        batch=256,
+        d_model=48,
+        layers=2,
+        d_ff=96,
+        lr=1e-3,
+        warmup=300,
+    ),
 }
 
 
@@ -55,13 +71,23 @@ def main(argv=None) -> int:
         task = InverseGammaVarianceTask()
         transforms = ("log",)
     cfg = DTConfig(
-        param_dim=task.param_dim, source_dims=tuple(task.source_dims), d_model=s["d_model"],
-        n_heads=4, n_layers=s["layers"], d_ff=s["d_ff"], transforms=transforms,
+        param_dim=task.param_dim,
+        source_dims=tuple(task.source_dims),
+        d_model=s["d_model"],
+        n_heads=4,
+        n_layers=s["layers"],
+        d_ff=s["d_ff"],
+        transforms=transforms,
     )
     optim = OptimConfig(n_steps=args.steps or s["steps"], lr=s["lr"], warmup_steps=s["warmup"])
     ckpt = args.checkpoint_dir or str(ROOT / "runs" / f"dt-{args.task}")
     dt = train_dt(
-        task, cfg, optim, batch_size=s["batch"], seed=args.seed, checkpoint_dir=ckpt,
+        task,
+        cfg,
+        optim,
+        batch_size=s["batch"],
+        seed=args.seed,
+        checkpoint_dir=ckpt,
         log_file=sys.stdout,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
     )

@@ -19,9 +19,7 @@ from probinfer.distributions import GaussianMixture
 
 W = np.array([0.5, 0.3, 0.2])
 MU = np.array([[-1.5, 0.5], [1.0, 1.0], [0.5, -2.0]])
-COV = np.array(
-    [[[0.6, 0.2], [0.2, 0.5]], [[0.3, -0.1], [-0.1, 0.8]], [[1.0, 0.0], [0.0, 0.4]]]
-)
+COV = np.array([[[0.6, 0.2], [0.2, 0.5]], [[0.3, -0.1], [-0.1, 0.8]], [[1.0, 0.0], [0.0, 0.4]]])
 TASK = LinearGaussianTask()
 
 
@@ -165,8 +163,11 @@ def test_task_is_exposed_as_attributes_and_survives_save_load(tmp_path):
 
 def test_log_transform_density_has_the_jacobian():
     # one component N(mu, s^2) on z = log theta is a log-normal on theta
-    net = DTNetwork(DTConfig(param_dim=1, source_dims=(1,), d_model=16, n_layers=1, d_ff=16,
-                             transforms=("log",)))
+    net = DTNetwork(
+        DTConfig(
+            param_dim=1, source_dims=(1,), d_model=16, n_layers=1, d_ff=16, transforms=("log",)
+        )
+    )
     dt = DistributionTransformer(net, InverseGammaVarianceTask())
     with pytest.warns(UserWarning, match="n_range"):  # the task was trained with n >= 1
         post = dt.posterior(GaussianMixture.univariate([1.0], [0.3], [0.7]), None, np.zeros(0))
@@ -188,8 +189,10 @@ def test_several_sources_and_an_empty_data_set():
     mu = torch.tensor(MU, dtype=torch.float32)[None]
     tril = torch.linalg.cholesky(torch.tensor(COV, dtype=torch.float32))[None]
     cm = torch.ones(1, 3, dtype=torch.bool)
-    src = [(torch.randn(1, 4, 3), torch.ones(1, 4, dtype=torch.bool)),
-           (torch.randn(1, 0, 1), torch.ones(1, 0, dtype=torch.bool))]
+    src = [
+        (torch.randn(1, 4, 3), torch.ones(1, 4, dtype=torch.bool)),
+        (torch.randn(1, 0, 1), torch.ones(1, 0, dtype=torch.bool)),
+    ]
     out = net(lg, mu, tril, cm, src)
     assert out[0].shape == (1, 3) and out[1].shape == (1, 3, 2) and out[2].shape == (1, 3, 2, 2)
     with pytest.raises(ValueError, match="2 data sources"):
@@ -201,8 +204,9 @@ def test_shared_loop_resume_equals_uninterrupted(tmp_path):
     opt = OptimConfig(n_steps=6, lr=3e-3, warmup_steps=2)
     full = train_dt(TASK, cfg, opt, batch_size=8, seed=5, progress=False)
     ck = tmp_path / "ck"
-    part = train_dt(TASK, cfg, opt, batch_size=8, seed=5, checkpoint_dir=ck, progress=False,
-                    max_seconds=0.0)
+    part = train_dt(
+        TASK, cfg, opt, batch_size=8, seed=5, checkpoint_dir=ck, progress=False, max_seconds=0.0
+    )
     assert part.meta["training"]["steps_done"] == 1
     resumed = train_dt(TASK, cfg, opt, batch_size=8, seed=5, checkpoint_dir=ck, progress=False)
     assert resumed.meta["training"]["steps_done"] == 6

@@ -25,9 +25,7 @@ from probinfer.lgssm import LinearGaussianSSM, kalman_filter
 
 W = np.array([0.5, 0.3, 0.2])
 MU = np.array([[-1.5, 0.5], [1.0, 1.0], [0.5, -2.0]])
-COV = np.array(
-    [[[0.6, 0.2], [0.2, 0.5]], [[0.3, -0.1], [-0.1, 0.8]], [[1.0, 0.0], [0.0, 0.4]]]
-)
+COV = np.array([[[0.6, 0.2], [0.2, 0.5]], [[0.3, -0.1], [-0.1, 0.8]], [[1.0, 0.0], [0.0, 0.4]]])
 
 
 def _grid_posterior(x, y, s):
