@@ -132,7 +132,15 @@ class DistributionTransformer:
             logits, means, trils = logits[None], means[None], trils[None]
         if not (np.all(np.isfinite(means)) and np.all(np.isfinite(trils))):
             raise ValueError("prior means and covariances must be finite")
-        return logits, means, trils, single
+        # zero-weight components are padding (priors with different K in one batch)
+        comp_mask = np.isfinite(logits)
+        if not np.all(comp_mask.any(-1)):
+            raise ValueError("prior weights must have at least one positive entry per problem")
+        top = np.max(np.where(comp_mask, logits, -np.inf), axis=-1, keepdims=True)
+        shifted = np.where(comp_mask, logits - top, -np.inf)
+        log_norm = np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+        logits = np.where(comp_mask, shifted - log_norm, 0.0).astype(np.float32)
+        return logits, means, trils, comp_mask, single
 
     def _data(self, x, y, mask, b: int, single: bool):
         d_src = self.config.source_dims[0]
@@ -177,7 +185,7 @@ class DistributionTransformer:
         tokens = np.where(m[..., None], tokens, 0.0).astype(np.float32)
         return tokens, m
 
-    def _warn_out_of_range(self, logits, means, trils, tokens, mask) -> None:
+    def _warn_out_of_range(self, comp_mask, means, trils, tokens, mask) -> None:
         task = self.task
         if task is None:
             return
@@ -195,22 +203,23 @@ class DistributionTransformer:
                 msgs.append(
                     f"|x| up to {x.max():.3g} is outside the training range x_max={task.x_max}"
                 )
-            k = logits.shape[-1]
-            if not task.components[0] <= k <= task.components[1]:
+            k = comp_mask.sum(-1)
+            if k.min() < task.components[0] or k.max() > task.components[1]:
                 msgs.append(
-                    f"prior has {k} components, outside the training range "
+                    f"prior has {k.min()}..{k.max()} components, outside the training range "
                     f"components={task.components}"
                 )
-            scales = np.sqrt(np.sum(trils.astype(np.float64) ** 2, axis=-1))
+            scales = np.sqrt(np.sum(trils.astype(np.float64) ** 2, axis=-1))[comp_mask]
             slo, shi = task.scale_range
             if scales.min() < slo * 0.999 or scales.max() > shi * 1.001:
                 msgs.append(
                     f"prior component scales in [{scales.min():.3g}, {scales.max():.3g}] "
                     f"are outside the training range scale_range={task.scale_range}"
                 )
-            if np.abs(means).max() > task.mean_max * (1 + 1e-6):
+            mean_abs = np.abs(means[comp_mask]).max()
+            if mean_abs > task.mean_max * (1 + 1e-6):
                 msgs.append(
-                    f"prior means up to |{np.abs(means).max():.3g}| are outside the "
+                    f"prior means up to |{mean_abs:.3g}| are outside the "
                     f"training range mean_max={task.mean_max}"
                 )
         for msg in msgs:
@@ -222,22 +231,22 @@ class DistributionTransformer:
 
         Same arguments as :meth:`posterior`; the leading batch axis is always present.
         """
-        logits, means, trils, single = self._prior_arrays(prior)
+        logits, means, trils, comp_mask, single = self._prior_arrays(prior)
         b = logits.shape[0]
         if y is None:
             raise ValueError("y must be given (use an array with n = 0 columns for no data)")
         tokens, m = self._data(x, y, mask, b, single)
-        self._warn_out_of_range(logits, means, trils, tokens, m)
+        self._warn_out_of_range(comp_mask, means, trils, tokens, m)
         dev = self.device
         self.network.eval()
         outs = []
         for i in range(0, b, batch_size):
             sl = slice(i, i + batch_size)
             t = [torch.from_numpy(a[sl]).to(dev) for a in (logits, means, trils)]
-            comp_mask = torch.ones(t[0].shape, dtype=torch.bool, device=dev)
+            cm = torch.from_numpy(comp_mask[sl]).to(dev)
             src = [(torch.from_numpy(tokens[sl]).to(dev), torch.from_numpy(m[sl]).to(dev))]
             with torch.no_grad():
-                outs.append(self.network(*t, comp_mask, src))
+                outs.append(self.network(*t, cm, src))
         return tuple(torch.cat(parts, dim=0) for parts in zip(*outs)), single
 
     def posterior(self, prior, x=None, y=None, mask=None, batch_size: int = 4096):
@@ -249,6 +258,8 @@ class DistributionTransformer:
             Batch shape ``()`` for one problem or ``(B,)`` for ``B`` problems; event shape
             ``(param_dim,)``. For parameters with an output transform (``config.transforms``),
             the mixture is over the unconstrained coordinates (``log`` of a positive one).
+            Components of weight zero are padding, so priors with different numbers of
+            components can share one batch (their posterior components get weight zero).
         x : array (n, p) or (B, n, p), optional
             Inputs of the observations (``None`` for a task whose tokens are ``y`` alone).
         y : array (n,) or (B, n)

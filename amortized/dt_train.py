@@ -123,6 +123,8 @@ def train_dt(
                 "seed": seed,
                 "prior_weight": prior_weight,
                 "steps_done": state["step"],
+                # [step, old n_steps, new n_steps] for each resume that changed the schedule
+                "n_steps_changes": state.get("n_steps_changes", []),
                 "final_loss": state["losses"][-1][1] if state["losses"] else None,
                 "wall_time_s": round(state["elapsed_s"], 1),
                 "device": str(device),

@@ -307,6 +307,12 @@ def train_loop(
             )
         _load_optimizer(opt, ckpt / "optimizer.safetensors")
         state = {k: saved[k] for k in ("step", "losses", "elapsed_s")}
+        # a changed n_steps (recomputed cosine schedule) is kept in the record of the run
+        state["n_steps_changes"] = saved.get("n_steps_changes", [])
+        if saved["optim"]["n_steps"] != optim.n_steps:
+            state["n_steps_changes"].append(
+                [saved["step"], saved["optim"]["n_steps"], optim.n_steps]
+            )
     step = int(state["step"])
     for g in opt.param_groups:
         g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)

@@ -22,7 +22,7 @@ SETTINGS = {
     # task (a): GMM prior on theta in R^2, y = x^T theta + N(0, 0.5^2)
     "linear-2d": dict(
         name="dt_linear_2d",
-        steps=5000,
+        steps=4000,
         batch=256,
         d_model=64,
         layers=3,

@@ -231,3 +231,16 @@ def test_task_draws_are_reproducible_and_follow_the_prior():
     n = a.data_mask.sum(1)
     assert n.min() >= 0 and n.max() <= 16
     assert np.all(a.tokens[~a.data_mask] == 0)
+
+
+def test_zero_weight_components_are_padding():
+    dt = _dt(perturb=True)
+    x, y = _data(n=5)
+    full = dt.posterior(gmm_prior(W[:2] / W[:2].sum(), MU[:2], COV[:2]), x, y)
+    w_pad = np.array([W[0], W[1], 0.0]) / W[:2].sum()
+    padded = dt.posterior(gmm_prior(w_pad, MU, COV), x, y)
+    np.testing.assert_allclose(np.asarray(padded.weights)[:2], np.asarray(full.weights), atol=1e-5)
+    assert float(padded.weights[2]) == 0.0
+    np.testing.assert_allclose(np.asarray(padded.means)[:2], np.asarray(full.means), atol=1e-5)
+    pts = np.random.default_rng(3).normal(size=(20, 2))
+    np.testing.assert_allclose(padded.log_prob(pts), full.log_prob(pts), rtol=1e-5, atol=1e-5)
