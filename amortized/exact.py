@@ -91,7 +91,8 @@ def linear_gaussian_posterior(weights, means, covariances, x, y, noise_std: floa
     )
     logdet = np.linalg.slogdet(post_cov)[1] - np.linalg.slogdet(cov)[1]
     log_ml = -0.5 * n * math.log(2 * math.pi * s2) - 0.5 * yty + 0.5 * quad + 0.5 * logdet
-    lw = np.log(w) + log_ml
+    with np.errstate(divide="ignore"):  # zero-weight (padding) components stay at weight 0
+        lw = np.log(w) + log_ml
     lw -= lw.max(-1, keepdims=True)
     post_w = np.exp(lw)
     post_w /= post_w.sum(-1, keepdims=True)
