@@ -9,7 +9,9 @@
   ``IG(a + n/2, b + sum y_i^2 / 2)``; :func:`log_inverse_gamma_log_prob` is the density of
   ``z = log sigma^2`` and :func:`inverse_gamma_log_gmm` its Gaussian-mixture fit (how an
   Inverse-Gamma prior enters a Distribution Transformer).
-* :func:`kl_monte_carlo`: ``KL(p || q)`` from draws of ``p``, with its standard error.
+* :func:`kl_monte_carlo`: ``KL(p || q)`` from draws of ``p``, with its standard error;
+  :func:`gmm_log_density` and :func:`gmm_draws`: float64 density and draws of batched GMMs
+  (zero weights allowed), for such estimates.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import math
 import numpy as np
 
 __all__ = [
+    "gmm_draws",
     "gmm_linear_predict",
+    "gmm_log_density",
     "inverse_gamma_log_gmm",
     "inverse_gamma_posterior",
     "kl_monte_carlo",
@@ -178,3 +182,51 @@ def kl_monte_carlo(log_p, log_q) -> tuple[float, float]:
     diff = np.asarray(log_p, dtype=np.float64) - np.asarray(log_q, dtype=np.float64)
     per_draw = diff.reshape(diff.shape[0], -1).mean(-1)
     return float(per_draw.mean()), float(per_draw.std(ddof=1) / math.sqrt(per_draw.size))
+
+
+def gmm_log_density(x, weights, means, scale_trils):
+    """``log sum_k w_k N(x | mu_k, L_k L_k^T)`` in float64 for a batch of GMMs.
+
+    Parameters
+    ----------
+    x : (S, B, D)
+        Points (``S`` per GMM).
+    weights : (B, K)
+        Non-negative, summing to one (zero weights are allowed).
+    means : (B, K, D)
+    scale_trils : (B, K, D, D)
+        Lower Cholesky factors of the covariances.
+
+    Returns
+    -------
+    (S, B) array
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    mu = np.asarray(means, dtype=np.float64)
+    tril = np.asarray(scale_trils, dtype=np.float64)
+    d = mu.shape[-1]
+    linv = np.linalg.inv(tril)
+    z = np.einsum("bkij,sbkj->sbki", linv, x[:, :, None, :] - mu)
+    half_logdet = np.log(np.diagonal(tril, 0, -2, -1)).sum(-1)
+    with np.errstate(divide="ignore"):
+        lw = np.log(w)
+    comp = lw - half_logdet - 0.5 * np.sum(z**2, -1) - 0.5 * d * math.log(2 * math.pi)
+    top = comp.max(-1, keepdims=True)
+    return (top + np.log(np.exp(comp - top).sum(-1, keepdims=True)))[..., 0]
+
+
+def gmm_draws(rng: np.random.Generator, n: int, weights, means, scale_trils) -> np.ndarray:
+    """``n`` draws from each of a batch of GMMs (shapes as :func:`gmm_log_density`), ``(n, B, D)``.
+
+    Uses ``rng`` (a numpy generator) for the component choices and the normal draws.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    mu = np.asarray(means, dtype=np.float64)
+    tril = np.asarray(scale_trils, dtype=np.float64)
+    b, k, d = mu.shape
+    u = rng.uniform(size=(n, b, 1))
+    comp = np.minimum((np.cumsum(w, -1) < u).sum(-1), k - 1)  # (n, B)
+    rows = np.arange(b)[None, :]
+    eps = rng.standard_normal((n, b, d))
+    return mu[rows, comp] + np.einsum("sbij,sbj->sbi", tril[rows, comp], eps)
