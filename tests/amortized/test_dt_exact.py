@@ -4,7 +4,9 @@
   grid (weights, means, covariances, density);
 * Inverse-Gamma variance: quadrature in sigma^2 with scipy's own ``invgamma``/``norm`` densities;
 * GMM predict + update with one component: the Kalman filter of ``probinfer.lgssm``;
-* GMM fit of log sigma^2: KL(IG || fit) by quadrature, and the location-family shift.
+* GMM fit of log sigma^2: KL(IG || fit) by quadrature, and the location-family shift;
+* batched float64 GMM density and draws (used by the evaluation): scipy's
+  ``multivariate_normal`` and the mixture moments (5 standard errors).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import pytest
 from scipy import stats
 
 from amortized.exact import (
+    gmm_draws,
     gmm_linear_predict,
+    gmm_log_density,
     inverse_gamma_log_gmm,
     inverse_gamma_posterior,
     kl_monte_carlo,
@@ -160,3 +164,28 @@ def test_kl_monte_carlo_of_two_normals():
     kl, se = kl_monte_carlo(stats.norm(0, 1).logpdf(x), stats.norm(1, 2).logpdf(x))
     exact = np.log(2) + 2 / 8 - 0.5
     assert abs(kl - exact) < 4 * se
+
+
+def test_gmm_log_density_and_draws_batched_with_zero_weights():
+    w = np.stack([W, np.array([0.6, 0.4, 0.0])])
+    mu, tril = np.stack([MU, MU[::-1]]), np.linalg.cholesky(np.stack([COV, COV[::-1]]))
+    x = np.random.default_rng(0).normal(size=(7, 2, 2))
+    ref = np.zeros((7, 2))
+    for b in range(2):
+        ref[:, b] = np.log(
+            sum(
+                w[b, k]
+                * stats.multivariate_normal(mu[b, k], tril[b, k] @ tril[b, k].T).pdf(x[:, b])
+                for k in range(3)
+            )
+        )
+    np.testing.assert_allclose(gmm_log_density(x, w, mu, tril), ref, rtol=1e-10)
+    n = 40_000
+    d = gmm_draws(np.random.default_rng(1), n, w, mu, tril)
+    assert d.shape == (n, 2, 2)
+    for b in range(2):
+        cov_k = tril[b] @ np.swapaxes(tril[b], -1, -2)
+        mean = w[b] @ mu[b]
+        var = w[b] @ (np.diagonal(cov_k, 0, -2, -1) + mu[b] ** 2) - mean**2
+        se = np.sqrt(var / n)
+        assert np.all(np.abs(d[:, b].mean(0) - mean) < 5 * se)
