@@ -1,11 +1,17 @@
-"""Amortized posteriors: prior-data fitted networks (PFNs).
+"""Amortized posteriors: prior-data fitted networks (PFNs) and Distribution Transformers (DTs).
 
 A PFN is trained once on datasets drawn from a prior and then returns the posterior predictive
 distribution of new data in a single forward pass (Müller et al. 2022). Predictions are
 :class:`probinfer.distributions.BarDistribution` objects.
 
+A Distribution Transformer (arXiv 2502.02463) takes a Gaussian-mixture *prior* and data and
+returns the Gaussian-mixture posterior (:class:`probinfer.distributions.GaussianMixture`) in one
+forward pass; since the prior is an input, it can be changed without retraining, and posteriors
+can be fed back as priors (sequential inference, :func:`dt_filter`).
+
 ``import amortized`` does not import torch; the torch parts (``PFN``, ``PFNConfig``,
-``train_pfn``, ``load_pretrained``...) are imported on first access.
+``DistributionTransformer``, ``train_pfn``, ``train_dt``, ``load_pretrained``...) are imported
+on first access.
 """
 
 from __future__ import annotations
@@ -35,6 +41,25 @@ _LAZY = {
     "load_pretrained": "amortized.pretrained",
     "available_pretrained": ("amortized.pretrained", "available"),
     "nll_vs_gp": "amortized.evaluate",
+    "OptimConfig": "amortized.train",
+    "train_loop": "amortized.train",
+    # Distribution Transformers
+    "DistributionTransformer": "amortized.dt",
+    "gmm_prior": "amortized.dt",
+    "DTConfig": "amortized.dt_model",
+    "DTNetwork": "amortized.dt_model",
+    "LinearGaussianTask": "amortized.dt_tasks",
+    "InverseGammaVarianceTask": "amortized.dt_tasks",
+    "train_dt": "amortized.dt_train",
+    "dt_filter": "amortized.dt_sequential",
+    "evaluate_linear": "amortized.dt_evaluate",
+    "evaluate_invgamma": "amortized.dt_evaluate",
+    "evaluate_sequential": "amortized.dt_evaluate",
+    "linear_gaussian_posterior": "amortized.exact",
+    "gmm_linear_predict": "amortized.exact",
+    "inverse_gamma_posterior": "amortized.exact",
+    "inverse_gamma_log_gmm": "amortized.exact",
+    "kl_monte_carlo": "amortized.exact",
 }
 
 __all__ = [

@@ -1,8 +1,13 @@
-"""Training a PFN on draws from a prior, with crash-safe checkpoint and resume.
+"""Training amortized networks: one loop, with crash-safe checkpoint and resume.
 
-Each step draws ``batch_size`` datasets of ``n_points`` points from the prior, picks one random
-split position ``n_train`` for the whole batch (PFN training), and minimises the bar-distribution
-NLL of the held-out points (AdamW, linear warm-up then cosine decay, gradient clipping).
+:func:`train_loop` is the one training loop of the package (AdamW, linear warm-up then cosine
+decay, gradient clipping, progress bar, CPU/CUDA, checkpoint/resume); it is model-agnostic and
+used by :func:`train_pfn` and by :func:`amortized.dt_train.train_dt` (Distribution
+Transformers).
+
+PFN training: each step draws ``batch_size`` datasets of ``n_points`` points from the prior,
+picks one random split position ``n_train`` for the whole batch, and minimises the
+bar-distribution NLL of the held-out points.
 
 Randomness goes through ``jax.random`` keys: the data of step ``t`` comes from the key
 :func:`step_key` ``(seed, t)`` only, so a run resumed from a checkpoint sees exactly the batches
@@ -10,14 +15,15 @@ it would have seen uninterrupted; the parameter initialisation uses a torch gene
 with ``seed`` inside :func:`torch.random.fork_rng` (the global torch RNG is left untouched).
 
 A checkpoint directory is a :class:`~amortized.checkpoint.CheckpointDir`: one tensor file
-(network weights, bucket borders, AdamW state, with the step in its metadata) and a manifest
-committed last by atomic rename, a lock held while training, checksums verified on resume. A run
-killed at any point (``kill -9`` included) resumes to weights bit-identical to an uninterrupted
-run.
+(network weights, the caller's extra tensors such as the PFN's bucket borders, AdamW state,
+with the step in its metadata) and a manifest committed last by atomic rename, a lock held
+while training, checksums verified on resume. A run killed at any point (``kill -9``
+included) resumes to weights bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -33,7 +39,14 @@ from amortized.model import PFNConfig, PFNTransformer
 from amortized.pfn import PFN
 from amortized.priors import indexed_key, key_words
 
-__all__ = ["TrainConfig", "train_pfn", "step_key", "split_position"]
+__all__ = [
+    "OptimConfig",
+    "TrainConfig",
+    "split_position",
+    "step_key",
+    "train_loop",
+    "train_pfn",
+]
 
 _BORDER_STEP = 2**32 - 1  # reserved "step" for the draws that place the borders
 
@@ -170,144 +183,213 @@ def train_pfn(
     tc = train_config
     ckpt = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
     with ckpt if ckpt is not None else nullcontext():
-        return _train(
-            prior,
-            model_config,
-            tc,
-            ckpt,
-            checkpoint_every_s,
-            device,
-            progress,
-            log_file,
-            max_seconds,
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tc.seed)  # parameter initialisation only; data from step keys
+            model = PFNTransformer(model_config)
+        model.to(device)
+        saved = ckpt.load() if ckpt is not None else None
+        if saved is not None and "borders" in saved[1]:
+            borders = saved[1]["borders"].numpy()
+        else:
+            key = step_key(tc.seed, _BORDER_STEP)
+            _, y = prior.sample(key, tc.n_border_datasets, tc.n_points)
+            borders = borders_from_samples(y, model_config.n_buckets)
+        borders_t = torch.from_numpy(np.asarray(borders)).to(device)
+        optim = OptimConfig(
+            n_steps=tc.n_steps,
+            lr=tc.lr,
+            warmup_steps=tc.warmup_steps,
+            weight_decay=tc.weight_decay,
+            grad_clip=tc.grad_clip,
         )
+        record = {
+            "train_config": {k: v for k, v in asdict(tc).items() if k != "n_steps"},
+            "model_config": model_config.to_dict(),
+            "prior": _prior_description(prior),
+        }
+
+        def batch_fn(step: int):
+            key = step_key(tc.seed, step)
+            x, y = prior.sample(key, tc.batch_size, tc.n_points)
+            n_train = split_position(key, tc.min_train, tc.max_train)
+            return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), n_train
+
+        def loss_fn(net, batch):
+            xt, yt, n_train = batch
+            logits = net(xt[:, :n_train], yt[:, :n_train], xt[:, n_train:])
+            return bar_nll(borders_t, logits, yt[:, n_train:])
+
+        state = train_loop(
+            model,
+            loss_fn,
+            batch_fn,
+            optim,
+            record=record,
+            extra_tensors={"borders": torch.from_numpy(np.array(borders, dtype=np.float32))},
+            checkpoint=ckpt,
+            checkpoint_every_s=checkpoint_every_s,
+            progress=progress,
+            log_file=log_file,
+            max_seconds=max_seconds,
+        )
+    meta = {
+        "prior": _prior_description(prior),
+        "training": {
+            **asdict(tc),
+            "steps_done": state["step"],
+            "n_steps_changes": state.get("n_steps_changes", []),
+            "wall_time_s": round(state["elapsed_s"], 1),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    return PFN(model, borders, meta)
 
 
-def _train(
-    prior, model_config, tc, ckpt, checkpoint_every_s, device, progress, log_file, max_seconds
-) -> PFN:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tc.seed)  # parameter initialisation only; data comes from step keys
-        model = PFNTransformer(model_config)
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    step = 0
-    losses: list[list[float]] = []
-    ema = None
-    elapsed_before = 0.0
+# ---------------------------------------------------------------------------------------------
+# The model-agnostic loop (shared by every amortized network)
 
-    saved = ckpt.load() if ckpt is not None else None
-    if saved is not None:
-        step, tensors, st = saved
-        # n_steps may change on resume (the cosine schedule is recomputed for the new total);
-        # everything else must match, otherwise the run would silently change its data/model
-        had = {k: v for k, v in st["train_config"].items() if k != "n_steps"}
-        wanted = {k: v for k, v in asdict(tc).items() if k != "n_steps"}
-        if had != wanted:
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation settings of :func:`train_loop` (AdamW, warm-up then cosine decay)."""
+
+    n_steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.n_steps, int) and self.n_steps >= 1):
+            raise ValueError(f"n_steps must be a positive integer, got {self.n_steps!r}")
+        if not (self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip > 0):
             raise ValueError(
-                f"checkpoint train_config {st['train_config']} does not match {asdict(tc)} "
-                "(only n_steps may differ on resume)"
+                "lr and grad_clip must be > 0 and warmup_steps >= 0, got "
+                f"{self.lr}, {self.grad_clip}, {self.warmup_steps}"
             )
-        if st["model_config"] != model_config.to_dict():
+
+
+def train_loop(
+    model: torch.nn.Module,
+    loss_fn,
+    batch_fn,
+    optim: OptimConfig,
+    *,
+    record: dict,
+    extra_tensors: dict | None = None,
+    checkpoint: CheckpointDir | None = None,
+    checkpoint_every_s: float = 180.0,
+    progress: bool = True,
+    log_file=None,
+    max_seconds: float | None = None,
+) -> dict:
+    """Minimise ``loss_fn(model, batch_fn(step))`` over steps, with checkpoint and resume.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Trained in place; on resume its weights are restored from the checkpoint.
+    loss_fn : callable ``(model, batch) -> scalar tensor``
+    batch_fn : callable ``(step) -> batch``
+        Must be a function of the step only (e.g. drawn from a key folded with the step), so a
+        resumed run sees exactly the batches of an uninterrupted one.
+    optim : OptimConfig
+    record : dict
+        JSON description of the run (model and data settings). A checkpoint is resumed only if
+        its record equals this one; ``optim.n_steps`` alone may change on resume.
+    extra_tensors : dict, optional
+        Tensors committed with every checkpoint (e.g. the PFN's bucket borders); the caller
+        reads them back with ``checkpoint.load()`` before resuming.
+    checkpoint : CheckpointDir, optional
+        The run's (locked) checkpoint directory: model weights, ``extra_tensors`` and the AdamW
+        state in one tensor file, the loop state in the manifest, committed atomically.
+
+    Returns
+    -------
+    dict
+        ``{"step", "losses", "elapsed_s", "loss_ema", "n_steps_changes"}``; ``losses`` is a
+        list of ``[step, ema_loss]``.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    state = {"step": 0, "losses": [], "elapsed_s": 0.0, "loss_ema": None, "n_steps_changes": []}
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        step0, tensors, st = saved
+        mine = {k: v for k, v in asdict(optim).items() if k != "n_steps"}
+        theirs = {k: v for k, v in st.get("optim", {}).items() if k != "n_steps"}
+        theirs_rec, mine_rec = st.get("record") or {}, json.loads(json.dumps(record))
+        differ = sorted(
+            k for k in set(theirs_rec) | set(mine_rec) if theirs_rec.get(k) != mine_rec.get(k)
+        ) + (["optim"] if mine != theirs else [])
+        if differ:
             raise ValueError(
-                f"checkpoint model config {st['model_config']} does not match the expected "
-                f"config {model_config.to_dict()}"
+                f"checkpoint in {str(checkpoint.path)!r} does not match this run: {differ} "
+                "differ (only n_steps may change on resume)"
             )
         model.load_state_dict(
             {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         )
-        borders = tensors["borders"].numpy()
         _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
-        losses = st["losses"]
-        ema = st["loss_ema"]
-        elapsed_before = float(st["elapsed_s"])
-    else:
-        _, y = prior.sample(step_key(tc.seed, _BORDER_STEP), tc.n_border_datasets, tc.n_points)
-        borders = borders_from_samples(y, model_config.n_buckets)
-
-    borders_t = torch.from_numpy(np.asarray(borders)).to(device)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, tc.warmup_steps, tc.n_steps), last_epoch=-1
-    )
+        state = {k: st[k] for k in state}
+        state["step"] = step0
+        if st["optim"]["n_steps"] != optim.n_steps:  # the recomputed schedule is recorded
+            state["n_steps_changes"].append([step0, st["optim"]["n_steps"], optim.n_steps])
+    step = int(state["step"])
+    ema = state["loss_ema"]
     for g in opt.param_groups:
-        g["lr"] = tc.lr * lr_factor(step, tc.warmup_steps, tc.n_steps)
-    sched.last_epoch = step
-
-    def make_pfn() -> PFN:
-        meta = {
-            "prior": _prior_description(prior),
-            "training": {
-                **asdict(tc),
-                "steps_done": step,
-                "wall_time_s": round(elapsed_before + time.time() - t0, 1),
-                "device": str(device),
-                "torch_threads": torch.get_num_threads(),
-            },
-        }
-        return PFN(model, borders, meta)
-
+        g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)
+    t0 = time.time()
+    elapsed_before = float(state["elapsed_s"])
     committed = step if saved is not None else -1
 
-    def checkpoint() -> None:
+    def commit() -> None:
         nonlocal committed
-        if ckpt is None or committed == step:
+        state.update(step=step, elapsed_s=elapsed_before + time.time() - t0, loss_ema=ema)
+        if checkpoint is None or committed == step:
             return
         tensors = {
             f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
         }
-        tensors["borders"] = torch.from_numpy(np.array(borders, dtype=np.float32))
+        tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
         tensors.update(_optimizer_tensors(opt))
-        st = {
-            "train_config": asdict(tc),
-            "model_config": model_config.to_dict(),
-            "prior": _prior_description(prior),
-            "losses": losses,
-            "loss_ema": ema,
-            "elapsed_s": elapsed_before + time.time() - t0,
-        }
-        ckpt.save(step, tensors, st)
+        checkpoint.save(step, tensors, {**state, "optim": asdict(optim), "record": record})
         committed = step
 
-    t0 = time.time()
     last_ckpt = t0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(
-            total=tc.n_steps, initial=step, file=log_file, mininterval=5.0, dynamic_ncols=False
+            total=optim.n_steps, initial=step, file=log_file, mininterval=5.0, dynamic_ncols=False
         )
     model.train()
-    while step < tc.n_steps:
-        key = step_key(tc.seed, step)
-        x, y = prior.sample(key, tc.batch_size, tc.n_points)
-        n_train = split_position(key, tc.min_train, tc.max_train)
-        xt = torch.from_numpy(x).to(device)
-        yt = torch.from_numpy(y).to(device)
-        logits = model(xt[:, :n_train], yt[:, :n_train], xt[:, n_train:])
-        loss = bar_nll(borders_t, logits, yt[:, n_train:])
+    while step < optim.n_steps:
+        loss = loss_fn(model, batch_fn(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         opt.step()
-        sched.step()
         step += 1
+        for g in opt.param_groups:
+            g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)
         lv = float(loss.detach())
         ema = lv if ema is None else 0.99 * ema + 0.01 * lv
-        if step % 50 == 0 or step == tc.n_steps:
-            losses.append([step, round(ema, 5)])
+        if step % 50 == 0 or step == optim.n_steps:
+            state["losses"].append([step, round(ema, 5)])
         if bar is not None:
             bar.update(1)
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
         now = time.time()
         if now - last_ckpt >= checkpoint_every_s:
-            checkpoint()
+            commit()
             last_ckpt = now
         if max_seconds is not None and now - t0 >= max_seconds:
             break
     if bar is not None:
         bar.close()
-    checkpoint()
+    commit()
     model.eval()
-    return make_pfn()
+    return dict(state)

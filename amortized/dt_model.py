@@ -1,0 +1,275 @@
+"""The Distribution Transformer network (torch): GMM prior tokens in, GMM posterior parameters out.
+
+Architecture (Distribution Transformers, arXiv 2502.02463):
+
+* one token per prior mixture component, embedding ``(log weight, mean, log-diagonal and
+  strictly-lower part of the Cholesky factor)`` through an MLP;
+* data tokens from one embedding MLP per observation source (sources may have different
+  dimensions); a learned "no data" token is always present so an empty data set is valid, and
+  the number of observations of each source is embedded as ``log(1 + n)``;
+* transformer blocks in which the component tokens self-attend and cross-attend to the data
+  tokens, without positional encoding (the output is invariant to the order of the data and
+  equivariant to the order of the components);
+* a decoder from each component token to ``components_per_prior`` posterior components,
+  parametrised *relative to the prior component*: ``logit' = logit - log m + d_logit``,
+  ``mean' = mean + L d_mean`` and ``L' = L M`` with ``M`` lower triangular with a positive
+  (exponentiated) diagonal. The last layer of the decoder and every residual branch's output
+  projection are zero-initialised, so the untrained network returns the prior exactly.
+
+Shapes: ``B`` problems, ``K`` prior components (padded, with a mask), ``D`` parameter dimension,
+``n_s`` observations of source ``s`` (padded, with a mask).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DTConfig", "DTNetwork", "gmm_log_prob", "TRANSFORMS"]
+
+#: Output transforms of constrained parameters: the network's GMM lives on the unconstrained
+#: ``z``, the parameter is ``theta = inverse(z)``; "log" is for positive parameters.
+TRANSFORMS = ("identity", "log")
+
+
+@dataclass(frozen=True)
+class DTConfig:
+    """Architecture of a Distribution Transformer (everything needed to rebuild the module).
+
+    Parameters
+    ----------
+    param_dim : int
+        Dimension ``D`` of the parameter.
+    source_dims : tuple of int
+        Dimension of one observation token of each data source (e.g. ``(3,)`` for ``(x1, x2,
+        y)`` pairs of a linear regression).
+    d_model, n_heads, n_layers, d_ff : int
+        Transformer width, heads, blocks and feed-forward width.
+    components_per_prior : int
+        Posterior components emitted per prior component (``K_out = m K``).
+    transforms : tuple of str
+        One of :data:`TRANSFORMS` per parameter coordinate (``()`` means all "identity").
+    """
+
+    param_dim: int = 2
+    source_dims: tuple[int, ...] = (3,)
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 3
+    d_ff: int = 128
+    components_per_prior: int = 1
+    transforms: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "source_dims", tuple(self.source_dims))
+        object.__setattr__(self, "transforms", tuple(self.transforms))
+        for name in ("param_dim", "d_model", "n_heads", "n_layers", "d_ff", "components_per_prior"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not self.source_dims or not all(isinstance(v, int) and v >= 1 for v in self.source_dims):
+            raise ValueError(
+                f"source_dims must be a non-empty tuple of positive ints, got {self.source_dims!r}"
+            )
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.transforms and (
+            len(self.transforms) != self.param_dim
+            or any(t not in TRANSFORMS for t in self.transforms)
+        ):
+            raise ValueError(
+                f"transforms must be empty or have param_dim ({self.param_dim}) entries from "
+                f"{TRANSFORMS}, got {self.transforms!r}"
+            )
+
+    @property
+    def n_tril(self) -> int:
+        """Number of strictly-lower Cholesky entries, ``D (D - 1) / 2``."""
+        return self.param_dim * (self.param_dim - 1) // 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["source_dims"] = list(self.source_dims)
+        d["transforms"] = list(self.transforms)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DTConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"config has unknown keys {sorted(unknown)}; expected {sorted(names)}")
+        return cls(**d)
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+def _zero_(layer: nn.Linear) -> None:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+class _Attention(nn.Module):
+    """Multi-head attention with a key mask; the output projection starts at zero."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln_q = nn.LayerNorm(d_model)
+        self.ln_kv = nn.LayerNorm(d_model)
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        _zero_(self.out)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, n, d = t.shape
+        return t.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
+
+    def forward(self, h: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """``h (B, K, d)`` attends to ``ctx (B, N, d)`` where ``key_mask (B, N)`` is True."""
+        b, k, d = h.shape
+        q = self._heads(self.q(self.ln_q(h)))
+        key, val = self.kv(self.ln_kv(ctx)).chunk(2, dim=-1)
+        a = F.scaled_dot_product_attention(
+            q, self._heads(key), self._heads(val), attn_mask=key_mask[:, None, None, :]
+        )
+        return self.out(a.transpose(1, 2).reshape(b, k, d))
+
+
+class _Block(nn.Module):
+    """Component self-attention, cross-attention to the data, feed-forward (pre-LayerNorm)."""
+
+    def __init__(self, c: DTConfig):
+        super().__init__()
+        self.self_attn = _Attention(c.d_model, c.n_heads)
+        self.cross_attn = _Attention(c.d_model, c.n_heads)
+        self.ln_ff = nn.LayerNorm(c.d_model)
+        self.ff = _mlp(c.d_model, c.d_ff, c.d_model)
+        _zero_(self.ff[-1])
+
+    def forward(self, h, comp_mask, data, data_mask):
+        h = h + self.self_attn(h, h, comp_mask)
+        h = h + self.cross_attn(h, data, data_mask)
+        return h + self.ff(self.ln_ff(h))
+
+
+class DTNetwork(nn.Module):
+    """Maps a padded GMM prior and padded data sources to the posterior GMM's parameters."""
+
+    def __init__(self, config: DTConfig):
+        super().__init__()
+        self.config = c = config
+        d_comp = 1 + 2 * c.param_dim + c.n_tril
+        self.comp_encoder = _mlp(d_comp, c.d_ff, c.d_model)
+        self.source_encoders = nn.ModuleList(_mlp(ds, c.d_ff, c.d_model) for ds in c.source_dims)
+        self.count_encoder = nn.Linear(len(c.source_dims), c.d_model)
+        self.null_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
+        self.blocks = nn.ModuleList(_Block(c) for _ in range(c.n_layers))
+        self.copy_embedding = nn.Parameter(torch.zeros(c.components_per_prior, c.d_model))
+        self.ln_out = nn.LayerNorm(c.d_model)
+        self.decoder = _mlp(c.d_model, c.d_ff, d_comp)
+        _zero_(self.decoder[-1])
+        nn.init.normal_(self.null_token, std=0.02)
+        if c.components_per_prior > 1:  # breaks the symmetry between copies once trained
+            nn.init.normal_(self.copy_embedding, std=1.0)
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        means: torch.Tensor,
+        scale_trils: torch.Tensor,
+        comp_mask: torch.Tensor,
+        sources: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Posterior ``(logits (B, mK), means (B, mK, D), scale_trils (B, mK, D, D))``.
+
+        Parameters
+        ----------
+        logits : (B, K)
+            Normalised prior log weights (padded components: any finite value).
+        means : (B, K, D)
+        scale_trils : (B, K, D, D)
+            Lower Cholesky factors with a positive diagonal (padded components: identity).
+        comp_mask : (B, K) bool
+            True for real components.
+        sources : list of ``(tokens (B, n_s, d_s), mask (B, n_s) bool)``
+            One entry per data source, in the order of ``config.source_dims``.
+
+        Output logits of padded components are ``-inf``; they are normalised over the rest.
+        """
+        c = self.config
+        d = c.param_dim
+        if len(sources) != len(c.source_dims):
+            raise ValueError(f"expected {len(c.source_dims)} data sources, got {len(sources)}")
+        b, k = logits.shape
+        diag = torch.diagonal(scale_trils, dim1=-2, dim2=-1)
+        rows, cols = torch.tril_indices(d, d, offset=-1, device=means.device)
+        lower = scale_trils[..., rows, cols]
+        safe_logits = torch.where(comp_mask, logits, torch.zeros_like(logits))
+        comp = torch.cat([safe_logits[..., None], means, torch.log(diag), lower], dim=-1)
+        h = self.comp_encoder(comp)
+
+        tokens = [self.null_token.expand(b, 1, -1)]
+        masks = [torch.ones(b, 1, dtype=torch.bool, device=means.device)]
+        counts = []
+        for enc, (tok, msk) in zip(self.source_encoders, sources):
+            tokens.append(enc(tok))
+            masks.append(msk)
+            counts.append(torch.log1p(msk.sum(-1, dtype=means.dtype)))
+        data = torch.cat(tokens, dim=1)
+        data_mask = torch.cat(masks, dim=1)
+        h = h + self.count_encoder(torch.stack(counts, dim=-1))[:, None, :]
+
+        for block in self.blocks:
+            h = block(h, comp_mask, data, data_mask)
+
+        m = c.components_per_prior
+        hc = h[:, :, None, :] + self.copy_embedding  # (B, K, m, d_model)
+        delta = self.decoder(self.ln_out(hc))  # zero at initialisation
+        d_logit = delta[..., 0]
+        d_mean = delta[..., 1 : 1 + d]
+        d_logdiag = delta[..., 1 + d : 1 + 2 * d]
+        d_lower = delta[..., 1 + 2 * d :]
+
+        out_logits = logits[:, :, None] - math.log(m) + d_logit
+        out_logits = torch.where(comp_mask[:, :, None], out_logits, float("-inf"))
+        base_tril = scale_trils[:, :, None]  # (B, K, 1, D, D)
+        out_means = means[:, :, None] + (base_tril @ d_mean[..., None])[..., 0]
+        factor = torch.diag_embed(torch.exp(d_logdiag))
+        if d > 1:
+            factor = factor + _strict_lower(d_lower, d)
+        out_trils = base_tril @ factor
+        out_logits = torch.log_softmax(out_logits.reshape(b, k * m), dim=-1)
+        return out_logits, out_means.reshape(b, k * m, d), out_trils.reshape(b, k * m, d, d)
+
+
+def _strict_lower(values: torch.Tensor, d: int) -> torch.Tensor:
+    """Strictly-lower-triangular ``(..., D, D)`` matrix from its ``D (D - 1) / 2`` entries."""
+    rows, cols = torch.tril_indices(d, d, offset=-1, device=values.device)
+    out = values.new_zeros(values.shape[:-1] + (d, d))
+    out[..., rows, cols] = values
+    return out
+
+
+def gmm_log_prob(
+    logits: torch.Tensor, means: torch.Tensor, scale_trils: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
+    """``log sum_k w_k N(value | mean_k, L_k L_k^T)`` for ``value (B, D)``; returns ``(B,)``.
+
+    ``-inf`` logits (padded components) contribute nothing.
+    """
+    diff = (value[:, None, :] - means)[..., None]
+    z = torch.linalg.solve_triangular(scale_trils, diff, upper=False)[..., 0]
+    half_logdet = torch.log(torch.diagonal(scale_trils, dim1=-2, dim2=-1)).sum(-1)
+    d = means.shape[-1]
+    comp = -0.5 * (z**2).sum(-1) - half_logdet - 0.5 * d * math.log(2 * math.pi)
+    return torch.logsumexp(logits + comp, dim=-1)

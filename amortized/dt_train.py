@@ -1,0 +1,142 @@
+"""Training a Distribution Transformer on a task's meta-prior (through the shared loop).
+
+Each step draws ``batch_size`` problems ``(prior GMM, theta, data)`` from the task with the key
+``fold_in(key(seed), step)`` and minimises the NLL of the true ``theta`` under the predicted
+posterior GMM, optionally plus ``prior_weight`` times its NLL under the network's reconstruction
+of the prior (the output given no data). The loop itself (AdamW, warm-up + cosine, clipping,
+checkpoint/resume, progress) is :func:`amortized.train.train_loop`, shared with the PFN.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import torch
+
+from amortized.checkpoint import CheckpointDir
+from amortized.dt import DistributionTransformer
+from amortized.dt_model import DTConfig, DTNetwork, gmm_log_prob
+from amortized.train import OptimConfig, train_loop
+
+__all__ = ["batch_tensors", "dt_loss", "train_dt"]
+
+
+def batch_tensors(batch, device) -> dict:
+    """A :class:`~amortized.dt_tasks.DTBatch` as torch tensors on ``device``."""
+    return {k: torch.from_numpy(v).to(device) for k, v in batch._asdict().items()}
+
+
+def dt_loss(network: DTNetwork, t: dict, prior_weight: float = 0.0) -> torch.Tensor:
+    """Mean NLL of ``theta`` under the predicted posterior (+ ``prior_weight`` x prior NLL)."""
+    src = [(t["tokens"], t["data_mask"])]
+    lg, mu, tril = network(t["logits"], t["means"], t["scale_trils"], t["comp_mask"], src)
+    loss = -gmm_log_prob(lg, mu, tril, t["theta"]).mean()
+    if prior_weight > 0:
+        empty = [(t["tokens"], torch.zeros_like(t["data_mask"]))]
+        lg0, mu0, tril0 = network(t["logits"], t["means"], t["scale_trils"], t["comp_mask"], empty)
+        loss = loss - prior_weight * gmm_log_prob(lg0, mu0, tril0, t["theta"]).mean()
+    return loss
+
+
+def train_dt(
+    task,
+    model_config: DTConfig,
+    optim: OptimConfig,
+    *,
+    batch_size: int = 128,
+    seed: int = 0,
+    prior_weight: float = 0.0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every_s: float = 180.0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log_file=None,
+    max_seconds: float | None = None,
+) -> DistributionTransformer:
+    """Train a DT on ``task``; resume from ``checkpoint_dir`` when it holds a checkpoint.
+
+    Parameters
+    ----------
+    task : LinearGaussianTask or InverseGammaVarianceTask
+        Meta-prior sampler (``task.sample(key, batch_size)``); its ``param_dim`` and
+        ``source_dims`` must match ``model_config``.
+    model_config : DTConfig
+    optim : OptimConfig
+    batch_size, seed : int
+        Problems per step; ``seed`` sets the parameter initialisation and the data keys.
+    prior_weight : float
+        Weight of the prior-reconstruction NLL term.
+
+    Returns
+    -------
+    DistributionTransformer
+        In eval mode, with ``meta["training"]`` describing the run.
+    """
+    import jax
+
+    if task.param_dim != model_config.param_dim or tuple(task.source_dims) != tuple(
+        model_config.source_dims
+    ):
+        raise ValueError(
+            f"task (param_dim={task.param_dim}, source_dims={tuple(task.source_dims)}) does not "
+            f"match model_config (param_dim={model_config.param_dim}, "
+            f"source_dims={model_config.source_dims})"
+        )
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    ckpt = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.set_state(gen.get_state())
+        network = DTNetwork(model_config)
+    network.to(device)
+    base = jax.random.key(int(seed))
+    record = {
+        "model": model_config.to_dict(),
+        "task": task.to_dict(),
+        "batch_size": batch_size,
+        "seed": seed,
+        "prior_weight": prior_weight,
+    }
+
+    def batch_fn(step: int) -> dict:
+        return batch_tensors(task.sample(jax.random.fold_in(base, step), batch_size), device)
+
+    def loss_fn(net, t):
+        return dt_loss(net, t, prior_weight)
+
+    def meta(state: dict) -> dict:
+        return {
+            "training": {
+                **asdict(optim),
+                "batch_size": batch_size,
+                "seed": seed,
+                "prior_weight": prior_weight,
+                "steps_done": state["step"],
+                # [step, old n_steps, new n_steps] for each resume that changed the schedule
+                "n_steps_changes": state.get("n_steps_changes", []),
+                "final_loss": state["losses"][-1][1] if state["losses"] else None,
+                "wall_time_s": round(state["elapsed_s"], 1),
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+            }
+        }
+
+    with ckpt if ckpt is not None else nullcontext():
+        state = train_loop(
+            network,
+            loss_fn,
+            batch_fn,
+            optim,
+            record=record,
+            checkpoint=ckpt,
+            checkpoint_every_s=checkpoint_every_s,
+            progress=progress,
+            log_file=log_file,
+            max_seconds=max_seconds,
+        )
+    return DistributionTransformer(network, task, meta(state))

@@ -1,0 +1,263 @@
+"""Distribution Transformer vs NumPyro NUTS vs tempered SMC on task (a) of issue 12.
+
+Workload: 1000 problems of task (a) (a Gaussian-mixture prior with 1-4 components on theta in
+R^2, ``y_i = x_i^T theta + N(0, 0.5^2)``, 0..16 observations), drawn from the meta-prior of the
+shipped model ``dt-linear-2d`` with a key that training never used.
+
+* **DT**: the posteriors of all 1000 problems in ONE batched call of
+  ``load_pretrained("dt-linear-2d").posterior`` (ragged priors as zero-weight padding, ragged
+  data with a mask); median wall time of repeated calls.
+* **NUTS**: NumPyro NUTS per problem (500 warm-up + 2000 kept draws, one chain), the same
+  padded model compiled once (``jit_model_args``). It is run on a subset of problems
+  (``--subset``, default 20) and its time per problem (median over the subset, compilation
+  excluded: the first problem is reported separately) is scaled to 1000 problems.
+* **SMC**: the repo's adaptive tempered SMC (:func:`probinfer.smc.tempered_smc`, 2000
+  particles, HMC moves) per problem on the same subset; time per problem from a second run on
+  the same target (compilation excluded), scaled to 1000.
+
+Accuracy: energy distance (U-statistic) between 2000 draws of the exact posterior
+(:func:`amortized.exact.linear_gaussian_posterior`) and 2000 draws of each method, mean and
+standard error over problems, next to the same statistic for a second, independent set of
+2000 exact draws (the Monte-Carlo floor: its expectation is 0). Writes
+``benchmarks/results/dt_vs_nuts.json``.
+
+    python benchmarks/dt_vs_nuts.py [--subset 20] [--dt-accuracy-problems 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from _common import time_call, write_results
+from scipy.spatial.distance import cdist, pdist
+
+N_PROBLEMS, N_DRAWS = 1000, 2000
+HELD_OUT = 2**31 - 11  # fold-in constant of the benchmark's problems (not a training step)
+
+
+def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` (U-statistics within samples)."""
+    return float(2 * cdist(a, b).mean() - pdist(a).mean() - pdist(b).mean())
+
+
+def model(w, mu, tril, x, y, mask, noise_std):
+    mix = dist.MixtureSameFamily(
+        dist.Categorical(probs=w), dist.MultivariateNormal(mu, scale_tril=tril)
+    )
+    theta = numpyro.sample("theta", mix)
+    numpyro.sample("y", dist.Normal(x @ theta, noise_std).mask(mask).to_event(1), obs=y)
+
+
+def problems(task, seed: int):
+    """The benchmark's problems as float64 arrays (padded priors and data, with masks)."""
+    b = task.sample(jax.random.fold_in(jax.random.key(seed), HELD_OUT), N_PROBLEMS)
+    w = np.where(b.comp_mask, np.exp(b.logits.astype(np.float64)), 0.0)
+    w /= w.sum(-1, keepdims=True)
+    tril = b.scale_trils.astype(np.float64)
+    return {
+        "w": w,
+        "mu": b.means.astype(np.float64),
+        "tril": tril,
+        "cov": tril @ np.swapaxes(tril, -1, -2),
+        "x": b.tokens[..., :-1].astype(np.float64),
+        "y": b.tokens[..., -1].astype(np.float64),
+        "mask": b.data_mask,
+    }
+
+
+def exact_draws(rng, w, mu, cov, n):
+    from amortized.dt_tasks import sample_gmm
+
+    k = len(w)
+    lw = np.log(np.maximum(w, 1e-300))
+    tril = np.linalg.cholesky(cov)
+    return sample_gmm(
+        rng,
+        np.broadcast_to(lw, (n, k)),
+        np.broadcast_to(mu, (n,) + mu.shape),
+        np.broadcast_to(tril, (n,) + tril.shape),
+    )
+
+
+def _summary(v) -> dict:
+    v = np.asarray(v, dtype=np.float64)
+    return {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(v.size)), "n": v.size}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--subset", type=int, default=20, help="problems run by NUTS and SMC")
+    p.add_argument("--dt-accuracy-problems", type=int, default=1000)
+    p.add_argument("--model-dir", help="a saved DT directory instead of the shipped model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="dt_vs_nuts")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from amortized.dt import DistributionTransformer
+    from amortized.exact import linear_gaussian_posterior
+    from amortized.pretrained import load_pretrained
+    from probinfer.distributions import GaussianMixture
+    from probinfer.smc import tempered_smc
+    from probinfer.targets import from_numpyro
+
+    dt = (
+        DistributionTransformer.load(args.model_dir)
+        if args.model_dir
+        else load_pretrained("dt-linear-2d")
+    )
+    task = dt.task
+    P = problems(task, args.seed)
+    ew, emu, ecov = linear_gaussian_posterior(
+        P["w"], P["mu"], P["cov"], P["x"], P["y"], task.noise_std, mask=P["mask"]
+    )
+    rng = np.random.default_rng(args.seed)
+
+    # ---------------------------------------------------------------- DT: one batched call
+    prior = GaussianMixture(P["mu"], scale_trils=P["tril"], weights=P["w"])
+
+    def dt_call():
+        post = dt.posterior(prior, P["x"], P["y"], mask=P["mask"])
+        return jax.block_until_ready(post.logits)
+
+    t0 = time.perf_counter()
+    post = dt.posterior(prior, P["x"], P["y"], mask=P["mask"])
+    jax.block_until_ready(post.logits)
+    dt_first = time.perf_counter() - t0
+    dt_time = time_call(dt_call, repeats=7, warmup=1)
+    dt_draws = np.asarray(post.sample(jax.random.key(args.seed), (N_DRAWS,)), dtype=np.float64)
+    print(f"DT: 1000 problems in one call: {dt_time:.4f} s (first call {dt_first:.3f} s)")
+
+    n_acc = min(args.dt_accuracy_problems, N_PROBLEMS)
+    ed = {"dt": [], "exact_floor": []}
+    for i in range(n_acc):
+        ref = exact_draws(rng, ew[i], emu[i], ecov[i], N_DRAWS)
+        ref2 = exact_draws(rng, ew[i], emu[i], ecov[i], N_DRAWS)
+        ed["dt"].append(energy_distance(ref, dt_draws[:, i]))
+        ed["exact_floor"].append(energy_distance(ref, ref2))
+
+    # ---------------------------------------------------------------- NUTS and SMC per problem
+    from numpyro.infer import MCMC, NUTS
+
+    sub = range(args.subset)
+    mcmc = MCMC(
+        NUTS(model),
+        num_warmup=500,
+        num_samples=N_DRAWS,
+        num_chains=1,
+        progress_bar=False,
+        jit_model_args=True,
+    )
+    times = {"nuts": [], "smc_first": [], "smc": []}
+    sub_ed = {"dt": [], "nuts": [], "smc": [], "exact_floor": []}
+    smc_steps = []
+    for i in sub:
+        a = (
+            jnp.asarray(P["w"][i]),
+            jnp.asarray(P["mu"][i]),
+            jnp.asarray(P["tril"][i]),
+            jnp.asarray(P["x"][i]),
+            jnp.asarray(P["y"][i]),
+            jnp.asarray(P["mask"][i]),
+            task.noise_std,
+        )
+        t0 = time.perf_counter()
+        mcmc.run(jax.random.key(1000 + i), *a)
+        nuts = np.asarray(jax.block_until_ready(mcmc.get_samples()["theta"]), dtype=np.float64)
+        times["nuts"].append(time.perf_counter() - t0)
+
+        target = from_numpyro(model, *a)
+        smc_key = jax.random.key(2000 + i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            r = tempered_smc(smc_key, target, N_DRAWS, kernel="hmc", progress=False)
+            jax.block_until_ready(r.particles)
+            times["smc_first"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            r = tempered_smc(
+                jax.random.fold_in(smc_key, 1), target, N_DRAWS, kernel="hmc", progress=False
+            )
+            smc = np.asarray(jax.block_until_ready(r.samples["theta"]), dtype=np.float64)
+            times["smc"].append(time.perf_counter() - t0)
+        smc_steps.append(len(r.temperatures))
+
+        ref = exact_draws(rng, ew[i], emu[i], ecov[i], N_DRAWS)
+        ref2 = exact_draws(rng, ew[i], emu[i], ecov[i], N_DRAWS)
+        sub_ed["dt"].append(energy_distance(ref, dt_draws[:, i]))
+        sub_ed["nuts"].append(energy_distance(ref, nuts))
+        sub_ed["smc"].append(energy_distance(ref, smc))
+        sub_ed["exact_floor"].append(energy_distance(ref, ref2))
+        print(
+            f"problem {i:3d}: K={int((P['w'][i] > 0).sum())} n={int(P['mask'][i].sum()):2d} "
+            f"NUTS {times['nuts'][-1]:6.2f}s ED {sub_ed['nuts'][-1]:.4f} | "
+            f"SMC {times['smc'][-1]:6.2f}s ED {sub_ed['smc'][-1]:.4f} | "
+            f"DT ED {sub_ed['dt'][-1]:.4f} | floor {sub_ed['exact_floor'][-1]:.4f}"
+        )
+
+    nuts_per = float(np.median(times["nuts"][1:])) if args.subset > 1 else times["nuts"][0]
+    smc_per = float(np.median(times["smc"]))
+    results = {
+        "workload": (
+            f"{N_PROBLEMS} task-(a) problems (GMM prior with 1-4 components on theta in R^2, "
+            f"y = x^T theta + N(0, {task.noise_std}^2), n in {list(task.n_range)}); "
+            f"{N_DRAWS} draws per method and problem"
+        ),
+        "model": "dt-linear-2d" if not args.model_dir else args.model_dir,
+        "torch_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "timing_note": (
+            f"DT: median of 7 batched calls for all {N_PROBLEMS} problems. NUTS and SMC: run on "
+            f"{args.subset} problems, per-problem time (median, compilation excluded) scaled "
+            f"x{N_PROBLEMS}"
+        ),
+        "dt_s_per_1000": dt_time,
+        "dt_first_call_s": dt_first,
+        "nuts_s_per_problem": nuts_per,
+        "nuts_first_problem_s_incl_compile": times["nuts"][0],
+        "nuts_s_per_1000_scaled": 1000 * nuts_per,
+        "smc_s_per_problem": smc_per,
+        "smc_first_run_s_median_incl_compile": float(np.median(times["smc_first"])),
+        "smc_s_per_1000_scaled": 1000 * smc_per,
+        "smc_tempering_steps_median": float(np.median(smc_steps)),
+        "speedup_dt_vs_nuts": 1000 * nuts_per / dt_time,
+        "speedup_dt_vs_smc": 1000 * smc_per / dt_time,
+        "energy_distance_subset": {k: _summary(v) for k, v in sub_ed.items()},
+        "energy_distance_subset_per_problem": sub_ed,
+        "energy_distance_dt_all": {k: _summary(v) for k, v in ed.items()},
+        "subset": args.subset,
+        "dt_accuracy_problems": n_acc,
+        "seed": args.seed,
+    }
+    e = results["energy_distance_subset"]
+    results["ratio_energy_distance_dt_over_nuts_subset"] = e["dt"]["mean"] / e["nuts"]["mean"]
+    path = write_results(args.out, results)
+    print(
+        f"DT {dt_time:.4f}s/1000 vs NUTS {1000 * nuts_per:.0f}s/1000 (scaled): "
+        f"x{results['speedup_dt_vs_nuts']:.0f}; SMC {1000 * smc_per:.0f}s/1000: "
+        f"x{results['speedup_dt_vs_smc']:.0f}"
+    )
+    print(
+        "energy distance on the subset: "
+        + ", ".join(f"{k} {v['mean']:.4f}+-{v['se']:.4f}" for k, v in e.items())
+    )
+    a = results["energy_distance_dt_all"]
+    print(
+        f"DT on {n_acc} problems: {a['dt']['mean']:.4f}+-{a['dt']['se']:.4f} "
+        f"(floor {a['exact_floor']['mean']:.4f}+-{a['exact_floor']['se']:.4f}); wrote {path}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
