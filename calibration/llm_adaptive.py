@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -78,6 +79,12 @@ class AdaptiveResult:
     confidence: tuple[float, ...]
     compute: dict
     results: tuple
+
+
+@lru_cache(maxsize=8192)
+def _pooled_prefixes(row: tuple[RunSummary, ...]) -> tuple[RunSummary, ...]:
+    """``pool(row[:1]), pool(row[:2]), ...`` (memoised: summaries hash by identity)."""
+    return tuple(RunSummary.pool(row[: k + 1]) for k in range(len(row)))
 
 
 def _check_budgets(budgets) -> tuple[int, ...]:
@@ -169,9 +176,7 @@ class AdaptiveBudget:
         return out
 
     def _stage_summaries(self, row: list[RunSummary]) -> list[RunSummary]:
-        if not self.pool:
-            return row
-        return [RunSummary.pool(row[: k + 1]) for k in range(len(row))]
+        return list(_pooled_prefixes(tuple(row))) if self.pool else row
 
     def _arrays(self, stages):
         stages = [self._stage_summaries(row) for row in stages]
@@ -192,12 +197,17 @@ class AdaptiveBudget:
 
     def _losses(self, stop, top, truths, ref):
         """0/1 losses ``(J, n)`` of the answers at the stop stages against the reference."""
-        chosen = np.array([[top[i][s] for i, s in enumerate(srow)] for srow in stop], dtype=object)
-        ref = np.array(ref, dtype=object)
-        if self.loss == "accuracy":
-            truths = np.array(truths, dtype=object)
-            return ((chosen != truths[None, :]) & (ref == truths)[None, :]).astype(np.float64)
-        return (chosen != ref[None, :]).astype(np.float64)
+        # answers as integer codes per problem: stage tops, then the reference (and truth)
+        other = ref if self.loss == "disagreement" else truths
+        codes = np.empty((len(top), len(top[0]) + 1), dtype=np.int64)
+        ref_ok = np.ones(len(top), dtype=bool)
+        for i, row in enumerate(top):
+            table: dict = {}
+            codes[i] = [table.setdefault(a, len(table)) for a in (*row, other[i])]
+            if self.loss == "accuracy":
+                ref_ok[i] = ref[i] == truths[i]
+        chosen = np.take_along_axis(codes[None, :, :-1], stop[:, :, None], axis=2)[..., 0]
+        return ((chosen != codes[None, :, -1]) & ref_ok[None, :]).astype(np.float64)
 
     def _reference(self, reference, top, n):
         if reference is None:
