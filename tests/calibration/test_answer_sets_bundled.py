@@ -156,10 +156,16 @@ def test_adaptive_budget_controlled_loss_held_out(bundled, alpha):
 def test_calibrated_confidence_lowers_ece(bundled):
     runs, truths = bundled["runs"]["learned"][16], bundled["answers"]
     m = len(runs)
-    for method in ("isotonic", "platt"):
+    for method, conf in (
+        ("isotonic", "mass"),
+        ("isotonic", "mass_reward"),
+        ("platt", "mass_reward"),
+    ):
         before, after = [], []
         for cal, test in _splits(m, 40, seed=14):
-            cc = ConfidenceCalibrator(method).fit([runs[i] for i in cal], [truths[i] for i in cal])
+            cc = ConfidenceCalibrator(method, confidence=conf).fit(
+                [runs[i] for i in cal], [truths[i] for i in cal]
+            )
             rep = confidence_report(cc, [runs[i] for i in test], [truths[i] for i in test])
             before.append(rep["ece_before"])
             after.append(rep["ece_after"])
