@@ -19,7 +19,7 @@ def test_scale_cli_calibrate_adds_section(tmp_path, capsys):
     args = [
         "scale",
         "--num-problems",
-        "6",
+        "4",
         "--budgets",
         "1,2",
         "--algorithms",
