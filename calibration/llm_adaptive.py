@@ -6,8 +6,10 @@ each stage is a fresh run of the algorithm with budget ``b_k`` and key
 ``fold_in(key, b_k)``, the keys of ``probinfer scale``). After stage ``k < K`` the rule stops
 when the confidence of the stage's top answer (:func:`calibration.answer_sets.answer_confidence`:
 its posterior mass, its reward score, or their product) is at least ``lambda``; otherwise it
-goes on, and stage ``K`` always stops. The compute of a problem is the sum over the stages
-run.
+goes on, and stage ``K`` always stops. With ``pool=True`` (default) the answer and confidence
+after stage ``k`` are those of stages ``1..k`` pooled (independent particle islands weighted by
+size times evidence). The compute of a problem is the sum over the stages run, so a problem
+that runs every stage costs ``b_1 + ... + b_K`` (about twice ``b_K`` for doubling budgets).
 
 ``lambda`` is chosen by Learn-then-Test (:func:`calibration.answer_sets.learn_then_test`) on
 calibration problems run at *every* stage, from the fixed grid ``thresholds`` scanned from
@@ -18,6 +20,11 @@ maximal budget ``b_K``:
   accuracy lost by stopping early; needs the true answers);
 * ``"disagreement"``: the answer of the rule differs from the answer at ``b_K`` (needs no
   labels).
+
+The answer "at ``b_K``" is the rule's own last stage, or, with ``reference=``, the top answer of
+a separate run per problem (e.g. a fixed-budget run). Against its own last stage the rule that
+never stops early has zero loss, so Learn-then-Test (fixed-sequence from the largest
+``lambda``) always has a valid start.
 
 Guarantee: for i.i.d. problems, with probability at least ``1 - delta`` over the calibration
 problems, the expected loss of the chosen rule on a new problem is at most ``alpha``; with
@@ -118,6 +125,12 @@ class AdaptiveBudget:
     confidence
         Stopping statistic of a stage run: ``"mass"``, ``"reward"``, ``"mass_reward"``
         (default) or a callable ``RunSummary -> float``.
+    pool
+        ``True`` (default): the answer and confidence after stage ``k`` come from all the runs
+        so far pooled as independent islands (:meth:`RunSummary.pool
+        <calibration.answer_sets.RunSummary.pool>`: weights ``N_r Z_r``), so no particle is
+        wasted; ``False``: from the stage's own run only (then the last stage is exactly the
+        fixed-budget run).
     thresholds
         Fixed grid of candidate ``lambda`` (default ``1.00, 0.99, ..., 0.00``).
 
