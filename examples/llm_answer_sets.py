@@ -3,12 +3,12 @@
 1. Run the particle filter (bundled tiny LM + learned PRM) on calibration and test problems
    at budgets 1, 2, 4.
 2. Conformal answer sets at budget 4 (LAC; ``OTHER`` stands for answers no particle produced).
-3. Calibrated confidence (isotonic) with the ECE before and after.
+3. Calibrated confidence (Platt scaling) with the ECE before and after.
 4. Answer or abstain with the error among answered problems controlled by Learn-then-Test.
 5. The adaptive budget: calibrated on the calibration problems, then run live on the test
    problems, stopping as soon as the answer is settled.
 
-Run: ``python examples/llm_answer_sets.py [--num-calibration 60 --num-test 20]``.
+Run: ``python examples/llm_answer_sets.py [--num-calibration 100 --num-test 20]``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ BUDGETS = (1, 2, 4)
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-calibration", type=int, default=60)
+    ap.add_argument("--num-calibration", type=int, default=100)
     ap.add_argument("--num-test", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=0.2)
     args = ap.parse_args(argv)
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     print(f"  coverage {ev['coverage']:.2f}, mean size {ev['mean_size']:.2f}")
 
     # 3. calibrated confidence
-    cc = ConfidenceCalibrator("isotonic", confidence="mass_reward").fit(last[:n], truths[:n])
+    cc = ConfidenceCalibrator("platt", confidence="mass_reward").fit(last[:n], truths[:n])
     rep = confidence_report(cc, last[n:], truths[n:], n_bins=5)
     print(
         f"\nconfidence of the top answer: ECE {rep['ece_before']:.3f} (raw) -> "
