@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     rep = confidence_report(cc, last[n:], truths[n:], n_bins=5)
     print(
         f"\nconfidence of the top answer: ECE {rep['ece_before']:.3f} (raw) -> "
-        f"{rep['ece_after']:.3f} (isotonic)"
+        f"{rep['ece_after']:.3f} (Platt)"
     )
 
     # 4. answer or abstain
