@@ -42,10 +42,20 @@ def test_scale_cli_calibrate_adds_section(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "calibrated (alpha 0.5" in text and "adaptive budget" in text
     assert out.with_suffix(".png").stat().st_size > 0
-    with pytest.raises(ValueError, match="calibrate"):
-        main([*args, "--calibrate", "4"])
-    with pytest.raises(ValueError, match="alpha"):
-        main([*args, "--calibrate", "3", "--alpha", "1.5"])
+
+
+def test_scale_cli_calibrate_bad_input_fails_before_running(capsys):
+    from probinfer.cli import main
+
+    args = ["scale", "--num-problems", "4", "--budgets", "1,2", "--no-progress"]
+    for extra, what in (
+        (["--calibrate", "4"], "--calibrate"),
+        (["--calibrate", "0"], "n_cal"),
+        (["--calibrate", "3", "--alpha", "1.5"], "alpha"),
+    ):
+        with pytest.raises(SystemExit):
+            main([*args, *extra])
+        assert what in capsys.readouterr().err
 
 
 def test_calibration_rows_on_cached_runs():
