@@ -119,6 +119,15 @@ def _add_scale(sub) -> None:
         help="environment variable holding the servers' API key (never printed)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        default=None,
+        metavar="N_CAL",
+        help="calibrate on the first N_CAL problems: conformal answer-set coverage and size, "
+        "abstention and the adaptive budget's compute saved on the others (calibration package)",
+    )
+    p.add_argument("--alpha", type=float, default=0.1, help="level for --calibrate")
     p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_scale)
@@ -202,6 +211,10 @@ def _run_scale(args: argparse.Namespace) -> int:
     from probinfer.llm.scale import format_table, run_scaling, write_report
 
     problems = _load_problems(args)
+    if args.calibrate is not None:  # fail before the runs (calibration.llm_scale)
+        from calibration.llm_scale import check_scale_calibration
+
+        check_scale_calibration(args.calibrate, args.alpha, len(problems))
     model = _build_model(args)
     report = run_scaling(
         model,
@@ -219,5 +232,20 @@ def _run_scale(args: argparse.Namespace) -> int:
     png = out.with_suffix(".png")
     write_report(report, out, png)
     print(format_table(report))
+    if args.calibrate is not None:  # calibrated answers (issue 14): calibration.llm_scale
+        from calibration.llm_scale import calibrate_scale
+
+        print(
+            calibrate_scale(
+                report,
+                model,
+                problems,
+                args.calibrate,
+                args.alpha,
+                out,
+                png,
+                progress=not args.no_progress,
+            )
+        )
     print(f"wrote {out} and {png}")
     return 0
