@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/probinfer scale
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -73,7 +73,9 @@ def main(argv=None):
     from probinfer.targets import from_numpyro
 
     def one(k, yi):
-        return tempered_smc_loop(k, from_numpyro(factor_model, yi), args.particles)[0].theta
+        return tempered_smc_loop(
+            k, from_numpyro(factor_model, yi), args.particles
+        ).state.values.theta
 
     smc_theta = jax.vmap(one)(jax.random.split(jax.random.key(1), b), jnp.asarray(y, jnp.float32))
     posteriors["tempered SMC"] = (jax.vmap(lambda t: Particles(t))(smc_theta), theta)

@@ -128,7 +128,8 @@ def _preflight(args: argparse.Namespace) -> None:
     if problems is not None and not Path(problems).is_file():
         raise ValueError(f"--problems: no such file {problems!r}")
     model = getattr(args, "model", None)
-    if model is not None and not Path(model).is_dir():
+    # with --server, --model is the server's model name, not a local directory
+    if model is not None and not getattr(args, "server", None) and not Path(model).is_dir():
         raise ValueError(f"--model: no such local model directory {model!r}")
     pattern = getattr(args, "answer_regex", None)
     if pattern is not None:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinfer.weights import check_log_weights, normalize
+from probinfer.weights import check_log_weights, check_log_weights_numpy, normalize
 
 Array = jax.Array
 Scheme = Literal["systematic", "stratified", "residual", "multinomial"]
@@ -203,19 +203,22 @@ def resample(
     shapes are the caller's.
     """
     _check_scheme(scheme)
-    lw = check_log_weights(log_weights)
-    n = lw.shape[0]
-    num = _check_num(num, n)
-    if isinstance(lw, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
+    if isinstance(log_weights, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
+        lw = check_log_weights(log_weights)
+        num = _check_num(num, lw.shape[0])
         return _resample(key, lw, num, scheme, num)
+    # Eager: check, pad and cut on the host. A jnp op on a new shape would compile a new
+    # program (and keep it), so only the bucketed resampler itself runs on the device.
     from probinfer.engine.core import bucket_size
 
-    # Pad and cut on the host: an eager jnp op on a new shape would compile a new program.
+    a = check_log_weights_numpy(log_weights)
+    n = a.shape[0]
+    num = _check_num(num, n)
     n_pad, num_pad = bucket_size(n, 16), bucket_size(num, 16)
     padded = np.full(n_pad, -np.inf, np.float32)
-    padded[:n] = np.asarray(lw, np.float32)
+    padded[:n] = a
     out = _resample(key, padded, num_pad, scheme, np.int32(num))
-    return jnp.asarray(np.asarray(out)[:num])
+    return jax.device_put(np.asarray(out)[:num])
 
 
 @jax.jit(static_argnums=(2, 3))

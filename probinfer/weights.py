@@ -45,14 +45,28 @@ def check_log_weights(log_weights, name: str = "log_weights") -> Array:
         lw = lw.astype(jnp.float32)
     if _is_concrete(lw):
         # numpy, not jnp: inside a jit trace jnp would stage these checks.
-        a = np.asarray(lw)
-        if np.any(np.isnan(a)):
-            raise ValueError(f"{name} contains NaN at index {int(np.argmax(np.isnan(a)))}")
-        if np.any(a == np.inf):
-            raise ValueError(f"{name} contains +inf; weights must be finite or -inf")
-        if np.all(a == -np.inf):
-            raise ValueError(f"{name} are all -inf: every particle has zero weight")
+        check_log_weights_numpy(np.asarray(lw), name)
     return lw
+
+
+def check_log_weights_numpy(log_weights, name: str = "log_weights") -> np.ndarray:
+    """:func:`check_log_weights` for concrete weights, entirely on the host.
+
+    Eager entry points called with many different particle counts use it: a ``jnp`` call on
+    a new shape compiles a new program, a numpy check does not. Returns a float array.
+    """
+    a = np.asarray(log_weights)
+    if a.ndim != 1 or a.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32)
+    if np.any(np.isnan(a)):
+        raise ValueError(f"{name} contains NaN at index {int(np.argmax(np.isnan(a)))}")
+    if np.any(a == np.inf):
+        raise ValueError(f"{name} contains +inf; weights must be finite or -inf")
+    if np.all(a == -np.inf):
+        raise ValueError(f"{name} are all -inf: every particle has zero weight")
+    return a
 
 
 def _no_nan(log_weights, name: str = "log_weights") -> Array:

@@ -212,7 +212,7 @@ def test_shared_loop_resume_equals_uninterrupted(tmp_path):
     assert resumed.meta["training"]["steps_done"] == 6
     for a, b in zip(full.network.parameters(), resumed.network.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match="does not match this run"):
         train_dt(TASK, cfg, opt, batch_size=8, seed=6, checkpoint_dir=ck, progress=False)
     with pytest.raises(ValueError, match="param_dim"):
         train_dt(InverseGammaVarianceTask(), cfg, opt, progress=False)

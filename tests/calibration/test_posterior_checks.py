@@ -229,7 +229,9 @@ def test_tempered_smc_passes_2x_fails():
     b = 300
     theta, y, _, _ = _normal_mean_problems(21, b)
     y = jnp.asarray(y, jnp.float32)
-    run = jax.vmap(lambda k, yi: tempered_smc_loop(k, from_numpyro(_factor_model, yi), 128)[0])
+    run = jax.vmap(
+        lambda k, yi: tempered_smc_loop(k, from_numpyro(_factor_model, yi), 128).state.values
+    )
     state = run(jax.random.split(jax.random.key(22), b), y)
     particles = jax.vmap(lambda t: Particles(t))(state.theta)  # equally weighted, (B, N, 1)
     _assert_passes(
