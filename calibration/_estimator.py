@@ -106,6 +106,31 @@ def fit_clone(est, name: str, X, y):
     return clone(model).fit(X, y)
 
 
+def fit_then_calibrate(est, X, y, names: tuple[str, ...]):
+    """The shared ``fit`` of the split-conformal estimators.
+
+    Validates the parameters, holds out ``calibration_size`` of ``(X, y)`` when it is set, fits
+    a clone of each ``est.<name>`` on the rest (stored as ``<name>_``), copies
+    ``n_features_in_`` from the first, runs ``est._after_fit()`` when defined (the classifier
+    reads ``classes_`` there), and calibrates on the held-out part. Returns ``est``.
+    """
+    est._check_params()
+    if y is None:
+        raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
+    if est.calibration_size is not None:
+        X, X_cal, y, y_cal = split_for_calibration(est, X, y)
+    fitted = [fit_clone(est, name, X, y) for name in names]
+    for name, model in zip(names, fitted, strict=True):
+        setattr(est, name + "_", model)
+    if hasattr(fitted[0], "n_features_in_"):
+        est.n_features_in_ = fitted[0].n_features_in_
+    if hasattr(est, "_after_fit"):
+        est._after_fit()
+    if est.calibration_size is not None:
+        est.calibrate(X_cal, y_cal)
+    return est
+
+
 class WrapsEstimator:
     """Mixin: the input tags (sparse input, ...) of the wrapped ``estimator`` are ours."""
 

@@ -29,10 +29,9 @@ from ._estimator import (
     WrapsEstimator,
     check_calibrated,
     check_calibration_size,
-    fit_clone,
+    fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
-    split_for_calibration,
 )
 from ._validation import as_float_array, check_alpha, check_same_length, random_generator
 from .quantile import conformal_quantile
@@ -264,20 +263,10 @@ class SplitConformalClassifier(WrapsEstimator, ClassifierMixin, BaseEstimator):
         With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
         :meth:`calibrate` instead.
         """
-        self._check_params()
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None"
-            )
-        if self.calibration_size is not None:
-            X, X_cal, y, y_cal = split_for_calibration(self, X, y)
-        self.estimator_ = fit_clone(self, "estimator", X, y)
+        return fit_then_calibrate(self, X, y, ("estimator",))
+
+    def _after_fit(self) -> None:
         self.classes_ = np.asarray(self.estimator_.classes_)
-        if hasattr(self.estimator_, "n_features_in_"):
-            self.n_features_in_ = self.estimator_.n_features_in_
-        if self.calibration_size is not None:
-            self.calibrate(X_cal, y_cal)
-        return self
 
     def _proba(self, X, proba) -> np.ndarray:
         model = fitted_or_prefit(self, "estimator")

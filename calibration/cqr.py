@@ -18,10 +18,9 @@ from ._estimator import (
     check_calibrated,
     check_calibration_size,
     distribution_icdf,
-    fit_clone,
+    fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
-    split_for_calibration,
 )
 from ._validation import as_float_array, check_alpha, check_same_length
 from .quantile import conformal_quantile
@@ -100,20 +99,7 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
         :meth:`calibrate` instead.
         """
-        self._check_params()
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None"
-            )
-        if self.calibration_size is not None:
-            X, X_cal, y, y_cal = split_for_calibration(self, X, y)
-        self.lower_estimator_ = fit_clone(self, "lower_estimator", X, y)
-        self.upper_estimator_ = fit_clone(self, "upper_estimator", X, y)
-        if hasattr(self.lower_estimator_, "n_features_in_"):
-            self.n_features_in_ = self.lower_estimator_.n_features_in_
-        if self.calibration_size is not None:
-            self.calibrate(X_cal, y_cal)
-        return self
+        return fit_then_calibrate(self, X, y, ("lower_estimator", "upper_estimator"))
 
     def _band(self, X, lower, upper, distribution) -> tuple[np.ndarray, np.ndarray]:
         alpha = self._check_params()

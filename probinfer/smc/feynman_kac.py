@@ -451,18 +451,11 @@ def _constrain(state: SMCState, layout: Layout) -> SMCState:
     return state._replace(values=values, log_weights=lw)
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "fns",
-        "num_steps",
-        "layout",
-        "ess_threshold",
-        "scheme",
-        "summary",
-        "keep_ancestors",
-    ),
-)
+# the static (compilation-key) arguments of the jitted runners
+_STATIC = ("fns", "num_steps", "layout", "ess_threshold", "scheme", "summary", "keep_ancestors")
+
+
+@partial(jax.jit, static_argnames=_STATIC)
 def _run_jit(
     key,
     data,
@@ -610,18 +603,7 @@ def smc_scan(
     )
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "fns",
-        "num_steps",
-        "layout",
-        "ess_threshold",
-        "scheme",
-        "summary",
-        "keep_ancestors",
-    ),
-)
+@partial(jax.jit, static_argnames=_STATIC)
 def _step_jit(
     key,
     t,
