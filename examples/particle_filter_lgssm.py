@@ -28,7 +28,14 @@ def main(argv=None):
     print(f"Kalman log evidence: {exact.log_evidence:.4f}")
     results = {}
     for proposal in ("bootstrap", "guided"):
-        res = particle_filter(jax.random.key(1), ssm, ys, args.num_particles, proposal=proposal)
+        res = particle_filter(
+            jax.random.key(1),
+            ssm,
+            ys,
+            args.num_particles,
+            proposal=proposal,
+            quantiles=(0.05, 0.95),
+        )
         results[proposal] = res
         err = np.abs(res.filtering_means[:, 0] - exact.means[:, 0]).max()
         print(

@@ -54,7 +54,7 @@ def test_evidence_unbiased_against_kalman(data100):
 
 def test_filtering_means_and_quantiles_match_kalman(data100):
     ys, exact = data100
-    res = particle_filter(jax.random.key(3), SSM, ys, 20_000)
+    res = particle_filter(jax.random.key(3), SSM, ys, 20_000, quantiles=(0.05, 0.5, 0.95))
     sd = np.sqrt(exact.covariances[:, 0, 0])
     # Monte-Carlo standard error of a weighted mean: sd / sqrt(ESS).
     se = sd / np.sqrt(res.ess)
