@@ -636,12 +636,22 @@ def _init_jit(key, data, reference, num_valid, *, fns, num_steps, layout, summar
     return state, _record(info, sv, keep_ancestors), done
 
 
+def _first_rows(a, n: int):
+    """``a[:n]`` without compiling a slice per ``n`` for single-device JAX arrays (cut on
+    the host and put back on the array's device; a device slice has a static size, so every
+    new particle count would compile, and keep, one more program). Arrays sharded over
+    several devices are sliced on the devices, which keeps their sharding."""
+    if isinstance(a, jax.Array) and len(a.sharding.device_set) == 1:
+        return jax.device_put(np.asarray(a)[:n], next(iter(a.sharding.device_set)))
+    return a[:n]
+
+
 def _unpad(particles: Particles, n: int) -> Particles:
     """The first ``n`` (real) particles of a bucketed run."""
     if np.shape(particles.log_weights)[0] == n:
         return particles
-    values = jax.tree_util.tree_map(lambda a: a[:n], particles.values)
-    return Particles.tree_unflatten(None, (values, particles.log_weights[:n]))
+    values = jax.tree_util.tree_map(lambda a: _first_rows(a, n), particles.values)
+    return Particles.tree_unflatten(None, (values, _first_rows(particles.log_weights, n)))
 
 
 # --------------------------------------------------------------------------- results
@@ -846,7 +856,8 @@ def run_smc(
         k = int(out.num_steps)
         incs = np.asarray(out.log_evidence_increments, dtype=np.float64)[:k]
         _check_history(incs, np.asarray(out.num_nan)[:k])
-        cut = (lambda a: a[:k]) if k < fk.num_steps else (lambda a: a)
+        # histories on the host (a device slice would compile once per number of steps)
+        cut = (lambda a: np.asarray(a)[:k]) if k < fk.num_steps else np.asarray
         n = num_particles
         return SMCResult(
             particles=_unpad(out.particles, n),

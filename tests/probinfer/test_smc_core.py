@@ -3,6 +3,7 @@ conditional SMC / particle Gibbs invariance, and the weighted-set helpers it rel
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -147,12 +148,29 @@ def test_particle_filter_many_counts_shares_compiled_code():
     exact = float(kalman_filter(SSM, ys).log_evidence)
     before = _run_jit._cache_size()
     counts = np.random.default_rng(1).choice(np.arange(257, 513), 100, replace=False)
-    log_z = []
+    log_z, compiled = [], []
+
+    class Compiles(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling"):
+                compiled.append(record.getMessage()[:120])
+
+    handler = Compiles(logging.WARNING)
+    logger = logging.getLogger("jax._src.interpreters.pxla")
     for i, n in enumerate(counts):
-        res = particle_filter(jax.random.key(i), SSM, np.asarray(ys), int(n), quantiles=())
+        if i == 50:  # every bucket is warm by now: no program at all may compile from here
+            logger.addHandler(handler)
+            jax.config.update("jax_log_compiles", True)
+        try:
+            res = particle_filter(jax.random.key(i), SSM, np.asarray(ys), int(n), quantiles=())
+        finally:
+            if i == len(counts) - 1:
+                jax.config.update("jax_log_compiles", False)
+                logger.removeHandler(handler)
         assert res.particles.num_particles == n and res.filtering_means.shape == (20, 1)
         log_z.append(res.log_evidence)
     assert _run_jit._cache_size() - before <= 4  # buckets 320, 384, 448, 512
+    assert compiled == [], compiled  # no per-count program (e.g. slicing off the padding)
     ratio = np.exp(np.asarray(log_z) - exact)
     assert abs(ratio.mean() - 1) < 4 * ratio.std(ddof=1) / np.sqrt(len(ratio))
 
