@@ -887,6 +887,15 @@ def run_smc(
     )
 
 
+@partial(jax.jit, static_argnums=1)
+def _eager_step_keys(key, num_steps: int):
+    """The eager loop's keys in one compiled call: ``k0`` and the per-step key pairs as
+    raw key data (the same keys as the jitted loop's ``split`` then ``split`` per step)."""
+    k0, k_rest = jax.random.split(key)
+    keys = jax.random.split(k_rest, max(num_steps - 1, 1))
+    return k0, jax.random.key_data(jax.vmap(jax.random.split)(keys))
+
+
 def _run_loop(
     key,
     fk,
@@ -906,11 +915,13 @@ def _run_loop(
     from tqdm.auto import tqdm
 
     jit = layout is not None
-    k0, k_rest = jax.random.split(key)
-    keys = jax.random.split(k_rest, max(fk.num_steps - 1, 1))
-    if not jit:  # per-step key pairs as host data, wrapped without a device gather each step
-        pairs = np.asarray(jax.random.key_data(jax.vmap(jax.random.split)(keys)))
-        impl = jax.random.key_impl(keys)
+    if jit:
+        k0, k_rest = jax.random.split(key)
+        keys = jax.random.split(k_rest, max(fk.num_steps - 1, 1))
+    else:  # per-step key pairs as host data, wrapped without a device gather each step
+        k0, pairs = _eager_step_keys(key, int(fk.num_steps))
+        pairs = np.asarray(pairs)
+        impl = jax.random.key_impl(k0)
 
         def step_keys(t):
             row = pairs[t - 1]
