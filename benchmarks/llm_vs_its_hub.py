@@ -18,12 +18,16 @@ Setup (fair by construction):
   step for all particles. The LM wrapper re-encodes each particle's text at every step,
   which is what its-hub's text interface implies;
 * probinfer's ``particle_filter`` with the bundled defaults (``load_default``), token-exact
-  particles with the KV cache carried through resampling;
+  particles with the LM's and the PRM's key/value caches carried through resampling (each
+  step encodes only its new tokens, in the LM and in the PRM);
+* both sides run the same backend classes (``HFCausalLM``, ``HFRewardModel``), so both get
+  the lean GPT-2 forward pass (:mod:`probinfer.llm.lean`);
 * budgets 4, 8, 16, interleaved problem by problem (for each problem and budget, both
   libraries run back to back, alternating which goes first) in one process.
 
-Reported: accuracy (binomial standard error), wall time per problem and the ratio, tokens
-generated and encoded per problem (probinfer with and without KV reuse), and probinfer's
+Reported: accuracy (binomial standard error) and the paired accuracy difference across
+problems with its standard error, wall time per problem and the ratio, tokens generated and
+encoded per problem (probinfer's LM and PRM with and without KV reuse), and probinfer's
 bookkeeping time (everything outside the LM and PRM calls) as a share of the LM time.
 """
 
@@ -149,6 +153,13 @@ def main(argv=None) -> int:
             finally:
                 ours_t["prm"] += time.perf_counter() - t0
 
+        def score_with_state(self, *a, **k):  # the cache-carrying call the filter makes
+            t0 = time.perf_counter()
+            try:
+                return self.inner.score_with_state(*a, **k)
+            finally:
+                ours_t["prm"] += time.perf_counter() - t0
+
     ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=TimedPRM(prm))
 
     counters = {"seed": 0, "lm_time": 0.0, "prm_time": 0.0, "tokens_generated": 0,
@@ -191,6 +202,7 @@ def main(argv=None) -> int:
                     "prm_time": ours_t["prm"] - prm0,
                     "tokens_generated": u.tokens_generated,
                     "tokens_encoded": u.tokens_encoded,
+                    "reward_tokens_encoded": u.reward_tokens_encoded,
                     "lm_calls": u.lm_calls,
                 }
 
@@ -215,14 +227,18 @@ def main(argv=None) -> int:
                 order.reverse()
             for name, fn in order:
                 rows[b][name].append(fn())
-            if i < 10:  # tokens without KV reuse (same key, same particles)
-                lm.kv_cache = False
+            if i < 10:  # tokens without KV reuse, LM and PRM (same key, same particles)
+                lm.kv_cache = prm.kv_cache = False
                 try:
                     u = particle_filter(key, model, prompt, b).usage
                 finally:
-                    lm.kv_cache = True
+                    lm.kv_cache = prm.kv_cache = True
                 rows[b]["ours_plain_tokens"].append(
-                    {"tokens_encoded": u.tokens_encoded, "tokens_generated": u.tokens_generated}
+                    {
+                        "tokens_encoded": u.tokens_encoded,
+                        "tokens_generated": u.tokens_generated,
+                        "reward_tokens_encoded": u.reward_tokens_encoded,
+                    }
                 )
         print(f"problem {i + 1}/{len(problems)}  {time.perf_counter() - start_all:.0f} s",
               flush=True)  # fmt: skip
@@ -245,6 +261,14 @@ def main(argv=None) -> int:
         )
         return out
 
+    def paired(ours, hub):
+        """Accuracy difference with its standard error across problems (paired: same
+        problems), and the z score."""
+        d = np.array([float(o["correct"]) - float(h["correct"]) for o, h in zip(ours, hub)])
+        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+        mean = float(d.mean())
+        return {"mean": mean, "stderr": se, "z": mean / se if se > 0 else float("nan")}
+
     results = []
     for b in budgets:
         o, h = summary(rows[b]["ours"]), summary(rows[b]["hub"])
@@ -263,7 +287,12 @@ def main(argv=None) -> int:
                     "with_kv_reuse": float(np.mean([r["tokens_encoded"] for r in kv])),
                     "without_kv_reuse": float(np.mean([r["tokens_encoded"] for r in plain])),
                     "tokens_generated": float(np.mean([r["tokens_generated"] for r in kv])),
+                    "prm_with_kv_reuse": float(np.mean([r["reward_tokens_encoded"] for r in kv])),
+                    "prm_without_kv_reuse": float(
+                        np.mean([r["reward_tokens_encoded"] for r in plain])
+                    ),
                 },
+                "accuracy_difference_paired": paired(rows[b]["ours"], rows[b]["hub"]),
             }
         )
         print(
@@ -271,7 +300,9 @@ def main(argv=None) -> int:
             f"{h['accuracy']:.2f}±{h['stderr']:.2f}; s/problem {o['seconds_per_problem']:.3f} "
             f"vs {h['seconds_per_problem']:.3f} (ratio "
             f"{results[-1]['wall_time_ratio_probinfer_over_its_hub']:.2f}); bookkeeping "
-            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time"
+            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time; paired accuracy "
+            f"difference {results[-1]['accuracy_difference_paired']['mean']:+.2f}"
+            f"±{results[-1]['accuracy_difference_paired']['stderr']:.2f}"
         )
     payload = {
         "benchmark": "llm_vs_its_hub",
