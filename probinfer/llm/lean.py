@@ -20,6 +20,33 @@ __all__ = ["lean_forward", "supports"]
 _HEADS = {"GPT2LMHeadModel": "lm_head", "GPT2ForTokenClassification": "classifier"}
 
 
+def _conv1d(layer, x):
+    """transformers' ``Conv1D`` (a linear layer with a transposed weight)."""
+    import torch
+
+    out = torch.addmm(layer.bias, x.reshape(-1, x.shape[-1]), layer.weight)
+    return out.view(*x.shape[:-1], layer.weight.shape[1])
+
+
+def _norm(layer, x):
+    import torch.nn.functional as F
+
+    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+
+def _act(module, x):
+    """GPT-2's ``gelu_new`` inline (the same operations as transformers' ``NewGELU``);
+    any other activation through its module."""
+    import math
+
+    import torch
+
+    if type(module).__name__ == "NewGELUActivation":
+        c = math.sqrt(2.0 / math.pi)
+        return 0.5 * x * (1.0 + torch.tanh(c * (x + 0.044715 * torch.pow(x, 3.0))))
+    return module(x)
+
+
 def supports(model) -> bool:
     """Whether :func:`lean_forward` reproduces ``model``'s forward."""
     cfg = getattr(model, "config", None)
@@ -72,11 +99,11 @@ def lean_forward(model, ids, mask, position, layers, *, last: bool = False):
     rows = torch.arange(w, device=ids.device)[:, None] + past
     allowed = (mask.bool()[:, None, :] & (cols[None, :] <= rows)[None]) | (cols == rows)[None]
     allowed = allowed[:, None]  # broadcast over heads
-    x = tr.wte(ids) + tr.wpe(position)
+    x = F.embedding(ids, tr.wte.weight) + F.embedding(position, tr.wpe.weight)
     new = []
     for i, block in enumerate(tr.h):
-        h = block.ln_1(x)
-        q, k, v = block.attn.c_attn(h).split(cfg.n_embd, dim=2)
+        h = _norm(block.ln_1, x)
+        q, k, v = _conv1d(block.attn.c_attn, h).split(cfg.n_embd, dim=2)
         q = q.view(b, w, heads, dim).transpose(1, 2)
         k = k.view(b, w, heads, dim).transpose(1, 2)
         v = v.view(b, w, heads, dim).transpose(1, 2)
@@ -85,9 +112,10 @@ def lean_forward(model, ids, mask, position, layers, *, last: bool = False):
             v = torch.cat([layers[i][1], v], 2)
         new.append((k, v))
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = x + block.attn.c_proj(a.transpose(1, 2).reshape(b, w, cfg.n_embd))
-        x = x + block.mlp(block.ln_2(x))
-    x = tr.ln_f(x)
+        x = x + _conv1d(block.attn.c_proj, a.transpose(1, 2).reshape(b, w, cfg.n_embd))
+        mlp = block.mlp
+        x = x + _conv1d(mlp.c_proj, _act(mlp.act, _conv1d(mlp.c_fc, _norm(block.ln_2, x))))
+    x = _norm(tr.ln_f, x)
     if last:
         x = x[:, -1]
     return getattr(model, _HEADS[type(model).__name__])(x), tuple(new)
