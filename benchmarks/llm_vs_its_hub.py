@@ -81,7 +81,9 @@ def _its_hub_wrappers(lm, prm, step_format, max_tokens_per_step, counters):
             counters["lm_time"] += time.perf_counter() - t0
             counters["tokens_generated"] += prop.tokens_generated
             counters["tokens_encoded"] += prop.tokens_encoded
-            out = [{"role": "assistant", "content": s} for s in prop.steps]
+            # an answer the LM ended right after a delimiter (end-of-sequence token) is an
+            # empty step here; its-hub learns that the answer ended from the stop string
+            out = [{"role": "assistant", "content": s or step_format.stop} for s in prop.steps]
             return out[0] if single else out
 
     class ProbinferPRM(AbstractProcessRewardModel):
@@ -101,12 +103,57 @@ def _its_hub_wrappers(lm, prm, step_format, max_tokens_per_step, counters):
     return ProbinferLM(), ProbinferPRM()
 
 
+def _bpe_lm(seed: int = 0):
+    """A tiny Llama-architecture LM (random weights, fixed seed) with a byte-level BPE
+    tokenizer trained here on the bundled task's worked solutions, without a regex
+    pre-split, so merges cross the step delimiter (``";1"``, ``"2|"``)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from probinfer.llm.hf import HFCausalLM, HFTokenizer
+    from probinfer.llm.task import ArithmeticTask
+
+    corpus = [p.prompt + p.solution for p in ArithmeticTask().problems(2000, seed=seed + 1)]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=96, special_tokens=["<pad>", "</s>"])
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>"
+    )
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(fast.get_vocab()),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=None,
+    )
+    return HFCausalLM(transformers.LlamaForCausalLM(cfg), HFTokenizer(fast), device="cpu")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--num-problems", type=int, default=100)
     ap.add_argument("--budgets", default="4,8,16")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--output", default="llm_vs_its_hub")
+    ap.add_argument("--output", default=None, help="results name (default by --lm)")
+    ap.add_argument(
+        "--lm",
+        choices=["bundled", "bpe"],
+        default="bundled",
+        help="'bundled': the bundled LM and learned PRM; 'bpe': a tiny random Llama LM with "
+        "a byte-level BPE tokenizer and the exact verifier as PRM (wall time and tokens "
+        "only: its answers are random)",
+    )
     args = ap.parse_args(argv)
 
     import dataclasses
@@ -126,6 +173,13 @@ def main(argv=None) -> int:
     problems = default_problems(args.num_problems)
     model = load_default("learned", device="cpu")
     fmt = model.step_format
+    if args.lm == "bpe":
+        from probinfer.llm.verifier import VerifierReward
+
+        bpe = _bpe_lm(args.seed)
+        bpe.eos_text = fmt.stop
+        model = dataclasses.replace(model, lm=bpe, reward=VerifierReward(step_format=fmt))
+    output = args.output or ("llm_vs_its_hub" if args.lm == "bundled" else "llm_vs_its_hub_bpe")
     lm, prm = model.lm, model.reward
 
     # probinfer, with its LM/PRM time measured (bookkeeping = the rest)
@@ -153,6 +207,7 @@ def main(argv=None) -> int:
             finally:
                 ours_t["prm"] += time.perf_counter() - t0
 
+    class TimedStatefulPRM(TimedPRM):
         def score_with_state(self, *a, **k):  # the cache-carrying call the filter makes
             t0 = time.perf_counter()
             try:
@@ -160,11 +215,12 @@ def main(argv=None) -> int:
             finally:
                 ours_t["prm"] += time.perf_counter() - t0
 
-    ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=TimedPRM(prm))
+    timed = TimedStatefulPRM if hasattr(prm, "score_with_state") else TimedPRM
+    ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=timed(prm))
 
     counters = {"seed": 0, "lm_time": 0.0, "prm_time": 0.0, "tokens_generated": 0,
                 "tokens_encoded": 0}  # fmt: skip
-    plain_lm = type(lm)(lm.model, lm.tokenizer, device="cpu", kv_cache=False)
+    plain_lm = type(lm)(lm.model, lm.tokenizer, device="cpu", kv_cache=False, eos_text=lm.eos_text)
     hub_lm, hub_prm = _its_hub_wrappers(plain_lm, prm, fmt, model.max_tokens_per_step, counters)
     # its-hub's README set-up for particle filtering: step token, stop token kept in the
     # output, max_steps (its count is of steps *before* the new one, hence - 1)
@@ -228,11 +284,16 @@ def main(argv=None) -> int:
             for name, fn in order:
                 rows[b][name].append(fn())
             if i < 10:  # tokens without KV reuse, LM and PRM (same key, same particles)
-                lm.kv_cache = prm.kv_cache = False
+                stateful = hasattr(prm, "kv_cache")
+                lm.kv_cache = False
+                if stateful:
+                    prm.kv_cache = False
                 try:
                     u = particle_filter(key, model, prompt, b).usage
                 finally:
-                    lm.kv_cache = prm.kv_cache = True
+                    lm.kv_cache = True
+                    if stateful:
+                        prm.kv_cache = True
                 rows[b]["ours_plain_tokens"].append(
                     {
                         "tokens_encoded": u.tokens_encoded,
@@ -282,6 +343,12 @@ def main(argv=None) -> int:
                 "wall_time_ratio_probinfer_over_its_hub": o["seconds_per_problem"]
                 / h["seconds_per_problem"],
                 "accuracy_difference": o["accuracy"] - h["accuracy"],
+                # the token work is the same on the bundled LM; with the random BPE LM the
+                # two filters end at different steps, so compare time per generated token
+                "seconds_per_generated_token_ratio": (
+                    o["seconds_per_problem"] / o["tokens_generated"]
+                )
+                / (h["seconds_per_problem"] / h["tokens_generated"]),
                 "tokens_encoded_first_problems": {
                     "num_problems": len(plain),
                     "with_kv_reuse": float(np.mean([r["tokens_encoded"] for r in kv])),
@@ -304,7 +371,10 @@ def main(argv=None) -> int:
             f"difference {results[-1]['accuracy_difference_paired']['mean']:+.2f}"
             f"±{results[-1]['accuracy_difference_paired']['stderr']:.2f}"
         )
+    lm_name = "bundled LM" if args.lm == "bundled" else "tiny random Llama LM, byte-level BPE"
+    prm_name = "bundled learned PRM" if args.lm == "bundled" else "exact verifier"
     payload = {
+        "lm": args.lm,
         "benchmark": "llm_vs_its_hub",
         "num_problems": len(problems),
         "budgets": budgets,
@@ -318,8 +388,8 @@ def main(argv=None) -> int:
             "include_stop_str_in_output": True,
             "max_steps": model.max_steps - 1,
             "temperature": model.sampling_temperature,
-            "lm": "bundled LM, one batched call per step (kv_cache=False: text re-encoded)",
-            "prm": "bundled learned PRM, one forward pass per step",
+            "lm": f"{lm_name}, one batched call per step (kv_cache=False: text re-encoded)",
+            "prm": f"{prm_name}, one call per step",
         },
         "probinfer_config": {
             "settings": "load_default('learned') defaults",
@@ -329,7 +399,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "results": results,
     }
-    path = write_results(args.output, payload)
+    path = write_results(output, payload)
     print(f"wrote {path}")
     return 0
 
