@@ -328,7 +328,12 @@ def main(argv=None) -> int:
         d = np.array([float(o["correct"]) - float(h["correct"]) for o, h in zip(ours, hub)])
         se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
         mean = float(d.mean())
-        return {"mean": mean, "stderr": se, "z": mean / se if se > 0 else float("nan")}
+        z = mean / se if se > 0 else float("nan")
+        if not np.isfinite(z) or abs(z) < 2:
+            verdict = "within noise (|z| < 2): no significant difference at this budget"
+        else:
+            verdict = f"significant (|z| >= 2): {'probinfer' if z > 0 else 'its-hub'} ahead"
+        return {"mean": mean, "stderr": se, "z": z, "verdict": verdict}
 
     results = []
     for b in budgets:
