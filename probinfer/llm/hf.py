@@ -652,11 +652,12 @@ class HFRewardModel:
                     keep[i] = min(c, len(rows[i]) - 1)  # the last token is always encoded
             if keep.any():
                 layers, mask = state.dense()
-                mask = mask.clone()
-                for i in np.flatnonzero(keep < np.array([len(o or ()) for o in state.ids])):
-                    # drop the row's cached tokens past the common prefix (mask them)
-                    real = torch.nonzero(mask[i])[:, 0]
-                    mask[i, real[int(keep[i]) :]] = 0
+                cut = np.flatnonzero(keep < np.array([len(o or ()) for o in state.ids]))
+                if cut.size:  # drop cached tokens past the common prefix (mask them)
+                    mask = mask.clone()
+                    for i in cut:
+                        real = torch.nonzero(mask[i])[:, 0]
+                        mask[i, real[int(keep[i]) :]] = 0
         new = [len(r) - int(k) for r, k in zip(rows, keep)]
         w = max(new)
         ids = torch.full((n, w), self.pad_token_id, dtype=torch.long)
