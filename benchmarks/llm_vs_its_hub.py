@@ -18,12 +18,16 @@ Setup (fair by construction):
   step for all particles. The LM wrapper re-encodes each particle's text at every step,
   which is what its-hub's text interface implies;
 * probinfer's ``particle_filter`` with the bundled defaults (``load_default``), token-exact
-  particles with the KV cache carried through resampling;
+  particles with the LM's and the PRM's key/value caches carried through resampling (each
+  step encodes only its new tokens, in the LM and in the PRM);
+* both sides run the same backend classes (``HFCausalLM``, ``HFRewardModel``), so both get
+  the lean GPT-2 forward pass (:mod:`probinfer.llm.lean`);
 * budgets 4, 8, 16, interleaved problem by problem (for each problem and budget, both
   libraries run back to back, alternating which goes first) in one process.
 
-Reported: accuracy (binomial standard error), wall time per problem and the ratio, tokens
-generated and encoded per problem (probinfer with and without KV reuse), and probinfer's
+Reported: accuracy (binomial standard error) and the paired accuracy difference across
+problems with its standard error, wall time per problem and the ratio, tokens generated and
+encoded per problem (probinfer's LM and PRM with and without KV reuse), and probinfer's
 bookkeeping time (everything outside the LM and PRM calls) as a share of the LM time.
 """
 
@@ -77,7 +81,9 @@ def _its_hub_wrappers(lm, prm, step_format, max_tokens_per_step, counters):
             counters["lm_time"] += time.perf_counter() - t0
             counters["tokens_generated"] += prop.tokens_generated
             counters["tokens_encoded"] += prop.tokens_encoded
-            out = [{"role": "assistant", "content": s} for s in prop.steps]
+            # an answer the LM ended right after a delimiter (end-of-sequence token) is an
+            # empty step here; its-hub learns that the answer ended from the stop string
+            out = [{"role": "assistant", "content": s or step_format.stop} for s in prop.steps]
             return out[0] if single else out
 
     class ProbinferPRM(AbstractProcessRewardModel):
@@ -97,12 +103,57 @@ def _its_hub_wrappers(lm, prm, step_format, max_tokens_per_step, counters):
     return ProbinferLM(), ProbinferPRM()
 
 
+def _bpe_lm(seed: int = 0):
+    """A tiny Llama-architecture LM (random weights, fixed seed) with a byte-level BPE
+    tokenizer trained here on the bundled task's worked solutions, without a regex
+    pre-split, so merges cross the step delimiter (``";1"``, ``"2|"``)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from probinfer.llm.hf import HFCausalLM, HFTokenizer
+    from probinfer.llm.task import ArithmeticTask
+
+    corpus = [p.prompt + p.solution for p in ArithmeticTask().problems(2000, seed=seed + 1)]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=96, special_tokens=["<pad>", "</s>"])
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>"
+    )
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(fast.get_vocab()),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=None,
+    )
+    return HFCausalLM(transformers.LlamaForCausalLM(cfg), HFTokenizer(fast), device="cpu")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--num-problems", type=int, default=100)
     ap.add_argument("--budgets", default="4,8,16")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--output", default="llm_vs_its_hub")
+    ap.add_argument("--output", default=None, help="results name (default by --lm)")
+    ap.add_argument(
+        "--lm",
+        choices=["bundled", "bpe"],
+        default="bundled",
+        help="'bundled': the bundled LM and learned PRM; 'bpe': a tiny random Llama LM with "
+        "a byte-level BPE tokenizer and the exact verifier as PRM (wall time and tokens "
+        "only: its answers are random)",
+    )
     args = ap.parse_args(argv)
 
     import dataclasses
@@ -122,6 +173,13 @@ def main(argv=None) -> int:
     problems = default_problems(args.num_problems)
     model = load_default("learned", device="cpu")
     fmt = model.step_format
+    if args.lm == "bpe":
+        from probinfer.llm.verifier import VerifierReward
+
+        bpe = _bpe_lm(args.seed)
+        bpe.eos_text = fmt.stop
+        model = dataclasses.replace(model, lm=bpe, reward=VerifierReward(step_format=fmt))
+    output = args.output or ("llm_vs_its_hub" if args.lm == "bundled" else "llm_vs_its_hub_bpe")
     lm, prm = model.lm, model.reward
 
     # probinfer, with its LM/PRM time measured (bookkeeping = the rest)
@@ -149,11 +207,20 @@ def main(argv=None) -> int:
             finally:
                 ours_t["prm"] += time.perf_counter() - t0
 
-    ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=TimedPRM(prm))
+    class TimedStatefulPRM(TimedPRM):
+        def score_with_state(self, *a, **k):  # the cache-carrying call the filter makes
+            t0 = time.perf_counter()
+            try:
+                return self.inner.score_with_state(*a, **k)
+            finally:
+                ours_t["prm"] += time.perf_counter() - t0
+
+    timed = TimedStatefulPRM if hasattr(prm, "score_with_state") else TimedPRM
+    ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=timed(prm))
 
     counters = {"seed": 0, "lm_time": 0.0, "prm_time": 0.0, "tokens_generated": 0,
                 "tokens_encoded": 0}  # fmt: skip
-    plain_lm = type(lm)(lm.model, lm.tokenizer, device="cpu", kv_cache=False)
+    plain_lm = type(lm)(lm.model, lm.tokenizer, device="cpu", kv_cache=False, eos_text=lm.eos_text)
     hub_lm, hub_prm = _its_hub_wrappers(plain_lm, prm, fmt, model.max_tokens_per_step, counters)
     # its-hub's README set-up for particle filtering: step token, stop token kept in the
     # output, max_steps (its count is of steps *before* the new one, hence - 1)
@@ -191,6 +258,7 @@ def main(argv=None) -> int:
                     "prm_time": ours_t["prm"] - prm0,
                     "tokens_generated": u.tokens_generated,
                     "tokens_encoded": u.tokens_encoded,
+                    "reward_tokens_encoded": u.reward_tokens_encoded,
                     "lm_calls": u.lm_calls,
                 }
 
@@ -215,14 +283,23 @@ def main(argv=None) -> int:
                 order.reverse()
             for name, fn in order:
                 rows[b][name].append(fn())
-            if i < 10:  # tokens without KV reuse (same key, same particles)
+            if i < 10:  # tokens without KV reuse, LM and PRM (same key, same particles)
+                stateful = hasattr(prm, "kv_cache")
                 lm.kv_cache = False
+                if stateful:
+                    prm.kv_cache = False
                 try:
                     u = particle_filter(key, model, prompt, b).usage
                 finally:
                     lm.kv_cache = True
+                    if stateful:
+                        prm.kv_cache = True
                 rows[b]["ours_plain_tokens"].append(
-                    {"tokens_encoded": u.tokens_encoded, "tokens_generated": u.tokens_generated}
+                    {
+                        "tokens_encoded": u.tokens_encoded,
+                        "tokens_generated": u.tokens_generated,
+                        "reward_tokens_encoded": u.reward_tokens_encoded,
+                    }
                 )
         print(f"problem {i + 1}/{len(problems)}  {time.perf_counter() - start_all:.0f} s",
               flush=True)  # fmt: skip
@@ -245,6 +322,19 @@ def main(argv=None) -> int:
         )
         return out
 
+    def paired(ours, hub):
+        """Accuracy difference with its standard error across problems (paired: same
+        problems), and the z score."""
+        d = np.array([float(o["correct"]) - float(h["correct"]) for o, h in zip(ours, hub)])
+        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+        mean = float(d.mean())
+        z = mean / se if se > 0 else float("nan")
+        if not np.isfinite(z) or abs(z) < 2:
+            verdict = "within noise (|z| < 2): no significant difference at this budget"
+        else:
+            verdict = f"significant (|z| >= 2): {'probinfer' if z > 0 else 'its-hub'} ahead"
+        return {"mean": mean, "stderr": se, "z": z, "verdict": verdict}
+
     results = []
     for b in budgets:
         o, h = summary(rows[b]["ours"]), summary(rows[b]["hub"])
@@ -258,12 +348,23 @@ def main(argv=None) -> int:
                 "wall_time_ratio_probinfer_over_its_hub": o["seconds_per_problem"]
                 / h["seconds_per_problem"],
                 "accuracy_difference": o["accuracy"] - h["accuracy"],
+                # the token work is the same on the bundled LM; with the random BPE LM the
+                # two filters end at different steps, so compare time per generated token
+                "seconds_per_generated_token_ratio": (
+                    o["seconds_per_problem"] / o["tokens_generated"]
+                )
+                / (h["seconds_per_problem"] / h["tokens_generated"]),
                 "tokens_encoded_first_problems": {
                     "num_problems": len(plain),
                     "with_kv_reuse": float(np.mean([r["tokens_encoded"] for r in kv])),
                     "without_kv_reuse": float(np.mean([r["tokens_encoded"] for r in plain])),
                     "tokens_generated": float(np.mean([r["tokens_generated"] for r in kv])),
+                    "prm_with_kv_reuse": float(np.mean([r["reward_tokens_encoded"] for r in kv])),
+                    "prm_without_kv_reuse": float(
+                        np.mean([r["reward_tokens_encoded"] for r in plain])
+                    ),
                 },
+                "accuracy_difference_paired": paired(rows[b]["ours"], rows[b]["hub"]),
             }
         )
         print(
@@ -271,9 +372,14 @@ def main(argv=None) -> int:
             f"{h['accuracy']:.2f}±{h['stderr']:.2f}; s/problem {o['seconds_per_problem']:.3f} "
             f"vs {h['seconds_per_problem']:.3f} (ratio "
             f"{results[-1]['wall_time_ratio_probinfer_over_its_hub']:.2f}); bookkeeping "
-            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time"
+            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time; paired accuracy "
+            f"difference {results[-1]['accuracy_difference_paired']['mean']:+.2f}"
+            f"±{results[-1]['accuracy_difference_paired']['stderr']:.2f}"
         )
+    lm_name = "bundled LM" if args.lm == "bundled" else "tiny random Llama LM, byte-level BPE"
+    prm_name = "bundled learned PRM" if args.lm == "bundled" else "exact verifier"
     payload = {
+        "lm": args.lm,
         "benchmark": "llm_vs_its_hub",
         "num_problems": len(problems),
         "budgets": budgets,
@@ -287,8 +393,8 @@ def main(argv=None) -> int:
             "include_stop_str_in_output": True,
             "max_steps": model.max_steps - 1,
             "temperature": model.sampling_temperature,
-            "lm": "bundled LM, one batched call per step (kv_cache=False: text re-encoded)",
-            "prm": "bundled learned PRM, one forward pass per step",
+            "lm": f"{lm_name}, one batched call per step (kv_cache=False: text re-encoded)",
+            "prm": f"{prm_name}, one call per step",
         },
         "probinfer_config": {
             "settings": "load_default('learned') defaults",
@@ -298,7 +404,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "results": results,
     }
-    path = write_results(args.output, payload)
+    path = write_results(output, payload)
     print(f"wrote {path}")
     return 0
 

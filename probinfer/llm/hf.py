@@ -85,12 +85,41 @@ def context_limit(config) -> int | None:
     return None
 
 
-def step_text(tokenizer, history, step, carry: str) -> str:
+def _cache(config, layers):
+    """A fresh :class:`~transformers.DynamicCache` holding ``layers`` (``(keys, values)``
+    per layer; empty: no cache yet). The forward pass appends to the cache object with new
+    tensors, so the stored ``layers`` are never mutated."""
+    from transformers import DynamicCache
+
+    if layers:
+        return DynamicCache(ddp_cache_data=layers, config=config)
+    return DynamicCache(config=config)
+
+
+def forward_cached(model, ids, mask, position, layers, *, last: bool = False):
+    """``model``'s output on ``ids`` after the cached ``layers`` (``(keys, values)`` per
+    layer) and the new layers; ``mask`` covers the cached and new positions. GPT-2 models
+    take the lean path (:mod:`probinfer.llm.lean`), others transformers' forward with a
+    fresh cache object (the stored layers are never mutated)."""
+    from probinfer.llm.lean import lean_forward, supports
+
+    if supports(model):
+        return lean_forward(model, ids, mask, position, layers, last=last)
+    cache = _cache(model.config, layers)
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
+    )
+    logits = out.logits[:, -1] if last else out.logits
+    return logits, tuple((layer.keys, layer.values) for layer in cache.layers)
+
+
+def step_text(tokenizer, history, step, carry: str, head: str | None = None) -> str:
     """``carry`` + the text the token ids ``step`` add after the token ids ``history``
     (decoded in a short window of context so that tokenizers with context-dependent
-    spacing decode exactly)."""
+    spacing decode exactly). ``head``: the window's decoded text, when already known."""
     window = list(history[-8:])
-    head = tokenizer.decode(window)
+    if head is None:
+        head = tokenizer.decode(window)
     full = tokenizer.decode(window + list(step))
     return carry + (full[len(head) :] if full.startswith(head) else tokenizer.decode(step))
 
@@ -170,17 +199,8 @@ class HFCausalLM:
 
     def _forward(self, ids, mask, position, layers):
         """One forward pass on top of cached ``layers``; returns the last logits and the
-        new layers. The cache object is built fresh, so stored rows are never mutated."""
-        from transformers import DynamicCache
-
-        cfg = self.model.config
-        cache = (
-            DynamicCache(ddp_cache_data=layers, config=cfg) if layers else DynamicCache(config=cfg)
-        )
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
-        )
-        return out.logits[:, -1, :], tuple((layer.keys, layer.values) for layer in cache.layers)
+        new layers (:func:`forward_cached`)."""
+        return forward_cached(self.model, ids, mask, position, layers, last=True)
 
     def _prefill(self, seqs):
         """Encode every sequence but its last token (left-padded batch); the last token is
@@ -212,6 +232,7 @@ class HFCausalLM:
         b = len(contexts)
         state = contexts.lm_state
         if self.kv_cache and state is not None and len(state) == b:
+            state = state.gathered()
             if state.complete:
                 return state, 0
             missing = np.flatnonzero(state.row_of < 0)
@@ -227,15 +248,12 @@ class HFCausalLM:
             if self._prompt_rows is None or self._prompt_rows[0] != tuple(prompt_ids):
                 rows, encoded = self._prefill([prompt_ids])
                 self._prompt_rows = (tuple(prompt_ids), rows)
-            return self._prompt_rows[1].take(np.zeros(b, dtype=np.int64)), encoded
+            return self._prompt_rows[1].take(np.zeros(b, dtype=np.int64)).gathered(), encoded
         if contexts.step_tokens is None:  # text history without token ids
             seqs = [self.tokenizer.encode(contexts.prompt + q) for q in contexts.partials()]
         else:
             seqs = [prompt_ids + contexts.tokens(i) for i in range(b)]
         return self._prefill(seqs)
-
-    def _step_text(self, history, step, carry) -> str:
-        return step_text(self.tokenizer, history, step, carry)
 
     # ------------------------------------------------------------------ sampling
     def propose(
@@ -272,53 +290,66 @@ class HFCausalLM:
             end = step_end(c) if c else None
             if end is not None and end > 0:
                 steps[i], new_carry[i] = c[:end], c[end:]
+        tok = self.tokenizer
+        heads = [tok.decode(list(h[-8:])) for h in history]  # fixed within the step
+
+        def text_of(i):
+            return step_text(tok, history[i], toks[i], carries[i], heads[i])
+
         layers, mask = rows.layers, rows.mask
-        position, pending = rows.position.clone(), rows.pending.clone()
+        # positions and pending tokens live on the host (one tensor per forward pass)
+        position, pending = rows.position.tolist(), rows.pending.tolist()
         gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
         limit = self.context_limit
+        pad, eos = self.pad_token_id, self.eos_token_id
         produced = 0
+        dev = self.device
         with torch.no_grad():
             for _ in range(int(max_new_tokens)):
-                for i in range(b):  # a full context window ends the answer
-                    if steps[i] is None and limit is not None and int(position[i]) >= limit:
-                        steps[i] = self._step_text(history[i], toks[i], carries[i])
-                        ended[i] = truncated[i] = True
-                active = torch.tensor([s is None for s in steps], device=self.device)
-                if not bool(active.any()):
+                if limit is not None:  # a full context window ends the answer
+                    for i in range(b):
+                        if steps[i] is None and position[i] >= limit:
+                            steps[i] = text_of(i)
+                            ended[i] = truncated[i] = True
+                active = [s is None for s in steps]
+                if not any(active):
                     break
-                ids = torch.where(active, pending, self.pad_token_id)[:, None]
-                mask = torch.cat([mask, active.long()[:, None]], 1)
-                logits, layers = self._forward(ids, mask, position[:, None], layers)
-                encoded += int(active.sum())
-                position = position + active.long()
+                ids = torch.tensor([[p if a else pad] for p, a in zip(pending, active)], device=dev)
+                mask = torch.cat([mask, torch.tensor(active, device=dev)[:, None].long()], 1)
+                pos = torch.tensor(position, device=dev)[:, None]
+                logits, layers = self._forward(ids, mask, pos, layers)
                 logits = logits.float().cpu()
                 if self._mask_pad:
-                    logits[:, self.pad_token_id] = -torch.inf
+                    logits[:, pad] = -torch.inf
                 if temperature == 0:
-                    nxt = logits.argmax(-1)
+                    nxt = logits.argmax(-1).tolist()
                 else:
                     probs = torch.softmax(logits / temperature, dim=-1)
-                    nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
+                    nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
                 for i in range(b):
-                    if steps[i] is not None:
+                    if not active[i]:
                         continue
-                    t = int(nxt[i])
+                    encoded += 1
+                    position[i] += 1
+                    t = nxt[i]
                     produced += 1
-                    if self.eos_token_id is not None and t == self.eos_token_id:
-                        text = self._step_text(history[i], toks[i], carries[i])
+                    if eos is not None and t == eos:
+                        text = text_of(i)
                         steps[i] = text + (self.eos_text or "") if text else ""
                         ended[i] = True
                         continue
                     toks[i].append(t)
                     pending[i] = t
-                    text = self._step_text(history[i], toks[i], carries[i])
+                    text = text_of(i)
                     end = step_end(text)
                     if end is not None and end > 0:
                         steps[i], new_carry[i] = text[:end], text[end:]
         for i in range(b):
             if steps[i] is None:
                 truncated[i] = True
-                steps[i] = self._step_text(history[i], toks[i], carries[i])
+                steps[i] = text_of(i)
+        position = torch.tensor(position, dtype=torch.long, device=dev)
+        pending = torch.tensor(pending, dtype=torch.long, device=dev)
         state = None
         if self.kv_cache:
             state = KVRows(layers, mask, position, pending, np.arange(b))
@@ -392,7 +423,13 @@ class HFRewardModel:
     device
         Torch device.
     batch_size
-        Partial answers per forward pass.
+        Partial answers per forward pass (without cache reuse).
+    kv_cache
+        With :meth:`score_with_state` (what the particle filter calls), keep each
+        particle's key/value rows between steps (``"token"`` and ``"causal"`` kinds, whose
+        attention is causal) so that a step encodes only the token ids past the longest
+        common prefix with the particle's previous ones; the scores equal those without
+        reuse up to floating-point rounding.
     """
 
     def __init__(
@@ -407,6 +444,7 @@ class HFRewardModel:
         positive_label: int = 1,
         device=None,
         batch_size: int = 64,
+        kv_cache: bool = True,
     ):
         if kind is None:
             names = list(getattr(model.config, "architectures", None) or [])
@@ -427,6 +465,7 @@ class HFRewardModel:
         self.step_separator = step_separator
         self.positive_label = int(positive_label)
         self.batch_size = batch_size
+        self.kv_cache = bool(kv_cache)
         self.pad_token_id = int(tokenizer.pad_token_id)
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = self.pad_token_id
@@ -455,6 +494,7 @@ class HFRewardModel:
         bad_token: str = "-",
         positive_label: int = 1,
         device=None,
+        kv_cache: bool = True,
     ) -> HFRewardModel:
         """Load a local PRM directory; ``kind=None`` detects it from ``config.json``
         (``ValueError`` listing the kinds when it cannot). No network access."""
@@ -486,6 +526,7 @@ class HFRewardModel:
             bad_token=bad_token,
             positive_label=positive_label,
             device=device,
+            kv_cache=kv_cache,
         )
 
     def _ids(self, prompt: str, steps) -> list[int]:
@@ -512,6 +553,23 @@ class HFRewardModel:
             return torch.sigmoid(logits[:, 0])
         return torch.softmax(logits, -1)[:, self.positive_label]
 
+    def _rows(self, prompts, partials) -> list[list[int]]:
+        """The token ids of each ``prompt + steps`` (``ValueError`` past the context)."""
+        if len(prompts) != len(partials):
+            raise ValueError(
+                f"prompts and partials must have the same length, got {len(prompts)} "
+                f"and {len(partials)}"
+            )
+        rows = [self._ids(p, s) for p, s in zip(prompts, partials)]
+        limit = self.context_limit
+        width = max(map(len, rows), default=0)
+        if limit is not None and width > limit:
+            raise ValueError(
+                f"partials: a prompt + partial answer has {width} tokens, more than the "
+                f"reward model's context window limit of {limit}"
+            )
+        return rows
+
     def score(self, prompts, partials) -> np.ndarray:
         """The score in ``[0, 1]`` of the last step of each ``prompt + steps``, shape ``(n,)``.
 
@@ -519,23 +577,15 @@ class HFRewardModel:
         has a character outside the tokenizer's vocabulary, or is longer than the model's
         context window.
         """
+        return self._score_rows(self._rows(prompts, partials))
+
+    def _score_rows(self, rows) -> np.ndarray:
         import torch
 
-        if len(prompts) != len(partials):
-            raise ValueError(
-                f"prompts and partials must have the same length, got {len(prompts)} "
-                f"and {len(partials)}"
-            )
-        rows = [self._ids(p, s) for p, s in zip(prompts, partials)]
+        from probinfer.llm.lean import lean_forward, supports
+
         if not rows:
             return np.zeros(0)
-        width = max(map(len, rows))
-        limit = self.context_limit
-        if limit is not None and width > limit:
-            raise ValueError(
-                f"partials: a prompt + partial answer has {width} tokens, more than the "
-                f"reward model's context window limit of {limit}"
-            )
         out = np.empty(len(rows))
         with torch.no_grad():
             for a in range(0, len(rows), self.batch_size):
@@ -547,7 +597,88 @@ class HFRewardModel:
                     ids[i, : len(r)] = torch.tensor(r)
                     mask[i, : len(r)] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
+                if supports(self.model):
+                    pos = torch.arange(w, device=self.device).expand(len(chunk), w)
+                    logits, _ = lean_forward(self.model, ids, mask, pos, ())
+                else:
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits
                 at = mask.sum(-1) - 1  # the last token: the step's separator when there is one
                 out[a : a + len(chunk)] = self._probability(logits, at).cpu().numpy()
         return out.astype(np.float64)
+
+    @property
+    def reuses_cache(self) -> bool:
+        """Whether :meth:`score_with_state` keeps cache rows (``kv_cache`` and a kind with
+        causal attention read per token: ``"token"`` or ``"causal"``)."""
+        return self.kv_cache and self.kind in ("token", "causal")
+
+    def score_with_state(self, prompt: str, partials, state=None):
+        """Scores of ``prompt + steps`` for each partial answer, continuing cache rows.
+
+        Parameters
+        ----------
+        prompt
+            The prompt shared by every partial answer.
+        partials
+            Each partial answer as a sequence of steps.
+        state
+            :class:`~probinfer.llm.kv.PRMRows` with one entry per partial answer (e.g. the
+            rows of each particle's parent, gathered at resampling), or ``None``.
+
+        Returns
+        -------
+        scores, state, encoded
+            ``(n,)`` scores as :meth:`score`; the new rows (one per partial answer;
+            ``None`` without reuse); tokens encoded through the model.
+        """
+        import torch
+
+        from probinfer.llm.kv import KVRows, PRMRows
+
+        rows = self._rows([prompt] * len(partials), partials)
+        n = len(rows)
+        if not self.reuses_cache or n == 0:
+            return self._score_rows(rows), None, sum(map(len, rows))
+        keep = np.zeros(n, dtype=np.int64)  # cached prefix kept by each row
+        layers, mask = (), None
+        if state is not None and len(state) == n and state.kv.layers:
+            for i, old in enumerate(state.ids):
+                if old is not None:
+                    c = 0
+                    for a, b in zip(old, rows[i]):
+                        if a != b:
+                            break
+                        c += 1
+                    keep[i] = min(c, len(rows[i]) - 1)  # the last token is always encoded
+            if keep.any():
+                layers, mask = state.dense()
+                cut = np.flatnonzero(keep < np.array([len(o or ()) for o in state.ids]))
+                if cut.size:  # drop cached tokens past the common prefix (mask them)
+                    mask = mask.clone()
+                    for i in cut:
+                        real = torch.nonzero(mask[i])[:, 0]
+                        mask[i, real[int(keep[i]) :]] = 0
+        new = [len(r) - int(k) for r, k in zip(rows, keep)]
+        w = max(new)
+        ids = torch.full((n, w), self.pad_token_id, dtype=torch.long)
+        block = torch.zeros((n, w), dtype=torch.long)
+        pos = torch.arange(w, dtype=torch.long).repeat(n, 1) + torch.as_tensor(keep)[:, None]
+        for i, (r, k) in enumerate(zip(rows, keep)):
+            ids[i, : new[i]] = torch.tensor(r[int(k) :])
+            block[i, : new[i]] = 1
+        if self.context_limit is not None:
+            pos = pos.clamp(max=self.context_limit - 1)  # padding positions only
+        ids, block, pos = ids.to(self.device), block.to(self.device), pos.to(self.device)
+        full = block if mask is None else torch.cat([mask, block], 1)
+        with torch.no_grad():
+            logits, layers = forward_cached(self.model, ids, full, pos, layers)
+            at = torch.as_tensor(new, device=self.device) - 1
+            scores = self._probability(logits, at).cpu().numpy().astype(np.float64)
+        kv = KVRows(
+            layers,
+            full,
+            torch.as_tensor([len(r) for r in rows], device=self.device),
+            at,
+            np.arange(n),
+        )
+        return scores, PRMRows(kv, tuple(tuple(r) for r in rows)), int(sum(new))

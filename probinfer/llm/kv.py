@@ -13,6 +13,11 @@ on and the stopped rows get masked positions (attention mask 0), so positions an
 attention stay exact. ``take(indices)`` gathers rows (``-1``: no row), which is how
 children inherit their parent's cache on resampling and how finished particles drop
 theirs.
+
+:class:`PRMRows` is the same for a process reward model
+(:class:`~probinfer.llm.hf.HFRewardModel`): every token of a row is encoded (the score is
+read at the last one), and each particle also keeps the token ids its row holds, so the
+next step encodes only the ids past the longest common prefix.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KVRows"]
+__all__ = ["KVRows", "PRMRows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,11 +76,12 @@ class KVRows:
         import torch
 
         at = np.asarray(at, dtype=np.int64).reshape(-1)
-        if not self.layers or not other.layers or other.num_rows != at.size:
+        base, other = self.gathered(), other.gathered()
+        if not base.layers or not other.layers or other.num_rows != at.size:
             raise ValueError("fill needs non-empty caches and one row of other per index")
-        if np.any(self.row_of[at] >= 0):
+        if np.any(base.row_of[at] >= 0):
             raise ValueError("fill: the particles at `at` already have rows")
-        length = max(self.mask.shape[1], other.mask.shape[1])
+        length = max(base.mask.shape[1], other.mask.shape[1])
 
         def left_pad(rows: KVRows):
             extra = length - rows.mask.shape[1]
@@ -91,31 +97,44 @@ class KVRows:
             )
             return layers, mask
 
-        la, ma = left_pad(self)
+        la, ma = left_pad(base)
         lb, mb = left_pad(other)
         layers = tuple(
             (torch.cat([ka, kb], 0), torch.cat([va, vb], 0)) for (ka, va), (kb, vb) in zip(la, lb)
         )
-        row_of = self.row_of.copy()
-        row_of[at] = self.num_rows + np.arange(at.size)
+        row_of = base.row_of.copy()
+        row_of[at] = base.num_rows + np.arange(at.size)
         merged = KVRows(
             layers,
             torch.cat([ma, mb], 0),
-            torch.cat([self.position, other.position], 0),
-            torch.cat([self.pending, other.pending], 0),
+            torch.cat([base.position, other.position], 0),
+            torch.cat([base.pending, other.pending], 0),
             row_of,
         )
-        return merged.take(np.arange(len(self)))
+        return merged.gathered()
 
     def take(self, indices) -> KVRows:
-        """The rows of the particles at ``indices`` (``-1``: a particle without a row)."""
+        """The rows of the particles at ``indices`` (``-1``: a particle without a row).
+
+        Lazy: only the particle-to-row map is composed (no tensor is touched), so the
+        gathers of a step (live subset, resampling, dropping finished particles) cost one
+        physical gather, :meth:`gathered`, when the rows are next used.
+        """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        rows = np.where(idx >= 0, self.row_of[np.clip(idx, 0, None)], -1)
         if len(self) == 0:
-            rows = np.full(idx.shape, -1, dtype=np.int64)
+            row_of = np.full(idx.shape, -1, dtype=np.int64)
+        else:
+            row_of = np.where(idx >= 0, self.row_of[np.clip(idx, 0, None)], -1)
+        return KVRows(self.layers, self.mask, self.position, self.pending, row_of)
+
+    def gathered(self) -> KVRows:
+        """The same particles with their rows physically in order: row ``k`` is the
+        ``k``-th particle that has one (one ``index_select`` per tensor; positions masked
+        in every kept row are dropped). Without rows missing, :attr:`complete` holds."""
+        rows = self.row_of
         keep = rows >= 0
         sel = rows[keep]
-        row_of = np.full(idx.shape, -1, dtype=np.int64)
+        row_of = np.full(rows.shape, -1, dtype=np.int64)
         row_of[keep] = np.arange(sel.size)
         if sel.size == self.num_rows and np.array_equal(sel, np.arange(self.num_rows)):
             return KVRows(self.layers, self.mask, self.position, self.pending, row_of)
@@ -136,3 +155,47 @@ class KVRows:
             self.pending.index_select(0, at),
             row_of,
         )
+
+
+@dataclass(frozen=True, eq=False)
+class PRMRows:
+    """Reward-model cache rows of ``len(ids)`` particles.
+
+    Attributes
+    ----------
+    kv
+        The key/value rows (:class:`KVRows`; its ``pending`` is unused).
+    ids
+        Per particle, the token ids encoded in its row (``None``: no row).
+    """
+
+    kv: KVRows
+    ids: tuple
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, indices) -> PRMRows:
+        """The rows of the particles at ``indices`` (``-1``: a particle without a row)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        ids = tuple(None if i < 0 else self.ids[i] for i in idx.tolist())
+        return PRMRows(self.kv.take(idx), ids)
+
+    def dense(self):
+        """``(layers, mask)`` with one row per particle, in order: particles without a row
+        get zero keys/values under a zero mask (no position of theirs is attended)."""
+        import torch
+
+        kv = self.kv.gathered()
+        if kv.complete or not kv.layers:
+            return kv.layers, kv.mask
+        n = len(self)
+        have = np.flatnonzero(kv.row_of >= 0)
+        at = torch.as_tensor(have, dtype=torch.long, device=kv.mask.device)
+
+        def spread(x):
+            out = x.new_zeros((n,) + tuple(x.shape[1:]))
+            out[at] = x
+            return out
+
+        return tuple((spread(k), spread(v)) for k, v in kv.layers), spread(kv.mask)

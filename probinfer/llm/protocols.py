@@ -192,6 +192,9 @@ class Usage:
         Batched calls to the reward model.
     rewards_scored
         Partial answers scored.
+    reward_tokens_encoded
+        Tokens encoded by the reward model (backends that report it, e.g.
+        :class:`~probinfer.llm.HFRewardModel`; 0 otherwise).
     steps_truncated
         Steps cut at ``max_tokens_per_step`` without a step end.
     """
@@ -201,6 +204,7 @@ class Usage:
     lm_calls: int = 0
     reward_calls: int = 0
     rewards_scored: int = 0
+    reward_tokens_encoded: int = 0
     steps_truncated: int = 0
     _extra: dict = field(default_factory=dict, repr=False)
 

@@ -33,12 +33,12 @@ Running at scale with vLLM (a Qwen2.5-Math model and its PRM; both servers may b
 replicated, pass several URLs separated by commas)::
 
     vllm serve Qwen/Qwen2.5-Math-7B-Instruct --port 8000 --enable-prefix-caching
-    vllm serve Qwen/Qwen2.5-Math-PRM-7B --port 8001 --task reward --trust-remote-code
+    vllm serve Qwen/Qwen2.5-Math-PRM-7B --port 8001 --runner pooling --trust-remote-code
     export OPENAI_API_KEY=...        # only if the servers were started with --api-key
     probinfer scale --server http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-Math-7B-Instruct \
         --tokenizer /path/to/local/Qwen2.5-Math-7B-Instruct \
         --prm-server http://127.0.0.1:8001 --prm-model Qwen/Qwen2.5-Math-PRM-7B \
-        --prm-kind token --step-tag "<extra_0>" --delimiter $'\n\n' --stop '\boxed' \
+        --prm-kind token --step-tag "<extra_0>" --delimiter $'\n\n' --stop '<|im_end|>' \
         --answer-regex '\\boxed\{([^}]*)\}' --problems problems.jsonl --budgets 4,8,16
 
 ``--tokenizer`` (a local directory with the tokenizer files) makes prompts token ids and

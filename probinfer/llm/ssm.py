@@ -202,8 +202,10 @@ class LLMStateSpaceModel:
             bool(e) or (bool(s) and self.step_format.is_final(s)) for s, e in zip(prop.steps, ended)
         ]
         scores = [contexts.scores[j] for j in range(live.size)]
+        prm_rows = None
         if grew:
-            r = self._score(store.prompt, [new_steps[j] for j in grew], usage)
+            prev = None if contexts.prm_state is None else contexts.prm_state.take(grew)
+            r, prm_rows = self._score(store.prompt, [new_steps[j] for j in grew], usage, prev)
             for j, rj in zip(grew, r):
                 scores[j] = scores[j] + (float(rj),)
         step_tokens = carries = None
@@ -220,29 +222,49 @@ class LLMStateSpaceModel:
                     for j in range(live.size)
                 ]
             carries = [car_old[j] + ((got_car[j],) if grown[j] else ()) for j in range(live.size)]
-        state = None
-        if prop.state is not None:
+        state = prm_state = None
+        if prop.state is not None or prm_rows is not None:
+            # rows of the particles still running (finished ones drop theirs)
             pos = np.full(len(store), -1, dtype=np.int64)
+            grew_pos = np.full(len(store), -1, dtype=np.int64)
+            at = {j: g for g, j in enumerate(grew)}
             for j, i in enumerate(live):
                 if not finished[j]:
                     pos[i] = j
-            state = prop.state.take(pos)
-        return store.replace(live, new_steps, finished, scores, step_tokens, carries, state)
+                    grew_pos[i] = at.get(j, -1)
+            state = None if prop.state is None else prop.state.take(pos)
+            prm_state = None if prm_rows is None else prm_rows.take(grew_pos)
+        return store.replace(
+            live, new_steps, finished, scores, step_tokens, carries, state, prm_state
+        )
 
-    def _score(self, prompt: str, partials, usage: Usage) -> np.ndarray:
+    def _score(self, prompt: str, partials, usage: Usage, state=None):
+        """Scores of the partial answers and the reward model's new state rows (one per
+        partial answer; ``None`` for stateless reward models). ``state``: the rows of the
+        partial answers' previous steps (reward models with ``score_with_state``)."""
         n = len(partials)
         if self.reward is None:
-            return np.full(n, np.nan)
+            return np.full(n, np.nan), None
         queries = [("".join(p),) for p in partials] if self.aggregation == "model" else partials
         # identical partial answers (children of one parent that sampled the same step) are
         # scored once: the reward model is a function of the partial answer
         first: dict = {}
         where = np.array([first.setdefault(tuple(q), len(first)) for q in queries])
         unique = list(first)
-        r = check_rewards(self.reward.score([prompt] * len(unique), unique), len(unique))
+        rows = None
+        if callable(getattr(self.reward, "score_with_state", None)):
+            if state is not None:
+                _, at = np.unique(where, return_index=True)
+                state = state.take(at)
+            r, rows, encoded = self.reward.score_with_state(prompt, unique, state)
+            usage.reward_tokens_encoded += int(encoded)
+            rows = None if rows is None else rows.take(where)
+        else:
+            r = self.reward.score([prompt] * len(unique), unique)
+        r = check_rewards(r, len(unique))
         usage.reward_calls += 1
         usage.rewards_scored += n
-        return r[where]
+        return r[where], rows
 
     def budget_spent(self, usage: Usage) -> bool:
         """Whether ``usage`` has reached ``max_tokens`` or ``max_lm_calls``."""

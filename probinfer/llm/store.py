@@ -14,7 +14,9 @@ that only see text (the tabular toy, a server without token-id prompts) leave
 ``lm_state`` is an opaque per-particle object of the language model (the key/value cache
 rows of :class:`~probinfer.llm.hf.HFCausalLM`) with ``take(indices)``, where an index
 ``-1`` means "no state" (the backend then re-encodes that particle's tokens). Resampling
-gathers it, so children continue from their parent's cache.
+gathers it, so children continue from their parent's cache. ``prm_state`` is the same for
+the reward model (:class:`~probinfer.llm.kv.PRMRows` of
+:class:`~probinfer.llm.hf.HFRewardModel`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Trajectories:
     lm_state
         The language model's per-particle state (``take(indices)`` with ``-1`` = none), or
         ``None``.
+    prm_state
+        The reward model's per-particle state (same contract), or ``None``.
     """
 
     prompt: str
@@ -62,6 +66,7 @@ class Trajectories:
     step_tokens: tuple[tuple[tuple[int, ...], ...], ...] | None = None
     carries: tuple[tuple[str, ...], ...] | None = None
     lm_state: Any = None
+    prm_state: Any = None
 
     @classmethod
     def empty(cls, prompt: str, n: int) -> Trajectories:
@@ -104,6 +109,7 @@ class Trajectories:
         language model state is gathered too, so each child gets its own copy of its
         parent's cache rows."""
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        at = np.asarray(idx, dtype=np.int64)
         return Trajectories(
             self.prompt,
             tuple(self.steps[i] for i in idx),
@@ -111,7 +117,8 @@ class Trajectories:
             tuple(self.scores[i] for i in idx),
             None if self.step_tokens is None else tuple(self.step_tokens[i] for i in idx),
             None if self.carries is None else tuple(self.carries[i] for i in idx),
-            None if self.lm_state is None else self.lm_state.take(np.asarray(idx, dtype=np.int64)),
+            None if self.lm_state is None else self.lm_state.take(at),
+            None if self.prm_state is None else self.prm_state.take(at),
         )
 
     def token_fields(self) -> tuple[tuple, tuple]:
@@ -164,11 +171,13 @@ class Trajectories:
         step_tokens=None,
         carries=None,
         lm_state=None,
+        prm_state=None,
     ) -> Trajectories:
         """A copy with the particles at ``indices`` replaced.
 
         ``step_tokens``/``carries`` (per replaced particle) are given by token-exact
-        backends; ``lm_state`` is the new state of *every* particle (``None``: none).
+        backends; ``lm_state`` and ``prm_state`` are the new states of *every* particle
+        (``None``: none).
         """
         s, f, r = list(self.steps), list(self.finished), list(self.scores)
         for j, i in enumerate(indices):
@@ -190,20 +199,22 @@ class Trajectories:
                 else:
                     car[i] = car[i] + ("",) * (len(s[i]) - len(car[i]))
             car = tuple(car)
-        return Trajectories(self.prompt, tuple(s), tuple(f), tuple(r), toks, car, lm_state)
+        return Trajectories(
+            self.prompt, tuple(s), tuple(f), tuple(r), toks, car, lm_state, prm_state
+        )
 
     def pin(self, i: int, other: Trajectories) -> Trajectories:
         """A copy with particle ``i`` replaced by the one particle of ``other`` (its token
-        ids and carry included); particle ``i`` loses its language model state row."""
+        ids and carry included); particle ``i`` loses its language and reward model state
+        rows."""
         if len(other) != 1:
             raise ValueError(f"other must hold one particle, got {len(other)}")
         toks, car = other.token_fields()
         tokenized = other.step_tokens is not None or self.step_tokens is not None
-        state = self.lm_state
-        if state is not None:
-            idx = np.arange(len(self))
-            idx[i] = -1
-            state = state.take(idx)
+        idx = np.arange(len(self))
+        idx[i] = -1
+        state = None if self.lm_state is None else self.lm_state.take(idx)
+        prm_state = None if self.prm_state is None else self.prm_state.take(idx)
         return self.replace(
             [i],
             other.steps,
@@ -212,11 +223,12 @@ class Trajectories:
             toks if tokenized else None,
             car if tokenized or other.carries is not None else None,
             state,
+            prm_state,
         )
 
     def without_state(self) -> Trajectories:
-        """The same particles without the language model state (frees cache memory)."""
-        if self.lm_state is None:
+        """The same particles without the model states (frees cache memory)."""
+        if self.lm_state is None and self.prm_state is None:
             return self
         return Trajectories(
             self.prompt, self.steps, self.finished, self.scores, self.step_tokens, self.carries

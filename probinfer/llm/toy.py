@@ -127,7 +127,7 @@ def exact_posterior(model, prompt: str) -> tuple[AnswerDistribution, float]:
     scores = []
     for s in steps:
         prefixes = [s[: t + 1] for t in range(len(s))]
-        sc = model._score(prompt, prefixes, usage) if prefixes else np.zeros(0)
+        sc = model._score(prompt, prefixes, usage)[0] if prefixes else np.zeros(0)
         scores.append(tuple(float(x) for x in sc))
     store = Trajectories(prompt, steps, finished, tuple(scores))
     lw = logp + model.total_log_potential(store)
