@@ -148,21 +148,24 @@ def format_table(report: dict) -> str:
             "{:>12}".format(f"{100 * r['accuracy']:.1f}+-{100 * r['stderr']:.1f}") for r in rows
         )
         lines.append(f"{name:<20}{cells}")
+    usage = {
+        name: [
+            f"{r['tokens_encoded']:.0f}/{r['tokens_generated']:.0f}/{r['lm_calls']:.0f}/"
+            f"{r['seconds'] / report['num_problems']:.2f}"
+            for r in rows
+        ]
+        for name, rows in report["results"].items()
+    }
+    width = max([12] + [len(c) + 2 for cells in usage.values() for c in cells])
+    head = f"{'algorithm':<20}" + "".join(f"{'N=' + str(b):>{width}}" for b in budgets)
     lines += [
         "",
         "usage per problem (prefill tokens / generated tokens / LM calls / seconds)",
         head,
         "-" * len(head),
     ]
-    for name, rows in report["results"].items():
-        cells = "".join(
-            "{:>12}".format(
-                f"{r['tokens_encoded']:.0f}/{r['tokens_generated']:.0f}/{r['lm_calls']:.0f}/"
-                f"{r['seconds'] / report['num_problems']:.2f}"
-            )
-            for r in rows
-        )
-        lines.append(f"{name:<20}{cells}")
+    for name, cells in usage.items():
+        lines.append(f"{name:<20}" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)
 
 
