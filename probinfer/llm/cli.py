@@ -160,6 +160,10 @@ def _build_model(args):
     from probinfer.llm.task import regex_extractor
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    if args.no_progress or args.quiet:  # transformers' own weight-loading bars too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     settings = default_model_kwargs()
     fmt = StepFormat(args.delimiter, args.stop)
     settings.update(
