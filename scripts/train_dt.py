@@ -27,13 +27,14 @@ SETTINGS = {
     # task (a): GMM prior on theta in R^2, y = x^T theta + N(0, 0.5^2)
     "linear-2d": dict(
         name="dt_linear_2d",
-        steps=4000,
+        steps=10000,
         batch=256,
         d_model=64,
         layers=3,
         d_ff=128,
-        lr=1.5e-3,
+        lr=2e-3,
         warmup=300,
+        decoder="natural",
     ),
     # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2
     "invgamma": dict(
@@ -45,6 +46,7 @@ SETTINGS = {
         d_ff=96,
         lr=1e-3,
         warmup=300,
+        decoder="natural",
     ),
 }
 
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
         n_layers=s["layers"],
         d_ff=s["d_ff"],
         transforms=transforms,
+        decoder=s["decoder"],
     )
     optim = OptimConfig(n_steps=args.steps or s["steps"], lr=s["lr"], warmup_steps=s["warmup"])
     ckpt = args.checkpoint_dir or str(ROOT / "runs" / f"dt-{args.task}")
