@@ -1,18 +1,19 @@
-"""Train Distribution Transformers (one CPU thread; resumable) and evaluate the shipped one.
+"""Train Distribution Transformers (one CPU thread; resumable) and evaluate the shipped ones.
 
-The shipped ``amortized/pretrained/dt_linear_2d.{safetensors,json}`` and its evaluation
-(``benchmarks/results/dt_linear_2d_eval.json``)::
+The shipped ``amortized/pretrained/dt_linear_2d.{safetensors,json}`` (task (a), natural-parameter
+decoder, 10000 steps) and ``dt_invgamma.{safetensors,json}`` (task (b), 5-component prior fit in
+log sigma^2), with their evaluations ``benchmarks/results/dt_linear_2d_eval.json`` and
+``benchmarks/results/dt_invgamma_eval.json``::
 
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d --evaluate
+    OMP_NUM_THREADS=1 python scripts/train_dt.py --task ig
+    OMP_NUM_THREADS=1 python scripts/train_dt.py --task ig --evaluate
 
-(the shipped run was started with a 5000-step schedule and shortened to 4000 steps on resume at
-step 1650; the JSON records this in ``training.n_steps_changes``). Task (b), the
-Inverse-Gamma variance (``--task ig``), is not shipped.
-
-Each run checkpoints to ``--checkpoint-dir`` (default ``runs/dt-<task>``) every 3 minutes and
-resumes from it when restarted with the same arguments; ``--max-minutes`` stops it (after a
-checkpoint) so it can be continued later.
+(the wall time of each run is ``training.wall_time_s`` in its JSON). Each run checkpoints to
+``--checkpoint-dir`` (default ``runs/dt-<task>``) every 3 minutes and resumes from it when
+restarted with the same arguments; ``--max-minutes`` stops it (after a checkpoint) so it can be
+continued later.
 """
 
 from __future__ import annotations
