@@ -40,7 +40,7 @@ SETTINGS = {
     # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2
     "ig": dict(
         name="dt_invgamma",
-        steps=2500,
+        steps=4500,
         batch=256,
         d_model=48,
         layers=2,
