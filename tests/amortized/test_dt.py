@@ -65,14 +65,14 @@ def test_order_of_data_is_irrelevant_and_components_are_equivariant(decoder):
     perm = np.random.default_rng(2).permutation(7)
     p1 = dt.posterior(prior, x[perm], y[perm])
     np.testing.assert_allclose(np.asarray(p1.means), np.asarray(p0.means), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(p1.logits), np.asarray(p0.logits), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(p1.logits), np.asarray(p0.logits), rtol=1e-4, atol=1e-5)
     cperm = np.array([2, 0, 1])
     p2 = dt.posterior(gmm_prior(W[cperm], MU[cperm], COV[cperm]), x, y)
     np.testing.assert_allclose(
         np.asarray(p2.means), np.asarray(p0.means)[cperm], rtol=1e-5, atol=1e-5
     )
     np.testing.assert_allclose(
-        np.asarray(p2.logits), np.asarray(p0.logits)[cperm], rtol=1e-5, atol=1e-5
+        np.asarray(p2.logits), np.asarray(p0.logits)[cperm], rtol=1e-4, atol=1e-5
     )
     assert not np.allclose(np.asarray(p0.means), MU, atol=1e-3)  # the data did move it
 
