@@ -14,7 +14,12 @@ Architecture (Distribution Transformers, arXiv 2502.02463):
   parametrised *relative to the prior component*: ``logit' = logit - log m + d_logit``,
   ``mean' = mean + L d_mean`` and ``L' = L M`` with ``M`` lower triangular with a positive
   (exponentiated) diagonal. The last layer of the decoder and every residual branch's output
-  projection are zero-initialised, so the untrained network returns the prior exactly.
+  projection are zero-initialised, so the untrained network returns the prior exactly;
+* with ``DTConfig(decoder="natural")``, before that relative correction, a natural-parameter
+  update by one learned Gaussian site per observation (:func:`natural_update`): precision and
+  precision-mean increments summed over the data, each component reweighted by its log
+  marginal likelihood of the sites (the exact form of a conjugate-Gaussian update; the site
+  heads are zero-initialised too).
 
 Shapes: ``B`` problems, ``K`` prior components (padded, with a mask), ``D`` parameter dimension,
 ``n_s`` observations of source ``s`` (padded, with a mask).
