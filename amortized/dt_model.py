@@ -14,7 +14,12 @@ Architecture (Distribution Transformers, arXiv 2502.02463):
   parametrised *relative to the prior component*: ``logit' = logit - log m + d_logit``,
   ``mean' = mean + L d_mean`` and ``L' = L M`` with ``M`` lower triangular with a positive
   (exponentiated) diagonal. The last layer of the decoder and every residual branch's output
-  projection are zero-initialised, so the untrained network returns the prior exactly.
+  projection are zero-initialised, so the untrained network returns the prior exactly;
+* with ``DTConfig(decoder="natural")``, before that relative correction, a natural-parameter
+  update by one learned Gaussian site per observation (:func:`natural_update`): precision and
+  precision-mean increments summed over the data, each component reweighted by its log
+  marginal likelihood of the sites (the exact form of a conjugate-Gaussian update; the site
+  heads are zero-initialised too).
 
 Shapes: ``B`` problems, ``K`` prior components (padded, with a mask), ``D`` parameter dimension,
 ``n_s`` observations of source ``s`` (padded, with a mask).
@@ -29,11 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DTConfig", "DTNetwork", "gmm_log_prob", "TRANSFORMS"]
+__all__ = ["DECODERS", "DTConfig", "DTNetwork", "gmm_log_prob", "natural_update", "TRANSFORMS"]
 
 #: Output transforms of constrained parameters: the network's GMM lives on the unconstrained
 #: ``z``, the parameter is ``theta = inverse(z)``; "log" is for positive parameters.
 TRANSFORMS = ("identity", "log")
+
+#: Posterior parametrisations of :class:`DTConfig` (``decoder``).
+DECODERS = ("relative", "natural")
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,17 @@ class DTConfig:
         Posterior components emitted per prior component (``K_out = m K``).
     transforms : tuple of str
         One of :data:`TRANSFORMS` per parameter coordinate (``()`` means all "identity").
+    decoder : str
+        One of :data:`DECODERS`. ``"relative"``: each posterior component is its prior
+        component moved and rescaled by the component token. ``"natural"``: first a
+        natural-parameter (Gaussian-site) update, ``precision' = precision + sum_i S_i`` and
+        ``precision-mean' = precision-mean + sum_i h_i`` with one learned site ``(S_i, h_i)``
+        per observation (from its linear and quadratic features), each weight reweighted by
+        the component's log marginal likelihood of the sites; then the relative correction.
+        A conjugate-Gaussian update is exactly of this form.
+    site_gain : float
+        Fixed factor on the site heads' outputs (``"natural"`` only): sites grow to
+        ``O(n x^2 / noise^2)``, and this acts as a larger learning rate for those heads.
     """
 
     param_dim: int = 2
@@ -63,6 +82,8 @@ class DTConfig:
     d_ff: int = 128
     components_per_prior: int = 1
     transforms: tuple[str, ...] = ()
+    decoder: str = "relative"
+    site_gain: float = 10.0
 
     def __post_init__(self):
         object.__setattr__(self, "source_dims", tuple(self.source_dims))
@@ -79,6 +100,10 @@ class DTConfig:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
+        if not (isinstance(self.site_gain, (int, float)) and self.site_gain > 0):
+            raise ValueError(f"site_gain must be a positive number, got {self.site_gain!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.transforms and (
             len(self.transforms) != self.param_dim
             or any(t not in TRANSFORMS for t in self.transforms)
@@ -162,6 +187,88 @@ class _Block(nn.Module):
         return h + self.ff(self.ln_ff(h))
 
 
+def _quadratic_features(tok: torch.Tensor) -> torch.Tensor:
+    """``(tok, tok_i tok_j for i <= j)``: the linear and quadratic features of a token."""
+    d = tok.shape[-1]
+    rows, cols = torch.triu_indices(d, d, device=tok.device)
+    return torch.cat([tok, tok[..., rows] * tok[..., cols]], dim=-1)
+
+
+class _SiteHead(nn.Module):
+    """One observation's Gaussian site ``(S_i, h_i)`` from its linear and quadratic features.
+
+    A linear map plus an MLP of the features, both zero-initialised (the untrained network adds
+    no site). Output: the ``D (D + 1) / 2`` lower entries of the symmetric ``S_i``, then ``h_i``.
+    """
+
+    def __init__(self, d_src: int, d_hidden: int, param_dim: int, gain: float):
+        super().__init__()
+        self.gain = float(gain)
+        d_in = d_src + d_src * (d_src + 1) // 2
+        d_out = param_dim * (param_dim + 1) // 2 + param_dim
+        self.linear = nn.Linear(d_in, d_out)
+        self.mlp = _mlp(d_in, d_hidden, d_out)
+        _zero_(self.linear)
+        _zero_(self.mlp[-1])
+
+    def forward(self, tok: torch.Tensor) -> torch.Tensor:
+        f = _quadratic_features(tok)
+        return self.gain * (self.linear(f) + self.mlp(f))
+
+
+def natural_update(logits, means, scale_trils, d_prec, d_eta):
+    """Multiply each Gaussian component by ``exp(d_eta^T theta - theta^T d_prec theta / 2)``.
+
+    Parameters
+    ----------
+    logits : (..., K)
+    means : (..., K, D)
+    scale_trils : (..., K, D, D)
+        Lower Cholesky factors ``L`` of the component covariances.
+    d_prec : (..., K, D, D)
+        Symmetric precision increments (broadcastable). A site of a log-concave likelihood
+        has ``d_prec >= 0``; where the smallest eigenvalue ``lam`` of ``L^T d_prec L`` is
+        negative, ``-lam`` times the prior precision is added (so the update never widens a
+        component and the result stays well defined).
+    d_eta : (..., K, D)
+        Precision-mean increments.
+
+    Returns
+    -------
+    (logits', means', scale_trils')
+        ``precision' = L^-T L^-1 + d_prec``, ``precision' mean' = L^-T L^-1 mean + d_eta`` and
+        ``logits' = logits + log int N(theta | mean, L L^T) site(theta) dtheta`` (the log
+        marginal likelihood of the site, up to a constant common to all components). Zero
+        increments return the inputs exactly.
+    """
+    d = means.shape[-1]
+    eye = torch.eye(d, dtype=means.dtype, device=means.device)
+    lt = scale_trils.transpose(-1, -2)
+    g = lt @ d_prec @ scale_trils  # L^T dP L
+    g = 0.5 * (g + g.transpose(-1, -2))
+    lift = F.relu(-torch.linalg.eigvalsh(g)[..., 0])  # 0 for a PSD increment
+    g = g + lift[..., None, None] * eye
+    # A = I + L^T dP L = R R^T with R upper triangular (Cholesky of the flipped matrix), so
+    # that Sigma' = L A^-1 L^T = (L R^-T)(L R^-T)^T with L R^-T lower triangular
+    r = torch.linalg.cholesky((eye + g).flip(-1, -2)).flip(-1, -2)
+    new_trils = torch.linalg.solve_triangular(
+        r.transpose(-1, -2), scale_trils, upper=False, left=False
+    )
+    # dP mean with the lifted dP = L^-T g L^-1
+    w = torch.linalg.solve_triangular(scale_trils, means[..., None], upper=False)
+    dp_mean = torch.linalg.solve_triangular(lt, g @ w, upper=True)[..., 0]
+    resid = d_eta - dp_mean
+    shift = (new_trils @ (new_trils.transpose(-1, -2) @ resid[..., None]))[..., 0]
+    new_means = means + shift
+    log_ml = (
+        -torch.log(torch.diagonal(r, dim1=-2, dim2=-1)).sum(-1)
+        + 0.5 * (resid * shift).sum(-1)
+        + (d_eta * means).sum(-1)
+        - 0.5 * (w[..., 0] * (g @ w)[..., 0]).sum(-1)
+    )
+    return logits + log_ml, new_means, new_trils
+
+
 class DTNetwork(nn.Module):
     """Maps a padded GMM prior and padded data sources to the posterior GMM's parameters."""
 
@@ -179,6 +286,10 @@ class DTNetwork(nn.Module):
         self.decoder = _mlp(c.d_model, c.d_ff, d_comp)
         _zero_(self.decoder[-1])
         nn.init.normal_(self.null_token, std=0.02)
+        if c.decoder == "natural":
+            self.site_heads = nn.ModuleList(
+                _SiteHead(ds, c.d_ff, c.param_dim, c.site_gain) for ds in c.source_dims
+            )
         if c.components_per_prior > 1:  # breaks the symmetry between copies once trained
             nn.init.normal_(self.copy_embedding, std=1.0)
 
@@ -231,6 +342,24 @@ class DTNetwork(nn.Module):
 
         for block in self.blocks:
             h = block(h, comp_mask, data, data_mask)
+
+        if c.decoder == "natural":
+            n_sym = d * (d + 1) // 2
+            site = 0.0
+            for head, (tok, msk) in zip(self.site_heads, sources):
+                site = site + (head(tok) * msk[..., None]).sum(1)  # (B, n_sym + D)
+            rows, cols = torch.tril_indices(d, d, device=means.device)
+            d_prec = means.new_zeros(b, d, d)
+            d_prec[:, rows, cols] = site[:, :n_sym]
+            d_prec = (
+                d_prec
+                + d_prec.transpose(-1, -2)
+                - torch.diag_embed(torch.diagonal(d_prec, dim1=-2, dim2=-1))
+            )
+            logits, means, scale_trils = natural_update(
+                logits, means, scale_trils, d_prec[:, None], site[:, None, n_sym:]
+            )
+            logits = torch.where(comp_mask, logits, torch.zeros_like(logits))
 
         m = c.components_per_prior
         hc = h[:, :, None, :] + self.copy_embedding  # (B, K, m, d_model)

@@ -1,18 +1,19 @@
-"""Train Distribution Transformers (one CPU thread; resumable) and evaluate the shipped one.
+"""Train Distribution Transformers (one CPU thread; resumable) and evaluate the shipped ones.
 
-The shipped ``amortized/pretrained/dt_linear_2d.{safetensors,json}`` and its evaluation
-(``benchmarks/results/dt_linear_2d_eval.json``)::
+The shipped ``amortized/pretrained/dt_linear_2d.{safetensors,json}`` (task (a), natural-parameter
+decoder, 10000 steps) and ``dt_invgamma.{safetensors,json}`` (task (b), 5-component prior fit in
+log sigma^2), with their evaluations ``benchmarks/results/dt_linear_2d_eval.json`` and
+``benchmarks/results/dt_invgamma_eval.json``::
 
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d --evaluate
+    OMP_NUM_THREADS=1 python scripts/train_dt.py --task ig
+    OMP_NUM_THREADS=1 python scripts/train_dt.py --task ig --evaluate
 
-(the shipped run was started with a 5000-step schedule and shortened to 4000 steps on resume at
-step 1650; the JSON records this in ``training.n_steps_changes``). Task (b), the
-Inverse-Gamma variance (``--task invgamma``), is not shipped.
-
-Each run checkpoints to ``--checkpoint-dir`` (default ``runs/dt-<task>``) every 3 minutes and
-resumes from it when restarted with the same arguments; ``--max-minutes`` stops it (after a
-checkpoint) so it can be continued later.
+(the wall time of each run is ``training.wall_time_s`` in its JSON). Each run checkpoints to
+``--checkpoint-dir`` (default ``runs/dt-<task>``) every 3 minutes and resumes from it when
+restarted with the same arguments; ``--max-minutes`` stops it (after a checkpoint) so it can be
+continued later.
 """
 
 from __future__ import annotations
@@ -27,24 +28,26 @@ SETTINGS = {
     # task (a): GMM prior on theta in R^2, y = x^T theta + N(0, 0.5^2)
     "linear-2d": dict(
         name="dt_linear_2d",
-        steps=4000,
+        steps=10000,
         batch=256,
         d_model=64,
         layers=3,
         d_ff=128,
-        lr=1.5e-3,
+        lr=2e-3,
         warmup=300,
+        decoder="natural",
     ),
     # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2
-    "invgamma": dict(
+    "ig": dict(
         name="dt_invgamma",
-        steps=5000,
+        steps=4500,
         batch=256,
         d_model=48,
         layers=2,
         d_ff=96,
-        lr=1e-3,
+        lr=2e-3,
         warmup=300,
+        decoder="relative",
     ),
 }
 
@@ -61,8 +64,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--evaluate",
         action="store_true",
-        help="evaluate the saved linear-2d model against exact posteriors instead of training "
-        "(writes benchmarks/results/dt_linear_2d_eval.json)",
+        help="evaluate the saved model of --task against exact posteriors instead of training "
+        "(writes benchmarks/results/<name>_eval.json)",
     )
     args = p.parse_args(argv)
 
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.evaluate:
-        return evaluate(args.out)
+        return evaluate(args.out, args.task)
     from amortized.dt_model import DTConfig
     from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
     from amortized.dt_train import train_dt
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
         n_layers=s["layers"],
         d_ff=s["d_ff"],
         transforms=transforms,
+        decoder=s["decoder"],
     )
     optim = OptimConfig(n_steps=args.steps or s["steps"], lr=s["lr"], warmup_steps=s["warmup"])
     ckpt = args.checkpoint_dir or str(ROOT / "runs" / f"dt-{args.task}")
@@ -116,25 +120,29 @@ def main(argv=None) -> int:
     return 0
 
 
-def evaluate(directory: str) -> int:
-    """Held-out acceptance metrics of the saved ``dt_linear_2d`` model, written as JSON."""
+def evaluate(directory: str, task: str) -> int:
+    """Held-out acceptance metrics of the saved model of ``task``, written as JSON."""
     import json
     import time
 
     from amortized.dt import DistributionTransformer
-    from amortized.dt_evaluate import evaluate_linear, evaluate_sequential
+    from amortized.dt_evaluate import evaluate_invgamma, evaluate_linear, evaluate_sequential
 
-    dt = DistributionTransformer.load(directory, name="dt_linear_2d")
+    name = SETTINGS[task]["name"]
+    dt = DistributionTransformer.load(directory, name=name)
     t0 = time.time()
     out = {
-        "model": "dt-linear-2d",
-        "command": "OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d --evaluate",
+        "model": name.replace("_", "-"),
+        "command": f"OMP_NUM_THREADS=1 python scripts/train_dt.py --task {task} --evaluate",
         "training": dt.meta.get("training"),
-        "task_a_unseen_priors": evaluate_linear(dt, n_problems=200, n_draws=10_000, seed=1),
-        "task_c_sequential": evaluate_sequential(dt, n_sequences=200, n_steps=20, seed=1),
     }
+    if task == "linear-2d":
+        out["task_a_unseen_priors"] = evaluate_linear(dt, n_problems=200, n_draws=10_000, seed=1)
+        out["task_c_sequential"] = evaluate_sequential(dt, n_sequences=200, n_steps=20, seed=1)
+    else:
+        out["task_b_unseen_priors"] = evaluate_invgamma(dt, n_problems=200, n_draws=10_000, seed=1)
     out["eval_wall_s"] = round(time.time() - t0, 1)
-    path = ROOT / "benchmarks" / "results" / "dt_linear_2d_eval.json"
+    path = ROOT / "benchmarks" / "results" / f"{name}_eval.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return 0

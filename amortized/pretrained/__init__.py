@@ -13,6 +13,14 @@ Available models
     can be changed without retraining. The task (``noise_std``, ``n_range``, ``x_max``,
     ``scale_range``, ...) is stored in ``dt_linear_2d.json`` and exposed as attributes of the
     loaded model; inputs outside those ranges warn. Trained by ``scripts/train_dt.py``.
+``"dt-invgamma"``
+    A :class:`~amortized.dt.DistributionTransformer` for task (b) of issue 12: an
+    Inverse-Gamma prior ``IG(a, b)`` on the variance of ``y_i ~ N(0, sigma^2)``, given as its
+    5-component Gaussian-mixture fit in ``log sigma^2``
+    (:func:`amortized.exact.inverse_gamma_log_gmm`), ``a`` in ``[2, 10]``, prior median of
+    ``sigma^2`` in ``[0.1, 10]``, 1..20 observations; the posterior is a mixture in
+    ``log sigma^2`` (``constrained_log_prob`` gives the density of ``sigma^2``). Trained by
+    ``scripts/train_dt.py --task ig``.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ GP_1D_TRAIN = {"n_points": 60, "min_train": 0, "max_train": 50}
 _HERE = Path(__file__).parent
 _MODELS = {"gp-1d": ("gp_1d", GP_1D_PRIOR)}
 #: Distribution Transformers: the prior is an input of the model, not fixed by training
-_DT_MODELS = {"dt-linear-2d": "dt_linear_2d"}
+_DT_MODELS = {"dt-linear-2d": "dt_linear_2d", "dt-invgamma": "dt_invgamma"}
 
 
 def available() -> list[str]:

@@ -65,6 +65,44 @@ def test_linear_gaussian_posterior_matches_quadrature():
     np.testing.assert_allclose(dens[top], dens_q[top], rtol=1e-5)
 
 
+def test_natural_update_with_the_linear_sites_is_the_quadrature_posterior():
+    """The DT's natural-parameter decoder, given the exact Gaussian sites of the data
+    (``sum x x^T / s^2``, ``sum x y / s^2``), reproduces the posterior by quadrature."""
+    import torch
+
+    from amortized.dt_model import natural_update
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-2, 2, size=(5, 2))
+    s = 0.7
+    y = x @ np.array([0.8, -1.2]) + s * rng.standard_normal(5)
+    pts, w_grid, mean_grid, cov_grid, dens = _grid_posterior(x, y, s)
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    lg, mu, tril = natural_update(
+        t(np.log(W)), t(MU), t(np.linalg.cholesky(COV)), t(x.T @ x / s**2), t(x.T @ y / s**2)
+    )
+    w = torch.softmax(lg, -1).numpy()
+    np.testing.assert_allclose(w, w_grid, atol=1e-4)
+    mu, tril = mu.numpy(), tril.numpy()
+    assert np.all(np.triu(tril, 1) == 0) and np.all(np.diagonal(tril, axis1=-2, axis2=-1) > 0)
+    cov = tril @ np.swapaxes(tril, -1, -2)
+    mean = w @ mu
+    total = np.einsum("k,kij->ij", w, cov + np.einsum("ki,kj->kij", mu - mean, mu - mean))
+    np.testing.assert_allclose(mean, mean_grid, atol=1e-4)
+    np.testing.assert_allclose(total, cov_grid, atol=1e-4)
+    # zero sites return the prior exactly; a non-PSD increment is lifted, never widening
+    z = natural_update(
+        t(np.log(W)), t(MU), t(np.linalg.cholesky(COV)), t(np.zeros((2, 2))), t(np.zeros(2))
+    )
+    np.testing.assert_array_equal(z[1].numpy(), MU)
+    np.testing.assert_array_equal(z[2].numpy(), np.linalg.cholesky(COV))
+    neg = natural_update(
+        t(np.log(W)), t(MU), t(np.linalg.cholesky(COV)), -t(np.eye(2)), t(np.zeros(2))
+    )
+    cov_neg = (neg[2] @ neg[2].transpose(-1, -2)).numpy()
+    assert np.all(np.linalg.eigvalsh(COV - cov_neg) > -1e-12)
+
+
 def test_linear_gaussian_posterior_batched_masked_and_empty():
     rng = np.random.default_rng(1)
     x = rng.uniform(-2, 2, size=(2, 5, 2))

@@ -26,10 +26,10 @@ def test_shipped_files_are_small_safetensors_plus_json():
 
 
 def test_load_pretrained_and_names():
-    assert available() == ["dt-linear-2d", "gp-1d"]
+    assert available() == ["dt-invgamma", "dt-linear-2d", "gp-1d"]
     pfn = amortized.load_pretrained("gp-1d")
     assert pfn.config.x_dim == 1
-    with pytest.raises(ValueError, match=r"available: \['dt-linear-2d', 'gp-1d'\]"):
+    with pytest.raises(ValueError, match=r"available: \['dt-invgamma', 'dt-linear-2d', 'gp-1d'\]"):
         amortized.load_pretrained("gp-3d")
     with pytest.raises(ValueError, match="gp-1d"):
         prior_of("nope")
