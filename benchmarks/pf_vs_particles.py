@@ -135,9 +135,7 @@ def main(argv=None) -> None:
         for n in args.sizes:
             ys = data[model]
             runners = {
-                "probinfer (default: quantiles=())": probinfer_runner(
-                    models[model], ys, n, ()
-                ),
+                "probinfer (default: quantiles=())": probinfer_runner(models[model], ys, n, ()),
                 "particles": particles_runner(model, ys, n),
                 "probinfer (quantiles 5/50/95%)": probinfer_runner(
                     models[model], ys, n, (0.05, 0.5, 0.95)
