@@ -2,12 +2,13 @@
 
 Issue 12 asks, on priors unseen in training, for mean KL(exact || DT) <= 0.01 nats and weights
 within 0.02, and for the sequential filter to be within 0.1 nats of the Kalman filter after 20
-updates. The shipped model (natural-parameter decoder, 10000 steps, 1901 s on one CPU thread)
-measures with these seeds KL 0.0142 +- 0.0015 nats (median 0.0097; the 0.01 target is NOT
-met) and a mean weight error 0.0145 (200 other problems: KL 0.027 +- 0.005, weight error 0.019,
-benchmarks/results/dt_linear_2d_eval.json). KL_BOUND is a regression guard 4 standard errors
-above the measured KL; WEIGHT_ERR_BOUND is the issue's 0.02; the sequential check is the
-acceptance bound with 2 Monte-Carlo standard errors (measured gap 0.056 +- 0.037 nats). The
+updates. The shipped model (natural-parameter decoder, 17000 steps, 3219 s on one CPU thread)
+measures with these seeds KL 0.0110 +- 0.0017 nats (median 0.0059; the 0.01 target is NOT
+met) and a mean weight error 0.0127 (200 other problems: KL 0.026 +- 0.012, median 0.005,
+weight error 0.015, benchmarks/results/dt_linear_2d_eval.json). KL_BOUND is a regression guard
+4 standard errors above the measured KL; WEIGHT_ERR_BOUND is the issue's 0.02; the sequential
+check is the acceptance bound with 2 Monte-Carlo standard errors (measured gap 0.037 +- 0.033
+nats). The
 exact posteriors come from :mod:`amortized.exact` (tested against quadrature and the Kalman
 filter in test_dt_exact.py).
 """
@@ -25,7 +26,7 @@ import amortized
 from amortized.dt_evaluate import evaluate_linear, evaluate_sequential
 
 # regression guards from the measured values (see the module docstring)
-KL_BOUND = 0.02
+KL_BOUND = 0.018
 WEIGHT_ERR_BOUND = 0.02
 SEQ_GAP_BOUND = 0.1  # issue 12's bound, allowing 2 Monte-Carlo standard errors
 
