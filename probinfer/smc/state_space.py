@@ -336,7 +336,7 @@ def particle_filter(
     quantiles
         Levels of the weighted filtering quantiles to record at every step, e.g.
         ``(0.05, 0.5, 0.95)`` for a band plot. Off by default: each step then sorts all
-        ``N`` particles, which costs about 14x the filter itself at ``N = 10^6`` (see
+        ``N`` particles, which costs 14-19x the filter itself at ``N = 10^6`` (see
         ``benchmarks/pf_vs_particles.py``).
     keep_ancestors
         Keep the ``(T, N)`` genealogy.
