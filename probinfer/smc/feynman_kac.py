@@ -887,12 +887,17 @@ def run_smc(
     )
 
 
+def _run_keys(key, num_steps: int):
+    """``k0`` for ``init`` and one key per later step."""
+    k0, k_rest = jax.random.split(key)
+    return k0, jax.random.split(k_rest, max(num_steps - 1, 1))
+
+
 @partial(jax.jit, static_argnums=1)
 def _eager_step_keys(key, num_steps: int):
     """The eager loop's keys in one compiled call: ``k0`` and the per-step key pairs as
-    raw key data (the same keys as the jitted loop's ``split`` then ``split`` per step)."""
-    k0, k_rest = jax.random.split(key)
-    keys = jax.random.split(k_rest, max(num_steps - 1, 1))
+    raw key data (each step's key of :func:`_run_keys` split in two)."""
+    k0, keys = _run_keys(key, num_steps)
     return k0, jax.random.key_data(jax.vmap(jax.random.split)(keys))
 
 
@@ -916,8 +921,7 @@ def _run_loop(
 
     jit = layout is not None
     if jit:
-        k0, k_rest = jax.random.split(key)
-        keys = jax.random.split(k_rest, max(fk.num_steps - 1, 1))
+        k0, keys = _run_keys(key, int(fk.num_steps))
     else:  # per-step key pairs as host data, wrapped without a device gather each step
         k0, pairs = _eager_step_keys(key, int(fk.num_steps))
         pairs = np.asarray(pairs)
