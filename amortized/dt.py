@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from amortized.checkpoint import write_model_files
 from amortized.dt_model import DTConfig, DTNetwork
 from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
 from amortized.pfn import _as_float_array, _file_names, _to_jax
@@ -310,16 +311,10 @@ class DistributionTransformer:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, name: str | None = None) -> Path:
         """Write the weights and the JSON config (atomically); see the module docstring."""
-        from safetensors.torch import save_file
-
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         w_file, cfg_file = _file_names(path, name)
         sd = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        tmp = w_file.with_name(w_file.name + ".tmp")
-        save_file(sd, str(tmp))
-        os.replace(tmp, w_file)
-        os.chmod(w_file, 0o644)
         cfg = {
             "format": FORMAT,
             "version": _VERSION,
@@ -327,9 +322,7 @@ class DistributionTransformer:
             "task": self.task.to_dict() if self.task is not None else None,
             **self.meta,
         }
-        tmpj = cfg_file.with_name(cfg_file.name + ".tmp")
-        tmpj.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        os.replace(tmpj, cfg_file)
+        write_model_files(w_file, sd, cfg_file, cfg)
         return path
 
     @classmethod

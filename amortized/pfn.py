@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from amortized.checkpoint import write_model_files
 from amortized.model import PFNConfig, PFNTransformer
 
 __all__ = ["PFN", "FORMAT", "PFNRangeWarning"]
@@ -264,19 +265,11 @@ class PFN:
         File names: ``model.safetensors`` + ``config.json``, or ``{name}.safetensors`` +
         ``{name}.json`` when ``name`` is given.
         """
-        from safetensors.torch import save_file
-
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         w_file, cfg_file = _file_names(path, name)
-        tmp = w_file.with_name(w_file.name + ".tmp")
-        save_file(self.state_tensors(), str(tmp))
-        os.replace(tmp, w_file)
-        os.chmod(w_file, 0o644)  # safetensors writes 0600; shipped weights must be readable
         cfg = {"format": FORMAT, "version": _VERSION, "model": self.config.to_dict(), **self.meta}
-        tmpj = cfg_file.with_name(cfg_file.name + ".tmp")
-        tmpj.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        os.replace(tmpj, cfg_file)
+        write_model_files(w_file, self.state_tensors(), cfg_file, cfg)
         return path
 
     @classmethod
