@@ -124,7 +124,8 @@ class KVRows:
         if len(self) == 0:
             row_of = np.full(idx.shape, -1, dtype=np.int64)
         else:
-            row_of = np.where(idx >= 0, self.row_of[np.clip(idx, 0, None)], -1)
+            row_of = self.row_of[idx]  # -1 reads the last row: reset below
+            row_of[idx < 0] = -1
         return KVRows(self.layers, self.mask, self.position, self.pending, row_of)
 
     def gathered(self) -> KVRows:

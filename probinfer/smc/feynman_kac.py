@@ -73,7 +73,13 @@ import numpy as np
 
 from probinfer.engine.core import bucket_size, chunk_size_for, map_in_chunks, row_bytes
 from probinfer.particles import Particles, take
-from probinfer.resampling import SCHEMES, resample, resample_padded
+from probinfer.resampling import (
+    SCHEMES,
+    resample,
+    resample_draws,
+    resample_host,
+    resample_padded,
+)
 
 Array = jax.Array
 
@@ -265,12 +271,16 @@ def _ancestors(key, log_weights, scheme, conditional: bool, eager: bool, num_val
             return resample_padded(key, log_weights, n, num_valid, scheme)
         rest = resample_padded(key, log_weights, n - 1, num_valid - 1, "multinomial")
         return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
+    if eager:  # host indices (from draws made up front, or the compiled resampler)
+        draws = key.draws if isinstance(key, _HostDraws) else None
+        key = None if draws is not None else key
+        if not conditional:
+            return resample_host(key, log_weights, scheme=scheme, draws=draws)
+        rest = resample_host(key, log_weights, num=n - 1, scheme="multinomial", draws=draws)
+        return np.concatenate([[0], rest]).astype(np.int32)
     if not conditional:
-        anc = resample(key, log_weights, scheme=scheme)
-        return np.asarray(anc) if eager else anc
+        return resample(key, log_weights, scheme=scheme)
     rest = resample(key, log_weights, num=n - 1, scheme="multinomial")
-    if eager:
-        return np.concatenate([[0], np.asarray(rest)]).astype(np.int32)
     return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
 
 
@@ -893,12 +903,50 @@ def _run_keys(key, num_steps: int):
     return k0, jax.random.split(k_rest, max(num_steps - 1, 1))
 
 
-@partial(jax.jit, static_argnums=1)
-def _eager_step_keys(key, num_steps: int):
-    """The eager loop's keys in one compiled call: ``k0`` and the per-step key pairs as
-    raw key data (each step's key of :func:`_run_keys` split in two)."""
+class _HostDraws(NamedTuple):
+    """A step's resampling randomness, drawn ahead of time (the eager loop's ``k_res``)."""
+
+    draws: np.ndarray
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _eager_step_keys(key, num_steps: int, scheme: str | None = None, num: int = 0):
+    """The eager loop's keys in one compiled call: ``k0``, the flat ``(2 (T - 1),)`` array
+    of per-step ``(k_res, k_move)`` pairs (each step's key of :func:`_run_keys` split in
+    two) and, with a ``scheme``, every step's resampling draws from its ``k_res``
+    (:func:`~probinfer.resampling.resample_draws` at ``num`` slots), else ``None``."""
     k0, keys = _run_keys(key, num_steps)
-    return k0, jax.random.key_data(jax.vmap(jax.random.split)(keys))
+    pairs = jax.vmap(jax.random.split)(keys)
+    draws = None
+    if scheme is not None:
+        draws = jax.vmap(lambda k: resample_draws(k, scheme, num))(pairs[:, 0])
+    return k0, pairs.reshape(-1), draws
+
+
+def _eager_keys(key, num_steps: int, num_particles: int, scheme: str, conditional: bool):
+    """``(k0, step_keys)`` for the eager loop, with one device call in all.
+
+    ``step_keys(t)`` is the ``(k_res, k_move)`` pair of step ``t``; ``k_res`` carries the
+    step's resampling draws (:class:`_HostDraws`) when they are small enough to draw up
+    front (systematic resampling always; other schemes up to 2^20 numbers per run), so
+    resampling runs on the host (:func:`~probinfer.resampling.resample_host`) with the
+    indices of the jitted path.
+    """
+    from probinfer.engine.core import bucket_size
+
+    res_scheme, m = ("multinomial", num_particles - 1) if conditional else (scheme, num_particles)
+    num_pad = bucket_size(m, 16) if m >= 1 else 0
+    small = res_scheme == "systematic" or (num_steps - 1) * (num_pad + 1) <= 2**20
+    pre = res_scheme if m >= 1 and small else None
+    k0, flat, draws = _eager_step_keys(key, num_steps, pre, num_pad)
+    flat = list(flat)  # one unstack, no device call per step
+    draws = None if draws is None else np.asarray(draws)
+
+    def step_keys(t):
+        k_res = flat[2 * t - 2] if draws is None else _HostDraws(draws[t - 1])
+        return k_res, flat[2 * t - 1]
+
+    return k0, step_keys
 
 
 def _run_loop(
@@ -922,18 +970,8 @@ def _run_loop(
     jit = layout is not None
     if jit:
         k0, keys = _run_keys(key, int(fk.num_steps))
-    else:  # per-step key pairs as host data, wrapped without a device gather each step
-        k0, pairs = _eager_step_keys(key, int(fk.num_steps))
-        pairs = np.asarray(pairs)
-        impl = jax.random.key_impl(k0)
-
-        def step_keys(t):
-            row = pairs[t - 1]
-            return (
-                jax.random.wrap_key_data(row[0], impl=impl),
-                jax.random.wrap_key_data(row[1], impl=impl),
-            )
-
+    else:
+        k0, step_keys = _eager_keys(key, int(fk.num_steps), n, scheme, reference is not None)
     static = dict(
         fns=fk.fns,
         num_steps=int(fk.num_steps),

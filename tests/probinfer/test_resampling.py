@@ -124,3 +124,24 @@ def test_single_particle_and_degenerate_weights():
 def test_bad_input_raises(log_weights, kwargs, match):
     with pytest.raises(ValueError, match=match):
         resample(jax.random.key(0), log_weights, **kwargs)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_host_resampling_from_draws_gives_the_device_indices(scheme):
+    """The eager driver's host path (draws made up front, float32 numpy) returns the
+    indices of the compiled resampler for the same key, zero weights included."""
+    from probinfer.engine.core import bucket_size
+    from probinfer.resampling import resample_draws, resample_host
+
+    draw = jax.jit(resample_draws, static_argnums=(1, 2))
+    rng = np.random.default_rng(0)
+    for n in (1, 13, 300):  # few bucket sizes: few compilations
+        for num in (n, max(n - 1, 1), 2 * n):
+            lw = 3.0 * rng.normal(size=n)
+            lw[rng.random(n) < 0.2] = -np.inf
+            lw[rng.integers(n)] = 0.0
+            key = jax.random.key(n * 1000 + num)
+            draws = np.asarray(draw(key, scheme, bucket_size(num, 16)))
+            host = resample_host(None, lw, num, scheme, draws=draws)
+            assert host.dtype == np.int32 and host.shape == (num,)
+            np.testing.assert_array_equal(host, np.asarray(resample(key, lw, num, scheme)))
