@@ -333,7 +333,8 @@ def step(
     numpy float64; otherwise ``lax.cond`` is used and the function is traceable.
     """
     # a pre-split (k_res, k_move) pair is accepted: the eager loop splits every step's key
-    # in one call up front instead of one small device call per step
+    # in one call up front instead of one small device call per step (its k_res may carry
+    # the step's resampling draws, _HostDraws, so resampling runs on the host)
     k_res, k_move = key if isinstance(key, tuple) else jax.random.split(key)
     lw, data = state.log_weights, state.data
     n = lw.shape[0]
