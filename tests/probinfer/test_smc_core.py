@@ -105,6 +105,30 @@ def test_eager_driver_with_numpy_particles():
     assert isinstance(res.particles.values, np.ndarray) and res.particles.values.shape == (50, 2)
 
 
+@pytest.mark.parametrize("scheme", ["systematic", "multinomial"])
+def test_eager_loop_resamples_on_the_host_with_the_jitted_indices(monkeypatch, scheme):
+    """The eager loop draws its resampling numbers up front and never calls the compiled
+    resampler per step; its ancestors equal the jitted loop's for the same key."""
+    import probinfer.resampling as resampling
+
+    fk = FeynmanKac(
+        M0=lambda key, n, data: jax.random.normal(key, (n,)),
+        M=lambda key, t, x, data: x + jax.random.normal(key, x.shape),
+        logG=lambda t, prev, x, data: -0.5 * x**2,
+        num_steps=6,
+    )
+    kw = dict(ess_threshold=1.0, scheme=scheme, keep_ancestors=True)
+    jitted = run_smc(jax.random.key(2), fk, 40, jit=True, **kw)
+
+    def no_device_resampling(*a, **k):
+        raise AssertionError("the eager loop called the compiled resampler")
+
+    monkeypatch.setattr(resampling, "_resample", no_device_resampling)
+    eager = run_smc(jax.random.key(2), fk, 40, jit=False, **kw)
+    np.testing.assert_array_equal(eager.ancestors, jitted.ancestors)
+    np.testing.assert_allclose(eager.log_evidence, jitted.log_evidence, rtol=1e-5)
+
+
 def test_nan_weights_raise_naming_the_argument():
     bad = jnp.array([0.0, jnp.nan, 0.0])
     with pytest.raises(ValueError, match="log_weights contains NaN"):
