@@ -940,12 +940,14 @@ def _eager_keys(key, num_steps: int, num_particles: int, scheme: str, conditiona
     small = res_scheme == "systematic" or (num_steps - 1) * (num_pad + 1) <= 2**20
     pre = res_scheme if m >= 1 and small else None
     k0, flat, draws = _eager_step_keys(key, num_steps, pre, num_pad)
-    flat = list(flat)  # one unstack, no device call per step
-    draws = None if draws is None else np.asarray(draws)
+    host: list = []  # filled at step 1: the device computes while M0 runs (async dispatch)
 
     def step_keys(t):
-        k_res = flat[2 * t - 2] if draws is None else _HostDraws(draws[t - 1])
-        return k_res, flat[2 * t - 1]
+        if not host:  # one unstack, no device call per step
+            host.extend([list(flat), None if draws is None else np.asarray(draws)])
+        keys, drawn = host
+        k_res = keys[2 * t - 2] if drawn is None else _HostDraws(drawn[t - 1])
+        return k_res, keys[2 * t - 1]
 
     return k0, step_keys
 
