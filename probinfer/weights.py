@@ -60,6 +60,8 @@ def check_log_weights_numpy(log_weights, name: str = "log_weights") -> np.ndarra
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
         a = a.astype(np.float32)
+    if a.max() < np.inf and np.isfinite(a).any():  # one pass when valid (NaN fails both)
+        return a
     if np.any(np.isnan(a)):
         raise ValueError(f"{name} contains NaN at index {int(np.argmax(np.isnan(a)))}")
     if np.any(a == np.inf):

@@ -165,6 +165,8 @@ def check_rewards(r, n: int, who: str = "reward model") -> np.ndarray:
         raise ValueError(
             f"{who} must return {n} scores (one per partial answer), got shape {arr.shape}"
         )
+    if ((arr >= 0) & (arr <= 1)).all():  # one pass when valid (NaN fails both)
+        return arr
     if np.any(np.isnan(arr)):
         raise ValueError(
             f"{who} returned NaN scores at indices {np.flatnonzero(np.isnan(arr)).tolist()}"

@@ -220,6 +220,8 @@ def _clean_log_potential(log_g, n: int, eager: bool):
             f"logG must return one log potential per particle, shape ({n},), got {g.shape}"
         )
     bad = xp.isnan(g)
+    if eager and not bad.any():
+        return g, 0
     return xp.where(bad, -xp.inf, g), xp.sum(bad)
 
 
