@@ -233,6 +233,13 @@ def _reweight(log_weights, log_g, eager: bool):
     """
     xp = np if eager else jnp
     u = log_weights + log_g
+    if eager:  # host fast path (no error-state context): a finite maximum
+        m = u.max()
+        if np.isfinite(m):
+            e = np.exp(u - m)
+            s1, s2 = e.sum(), (e * e).sum()
+            inc = m + np.log(s1)
+            return u - inc, inc, s1 * s1 / s2
     m = xp.max(u)
     m = xp.where(xp.isfinite(m), m, 0.0)
     e = xp.exp(u - m)
