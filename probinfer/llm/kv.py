@@ -179,6 +179,8 @@ class PRMRows:
     def take(self, indices) -> PRMRows:
         """The rows of the particles at ``indices`` (``-1``: a particle without a row)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == len(self) and np.array_equal(idx, np.arange(idx.size)):
+            return self  # the identity (every particle grew, none repeated): nothing to do
         ids = tuple(None if i < 0 else self.ids[i] for i in idx.tolist())
         return PRMRows(self.kv.take(idx), ids)
 
