@@ -230,7 +230,7 @@ class InverseGammaVarianceTask:
             from amortized.exact import inverse_gamma_log_gmm
 
             grid = np.linspace(self.a_range[0], self.a_range[1], self.n_shapes)
-            cache = (grid, [inverse_gamma_log_gmm(a, 1.0, self.n_components) for a in grid])
+            cache = (grid, inverse_gamma_log_gmm(grid, 1.0, self.n_components))
             object.__setattr__(self, "_fits", cache)
         return cache
 
@@ -238,16 +238,14 @@ class InverseGammaVarianceTask:
         from scipy.special import gammaincinv
 
         rng = numpy_rng(key)
-        grid, fits = self._shape_fits()
+        grid, (fw, fmu, fsd) = self._shape_fits()
         idx = rng.integers(0, len(grid), size=batch_size)
         a = grid[idx]
         lo, hi = np.log(self.median_range)
         median = np.exp(rng.uniform(lo, hi, size=batch_size))
         # IG(a, b) median = b / gamma_median(a); log sigma^2 shifts by log b
         log_b = np.log(median) + np.log(gammaincinv(a, 0.5))
-        w = np.stack([fits[i][0] for i in idx])
-        means = np.stack([fits[i][1] for i in idx]) + log_b[:, None]
-        sds = np.stack([fits[i][2] for i in idx])
+        w, means, sds = fw[idx], fmu[idx] + log_b[:, None], fsd[idx]
         logits = np.log(w)
         means, trils = means[..., None], sds[..., None, None]
         comp_mask = np.ones(logits.shape, dtype=bool)

@@ -1,7 +1,8 @@
 """Training a Distribution Transformer on a task's meta-prior (through the shared loop).
 
 Each step draws ``batch_size`` problems ``(prior GMM, theta, data)`` from the task with the key
-``fold_in(key(seed), step)`` and minimises the NLL of the true ``theta`` under the predicted
+``fold_in(key(seed), step)`` (a ``batch_ramp`` raises the batch size from given steps on) and
+minimises the NLL of the true ``theta`` under the predicted
 posterior GMM, optionally plus ``prior_weight`` times its NLL under the network's reconstruction
 of the prior (the output given no data). The loop itself (AdamW, warm-up + cosine, clipping,
 checkpoint/resume, progress) is :func:`amortized.train.train_loop`, shared with the PFN.
@@ -46,6 +47,7 @@ def train_dt(
     optim: OptimConfig,
     *,
     batch_size: int = 128,
+    batch_ramp=(),
     seed: int = 0,
     prior_weight: float = 0.0,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -66,6 +68,9 @@ def train_dt(
     optim : OptimConfig
     batch_size, seed : int
         Problems per step; ``seed`` sets the parameter initialisation and the data keys.
+    batch_ramp : sequence of (step, batch_size)
+        From each ``step`` on (increasing), use this batch size instead (e.g. larger batches
+        late in training, where the gradient noise of the one-``theta`` NLL dominates).
     prior_weight : float
         Weight of the prior-reconstruction NLL term.
 
@@ -86,6 +91,14 @@ def train_dt(
         )
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    ramp = [(int(a), int(b)) for a, b in batch_ramp]
+    if any(a < 0 or b < 1 for a, b in ramp) or any(
+        ramp[i][0] >= ramp[i + 1][0] for i in range(len(ramp) - 1)
+    ):
+        raise ValueError(
+            "batch_ramp must be (step, batch_size) pairs with increasing steps >= 0 and "
+            f"positive batch sizes, got {batch_ramp!r}"
+        )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
@@ -99,12 +112,18 @@ def train_dt(
         "model": model_config.to_dict(),
         "task": task.to_dict(),
         "batch_size": batch_size,
+        "batch_ramp": [list(r) for r in ramp],
         "seed": seed,
         "prior_weight": prior_weight,
     }
+    if not ramp:  # records of runs without a ramp are unchanged (their checkpoints resume)
+        del record["batch_ramp"]
+
+    def size_at(step: int) -> int:
+        return next((b for a, b in reversed(ramp) if step >= a), batch_size)
 
     def batch_fn(step: int) -> dict:
-        return batch_tensors(task.sample(jax.random.fold_in(base, step), batch_size), device)
+        return batch_tensors(task.sample(jax.random.fold_in(base, step), size_at(step)), device)
 
     def loss_fn(net, t):
         return dt_loss(net, t, prior_weight)
@@ -114,6 +133,7 @@ def train_dt(
             "training": {
                 **asdict(optim),
                 "batch_size": batch_size,
+                "batch_ramp": [list(r) for r in ramp],
                 "seed": seed,
                 "prior_weight": prior_weight,
                 "steps_done": state["step"],

@@ -135,7 +135,7 @@ def log_inverse_gamma_log_prob(z, a, b):
 
 
 def inverse_gamma_log_gmm(
-    a: float, b: float, n_components: int = 5, n_points: int = 4096, n_iter: int = 300
+    a, b, n_components: int = 5, n_points: int = 4096, n_iter: int = 300, chunk: int = 64
 ):
     """Gaussian-mixture fit of the density of ``log sigma^2`` under ``IG(a, b)``.
 
@@ -144,33 +144,54 @@ def inverse_gamma_log_gmm(
     components at evenly spaced quantiles. The family is a location family in ``log b``: the
     fit for ``b`` is the fit for ``b = 1`` shifted by ``log b``.
 
+    Parameters
+    ----------
+    a, b : float or array
+        Shape and scale (broadcast together); arrays are fitted in vectorised chunks of
+        ``chunk`` problems, each exactly as a scalar call would.
+
     Returns
     -------
-    weights, means, sds : arrays (n_components,)
+    weights, means, sds : arrays ``shape + (n_components,)``
+        Components sorted by mean; ``shape`` is the broadcast shape of ``a`` and ``b``.
     """
     from scipy.special import gammaincinv
 
-    if not (a > 0 and b > 0):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if not (np.all(a > 0) and np.all(b > 0)):
         raise ValueError(f"a and b must be > 0, got a={a!r}, b={b!r}")
     if not (isinstance(n_components, int) and n_components >= 1):
         raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    a_flat = np.broadcast_to(a, shape).reshape(-1)
+    log_b = np.log(np.broadcast_to(b, shape).reshape(-1))
     u = (np.arange(n_points) + 0.5) / n_points
-    # sigma^2 = 1 / G with G ~ Gamma(a, 1): z = -log G  (b = 1)
-    z = -np.log(gammaincinv(a, u[::-1]))
     k = n_components
-    mu = np.quantile(z, (np.arange(k) + 0.5) / k)
-    sd = np.full(k, z.std() / k)
-    w = np.full(k, 1.0 / k)
-    for _ in range(n_iter):
-        logp = np.log(w) - np.log(sd) - 0.5 * ((z[:, None] - mu) / sd) ** 2
-        r = np.exp(logp - logp.max(1, keepdims=True))
-        r /= r.sum(1, keepdims=True)
-        nk = r.sum(0)
-        w = nk / nk.sum()
-        mu = (r * z[:, None]).sum(0) / nk
-        sd = np.sqrt(np.maximum((r * (z[:, None] - mu) ** 2).sum(0) / nk, 1e-8))
-    order = np.argsort(mu)
-    return w[order], mu[order] + math.log(b), sd[order]
+    out = np.empty((3, a_flat.size, k))
+    for i in range(0, a_flat.size, chunk):
+        # sigma^2 = 1 / G with G ~ Gamma(a, 1): z = -log G  (b = 1)
+        z = -np.log(gammaincinv(a_flat[i : i + chunk, None], u[::-1]))  # (P, N)
+        mu = np.quantile(z, (np.arange(k) + 0.5) / k, axis=-1).T  # (P, k)
+        sd = np.repeat(z.std(-1, keepdims=True) / k, k, axis=-1)
+        w = np.full(mu.shape, 1.0 / k)
+        for _ in range(n_iter):
+            logp = (
+                np.log(w)[:, None]
+                - np.log(sd)[:, None]
+                - 0.5 * ((z[..., None] - mu[:, None]) / sd[:, None]) ** 2
+            )
+            r = np.exp(logp - logp.max(-1, keepdims=True))
+            r /= r.sum(-1, keepdims=True)
+            nk = r.sum(1)
+            w = nk / nk.sum(-1, keepdims=True)
+            mu = (r * z[..., None]).sum(1) / nk
+            sd = np.sqrt(np.maximum((r * (z[..., None] - mu[:, None]) ** 2).sum(1) / nk, 1e-8))
+        order = np.argsort(mu, axis=-1)
+        for j, v in enumerate((w, mu, sd)):
+            out[j, i : i + chunk] = np.take_along_axis(v, order, axis=-1)
+    out[1] += log_b[:, None]
+    return tuple(v.reshape(shape + (k,)) for v in out)
 
 
 def kl_monte_carlo(log_p, log_q) -> tuple[float, float]:

@@ -23,6 +23,7 @@ included) resumes to weights bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from amortized.priors import indexed_key, key_words
 __all__ = [
     "OptimConfig",
     "TrainConfig",
+    "param_groups",
     "split_position",
     "step_key",
     "train_loop",
@@ -252,15 +254,23 @@ def train_pfn(
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimisation settings of :func:`train_loop` (AdamW, warm-up then cosine decay)."""
+    """Optimisation settings of :func:`train_loop` (AdamW, warm-up then cosine decay).
+
+    ``no_decay`` holds :func:`fnmatch.fnmatch` patterns of parameter names (as in
+    ``model.named_parameters()``, e.g. ``"*.bias"``) trained without weight decay.
+    """
 
     n_steps: int = 1000
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    no_decay: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "no_decay", tuple(self.no_decay))
+        if not all(isinstance(p, str) for p in self.no_decay):
+            raise TypeError(f"no_decay must be a tuple of strings, got {self.no_decay!r}")
         if not (isinstance(self.n_steps, int) and self.n_steps >= 1):
             raise ValueError(f"n_steps must be a positive integer, got {self.n_steps!r}")
         if not (self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip > 0):
@@ -268,6 +278,28 @@ class OptimConfig:
                 "lr and grad_clip must be > 0 and warmup_steps >= 0, got "
                 f"{self.lr}, {self.grad_clip}, {self.warmup_steps}"
             )
+
+
+def param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict]:
+    """AdamW groups: ``optim.weight_decay`` except on the names matching ``optim.no_decay``.
+
+    Raises
+    ------
+    ValueError
+        If a ``no_decay`` pattern matches no parameter (a typo would silently decay).
+    """
+    decay, no_decay, used = [], [], set()
+    for name, p in model.named_parameters():
+        hits = {pat for pat in optim.no_decay if fnmatch.fnmatchcase(name, pat)}
+        used |= hits
+        (no_decay if hits else decay).append(p)
+    unused = sorted(set(optim.no_decay) - used)
+    if unused:
+        raise ValueError(f"no_decay patterns {unused} match no parameter of the model")
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
 
 
 def train_loop(
@@ -311,13 +343,15 @@ def train_loop(
         ``{"step", "losses", "elapsed_s", "loss_ema", "n_steps_changes"}``; ``losses`` is a
         list of ``[step, ema_loss]``.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, optim), lr=optim.lr)
     state = {"step": 0, "losses": [], "elapsed_s": 0.0, "loss_ema": None, "n_steps_changes": []}
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
         step0, tensors, st = saved
-        mine = {k: v for k, v in asdict(optim).items() if k != "n_steps"}
-        theirs = {k: v for k, v in st.get("optim", {}).items() if k != "n_steps"}
+        # JSON round trip (tuples are saved as lists); fields newer than the checkpoint default
+        defaults = json.loads(json.dumps(asdict(OptimConfig())))
+        mine = {k: v for k, v in json.loads(json.dumps(asdict(optim))).items() if k != "n_steps"}
+        theirs = {k: v for k, v in {**defaults, **st.get("optim", {})}.items() if k != "n_steps"}
         theirs_rec, mine_rec = st.get("record") or {}, json.loads(json.dumps(record))
         differ = sorted(
             k for k in set(theirs_rec) | set(mine_rec) if theirs_rec.get(k) != mine_rec.get(k)

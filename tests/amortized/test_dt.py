@@ -14,7 +14,7 @@ from amortized.dt import DistributionTransformer, gmm_prior
 from amortized.dt_model import DTConfig, DTNetwork
 from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
 from amortized.dt_train import train_dt
-from amortized.train import OptimConfig
+from amortized.train import OptimConfig, param_groups, train_loop
 from probinfer.distributions import GaussianMixture
 
 W = np.array([0.5, 0.3, 0.2])
@@ -221,6 +221,54 @@ def test_shared_loop_resume_equals_uninterrupted(tmp_path):
         train_dt(TASK, cfg, opt, batch_size=8, seed=6, checkpoint_dir=ck, progress=False)
     with pytest.raises(ValueError, match="param_dim"):
         train_dt(InverseGammaVarianceTask(), cfg, opt, progress=False)
+
+
+def test_no_decay_patterns_exempt_parameters_from_weight_decay():
+    # zero gradient on the weight: AdamW only decays it, w <- w (1 - lr wd) per step
+    def run(no_decay):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(1, 1)
+        w0 = lin.weight.detach().clone()
+        opt = OptimConfig(n_steps=3, lr=0.1, warmup_steps=0, weight_decay=0.5, no_decay=no_decay)
+        train_loop(
+            lin,
+            lambda m, _: 0 * m.weight.sum() + (m.bias - 1).pow(2).sum(),
+            lambda step: None,
+            opt,
+            record={},
+            progress=False,
+        )
+        return w0, lin.weight.detach()
+
+    w0, w = run(())
+    lrs = [0.1 * 0.5 * (1 + np.cos(np.pi * t / 3)) for t in range(3)]
+    torch.testing.assert_close(w, w0 * float(np.prod([1 - lr * 0.5 for lr in lrs])))
+    w0, w = run(("weight",))
+    torch.testing.assert_close(w, w0, rtol=0, atol=0)
+    net = DTNetwork(DTConfig(d_model=16, n_layers=1, d_ff=16, decoder="natural"))
+    groups = param_groups(net, OptimConfig(no_decay=("site_heads.*", "*.bias")))
+    exempt = {id(p) for p in groups[1]["params"]}
+    assert groups[1]["weight_decay"] == 0.0
+    for name, p in net.named_parameters():
+        assert (id(p) in exempt) == (name.startswith("site_heads.") or name.endswith(".bias"))
+    with pytest.raises(ValueError, match="no_decay patterns"):
+        param_groups(net, OptimConfig(no_decay=("nothing.*",)))
+
+
+def test_batch_ramp_is_recorded_and_resumes_exactly(tmp_path):
+    cfg = DTConfig(d_model=16, n_layers=1, d_ff=16, decoder="natural")
+    opt = OptimConfig(n_steps=6, lr=3e-3, warmup_steps=2, no_decay=("site_heads.*",))
+    kw = dict(batch_size=8, batch_ramp=((2, 16), (4, 32)), seed=5, progress=False)
+    full = train_dt(TASK, cfg, opt, **kw)
+    assert full.meta["training"]["batch_ramp"] == [[2, 16], [4, 32]]
+    ck = tmp_path / "ck"
+    part = train_dt(TASK, cfg, opt, checkpoint_dir=ck, max_seconds=0.0, **kw)
+    assert part.meta["training"]["steps_done"] == 1
+    resumed = train_dt(TASK, cfg, opt, checkpoint_dir=ck, **kw)
+    for a, b in zip(full.network.parameters(), resumed.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_ramp"):
+        train_dt(TASK, cfg, opt, batch_size=8, batch_ramp=((4, 16), (2, 32)), progress=False)
 
 
 def test_task_draws_are_reproducible_and_follow_the_prior():

@@ -3,14 +3,15 @@
 Issue 12 asks, on priors unseen in training, for mean KL(exact || DT) <= 0.01 nats and weights
 within 0.02, and for the sequential filter to be within 0.1 nats of the Kalman filter after 20
 updates. The shipped model (natural-parameter decoder, 17000 steps, 3219 s on one CPU thread)
-measures with these seeds KL 0.0110 +- 0.0017 nats (median 0.0059; the 0.01 target is NOT
-met) and a mean weight error 0.0127 (200 other problems: KL 0.026 +- 0.012, median 0.005,
-weight error 0.015, benchmarks/results/dt_linear_2d_eval.json). KL_BOUND is a regression guard
-4 standard errors above the measured KL; WEIGHT_ERR_BOUND is the issue's 0.02; the sequential
-check is the acceptance bound with 2 Monte-Carlo standard errors (measured gap 0.037 +- 0.033
-nats). The
-exact posteriors come from :mod:`amortized.exact` (tested against quadrature and the Kalman
-filter in test_dt_exact.py).
+measures with these seeds (500 problems, 2000 exact draws each) KL 0.0109 +- 0.0007 nats
+(median 0.0054) and a mean weight error 0.0096. On 2000 other problems with 10^4 draws each
+(benchmarks/results/dt_linear_2d_eval.json) it is KL 0.0132 +- 0.0008, median 0.0056, 90% /
+99% quantiles 0.028 / 0.117, weight error 0.0123: the 0.01 target is NOT met (the mean is
+carried by a heavy tail of problems). KL_BOUND is a regression guard 4 standard errors above
+the measured KL; WEIGHT_ERR_BOUND is the issue's 0.02; the sequential check is the acceptance
+bound with 2 Monte-Carlo standard errors (measured gap 0.037 +- 0.033 nats here, 0.075 +-
+0.012 on 1000 sequences). The exact posteriors come from :mod:`amortized.exact` (tested against
+quadrature and the Kalman filter in test_dt_exact.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import amortized
 from amortized.dt_evaluate import evaluate_linear, evaluate_sequential
 
 # regression guards from the measured values (see the module docstring)
-KL_BOUND = 0.018
+KL_BOUND = 0.0137  # measured 0.0109 + 4 x 0.0007
 WEIGHT_ERR_BOUND = 0.02
 SEQ_GAP_BOUND = 0.1  # issue 12's bound, allowing 2 Monte-Carlo standard errors
 
@@ -56,7 +57,7 @@ def test_shipped_files_config_and_attributes(dt):
 
 
 def test_kl_and_weights_on_unseen_priors(dt):
-    r = evaluate_linear(dt, n_problems=100, n_draws=10_000, seed=0)
+    r = evaluate_linear(dt, n_problems=500, n_draws=2000, seed=0)
     print(r)
     assert r["kl"] <= KL_BOUND
     assert r["weight_abs_err"] <= WEIGHT_ERR_BOUND
