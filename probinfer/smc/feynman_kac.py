@@ -942,8 +942,6 @@ def _eager_keys(key, num_steps: int, num_particles: int, scheme: str, conditiona
     resampling runs on the host (:func:`~probinfer.resampling.resample_host`) with the
     indices of the jitted path.
     """
-    from probinfer.engine.core import bucket_size
-
     res_scheme, m = ("multinomial", num_particles - 1) if conditional else (scheme, num_particles)
     num_pad = bucket_size(m, 16) if m >= 1 else 0
     small = res_scheme == "systematic" or (num_steps - 1) * (num_pad + 1) <= 2**20
