@@ -54,7 +54,8 @@ class LLMResult:
         The prompt.
     particles
         :class:`~probinfer.Particles` whose values are a
-        :class:`~probinfer.llm.store.Trajectories` store, with the final log weights.
+        :class:`~probinfer.llm.store.Trajectories` store, with the final log weights (a
+        float64 numpy array: the host-side result of a host-side loop).
     answers
         The extracted answer of each particle (``None`` when unfinished).
     answer_distribution
@@ -165,7 +166,9 @@ def build_result(
     return LLMResult(
         algorithm=algorithm,
         prompt=prompt,
-        particles=Particles(store, lw),
+        # the weights stay on the host: a device transfer here would cost as much as a step's
+        # bookkeeping (a cold device call after the LM's work); shapes match by construction
+        particles=Particles.tree_unflatten(None, (store, lw)),
         answers=tuple(answers),
         selected=select_answer(answers, lw, select),
         budget=budget,
