@@ -84,6 +84,13 @@ def lean_forward(model, ids, mask, position, layers, *, last: bool = False):
         The head's output (``(b, w, out)``, or ``(b, out)`` with ``last``) and the new
         ``(keys, values)`` per layer (``L + w`` positions; the inputs are not modified).
     """
+    if ids.shape[1] == 1 and layers:
+        return _decode(model, ids, mask, position, layers, last)
+    return _forward(model, ids, mask, position, layers, last)
+
+
+def _forward(model, ids, mask, position, layers, last: bool):
+    """:func:`lean_forward` for any number of new tokens per row."""
     import torch
     import torch.nn.functional as F
 
@@ -119,3 +126,39 @@ def lean_forward(model, ids, mask, position, layers, *, last: bool = False):
     if last:
         x = x[:, -1]
     return getattr(model, _HEADS[type(model).__name__])(x), tuple(new)
+
+
+def _decode(model, ids, mask, position, layers, last: bool):
+    """:func:`lean_forward` for one new token per row after cached ``layers`` (a decoding
+    step, most of a generation's forward passes): the same operations on ``(b, d)``
+    activations, without the reshapes and the causal part of the mask that one query
+    position does not need (it sees every unmasked cached position and itself)."""
+    import torch
+    import torch.nn.functional as F
+
+    tr = model.transformer
+    cfg = model.config
+    b, d = ids.shape[0], cfg.n_embd
+    heads = cfg.n_head
+    dim = d // heads
+    allowed = mask.bool()
+    allowed[:, -1] = True  # a padding query attends to itself (its output is unused)
+    allowed = allowed[:, None, None, :]
+    x = F.embedding(ids[:, 0], tr.wte.weight) + F.embedding(position[:, 0], tr.wpe.weight)
+    new = []
+    for i, block in enumerate(tr.h):
+        attn = block.attn
+        h = _norm(block.ln_1, x)
+        qkv = torch.addmm(attn.c_attn.bias, h, attn.c_attn.weight)
+        q, k, v = qkv.split(d, dim=1)
+        k = torch.cat([layers[i][0], k.view(b, heads, 1, dim)], 2)
+        v = torch.cat([layers[i][1], v.view(b, heads, 1, dim)], 2)
+        new.append((k, v))
+        a = F.scaled_dot_product_attention(q.view(b, heads, 1, dim), k, v, attn_mask=allowed)
+        x = x + torch.addmm(attn.c_proj.bias, a.view(b, d), attn.c_proj.weight)
+        mlp = block.mlp
+        hid = _act(mlp.act, torch.addmm(mlp.c_fc.bias, _norm(block.ln_2, x), mlp.c_fc.weight))
+        x = x + torch.addmm(mlp.c_proj.bias, hid, mlp.c_proj.weight)
+    x = _norm(tr.ln_f, x)
+    out = getattr(model, _HEADS[type(model).__name__])(x)
+    return (out if last else out[:, None]), tuple(new)

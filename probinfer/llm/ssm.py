@@ -170,9 +170,10 @@ class LLMStateSpaceModel:
         score: the step's log potential is 0). Finished particles' language-model state
         is dropped.
         """
-        live = store.live if which is None else np.asarray(which, dtype=int)
-        live = np.array([i for i in live if not store.finished[i]], dtype=int)
-        if live.size == 0:
+        fin = store.finished
+        live = range(len(store)) if which is None else np.asarray(which, dtype=int).tolist()
+        live = [i for i in live if not fin[i]]
+        if not live:
             return store
         contexts = store.take(live)
         prop = self.lm.propose(
@@ -182,18 +183,18 @@ class LLMStateSpaceModel:
             max_new_tokens=self.max_tokens_per_step,
             temperature=self.sampling_temperature,
         )
-        if len(prop.steps) != live.size:
-            raise ValueError(f"lm returned {len(prop.steps)} steps for {live.size} contexts")
+        if len(prop.steps) != len(live):
+            raise ValueError(f"lm returned {len(prop.steps)} steps for {len(live)} contexts")
         usage.lm_calls += 1
         usage.tokens_generated += int(prop.tokens_generated)
         usage.tokens_encoded += int(prop.tokens_encoded)
         usage.steps_truncated += int(sum(prop.truncated))
-        ended = prop.ended or [False] * live.size
+        ended = prop.ended or [False] * len(live)
         partials = contexts.partials()
         for j, s in enumerate(prop.steps):
             if not isinstance(s, str) or (s == "" and not ended[j]):
                 raise ValueError(
-                    f"lm returned an empty step for particle {int(live[j])} (context "
+                    f"lm returned an empty step for particle {live[j]} (context "
                     f"{(store.prompt + partials[j])!r}); a step must contain at least one character"
                 )
         grew = [j for j, s in enumerate(prop.steps) if s]
@@ -201,7 +202,7 @@ class LLMStateSpaceModel:
         finished = [
             bool(e) or (bool(s) and self.step_format.is_final(s)) for s, e in zip(prop.steps, ended)
         ]
-        scores = [contexts.scores[j] for j in range(live.size)]
+        scores = list(contexts.scores)
         prm_rows = None
         if grew:
             prev = None if contexts.prm_state is None else contexts.prm_state.take(grew)
@@ -211,22 +212,21 @@ class LLMStateSpaceModel:
         step_tokens = carries = None
         if prop.step_tokens is not None or prop.carries is not None:
             toks_old, car_old = contexts.token_fields()
-            got_toks = prop.step_tokens or [()] * live.size
+            got_toks = prop.step_tokens or [()] * len(live)
             # text history without token ids (a store built from text): stay text-only
             text_only = contexts.step_tokens is None and any(contexts.steps)
-            got_car = prop.carries or [""] * live.size
+            got_car = prop.carries or [""] * len(live)
             grown = [bool(s) for s in prop.steps]
             if prop.step_tokens is not None and not text_only:
                 step_tokens = [
                     toks_old[j] + ((tuple(got_toks[j]),) if grown[j] else ())
-                    for j in range(live.size)
+                    for j in range(len(live))
                 ]
-            carries = [car_old[j] + ((got_car[j],) if grown[j] else ()) for j in range(live.size)]
+            carries = [car_old[j] + ((got_car[j],) if grown[j] else ()) for j in range(len(live))]
         state = prm_state = None
         if prop.state is not None or prm_rows is not None:
             # rows of the particles still running (finished ones drop theirs)
-            pos = np.full(len(store), -1, dtype=np.int64)
-            grew_pos = np.full(len(store), -1, dtype=np.int64)
+            pos, grew_pos = [-1] * len(store), [-1] * len(store)
             at = {j: g for g, j in enumerate(grew)}
             for j, i in enumerate(live):
                 if not finished[j]:

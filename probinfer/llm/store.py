@@ -108,8 +108,10 @@ class Trajectories:
         """The particles at ``indices`` (repeats allowed): the resampling gather. The
         language model state is gathered too, so each child gets its own copy of its
         parent's cache rows."""
-        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
-        at = np.asarray(idx, dtype=np.int64)
+        at = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = at.tolist()
+        if idx == list(range(len(self))):
+            return self  # the identity (a frozen store: nothing to copy)
         return Trajectories(
             self.prompt,
             tuple(self.steps[i] for i in idx),

@@ -79,6 +79,44 @@ def test_lean_forward_equals_transformers(cls):
     assert not lean.supports(_gpt2(cls, scale_attn_by_inverse_layer_idx=True))
 
 
+@pytest.mark.parametrize(
+    "cls", [transformers.GPT2LMHeadModel, transformers.GPT2ForTokenClassification]
+)
+@pytest.mark.parametrize("last", [True, False])
+def test_lean_decoding_step_equals_transformers_bit_for_bit_with_the_general_path(cls, last):
+    """One new token per row (the decoding fast path), with a padding query, left padding
+    and masked cached positions: transformers' outputs, and bit for bit the outputs, keys
+    and values of the general path (so sampling is unchanged by the fast path)."""
+    from transformers import DynamicCache
+
+    model = _gpt2(cls)
+    b, length = 4, 6
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, TOK.vocab_size, (b, length), generator=g)
+    mask = torch.ones(b, length, dtype=torch.long)
+    mask[0, :2] = 0
+    mask[2, 3] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    new = torch.randint(1, TOK.vocab_size, (b, 1), generator=g)
+    full = torch.cat([mask, torch.ones(b, 1, dtype=torch.long)], 1)
+    full[3, -1] = 0  # row 3 is padding at this step (a finished particle)
+    new_pos = pos[:, -1:] + 1
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        want = model(
+            input_ids=new, attention_mask=full, position_ids=new_pos, cache=cache, use_cache=True
+        ).logits
+        _, layers = lean.lean_forward(model, ids, mask, pos, ())
+        got, got_layers = lean.lean_forward(model, new, full, new_pos, layers, last=last)
+        ref, ref_layers = lean._forward(model, new, full, new_pos, layers, last)
+    assert got.shape == ref.shape == ((b, want.shape[-1]) if last else want.shape)
+    assert torch.equal(got, ref)
+    for (k, v), (rk, rv) in zip(got_layers, ref_layers):
+        assert torch.equal(k, rk) and torch.equal(v, rv)
+    np.testing.assert_allclose(got.reshape(b, -1)[:3], want.reshape(b, -1)[:3], atol=1e-5)
+
+
 def _bpe_prm():
     """A Llama token classifier (transformers' forward path) with a byte-level BPE whose
     merges cross the delimiter, so a longer text can re-tokenize the previous tail."""
