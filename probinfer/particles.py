@@ -56,8 +56,11 @@ def take(values: Any, indices: Array) -> Any:
     :class:`ParticleStore` (an object with ``take(indices)`` and ``__len__``, given numpy
     indices).
     """
-    if not _is_array(values) and isinstance(values, ParticleStore):
-        return values.take(np.asarray(indices))
+    # ParticleStore's structural check without the runtime Protocol ``isinstance`` (slow,
+    # and the eager SMC loop calls this every step)
+    if not _is_array(values) and callable(getattr(values, "take", None)):
+        if hasattr(values, "__len__"):
+            return values.take(np.asarray(indices))
     return jax.tree_util.tree_map(lambda leaf: _take_leaf(leaf, indices), values)
 
 

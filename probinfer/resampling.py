@@ -263,11 +263,10 @@ def resample_host(
     e = np.exp(a - a.max())
     w = e / e.sum(dtype=np.float32)
     p = _COUNTS[scheme](np.asarray(draws), w, num_pad, num, np)
-    last_positive = n - 1 - int(np.argmax(w[::-1] > 0))
+    last_positive = n - 1 if w[-1] > 0 else n - 1 - int(np.argmax(w[::-1] > 0))
     p = np.minimum(np.maximum(p.astype(np.int32), 0), num)
     p[last_positive:] = num
-    hist = np.bincount(p, minlength=num + 1)[:num]
-    return np.cumsum(hist).astype(np.int32)
+    return np.cumsum(np.bincount(p, minlength=num + 1)[:num], dtype=np.int32)
 
 
 @jax.jit(static_argnums=(2, 3))

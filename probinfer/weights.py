@@ -58,7 +58,7 @@ def check_log_weights_numpy(log_weights, name: str = "log_weights") -> np.ndarra
     a = np.asarray(log_weights)
     if a.ndim != 1 or a.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
+    if a.dtype.kind != "f":
         a = a.astype(np.float32)
     if a.max() < np.inf and np.isfinite(a).any():  # one pass when valid (NaN fails both)
         return a

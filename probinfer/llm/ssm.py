@@ -342,7 +342,7 @@ class LLMStateSpaceModel:
             return self.step_log_potential(values, t + 1)
 
         def finished(values, data):
-            return values.live.size == 0 or self.budget_spent(usage)
+            return all(values.finished) or self.budget_spent(usage)
 
         def pin(t, values, reference, data):
             return values.pin(0, reference.prefix(0, t + 1))

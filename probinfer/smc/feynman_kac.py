@@ -921,16 +921,17 @@ class _HostDraws(NamedTuple):
 
 @partial(jax.jit, static_argnums=(1, 2, 3))
 def _eager_step_keys(key, num_steps: int, scheme: str | None = None, num: int = 0):
-    """The eager loop's keys in one compiled call: ``k0``, the flat ``(2 (T - 1),)`` array
-    of per-step ``(k_res, k_move)`` pairs (each step's key of :func:`_run_keys` split in
-    two) and, with a ``scheme``, every step's resampling draws from its ``k_res``
-    (:func:`~probinfer.resampling.resample_draws` at ``num`` slots), else ``None``."""
+    """The eager loop's keys in one compiled call: ``k0``, each step's ``k_move`` and either
+    each step's ``k_res`` or, with a ``scheme``, every step's resampling draws from its
+    ``k_res`` (:func:`~probinfer.resampling.resample_draws` at ``num`` slots). Each step's
+    ``(k_res, k_move)`` is its key of :func:`_run_keys` split in two; every key is an
+    output of its own, so the host never slices a key array (one more device call)."""
     k0, keys = _run_keys(key, num_steps)
     pairs = jax.vmap(jax.random.split)(keys)
-    draws = None
-    if scheme is not None:
-        draws = jax.vmap(lambda k: resample_draws(k, scheme, num))(pairs[:, 0])
-    return k0, pairs.reshape(-1), draws
+    moves = tuple(pairs[i, 1] for i in range(pairs.shape[0]))
+    if scheme is None:
+        return k0, moves, tuple(pairs[i, 0] for i in range(pairs.shape[0]))
+    return k0, moves, jax.vmap(lambda k: resample_draws(k, scheme, num))(pairs[:, 0])
 
 
 def _eager_keys(key, num_steps: int, num_particles: int, scheme: str, conditional: bool):
@@ -946,15 +947,14 @@ def _eager_keys(key, num_steps: int, num_particles: int, scheme: str, conditiona
     num_pad = bucket_size(m, 16) if m >= 1 else 0
     small = res_scheme == "systematic" or (num_steps - 1) * (num_pad + 1) <= 2**20
     pre = res_scheme if m >= 1 and small else None
-    k0, flat, draws = _eager_step_keys(key, num_steps, pre, num_pad)
+    k0, moves, res = _eager_step_keys(key, num_steps, pre, num_pad)
     host: list = []  # filled at step 1: the device computes while M0 runs (async dispatch)
 
     def step_keys(t):
-        if not host:  # one unstack, no device call per step
-            host.extend([list(flat), None if draws is None else np.asarray(draws)])
-        keys, drawn = host
-        k_res = keys[2 * t - 2] if drawn is None else _HostDraws(drawn[t - 1])
-        return k_res, keys[2 * t - 1]
+        if not host:  # no device call per step
+            host.append(res if pre is None else np.asarray(res))
+        k_res = host[0][t - 1] if pre is None else _HostDraws(host[0][t - 1])
+        return k_res, moves[t - 1]
 
     return k0, step_keys
 
