@@ -30,6 +30,13 @@ def _budget_list(text: str) -> list[int]:
     return vals
 
 
+def _threads(text: str) -> int:
+    n = int(text) if text.strip().isdigit() else 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}")
+    return n
+
+
 def _algo_list(text: str) -> list[str]:
     vals = [x.strip() for x in text.split(",") if x.strip()]
     bad = [v for v in vals if v not in _ALGOS]
@@ -129,6 +136,12 @@ def _add_scale(sub) -> None:
     )
     p.add_argument("--alpha", type=float, default=0.1, help="level for --calibrate")
     p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help="torch CPU threads (default: at most 2; use 1 on a machine busy with other work)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_run_scale)
 
@@ -159,7 +172,9 @@ def _build_model(args):
     from probinfer.llm.ssm import LLMStateSpaceModel
     from probinfer.llm.task import regex_extractor
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    # the bundled models are tiny: more threads than 2 only add synchronisation, and on a
+    # busy machine even 2 contend with the other processes (--threads 1)
+    torch.set_num_threads(args.threads or max(1, min(2, torch.get_num_threads())))
     if args.no_progress or args.quiet:  # transformers' own weight-loading bars too
         from transformers.utils import logging as hf_logging
 

@@ -127,13 +127,15 @@ class KVRows:
         physical gather, :meth:`gathered`, when the rows are next used.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(self) == 0:
+        n, at = len(self), idx.tolist()
+        if n == 0:
             row_of = np.full(idx.shape, -1, dtype=np.int64)
-        elif _is_identity(idx, len(self)):
+        elif at == list(range(n)):
             return self
         else:
-            row_of = self.row_of[idx]  # -1 reads the last row: reset below
-            row_of[idx < 0] = -1
+            row_of = self.row_of[idx]
+            if at and min(at) < 0:  # -1 read the last row: reset
+                row_of[idx < 0] = -1
         return KVRows(self.layers, self.mask, self.position, self.pending, row_of)
 
     def gathered(self) -> KVRows:

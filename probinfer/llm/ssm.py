@@ -289,6 +289,8 @@ class LLMStateSpaceModel:
     def phi(self, r) -> np.ndarray:
         """The log potential of an aggregated score (before the temperature)."""
         r = np.asarray(r, dtype=np.float64)
+        if self.potential == "log" and r.size and r.min() > 0:  # no zero: no error-state context
+            return np.log(r)
         with np.errstate(divide="ignore"):
             if self.potential == "log":
                 return np.log(r)

@@ -46,6 +46,7 @@ def test_demo_flags_are_all_described_with_defaults():
         (["scale", "--problems", "/no/such/file.jsonl"], "--problems: no such file"),
         (["scale", "--answer-regex", "(unclosed"], "--answer-regex: invalid regular expression"),
         (["scale", "--model", "/no/such/model"], "--model: no such local model directory"),
+        (["scale", "--threads", "0"], "--threads must be a positive integer"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):

@@ -185,9 +185,13 @@ def test_probinfer_scale_cli_writes_table_json_png(tmp_path, capsys):
     from probinfer.cli import main
 
     out = tmp_path / "scale.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that --threads 1 has something to change
     rc = main(
         [
             "scale",
+            "--threads",
+            "1",
             "--num-problems",
             "3",
             "--budgets",
@@ -202,6 +206,8 @@ def test_probinfer_scale_cli_writes_table_json_png(tmp_path, capsys):
         ]
     )
     assert rc == 0
+    assert torch.get_num_threads() == 1  # --threads applied
+    torch.set_num_threads(threads)
     report = json.loads(out.read_text())
     assert [r["budget"] for r in report["results"]["particle_filter"]] == [1, 2]
     assert out.with_suffix(".png").stat().st_size > 0
