@@ -16,7 +16,8 @@ Setup (fair by construction):
   ``AbstractLanguageModel`` and the PRM in its ``AbstractProcessRewardModel``, each batched:
   one LM call (one forward pass per token for all particles) and one PRM forward pass per
   step for all particles. The LM wrapper re-encodes each particle's text at every step,
-  which is what its-hub's text interface implies;
+  which is what its-hub's text interface implies, in one prefill pass that also gives the
+  first new token's logits (as a serving engine does; no extra pass for the last token);
 * probinfer's ``particle_filter`` with the bundled defaults (``load_default``), token-exact
   particles with the LM's and the PRM's key/value caches carried through resampling (each
   step encodes only its new tokens, in the LM and in the PRM);

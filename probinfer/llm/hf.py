@@ -202,58 +202,69 @@ class HFCausalLM:
         new layers (:func:`forward_cached`)."""
         return forward_cached(self.model, ids, mask, position, layers, last=True)
 
-    def _prefill(self, seqs):
-        """Encode every sequence but its last token (left-padded batch); the last token is
-        each row's pending token. Returns ``(KVRows, tokens encoded)``."""
+    def _prefill(self, seqs, *, logits: bool = False):
+        """Encode the sequences (a left-padded batch).
+
+        Without ``logits``, every token but the last, which is each row's pending token
+        (fed by the next forward pass). With ``logits``, every token, and the next-token
+        logits of each row are returned too: the first token is sampled from them, without
+        the extra forward pass a pending token would cost (the rows' last token then counts
+        as fed once that sample is drawn). Returns ``(KVRows, tokens encoded, logits)``
+        (``logits`` ``None`` without the option).
+        """
         import torch
 
         from probinfer.llm.kv import KVRows
 
-        b = len(seqs)
-        width = max(len(q) - 1 for q in seqs)
+        b, cut = len(seqs), 0 if logits else 1
+        width = max(len(q) - cut for q in seqs)
         ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
         for i, q in enumerate(seqs):
-            if len(q) > 1:
-                ids[i, width - len(q) + 1 :] = torch.tensor(q[:-1])
-                mask[i, width - len(q) + 1 :] = 1
+            if len(q) > cut:
+                ids[i, width - len(q) + cut :] = torch.tensor(q[: len(q) - cut])
+                mask[i, width - len(q) + cut :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        layers = ()
+        layers, out = (), None
         if width:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            _, layers = self._forward(ids, mask, pos, ())
+            out, layers = self._forward(ids, mask, pos, ())
         position = torch.tensor([len(q) - 1 for q in seqs], dtype=torch.long, device=self.device)
         pending = torch.tensor([q[-1] for q in seqs], dtype=torch.long, device=self.device)
         rows = KVRows(layers, mask, position, pending, np.arange(b))
-        return rows, sum(len(q) - 1 for q in seqs)
+        return rows, sum(len(q) - cut for q in seqs), out if logits else None
 
     def _start(self, contexts, prompt_ids):
-        """The cache rows to continue from, and the tokens encoded to build them."""
+        """``(rows, tokens encoded, logits)``: the cache rows to continue from, the tokens
+        encoded to build them and, when a prefill encoded every token, each row's
+        next-token logits (:meth:`_prefill`), else ``None``."""
         b = len(contexts)
         state = contexts.lm_state
         if self.kv_cache and state is not None and len(state) == b:
             state = state.gathered()
             if state.complete:
-                return state, 0
+                return state, 0, None
             missing = np.flatnonzero(state.row_of < 0)
             if contexts.step_tokens is not None and missing.size < b and state.layers:
-                rows, encoded = self._prefill(
+                rows, encoded, _ = self._prefill(
                     [prompt_ids + contexts.tokens(int(i)) for i in missing]
                 )
-                if rows.layers:  # prefill only the particles without rows
-                    return state.fill(rows, missing), encoded
+                if rows.layers:  # prefill only the particles without rows (pending kept)
+                    return state.fill(rows, missing), encoded, None
         fresh = contexts.step_tokens is None and not any(contexts.steps)
         if self.kv_cache and fresh and not any(contexts.partials()):
             encoded = 0
             if self._prompt_rows is None or self._prompt_rows[0] != tuple(prompt_ids):
-                rows, encoded = self._prefill([prompt_ids])
-                self._prompt_rows = (tuple(prompt_ids), rows)
-            return self._prompt_rows[1].take(np.zeros(b, dtype=np.int64)).gathered(), encoded
+                rows, encoded, logits = self._prefill([prompt_ids], logits=True)
+                self._prompt_rows = (tuple(prompt_ids), rows, logits)
+            _, rows, logits = self._prompt_rows
+            at = np.zeros(b, dtype=np.int64)
+            return rows.take(at).gathered(), encoded, logits.repeat(b, 1)  # a copy per run
         if contexts.step_tokens is None:  # text history without token ids
             seqs = [self.tokenizer.encode(contexts.prompt + q) for q in contexts.partials()]
         else:
             seqs = [prompt_ids + contexts.tokens(i) for i in range(b)]
-        return self._prefill(seqs)
+        return self._prefill(seqs, logits=True)
 
     # ------------------------------------------------------------------ sampling
     def propose(
@@ -273,7 +284,8 @@ class HFCausalLM:
         if b == 0:
             return StepProposal([], [])
         prompt_ids = self.encode_prompt(contexts.prompt)
-        rows, encoded = self._start(contexts, prompt_ids)
+        rows, encoded, ready = self._start(contexts, prompt_ids)
+        fed = None if ready is None else [False] * b  # rows that sampled from `ready`
         history = [
             prompt_ids + (contexts.tokens(i) or [])
             if contexts.step_tokens is not None
@@ -314,10 +326,16 @@ class HFCausalLM:
                 active = [s is None for s in steps]
                 if not any(active):
                     break
-                ids = torch.tensor([[p if a else pad] for p, a in zip(pending, active)], device=dev)
-                mask = torch.cat([mask, torch.tensor(active, device=dev)[:, None].long()], 1)
-                pos = torch.tensor(position, device=dev)[:, None]
-                logits, layers = self._forward(ids, mask, pos, layers)
+                if ready is not None:  # the prefill encoded the pending tokens already
+                    logits, ready, fed = ready, None, active
+                else:
+                    ids = torch.tensor(
+                        [[p if a else pad] for p, a in zip(pending, active)], device=dev
+                    )
+                    mask = torch.cat([mask, torch.tensor(active, device=dev)[:, None].long()], 1)
+                    pos = torch.tensor(position, device=dev)[:, None]
+                    logits, layers = self._forward(ids, mask, pos, layers)
+                    encoded += sum(active)
                 logits = logits.float().cpu()
                 if self._mask_pad:
                     logits[:, pad] = -torch.inf
@@ -329,7 +347,6 @@ class HFCausalLM:
                 for i in range(b):
                     if not active[i]:
                         continue
-                    encoded += 1
                     position[i] += 1
                     t = nxt[i]
                     produced += 1
@@ -353,6 +370,10 @@ class HFCausalLM:
         state = None
         if self.kv_cache:
             state = KVRows(layers, mask, position, pending, np.arange(b))
+            if fed is not None and not all(fed):
+                # a row that sampled nothing from the prefill's logits holds its last token
+                # already: without a pending token to feed, it has no row (re-encoded if used)
+                state = state.take([i if f else -1 for i, f in enumerate(fed)])
         return StepProposal(
             list(steps),
             truncated,
