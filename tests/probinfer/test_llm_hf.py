@@ -117,6 +117,37 @@ def test_hf_particle_filter_end_to_end(tiny_lm, tiny_prm):
     assert np.isfinite(res.log_evidence)
 
 
+def test_one_lm_forward_pass_per_sampled_position(tiny_lm, monkeypatch):
+    """A prefill samples the first new token from its own logits, so every sampling
+    iteration costs exactly one forward pass: for text histories, for a fresh prompt (the
+    shared prefill) and for cached rows through a whole particle filter (the last context
+    token is never fed a second time)."""
+    import probinfer.llm.hf as hf
+
+    calls = {"forward": 0, "draw": 0}
+    forward, draw = hf.forward_cached, torch.multinomial
+
+    def counting_forward(model, *a, **k):
+        calls["forward"] += model is tiny_lm.model  # the LM's passes, not the PRM's
+        return forward(model, *a, **k)
+
+    def counting_draw(*a, **k):
+        calls["draw"] += 1
+        return draw(*a, **k)
+
+    monkeypatch.setattr(hf, "forward_cached", counting_forward)
+    monkeypatch.setattr(torch, "multinomial", counting_draw)
+    fmt = StepFormat(";", "|")
+    for store in (_store(PROMPT, PARTIALS), _store("2+2+2+2+2=", [""] * 3)):
+        calls.update(forward=0, draw=0)
+        tiny_lm.propose(jax.random.key(1), store, fmt.step_end, max_new_tokens=5)
+        assert calls["draw"] >= 1 and calls["forward"] == calls["draw"]
+    calls.update(forward=0, draw=0)
+    model = LLMStateSpaceModel(tiny_lm, VerifierReward(), max_steps=4, max_tokens_per_step=4)
+    res = particle_filter(jax.random.key(2), model, "9-1+3=", 6)
+    assert res.usage.lm_calls >= 2 and calls["forward"] == calls["draw"]
+
+
 def test_bundled_assets_are_small_and_load_offline():
     total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
     assert total < 2 * 2**20, total
