@@ -16,6 +16,7 @@ pointwise values each) on one device:
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache, partial
 from typing import Literal
 
 import jax
@@ -95,6 +96,18 @@ def map_in_chunks(fn: Callable, xs, chunk: int | None):
     return jax.tree_util.tree_map(lambda a: a.reshape((k * chunk,) + a.shape[2:])[:n], out)
 
 
+@lru_cache(maxsize=256)
+def _shared_batched(fn: Callable, num_args: int, batched: bool) -> Callable:
+    """``fn(*args, theta)`` batched over ``theta`` only (one object per ``fn``)."""
+    return fn if batched else jax.vmap(fn, in_axes=(None,) * num_args + (0,))
+
+
+@lru_cache(maxsize=256)
+def _shared_jitted(fn: Callable, num_args: int, batched: bool) -> Callable:
+    """The jitted :func:`_shared_batched` (one compiled cache per ``fn``)."""
+    return jax.jit(_shared_batched(fn, num_args, batched))
+
+
 def _is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
@@ -124,6 +137,12 @@ class LikelihoodEngine:
         device string (default ``"cuda"`` when available, else ``"cpu"``).
     dtype
         Torch backend: the dtype the inputs are cast to (default: unchanged).
+    args
+        JAX backend: arguments passed to ``fn`` before ``theta_i`` (a tuple of pytrees, not
+        batched), e.g. a model's data: ``fn(*args, theta_i)``. They are arguments of the
+        compiled function, not constants, and the compiled function is shared by every
+        engine of the same ``fn``, so engines that differ only in the values of ``args``
+        compile once.
     """
 
     def __init__(
@@ -137,6 +156,7 @@ class LikelihoodEngine:
         min_bucket: int = 64,
         device=None,
         dtype=None,
+        args: tuple = (),
     ):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -154,8 +174,15 @@ class LikelihoodEngine:
         self.min_bucket = int(min_bucket)
         self.device = device
         self.dtype = dtype
-        self._batched_fn = fn if self.batched else jax.vmap(fn)
-        self._jitted = jax.jit(self._batched_fn)
+        if args:
+            if self.backend != "jax":
+                raise ValueError("args are supported by the JAX backend only")
+            args = tuple(args)
+            self._batched_fn = partial(_shared_batched(fn, len(args), self.batched), *args)
+            self._jitted = partial(_shared_jitted(fn, len(args), self.batched), *args)
+        else:
+            self._batched_fn = fn if self.batched else jax.vmap(fn)
+            self._jitted = jax.jit(self._batched_fn)
         self.num_compiled_shapes: set[tuple] = set()
 
     # ---- sizes -----------------------------------------------------------------------

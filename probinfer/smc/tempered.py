@@ -95,6 +95,9 @@ class TemperingData(NamedTuple):
     scale_used: Array  # the one used by the last move
     acceptance: Array  # mean acceptance of the last move (NaN at t = 0)
     initial: TemperedParticles  # the prior draws, made before the run
+    # the target when it is a pytree (its data then enters compiled code as an argument, so
+    # a new target of the same model and data shapes reuses the compiled run), else None
+    target: Any = None
 
 
 class StepStats(NamedTuple):
@@ -180,7 +183,7 @@ def _move(key, lam, values: TemperedParticles, scale, dens: Densities, cfg: _Con
 
 
 @lru_cache(maxsize=64)
-def tempering_feynman_kac_fns(dens: Densities, cfg: _Config):
+def tempering_feynman_kac_fns(dens: Densities | None, cfg: _Config):
     """``(M0, M, logG, adapt, finished, summary)`` of adaptive tempering as a Feynman-Kac
     model (Del Moral, Doucet & Jasra 2006; the ``particles`` library's ``AdaptiveTempering``).
 
@@ -189,14 +192,17 @@ def tempering_feynman_kac_fns(dens: Densities, cfg: _Config):
     incremental weights of the moved particles, and tunes the kernel scale from the move's
     acceptance; ``G_t(x) = exp((lambda_t - lambda_{t-1}) log p(y | x))``. The run ends after
     one last move at ``lambda = 1`` (weight increment 0), so the output is equally weighted.
-    Cached on ``(dens, cfg)`` so the compiled run is reused.
+    Cached on ``(dens, cfg)`` so the compiled run is reused; ``dens=None`` reads the
+    densities from the pytree target in the data (``TemperingData.target``), so that the
+    functions, and the compiled run, are shared by every target of the same structure.
     """
 
     def M0(key, n, data: TemperingData):
         return data.initial
 
     def M(key, t, values, data: TemperingData):
-        return _move(key, data.lam, values, data.scale, dens, cfg)
+        d = _densities(data.target) if dens is None else dens
+        return _move(key, data.lam, values, data.scale, d, cfg)
 
     def adapt(t, values, log_weights, data: TemperingData):
         lam = data.lam
@@ -233,6 +239,12 @@ def tempering_feynman_kac_fns(dens: Densities, cfg: _Config):
 
 def _densities(target) -> Densities:
     return Densities(target.log_prior, target.log_likelihood)
+
+
+def _is_pytree(target) -> bool:
+    """Whether ``target`` is a registered pytree (not a leaf), e.g. a NumPyro target whose
+    data can be traced (:attr:`~probinfer.targets.NumPyroTarget.traced_data`)."""
+    return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(target))
 
 
 def _prior_draws(key, target, n):
@@ -313,7 +325,12 @@ def tempering_feynman_kac(
     data = _initial_data(
         key, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
     )
-    M0, M, logG, adapt, finished, summary = tempering_feynman_kac_fns(_densities(target), cfg)
+    if getattr(target, "traced_data", False) and _is_pytree(target):  # data: an argument
+        data = data._replace(target=target)
+        dens = None
+    else:
+        dens = _densities(target)
+    M0, M, logG, adapt, finished, summary = tempering_feynman_kac_fns(dens, cfg)
     # t = 0 weights the prior draws; the last step is the final move at lambda = 1.
     fk = FeynmanKac(M0, M, logG, int(max_steps) + 2, data, adapt=adapt, finished=finished)
     return fk, summary, cfg

@@ -48,12 +48,18 @@ class Target:
         Whether ``jax.grad`` of ``log_prior`` and ``log_likelihood`` works (also under
         ``jit``), so that gradient kernels (HMC, NUTS) can move the particles. True for
         NumPyro targets (JAX autodiff) and Pyro targets (torch autograd).
+    traced_data
+        Whether the target is a JAX pytree whose leaves are its data, so that compiled
+        inference code takes the data as an argument and is shared by every target of the
+        same model and data shapes (NumPyro targets whose model traces with abstract data);
+        ``False``: the data are constants of code compiled for this target.
     """
 
     sites: tuple[LatentSite, ...]
     num_observations: int
     backend: str = field(default="jax")
     has_gradients: bool = field(default=True)
+    traced_data = False  # class default; see the docstring
 
     @property
     def dim(self) -> int:

@@ -26,6 +26,51 @@ def _sample_sites(tr):
     return latent, observed
 
 
+class _Static:
+    """A non-traced array argument of a model (integer or boolean data: group indices,
+    counts), compared by value so that it can sit in a pytree's static part."""
+
+    __slots__ = ("value", "_key")
+
+    def __init__(self, value):
+        self.value = value
+        a = np.asarray(value)
+        self._key = (type(value), a.shape, a.dtype.str, a.tobytes())
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Static) and self._key == other._key
+
+
+def _is_data(x) -> bool:
+    """Whether a model argument is traced data: a floating-point numpy or JAX array."""
+    return isinstance(x, np.ndarray | jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def _split_args(args, kwargs):
+    """``(data leaves, static part)`` of a model's arguments: floating-point arrays are
+    data; everything else (integer arrays by value, Python values) is static."""
+    leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+    data, static = [], []
+    for x in leaves:
+        if _is_data(x):
+            data.append(x)
+            static.append(None)
+        else:
+            static.append(_Static(x) if isinstance(x, np.ndarray | jax.Array) else x)
+    return data, (treedef, tuple(static))
+
+
+def _join_args(data, static_part):
+    treedef, static = static_part
+    it = iter(data)
+    leaves = [next(it) if s is None else (s.value if isinstance(s, _Static) else s) for s in static]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+@jax.tree_util.register_pytree_node_class
 class NumPyroTarget(Target):
     """A NumPyro model ``model(*args, **kwargs)`` as a batched target.
 
@@ -33,6 +78,13 @@ class NumPyroTarget(Target):
     at run time, so supports that depend on other latents are handled) and flattened in
     trace order; observed sites form the likelihood. Evaluation goes through a
     :class:`~probinfer.engine.LikelihoodEngine` (JAX backend).
+
+    The target is a JAX pytree whose leaves are the model's floating-point array arguments
+    (the data) when the model can be traced with them as abstract values (checked once,
+    here): compiled inference code then takes the data as an argument, and a new target of
+    the same model with data of the same shapes reuses it instead of compiling again.
+    Models that need concrete data (numpy calls on it) keep it as a constant of the
+    compiled code (:attr:`traced_data` is ``False``).
     """
 
     def __init__(self, model, *args, memory_budget: int = 512 * 2**20, **kwargs):
@@ -73,12 +125,93 @@ class NumPyroTarget(Target):
             observed_names=tuple(observed),
         ).items():
             object.__setattr__(self, k, v)
-        engine = dict(memory_budget=memory_budget)
-        object.__setattr__(self, "_prior_engine", LikelihoodEngine(self.log_prior_one, **engine))
-        object.__setattr__(self, "_lik_engine", LikelihoodEngine(self.log_likelihood_one, **engine))
-        object.__setattr__(
-            self, "_pointwise_engine", LikelihoodEngine(self.pointwise_one, **engine)
+        object.__setattr__(self, "memory_budget", int(memory_budget))
+        object.__setattr__(self, "traced_data", False)
+        object.__setattr__(self, "traced_data", self._check_traced_data())
+        self._make_engines()
+
+    def _make_engines(self) -> None:
+        budget = self.memory_budget
+        if self.traced_data:
+            # the target itself is the engines' argument (its data traced), so the compiled
+            # densities are shared by every target of the same model and data shapes
+            fns = (_log_prior_of, _log_likelihood_of, _pointwise_of)
+            engine = dict(memory_budget=budget, args=(self,))
+        else:  # data as constants: compiled per target (freed with it)
+            fns = (self.log_prior_one, self.log_likelihood_one, self.pointwise_one)
+            engine = dict(memory_budget=budget)
+        for name, fn in zip(("_prior_engine", "_lik_engine", "_pointwise_engine"), fns):
+            object.__setattr__(self, name, LikelihoodEngine(fn, **engine))
+
+    def _check_traced_data(self) -> bool:
+        """Whether the densities trace with the data as abstract values (one abstract
+        evaluation; ``False`` for a model that needs concrete data)."""
+        data, static_part = _split_args(self.args, self.kwargs)
+        if not data:
+            return False
+
+        def densities(data, u):
+            args, kwargs = _join_args(data, static_part)
+            t = self._with_args(args, kwargs)
+            return t.log_prior_one(u), t.pointwise_one(u)
+
+        u = jax.ShapeDtypeStruct((self.dim,), jnp.float32)
+        try:
+            jax.eval_shape(densities, data, u)
+        except Exception:  # noqa: BLE001 - any failure means: keep the data concrete
+            return False
+        return True
+
+    def _with_args(self, args, kwargs) -> NumPyroTarget:
+        """This target on other model arguments of the same structure (no re-tracing)."""
+        new = object.__new__(type(self))
+        Target.__init__(new, self.sites, self.num_observations, "jax")
+        for k in ("model", "latent_names", "observed_names", "memory_budget", "traced_data"):
+            if k in self.__dict__:
+                object.__setattr__(new, k, self.__dict__[k])
+        object.__setattr__(new, "args", args)
+        object.__setattr__(new, "kwargs", kwargs)
+        new._make_engines()
+        return new
+
+    # ---- pytree ---------------------------------------------------------------------------
+    def tree_flatten(self):
+        """Leaves: the data (with :attr:`traced_data`); static: the model and the rest."""
+        static = (
+            self.model,
+            self.sites,
+            self.num_observations,
+            self.latent_names,
+            self.observed_names,
+            self.memory_budget,
+            self.traced_data,
         )
+        if not self.traced_data:  # the target itself is static (compared by identity)
+            return (), (static, _Identity(self))
+        data, static_part = _split_args(self.args, self.kwargs)
+        return tuple(data), (static, static_part)
+
+    @classmethod
+    def tree_unflatten(cls, aux, data):
+        static, part = aux
+        if isinstance(part, _Identity):
+            return part.target
+        model, sites, num_obs, latent, observed, budget, traced = static
+        new = object.__new__(cls)
+        Target.__init__(new, sites, num_obs, "jax")
+        args, kwargs = _join_args(list(data), part)
+        for k, v in dict(
+            model=model,
+            args=args,
+            kwargs=kwargs,
+            latent_names=latent,
+            observed_names=observed,
+            memory_budget=budget,
+            traced_data=traced,
+        ).items():
+            object.__setattr__(new, k, v)
+        new._make_engines()
+        return new
 
     # ---- one particle -------------------------------------------------------------------
     def _trace(self, u):
@@ -147,13 +280,15 @@ class NumPyroTarget(Target):
 
     def sample_prior(self, key: Array, num: int) -> Array:
         num = check_num(num)
-        # One jitted sampler per target, built on first use, so repeated calls with the
-        # same `num` reuse the compiled model instead of re-tracing it.
+        keys = jax.random.split(key, num)
+        if self.traced_data:  # one compiled sampler per model and data shapes
+            return _sample_prior_of(self, keys)
+        # one jitted sampler per target, built on first use (freed with the target)
         sampler = self.__dict__.get("_prior_sampler")
         if sampler is None:
             sampler = jax.jit(jax.vmap(self.sample_prior_one))
             object.__setattr__(self, "_prior_sampler", sampler)
-        return sampler(jax.random.split(key, num))
+        return sampler(keys)
 
     def constrain(self, theta) -> dict[str, Array]:
         """Constrained values of the latent and ``numpyro.deterministic`` sites."""
@@ -177,6 +312,38 @@ class NumPyroTarget(Target):
             *self.args, **self.kwargs
         )
         return {n: np.asarray(tr[n]["value"]) for n in self.observed_names}
+
+
+def _log_prior_of(target: NumPyroTarget, u) -> Array:
+    return target.log_prior_one(u)
+
+
+def _log_likelihood_of(target: NumPyroTarget, u) -> Array:
+    return target.log_likelihood_one(u)
+
+
+def _pointwise_of(target: NumPyroTarget, u) -> Array:
+    return target.pointwise_one(u)
+
+
+@jax.jit
+def _sample_prior_of(target: NumPyroTarget, keys) -> Array:
+    return jax.vmap(target.sample_prior_one)(keys)
+
+
+class _Identity:
+    """A target kept whole in a pytree's static part, compared by identity."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target):
+        self.target = target
+
+    def __hash__(self) -> int:
+        return id(self.target)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Identity) and other.target is self.target
 
 
 def from_numpyro(model, *args, **kwargs) -> NumPyroTarget:

@@ -212,3 +212,64 @@ def test_pyro_target_with_rwmh():
     assert abs(float(jnp.mean(res.samples["mu"])) - post_mean) < 6 * np.sqrt(post_var / 300)
     assert res.evidence == "is" and res.log_evidence == res.log_evidence_is
     assert target.has_gradients  # HMC/NUTS on Pyro: tests/probinfer/test_targets_pyro.py
+
+
+def test_new_data_of_the_same_shapes_reuses_the_compiled_run():
+    """A NumPyro target is a pytree of its data: tempered SMC on new datasets of the same
+    model and shapes compiles no program (the first run compiles for seconds), and each
+    run's evidence is that of its own data: over 8 datasets, the mean of
+    ``Z_hat / Z_exact`` is 1 within 3 standard errors (exact marginal likelihood)."""
+    import logging
+
+    rng = np.random.default_rng(5)
+    datasets = [
+        rng.normal(rng.normal(MU0, TAU0), SIGMA, N_OBS).astype(np.float32) for _ in range(9)
+    ]
+    cov = SIGMA**2 * np.eye(N_OBS) + TAU0**2 * np.ones((N_OBS, N_OBS))
+    compiled = []
+
+    class Compiles(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling"):
+                compiled.append(record.getMessage()[:120])
+
+    handler = Compiles(logging.WARNING)
+    logger = logging.getLogger("jax._src.interpreters.pxla")
+    ratios = []
+    try:
+        for i, y in enumerate(datasets):
+            target = from_numpyro(normal_mean_model, y)
+            assert target.traced_data
+            if i == 1:  # the first dataset compiled everything
+                logger.addHandler(handler)
+                jax.config.update("jax_log_compiles", True)
+            res = tempered_smc(jax.random.key(i), target, 500, progress=False)
+            if i:
+                exact = multivariate_normal(np.full(N_OBS, MU0), cov).logpdf(y)
+                ratios.append(np.exp(res.log_evidence_is - exact))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+    assert compiled == [], compiled
+    ratios = np.asarray(ratios)
+    assert abs(ratios.mean() - 1) <= 3 * ratios.std(ddof=1) / np.sqrt(len(ratios)) + 1e-3
+
+
+def test_a_model_that_needs_concrete_data_keeps_it_constant():
+    """A model calling numpy on its data cannot trace it: the target keeps the data as
+    constants of its compiled code (``traced_data`` False) and gives the same result as
+    the traced target of the same model written with jnp."""
+
+    def numpy_model(y):
+        centred = np.asarray(y) - 0.0  # numpy on the data: needs concrete values
+        normal_mean_model(centred)
+
+    y = np.random.default_rng(0).normal(1.5, SIGMA, N_OBS).astype(np.float32)
+    concrete, traced = from_numpyro(numpy_model, y), from_numpyro(normal_mean_model, y)
+    assert not concrete.traced_data and traced.traced_data
+    a = tempered_smc(jax.random.key(3), concrete, 400, progress=False)
+    b = tempered_smc(jax.random.key(3), traced, 400, progress=False)
+    np.testing.assert_allclose(a.log_evidence, b.log_evidence, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(a.particles.values), np.asarray(b.particles.values), atol=1e-4
+    )

@@ -128,3 +128,27 @@ def test_import_probinfer_smc_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_numpyro_target_is_a_pytree_of_its_data():
+    """Leaves: the floating-point data; a jitted function
+    of the target evaluates each target's own densities, and compiles once for two
+    datasets of the same shapes."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 2)), rng.normal(size=30)
+    a, b = from_numpyro(np_model, X, y), from_numpyro(np_model, X + 1.0, y - 1.0)
+    assert a.traced_data
+    leaves, treedef = jax.tree_util.tree_flatten(a)
+    assert [np.shape(x) for x in leaves] == [(30, 2), (30,)]
+    again = jax.tree_util.tree_unflatten(treedef, leaves)
+    theta = np.asarray(a.sample_prior(jax.random.key(0), 4))
+    np.testing.assert_allclose(again.log_likelihood(theta), a.log_likelihood(theta), rtol=1e-6)
+
+    @jax.jit
+    def log_joint(target, theta):
+        return target.log_prior(theta) + target.log_likelihood(theta)
+
+    for t in (a, b):
+        np.testing.assert_allclose(log_joint(t, theta), t.log_joint(theta), rtol=1e-5)
+    assert log_joint._cache_size() == 1
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
