@@ -392,13 +392,16 @@ def _strict_lower(values: torch.Tensor, d: int) -> torch.Tensor:
 def gmm_log_prob(
     logits: torch.Tensor, means: torch.Tensor, scale_trils: torch.Tensor, value: torch.Tensor
 ) -> torch.Tensor:
-    """``log sum_k w_k N(value | mean_k, L_k L_k^T)`` for ``value (B, D)``; returns ``(B,)``.
+    """``log sum_k w_k N(value | mean_k, L_k L_k^T)`` for ``value (B, D)`` or ``(B, S, D)``.
 
-    ``-inf`` logits (padded components) contribute nothing.
+    Returns ``(B,)`` or ``(B, S)`` (``S`` points per mixture). ``-inf`` logits (padded
+    components) contribute nothing.
     """
-    diff = (value[:, None, :] - means)[..., None]
-    z = torch.linalg.solve_triangular(scale_trils, diff, upper=False)[..., 0]
+    pts = value if value.dim() == 3 else value[:, None, :]
+    diff = (pts[:, :, None, :] - means[:, None])[..., None]  # (B, S, K, D, 1)
+    z = torch.linalg.solve_triangular(scale_trils[:, None], diff, upper=False)[..., 0]
     half_logdet = torch.log(torch.diagonal(scale_trils, dim1=-2, dim2=-1)).sum(-1)
     d = means.shape[-1]
-    comp = -0.5 * (z**2).sum(-1) - half_logdet - 0.5 * d * math.log(2 * math.pi)
-    return torch.logsumexp(logits + comp, dim=-1)
+    comp = -0.5 * (z**2).sum(-1) - half_logdet[:, None] - 0.5 * d * math.log(2 * math.pi)
+    out = torch.logsumexp(logits[:, None] + comp, dim=-1)
+    return out if value.dim() == 3 else out[:, 0]
