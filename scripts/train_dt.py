@@ -67,6 +67,10 @@ SETTINGS = {
         decoder="relative",
         no_decay=NO_DECAY,
         batch_ramp=((3000, 512), (4000, 1024)),
+        # exact equivariance to the prior's location in log sigma^2 (DTConfig.recentre) and
+        # the Rao-Blackwellised loss (31 exact-posterior draws per problem with the true theta)
+        recentre="log-scale",
+        theta_draws=31,
     ),
 }
 
@@ -80,6 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--theta-draws", type=int, help="override the settings' theta_draws")
     p.add_argument(
         "--finetune",
         action="store_true",
@@ -125,6 +130,7 @@ def main(argv=None) -> int:
         d_ff=s["d_ff"],
         transforms=transforms,
         decoder=s["decoder"],
+        recentre=s.get("recentre", "none"),
     )
     optim = OptimConfig(
         n_steps=args.steps or s["steps"],
@@ -140,6 +146,7 @@ def main(argv=None) -> int:
         batch_size=s["batch"],
         batch_ramp=s["batch_ramp"],
         seed=args.seed,
+        theta_draws=s.get("theta_draws", 0) if args.theta_draws is None else args.theta_draws,
         checkpoint_dir=ckpt,
         log_file=sys.stdout,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
