@@ -5,7 +5,8 @@ natural-parameter decoder: phase 1, 10000 steps, then resumed with ``--steps 170
 phase 2 ``--finetune``, 2000 steps of the Rao-Blackwellised loss (the NLL averaged over the
 true theta and 31 exact-posterior draws, :mod:`amortized.dt_train`), 323 s; 3541 s on one
 thread in all, ``training.total_wall_time_s``) and ``dt_invgamma.{safetensors,json}`` (task
-(b), 5-component prior fit in log sigma^2), with their evaluations
+(b), 5-component prior fit in log sigma^2; recentred at the prior mean, ``DTConfig.recentre``,
+and trained with 31 exact-posterior draws per problem, 662 s), with their evaluations
 ``benchmarks/results/dt_linear_2d_eval.json`` and ``benchmarks/results/dt_invgamma_eval.json``::
 
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d
