@@ -3,7 +3,7 @@
 The shipped ``amortized/pretrained/dt_linear_2d.{safetensors,json}`` (task (a),
 natural-parameter decoder: phase 1, 10000 steps, then resumed with ``--steps 17000``, 3219 s;
 phase 2 ``--finetune``, 2000 steps of the Rao-Blackwellised loss (the NLL averaged over the
-true theta and 31 exact-posterior draws, :mod:`amortized.dt_train`), 323 s; 3541 s on one
+true theta and 31 exact-posterior draws, :mod:`amortized.dt_train`), 294 s; 3513 s on one
 thread in all, ``training.total_wall_time_s``) and ``dt_invgamma.{safetensors,json}`` (task
 (b), 5-component prior fit in log sigma^2; recentred at the prior mean, ``DTConfig.recentre``,
 and trained with 31 exact-posterior draws per problem, 662 s), with their evaluations
@@ -56,7 +56,7 @@ SETTINGS = {
         batch_ramp=(),
         # phase 2 (--finetune), from the phase-1 model: the Rao-Blackwellised loss (NLL averaged
         # over the true theta and theta_draws exact-posterior draws), fresh AdamW
-        finetune=dict(steps=2000, batch=256, lr=3e-4, warmup=20, theta_draws=31, seed=1),
+        finetune=dict(steps=2000, batch=256, lr=1e-3, warmup=20, theta_draws=31, seed=1),
     ),
     # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2
     "ig": dict(
