@@ -182,3 +182,35 @@ def test_loss_with_exact_draws_has_the_expectation_of_the_one_theta_loss(task):
         torch.testing.assert_close(dt_loss(net, t), rb.mean().float())
         t1 = {**t, "theta_draws": None}
         torch.testing.assert_close(dt_loss(net, t1), one.mean().float())
+
+
+def test_finetune_from_a_model_with_draws_records_and_resumes(tmp_path):
+    from amortized.dt_train import train_dt
+    from amortized.train import OptimConfig
+
+    cfg = DTConfig(d_model=16, n_layers=1, d_ff=16, decoder="natural")
+    first = train_dt(
+        LINEAR, cfg, OptimConfig(n_steps=2, warmup_steps=1), batch_size=8, progress=False
+    )
+    opt = OptimConfig(n_steps=4, lr=1e-3, warmup_steps=1)
+    kw = dict(batch_size=8, seed=1, theta_draws=3, init=first, progress=False)
+    full = train_dt(LINEAR, cfg, opt, **kw)
+    t = full.meta["training"]
+    assert t["theta_draws"] == 3 and t["init"]["steps_done"] == 2
+    assert t["total_wall_time_s"] >= t["wall_time_s"]
+    ck = tmp_path / "ck"
+    assert (
+        train_dt(LINEAR, cfg, opt, checkpoint_dir=ck, max_seconds=0.0, **kw).meta["training"][
+            "steps_done"
+        ]
+        == 1
+    )
+    resumed = train_dt(LINEAR, cfg, opt, checkpoint_dir=ck, **kw)
+    for a, b in zip(full.network.parameters(), resumed.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="does not match this run"):  # another init
+        train_dt(LINEAR, cfg, opt, checkpoint_dir=ck, **{**kw, "init": full})
+    with pytest.raises(ValueError, match="init's config"):
+        train_dt(LINEAR, DTConfig(d_model=16, n_layers=1, d_ff=16), opt, **kw)
+    with pytest.raises(ValueError, match="theta_draws"):
+        train_dt(LINEAR, cfg, opt, theta_draws=-2, progress=False)
