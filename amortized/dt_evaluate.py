@@ -54,7 +54,9 @@ def _kl_summary(kls) -> dict:
     }
 
 
-def evaluate_linear(dt, n_problems: int = 200, n_draws: int = 10_000, seed: int = 0) -> dict:
+def evaluate_linear(
+    dt, n_problems: int = 200, n_draws: int = 10_000, seed: int = 0, per_problem: bool = False
+) -> dict:
     """Task (a): KL(exact || DT) and weight errors on fresh priors and data.
 
     All problems go through one batched DT call (priors with fewer components are padded with
@@ -69,7 +71,8 @@ def evaluate_linear(dt, n_problems: int = 200, n_draws: int = 10_000, seed: int 
         ``kl_median``, ``kl_q90`` and ``kl_q99`` over problems, ``kl_mc_se_max`` (largest
         per-problem Monte-Carlo SE), ``weight_abs_err`` (mean over the real components),
         ``weight_max_abs_err_q95`` and ``frac_weights_within_0.02`` (max over a problem's
-        components), and the settings.
+        components), and the settings; with ``per_problem`` also ``kls``, the per-problem KLs
+        (for paired comparisons of two models on the same problems).
     """
     from probinfer.distributions import GaussianMixture
 
@@ -104,6 +107,7 @@ def evaluate_linear(dt, n_problems: int = 200, n_draws: int = 10_000, seed: int 
     werr_max = np.where(cm, werr, 0.0).max(-1)
     return {
         **_kl_summary(kls),
+        **({"kls": kls.tolist()} if per_problem else {}),
         "kl_mc_se_max": float((diff.std(0, ddof=1) / np.sqrt(n_draws)).max()),
         "weight_abs_err": float(werr[cm].mean()),
         "weight_max_abs_err_q95": float(np.quantile(werr_max, 0.95)),
@@ -115,7 +119,12 @@ def evaluate_linear(dt, n_problems: int = 200, n_draws: int = 10_000, seed: int 
 
 
 def evaluate_invgamma(
-    dt, n_problems: int = 200, n_draws: int = 10_000, seed: int = 0, n_shapes: int = 128
+    dt,
+    n_problems: int = 200,
+    n_draws: int = 10_000,
+    seed: int = 0,
+    n_shapes: int = 128,
+    per_problem: bool = False,
 ) -> dict:
     """Task (b): KL(exact IG posterior || DT) in ``log sigma^2``, priors and data fresh.
 
@@ -129,7 +138,8 @@ def evaluate_invgamma(
     -------
     dict
         ``kl``, ``kl_se``, ``kl_median``, ``kl_q90``, ``kl_q99`` (over problems, each a
-        Monte-Carlo average over ``n_draws`` exact draws) and the settings.
+        Monte-Carlo average over ``n_draws`` exact draws) and the settings; with
+        ``per_problem`` also ``kls``, the per-problem KLs.
     """
     from scipy.special import gammaincinv
 
@@ -162,6 +172,7 @@ def evaluate_invgamma(
         kls[sl] = (log_inverse_gamma_log_prob(z[:, sl], a1[sl], b1[sl]) - log_q).mean(0)
     return {
         **_kl_summary(kls),
+        **({"kls": kls.tolist()} if per_problem else {}),
         "n_problems": n_problems,
         "n_shapes": int(shapes.size),
         "n_draws": n_draws,

@@ -34,7 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DECODERS", "DTConfig", "DTNetwork", "gmm_log_prob", "natural_update", "TRANSFORMS"]
+__all__ = [
+    "DECODERS",
+    "DTConfig",
+    "DTNetwork",
+    "RECENTRES",
+    "TRANSFORMS",
+    "gmm_log_prob",
+    "natural_update",
+]
 
 #: Output transforms of constrained parameters: the network's GMM lives on the unconstrained
 #: ``z``, the parameter is ``theta = inverse(z)``; "log" is for positive parameters.
@@ -42,6 +50,10 @@ TRANSFORMS = ("identity", "log")
 
 #: Posterior parametrisations of :class:`DTConfig` (``decoder``).
 DECODERS = ("relative", "natural")
+
+#: Symmetries of the likelihood the network can be made exactly equivariant to
+#: (:class:`DTConfig` ``recentre``).
+RECENTRES = ("none", "log-scale")
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,14 @@ class DTConfig:
     site_gain : float
         Fixed factor on the site heads' outputs (``"natural"`` only): sites grow to
         ``O(n x^2 / noise^2)``, and this acts as a larger learning rate for those heads.
+    recentre : str
+        One of :data:`RECENTRES`. ``"log-scale"`` (``param_dim == 1``): the parameter is
+        ``z = log sigma^2`` of a scale family of the data (every observation is ``sigma`` times
+        a draw that does not depend on ``sigma``, e.g. ``y ~ N(0, sigma^2)``). Then shifting
+        the prior by ``-c`` and dividing the data by ``exp(c / 2)`` shifts the posterior by
+        ``-c``, for any ``c``. Each problem is recentred at its prior mean ``c`` and the output
+        shifted back: the network is exactly equivariant to the prior's location, which it no
+        longer has to learn (nor extrapolate in the absolute scale of the data).
     """
 
     param_dim: int = 2
@@ -84,6 +104,7 @@ class DTConfig:
     transforms: tuple[str, ...] = ()
     decoder: str = "relative"
     site_gain: float = 10.0
+    recentre: str = "none"
 
     def __post_init__(self):
         object.__setattr__(self, "source_dims", tuple(self.source_dims))
@@ -104,6 +125,10 @@ class DTConfig:
             raise ValueError(f"site_gain must be a positive number, got {self.site_gain!r}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.recentre not in RECENTRES:
+            raise ValueError(f"recentre must be one of {RECENTRES}, got {self.recentre!r}")
+        if self.recentre == "log-scale" and self.param_dim != 1:
+            raise ValueError(f"recentre='log-scale' needs param_dim 1, got {self.param_dim}")
         if self.transforms and (
             len(self.transforms) != self.param_dim
             or any(t not in TRANSFORMS for t in self.transforms)
@@ -322,6 +347,13 @@ class DTNetwork(nn.Module):
         if len(sources) != len(c.source_dims):
             raise ValueError(f"expected {len(c.source_dims)} data sources, got {len(sources)}")
         b, k = logits.shape
+        centre = None
+        if c.recentre == "log-scale":  # prior mean of z; the data divided by exp(centre / 2)
+            w = torch.softmax(torch.where(comp_mask, logits, float("-inf")), dim=-1)
+            centre = (w[..., None] * means).sum(1)  # (B, 1)
+            means = means - centre[:, None, :]
+            scale = torch.exp(-0.5 * centre)[:, :, None]  # (B, 1, 1)
+            sources = [(tok * scale, msk) for tok, msk in sources]
         diag = torch.diagonal(scale_trils, dim1=-2, dim2=-1)
         rows, cols = torch.tril_indices(d, d, offset=-1, device=means.device)
         lower = scale_trils[..., rows, cols]
@@ -378,6 +410,8 @@ class DTNetwork(nn.Module):
             factor = factor + _strict_lower(d_lower, d)
         out_trils = base_tril @ factor
         out_logits = torch.log_softmax(out_logits.reshape(b, k * m), dim=-1)
+        if centre is not None:
+            out_means = out_means + centre[:, None, None, :]
         return out_logits, out_means.reshape(b, k * m, d), out_trils.reshape(b, k * m, d, d)
 
 
@@ -392,13 +426,16 @@ def _strict_lower(values: torch.Tensor, d: int) -> torch.Tensor:
 def gmm_log_prob(
     logits: torch.Tensor, means: torch.Tensor, scale_trils: torch.Tensor, value: torch.Tensor
 ) -> torch.Tensor:
-    """``log sum_k w_k N(value | mean_k, L_k L_k^T)`` for ``value (B, D)``; returns ``(B,)``.
+    """``log sum_k w_k N(value | mean_k, L_k L_k^T)`` for ``value (B, D)`` or ``(B, S, D)``.
 
-    ``-inf`` logits (padded components) contribute nothing.
+    Returns ``(B,)`` or ``(B, S)`` (``S`` points per mixture). ``-inf`` logits (padded
+    components) contribute nothing.
     """
-    diff = (value[:, None, :] - means)[..., None]
-    z = torch.linalg.solve_triangular(scale_trils, diff, upper=False)[..., 0]
+    pts = value if value.dim() == 3 else value[:, None, :]
+    diff = (pts[:, :, None, :] - means[:, None])[..., None]  # (B, S, K, D, 1)
+    z = torch.linalg.solve_triangular(scale_trils[:, None], diff, upper=False)[..., 0]
     half_logdet = torch.log(torch.diagonal(scale_trils, dim1=-2, dim2=-1)).sum(-1)
     d = means.shape[-1]
-    comp = -0.5 * (z**2).sum(-1) - half_logdet - 0.5 * d * math.log(2 * math.pi)
-    return torch.logsumexp(logits + comp, dim=-1)
+    comp = -0.5 * (z**2).sum(-1) - half_logdet[:, None] - 0.5 * d * math.log(2 * math.pi)
+    out = torch.logsumexp(logits[:, None] + comp, dim=-1)
+    return out if value.dim() == 3 else out[:, 0]

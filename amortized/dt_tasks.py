@@ -16,7 +16,10 @@ Tasks
     one data source with tokens ``y_i``.
 
 Every batch is a :class:`DTBatch` of numpy float32 arrays with padded components and data and
-their masks. Sampling is done in float64 numpy from a generator seeded by the key.
+their masks. Sampling is done in float64 numpy from a generator seeded by the key. With
+``sample(key, batch_size, theta_draws=S)`` the batch also carries ``S`` draws per problem from
+the exact posterior (:mod:`amortized.exact`), drawn after everything else: the rest of the batch
+is the same as with ``theta_draws=0``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class DTBatch(NamedTuple):
     tokens : (B, n_max, d_s) observation tokens of the (single) source
     data_mask : (B, n_max) bool
     theta : (B, D) the true parameter, in the network's unconstrained coordinates
+    theta_draws : (B, S, D) or None
+        ``S`` independent draws from the task's *exact* posterior given the problem's prior and
+        data (same coordinates as ``theta``), when the task was sampled with ``theta_draws=S``
+        (the Rao-Blackwellised training loss of :func:`amortized.dt_train.dt_loss`).
     """
 
     logits: np.ndarray
@@ -53,6 +60,7 @@ class DTBatch(NamedTuple):
     tokens: np.ndarray
     data_mask: np.ndarray
     theta: np.ndarray
+    theta_draws: np.ndarray | None = None
 
 
 def sample_gmm(rng: np.random.Generator, logits, means, scale_trils) -> np.ndarray:
@@ -71,6 +79,11 @@ def _pad_mask(rng: np.random.Generator, b: int, lo: int, hi: int) -> tuple[np.nd
     """Random sizes in ``[lo, hi]`` and the matching ``(b, hi)`` prefix mask."""
     sizes = rng.integers(lo, hi + 1, size=b)
     return sizes, np.arange(hi)[None, :] < sizes[:, None]
+
+
+def _check_draws(theta_draws) -> None:
+    if not (isinstance(theta_draws, (int, np.integer)) and theta_draws >= 0):
+        raise ValueError(f"theta_draws must be a non-negative integer, got {theta_draws!r}")
 
 
 @dataclass(frozen=True)
@@ -166,14 +179,27 @@ class LinearGaussianTask:
         y = np.einsum("bnd,bd->bn", x, theta) + self.noise_std * rng.standard_normal((b, n))
         return x, y
 
-    def sample(self, key, batch_size: int) -> DTBatch:
-        """A padded batch of ``batch_size`` problems (same key, same batch)."""
+    def sample(self, key, batch_size: int, theta_draws: int = 0) -> DTBatch:
+        """A padded batch of ``batch_size`` problems (same key, same batch).
+
+        ``theta_draws > 0`` adds that many draws per problem from the exact GMM posterior
+        (:func:`amortized.exact.linear_gaussian_posterior`).
+        """
+        _check_draws(theta_draws)
         rng = numpy_rng(key)
         logits, means, trils, comp_mask = self.sample_priors(rng, batch_size)
         theta = sample_gmm(rng, np.where(comp_mask, logits, -np.inf), means, trils)
         _, data_mask = _pad_mask(rng, batch_size, *self.n_range)
         x, y = self.simulate(rng, theta, self.n_range[1])
         tokens = np.concatenate([x, y[..., None]], axis=-1) * data_mask[..., None]
+        draws = None
+        if theta_draws:
+            from amortized.exact import gmm_draws, linear_gaussian_posterior
+
+            w0 = np.where(comp_mask, np.exp(logits), 0.0)
+            cov0 = trils @ np.swapaxes(trils, -1, -2)
+            w, mu, cov = linear_gaussian_posterior(w0, means, cov0, x, y, self.noise_std, data_mask)
+            draws = gmm_draws(rng, theta_draws, w, mu, np.linalg.cholesky(cov)).swapaxes(0, 1)
         f = np.float32
         return DTBatch(
             logits.astype(f),
@@ -183,6 +209,7 @@ class LinearGaussianTask:
             tokens.astype(f),
             data_mask,
             theta.astype(f),
+            None if draws is None else draws.astype(f),
         )
 
 
@@ -191,9 +218,10 @@ class InverseGammaVarianceTask:
     """Inverse-Gamma prior on a Normal variance, entered as a GMM fit in ``z = log sigma^2``.
 
     ``sigma^2 ~ IG(a, b)``, ``y_i ~ N(0, sigma^2)``. Training priors are the ``n_components``
-    fits of ``IG(a, b)`` with ``a`` uniform on ``a_range`` and the prior median of ``sigma^2``
-    log-uniform on ``median_range``; the parameter is drawn from the fitted GMM itself (the prior
-    the network is told about) and the data from the likelihood.
+    fits of ``IG(a, b)`` with ``a`` on a grid of ``n_shapes`` points of ``a_range`` and the
+    prior median of ``sigma^2`` log-uniform on ``median_range``. The fit is only the network's
+    input: the parameter is drawn from the true prior ``IG(a, b)`` (so the target is the exact
+    posterior ``IG(a + n/2, b + SS/2)``, as in the evaluation) and the data from the likelihood.
     """
 
     a_range: tuple[float, float] = (2.0, 10.0)
@@ -234,9 +262,15 @@ class InverseGammaVarianceTask:
             object.__setattr__(self, "_fits", cache)
         return cache
 
-    def sample(self, key, batch_size: int) -> DTBatch:
+    def sample(self, key, batch_size: int, theta_draws: int = 0) -> DTBatch:
+        """A batch of ``batch_size`` problems (same key, same batch).
+
+        ``theta_draws > 0`` adds that many draws per problem of ``z = log sigma^2`` from the
+        exact posterior ``IG(a + n/2, b + SS/2)`` (:func:`amortized.exact.inverse_gamma_posterior`).
+        """
         from scipy.special import gammaincinv
 
+        _check_draws(theta_draws)
         rng = numpy_rng(key)
         grid, (fw, fmu, fsd) = self._shape_fits()
         idx = rng.integers(0, len(grid), size=batch_size)
@@ -249,10 +283,19 @@ class InverseGammaVarianceTask:
         logits = np.log(w)
         means, trils = means[..., None], sds[..., None, None]
         comp_mask = np.ones(logits.shape, dtype=bool)
-        z = sample_gmm(rng, logits, means, trils)
+        # the parameter comes from the true prior IG(a, b): sigma^2 = b / Gamma(a, 1); the fit
+        # is only what the network is told
+        z = (log_b - np.log(rng.gamma(a)))[:, None]
         sizes, data_mask = _pad_mask(rng, batch_size, *self.n_range)
         y = np.exp(0.5 * z) * rng.standard_normal((batch_size, self.n_range[1]))
         tokens = (y * data_mask)[..., None]
+        draws = None
+        if theta_draws:
+            from amortized.exact import inverse_gamma_posterior
+
+            a1, b1 = inverse_gamma_posterior(a, np.exp(log_b), y, data_mask)
+            g = rng.gamma(a1[:, None], size=(batch_size, theta_draws))
+            draws = (np.log(b1)[:, None] - np.log(g))[..., None]
         f = np.float32
         return DTBatch(
             logits.astype(f),
@@ -262,4 +305,5 @@ class InverseGammaVarianceTask:
             tokens.astype(f),
             data_mask,
             z.astype(f),
+            None if draws is None else draws.astype(f),
         )

@@ -6,6 +6,16 @@ minimises the NLL of the true ``theta`` under the predicted
 posterior GMM, optionally plus ``prior_weight`` times its NLL under the network's reconstruction
 of the prior (the output given no data). The loop itself (AdamW, warm-up + cosine, clipping,
 checkpoint/resume, progress) is :func:`amortized.train.train_loop`, shared with the PFN.
+
+Rao-Blackwellised loss (``theta_draws=S``): the expected loss ``E[-log q(theta | prior, data)]``
+over the joint of (prior, theta, data) equals ``E_data[ E_{theta ~ p(. | prior, data)}
+[-log q(theta)] ]``, the cross-entropy of the predicted posterior ``q`` to the exact posterior
+``p``, which differs from ``E_data[KL(p || q)]`` by a constant. Both tasks have their exact
+posterior (:mod:`amortized.exact`), so the inner expectation can be estimated by averaging the
+NLL over the true ``theta`` and ``S`` more exact-posterior draws: the same expected loss and
+gradient as the one-``theta`` NLL, with a much smaller variance from the parameter (the true
+``theta`` is itself a draw from the posterior given the data). ``init`` starts from a trained
+model's weights (a fine-tuning phase) with a fresh optimiser.
 """
 
 from __future__ import annotations
@@ -25,15 +35,24 @@ __all__ = ["batch_tensors", "dt_loss", "train_dt"]
 
 
 def batch_tensors(batch, device) -> dict:
-    """A :class:`~amortized.dt_tasks.DTBatch` as torch tensors on ``device``."""
-    return {k: torch.from_numpy(v).to(device) for k, v in batch._asdict().items()}
+    """A :class:`~amortized.dt_tasks.DTBatch` as torch tensors on ``device`` (None fields kept)."""
+    return {
+        k: None if v is None else torch.from_numpy(v).to(device) for k, v in batch._asdict().items()
+    }
 
 
 def dt_loss(network: DTNetwork, t: dict, prior_weight: float = 0.0) -> torch.Tensor:
-    """Mean NLL of ``theta`` under the predicted posterior (+ ``prior_weight`` x prior NLL)."""
+    """Mean NLL of ``theta`` under the predicted posterior (+ ``prior_weight`` x prior NLL).
+
+    When the batch carries exact-posterior draws ``t["theta_draws"]`` ``(B, S, D)``, the NLL of
+    each problem is averaged over the true ``theta`` and its ``S`` draws (the Rao-Blackwellised
+    loss of the module docstring: same expectation, lower variance).
+    """
     src = [(t["tokens"], t["data_mask"])]
     lg, mu, tril = network(t["logits"], t["means"], t["scale_trils"], t["comp_mask"], src)
-    loss = -gmm_log_prob(lg, mu, tril, t["theta"]).mean()
+    draws = t.get("theta_draws")
+    pts = t["theta"] if draws is None else torch.cat([t["theta"][:, None], draws], dim=1)
+    loss = -gmm_log_prob(lg, mu, tril, pts).mean()
     if prior_weight > 0:
         empty = [(t["tokens"], torch.zeros_like(t["data_mask"]))]
         lg0, mu0, tril0 = network(t["logits"], t["means"], t["scale_trils"], t["comp_mask"], empty)
@@ -50,6 +69,8 @@ def train_dt(
     batch_ramp=(),
     seed: int = 0,
     prior_weight: float = 0.0,
+    theta_draws: int = 0,
+    init: DistributionTransformer | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every_s: float = 180.0,
     device: str | torch.device | None = None,
@@ -73,6 +94,13 @@ def train_dt(
         late in training, where the gradient noise of the one-``theta`` NLL dominates).
     prior_weight : float
         Weight of the prior-reconstruction NLL term.
+    theta_draws : int
+        Exact-posterior draws per problem added to the true ``theta`` in the NLL (0: the
+        one-``theta`` loss); see the module docstring.
+    init : DistributionTransformer, optional
+        Start from this model's weights (its config must equal ``model_config``) with a fresh
+        optimiser; its ``meta["training"]`` is recorded as ``training["init"]`` and its wall
+        time is added to ``training["total_wall_time_s"]``.
 
     Returns
     -------
@@ -99,6 +127,13 @@ def train_dt(
             "batch_ramp must be (step, batch_size) pairs with increasing steps >= 0 and "
             f"positive batch sizes, got {batch_ramp!r}"
         )
+    if not (isinstance(theta_draws, int) and theta_draws >= 0):
+        raise ValueError(f"theta_draws must be a non-negative integer, got {theta_draws!r}")
+    if init is not None and init.config != model_config:
+        raise ValueError(
+            f"init's config {init.config.to_dict()} differs from model_config "
+            f"{model_config.to_dict()}"
+        )
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ckpt = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
@@ -106,6 +141,10 @@ def train_dt(
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.set_state(gen.get_state())
         network = DTNetwork(model_config)
+    init_meta = None
+    if init is not None:
+        network.load_state_dict(init.network.state_dict())
+        init_meta = dict(init.meta.get("training") or {})
     network.to(device)
     base = jax.random.key(int(seed))
     record = {
@@ -118,17 +157,34 @@ def train_dt(
     }
     if not ramp:  # records of runs without a ramp are unchanged (their checkpoints resume)
         del record["batch_ramp"]
+    if theta_draws:
+        record["theta_draws"] = theta_draws
+    if init_meta is not None:
+        record["init"] = init_meta
 
     def size_at(step: int) -> int:
         return next((b for a, b in reversed(ramp) if step >= a), batch_size)
 
     def batch_fn(step: int) -> dict:
-        return batch_tensors(task.sample(jax.random.fold_in(base, step), size_at(step)), device)
+        key = jax.random.fold_in(base, step)
+        if theta_draws:
+            return batch_tensors(task.sample(key, size_at(step), theta_draws), device)
+        return batch_tensors(task.sample(key, size_at(step)), device)
 
     def loss_fn(net, t):
         return dt_loss(net, t, prior_weight)
 
     def meta(state: dict) -> dict:
+        extra = {}
+        if theta_draws:
+            extra["theta_draws"] = theta_draws
+        if init_meta is not None:
+            extra["init"] = init_meta
+            extra["total_wall_time_s"] = round(
+                state["elapsed_s"]
+                + float(init_meta.get("total_wall_time_s", init_meta.get("wall_time_s", 0.0))),
+                1,
+            )
         return {
             "training": {
                 **asdict(optim),
@@ -143,6 +199,7 @@ def train_dt(
                 "wall_time_s": round(state["elapsed_s"], 1),
                 "device": str(device),
                 "torch_threads": torch.get_num_threads(),
+                **extra,
             }
         }
 

@@ -1,13 +1,17 @@
 """Train Distribution Transformers (one CPU thread; resumable) and evaluate the shipped ones.
 
 The shipped ``amortized/pretrained/dt_linear_2d.{safetensors,json}`` (task (a),
-natural-parameter decoder: 10000 steps, then resumed with ``--steps 17000``, 54 min on one
-thread in all) and ``dt_invgamma.{safetensors,json}`` (task (b), 5-component prior fit in
-log sigma^2), with their evaluations ``benchmarks/results/dt_linear_2d_eval.json`` and
-``benchmarks/results/dt_invgamma_eval.json``::
+natural-parameter decoder: phase 1, 10000 steps, then resumed with ``--steps 17000``, 3219 s;
+phase 2 ``--finetune``, 2000 steps of the Rao-Blackwellised loss (the NLL averaged over the
+true theta and 31 exact-posterior draws, :mod:`amortized.dt_train`), 294 s; 3513 s on one
+thread in all, ``training.total_wall_time_s``) and ``dt_invgamma.{safetensors,json}`` (task
+(b), 5-component prior fit in log sigma^2; recentred at the prior mean, ``DTConfig.recentre``,
+and trained with 31 exact-posterior draws per problem, 662 s), with their evaluations
+``benchmarks/results/dt_linear_2d_eval.json`` and ``benchmarks/results/dt_invgamma_eval.json``::
 
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d --steps 17000
+    OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d --finetune
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task linear-2d --evaluate
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task ig
     OMP_NUM_THREADS=1 python scripts/train_dt.py --task ig --evaluate
@@ -50,6 +54,9 @@ SETTINGS = {
         # model's 0.0122-0.0133 (benchmarks/results/dt_linear_2d_recipe_trials.json)
         no_decay=(),
         batch_ramp=(),
+        # phase 2 (--finetune), from the phase-1 model: the Rao-Blackwellised loss (NLL averaged
+        # over the true theta and theta_draws exact-posterior draws), fresh AdamW
+        finetune=dict(steps=2000, batch=256, lr=1e-3, warmup=20, theta_draws=31, seed=1),
     ),
     # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2
     "ig": dict(
@@ -64,6 +71,10 @@ SETTINGS = {
         decoder="relative",
         no_decay=NO_DECAY,
         batch_ramp=((3000, 512), (4000, 1024)),
+        # exact equivariance to the prior's location in log sigma^2 (DTConfig.recentre) and
+        # the Rao-Blackwellised loss (31 exact-posterior draws per problem with the true theta)
+        recentre="log-scale",
+        theta_draws=31,
     ),
 }
 
@@ -77,6 +88,16 @@ def main(argv=None) -> int:
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--theta-draws", type=int, help="override the settings' theta_draws")
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        help="phase 2: fine-tune the saved phase-1 model of --task (in --init-dir) with the "
+        "settings' 'finetune' phase and save the result to --out",
+    )
+    p.add_argument("--init-dir", default=str(ROOT / "amortized" / "pretrained"))
+    for name, typ in (("steps", int), ("batch", int), ("lr", float), ("draws", int)):
+        p.add_argument(f"--ft-{name}", type=typ, help=f"override the fine-tune phase's {name}")
     p.add_argument(
         "--evaluate",
         action="store_true",
@@ -90,6 +111,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.evaluate:
         return evaluate(args.out, args.task)
+    if args.finetune:
+        return finetune(args)
     from amortized.dt_model import DTConfig
     from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
     from amortized.dt_train import train_dt
@@ -111,6 +134,7 @@ def main(argv=None) -> int:
         d_ff=s["d_ff"],
         transforms=transforms,
         decoder=s["decoder"],
+        recentre=s.get("recentre", "none"),
     )
     optim = OptimConfig(
         n_steps=args.steps or s["steps"],
@@ -126,6 +150,7 @@ def main(argv=None) -> int:
         batch_size=s["batch"],
         batch_ramp=s["batch_ramp"],
         seed=args.seed,
+        theta_draws=s.get("theta_draws", 0) if args.theta_draws is None else args.theta_draws,
         checkpoint_dir=ckpt,
         log_file=sys.stdout,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
@@ -139,6 +164,61 @@ def main(argv=None) -> int:
     )
     dt.save(args.out, name=s["name"])
     print(f"saved {args.out}/{s['name']}.safetensors + .json; training: {dt.meta['training']}")
+    return 0
+
+
+def finetune(args) -> int:
+    """Phase 2: the saved phase-1 model, trained further with exact-posterior draws."""
+    from amortized.dt import DistributionTransformer
+    from amortized.dt_train import train_dt
+    from amortized.train import OptimConfig
+
+    s = SETTINGS[args.task]
+    ft = dict(s["finetune"])
+    for name, key in (
+        ("steps", "steps"),
+        ("batch", "batch"),
+        ("lr", "lr"),
+        ("draws", "theta_draws"),
+    ):
+        v = getattr(args, f"ft_{name}")
+        if v is not None:
+            ft[key] = v
+    init = DistributionTransformer.load(args.init_dir, name=s["name"])
+    if "init" in init.meta.get("training", {}):
+        print(f"{args.init_dir}/{s['name']} is already fine-tuned; give the phase-1 model")
+        return 1
+    optim = OptimConfig(
+        n_steps=ft["steps"], lr=ft["lr"], warmup_steps=ft["warmup"], no_decay=s["no_decay"]
+    )
+    ckpt = args.checkpoint_dir or str(ROOT / "runs" / f"dt-{args.task}-finetune")
+    dt = train_dt(
+        init.task,
+        init.config,
+        optim,
+        batch_size=ft["batch"],
+        seed=ft["seed"],
+        theta_draws=ft["theta_draws"],
+        init=init,
+        checkpoint_dir=ckpt,
+        log_file=sys.stdout,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+    )
+    done = dt.meta["training"]["steps_done"]
+    if done < optim.n_steps:
+        print(f"stopped at step {done}/{optim.n_steps}; rerun to resume from {ckpt}")
+        return 0
+    overrides = "".join(
+        f" --ft-{n} {getattr(args, 'ft_' + n)}"
+        for n in ("steps", "batch", "lr", "draws")
+        if getattr(args, "ft_" + n) is not None
+    )
+    dt.meta["training"]["command"] = (
+        f"OMP_NUM_THREADS=1 python scripts/train_dt.py --task {args.task} --finetune{overrides}"
+    )
+    dt.save(args.out, name=s["name"])
+    t = dt.meta["training"]
+    print(f"saved {args.out}/{s['name']}; {t['wall_time_s']} s, total {t['total_wall_time_s']} s")
     return 0
 
 

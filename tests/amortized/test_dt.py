@@ -297,3 +297,37 @@ def test_zero_weight_components_are_padding():
     np.testing.assert_allclose(np.asarray(padded.means)[:2], np.asarray(full.means), atol=1e-5)
     pts = np.random.default_rng(3).normal(size=(20, 2))
     np.testing.assert_allclose(padded.log_prob(pts), full.log_prob(pts), rtol=1e-5, atol=1e-5)
+
+
+def test_log_scale_recentring_is_exactly_equivariant_and_starts_at_the_prior():
+    torch.manual_seed(0)
+    cfg = DTConfig(
+        param_dim=1, source_dims=(1,), d_model=16, n_layers=1, d_ff=16, recentre="log-scale"
+    )
+    net = DTNetwork(cfg)
+    task = InverseGammaVarianceTask()
+    prior = GaussianMixture.univariate([0.3, 0.7], [-0.5, 0.4], [0.6, 0.3])
+    y = np.random.default_rng(0).standard_normal(7)
+    untrained = DistributionTransformer(net.eval(), task).posterior(prior, None, y)
+    np.testing.assert_allclose(np.asarray(untrained.means), np.asarray(prior.means), atol=1e-6)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.abs().sum() == 0 and "bias" not in name:
+                p.normal_(0, 0.1)
+    dt = DistributionTransformer(net.eval(), task)
+    base = dt.posterior(prior, None, y)
+    c = 1.7  # prior shifted by c in z = log sigma^2, data scaled by exp(c / 2)
+    moved = dt.posterior(
+        GaussianMixture.univariate([0.3, 0.7], [-0.5 + c, 0.4 + c], [0.6, 0.3]),
+        None,
+        y * np.exp(c / 2),
+    )
+    np.testing.assert_allclose(np.asarray(moved.means), np.asarray(base.means) + c, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(moved.weights), np.asarray(base.weights), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(moved.scale_trils), np.asarray(base.scale_trils), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="recentre"):
+        DTConfig(param_dim=2, recentre="log-scale")
+    with pytest.raises(ValueError, match="recentre"):
+        DTConfig(recentre="shift")
