@@ -53,6 +53,20 @@ class ImportanceResult(NamedTuple):
     log_evidence: Array
 
 
+@jax.jit
+def _log_prob_jit(proposal, theta):
+    return proposal.log_prob(theta)
+
+
+def _log_prob(proposal, theta) -> Array:
+    """``proposal.log_prob(theta)``, compiled (fused) when the proposal is a pytree, as
+    :mod:`probinfer.distributions` ones are; eager otherwise."""
+    try:
+        return _log_prob_jit(proposal, theta)
+    except TypeError:  # not a pytree (not a valid jit argument)
+        return proposal.log_prob(theta)
+
+
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -114,7 +128,7 @@ def importance_resample(
         )
     if bool(jnp.any(jnp.isnan(log_t))):
         raise ValueError("log_target returned NaN; return -inf outside the target's support")
-    log_w = log_t - proposal.log_prob(theta)
+    log_w = log_t - _log_prob(proposal, theta)
     log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)  # -inf - (-inf): no mass
     top = jnp.max(log_w, axis=0)
     if not bool(jnp.all(jnp.isfinite(top))):
