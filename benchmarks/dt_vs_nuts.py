@@ -16,7 +16,7 @@ shipped model ``dt-linear-2d`` with a key that training never used.
   NumPyro target is a pytree of its data, so the padded model compiles once for all
   problems); time per problem from a second run on the same target, scaled to 1000.
 * **DT + importance resampling**: the DT's posteriors as proposals
-  (:func:`probinfer.importance.importance_resample`, ``--is-proposals`` per problem, 10,000
+  (:func:`probinfer.importance.importance_resample`, ``--is-proposals`` per problem, 5,000
   by default), weighted by the exact unnormalised posterior (the GMM prior times the
   Gaussian likelihood) and resampled to 2000 draws: the amortized posterior corrected into a
   consistent one where the likelihood is known. Timed for all 1000 problems (DT call
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--subset", type=int, default=40, help="problems run by NUTS")
     p.add_argument("--smc-subset", type=int, default=10, help="problems run by SMC (<= subset)")
     p.add_argument("--dt-accuracy-problems", type=int, default=1000)
-    p.add_argument("--is-proposals", type=int, default=10_000, help="DT + IS proposals")
+    p.add_argument("--is-proposals", type=int, default=5_000, help="DT + IS proposals")
     p.add_argument("--model-dir", help="a saved DT directory instead of the shipped model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="dt_vs_nuts")
