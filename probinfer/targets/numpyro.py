@@ -149,6 +149,10 @@ class NumPyroTarget(Target):
         data, static_part = _split_args(self.args, self.kwargs)
         if not data:
             return False
+        try:  # the static part keys compiled code: it must be hashable
+            hash(static_part)
+        except TypeError:
+            return False
 
         def densities(data, u):
             args, kwargs = _join_args(data, static_part)
@@ -162,22 +166,9 @@ class NumPyroTarget(Target):
             return False
         return True
 
-    def _with_args(self, args, kwargs) -> NumPyroTarget:
-        """This target on other model arguments of the same structure (no re-tracing)."""
-        new = object.__new__(type(self))
-        Target.__init__(new, self.sites, self.num_observations, "jax")
-        for k in ("model", "latent_names", "observed_names", "memory_budget", "traced_data"):
-            if k in self.__dict__:
-                object.__setattr__(new, k, self.__dict__[k])
-        object.__setattr__(new, "args", args)
-        object.__setattr__(new, "kwargs", kwargs)
-        new._make_engines()
-        return new
-
-    # ---- pytree ---------------------------------------------------------------------------
-    def tree_flatten(self):
-        """Leaves: the data (with :attr:`traced_data`); static: the model and the rest."""
-        static = (
+    def _static(self) -> tuple:
+        """Everything but the model's arguments (the pytree's static part)."""
+        return (
             self.model,
             self.sites,
             self.num_observations,
@@ -186,20 +177,13 @@ class NumPyroTarget(Target):
             self.memory_budget,
             self.traced_data,
         )
-        if not self.traced_data:  # the target itself is static (compared by identity)
-            return (), (static, _Identity(self))
-        data, static_part = _split_args(self.args, self.kwargs)
-        return tuple(data), (static, static_part)
 
     @classmethod
-    def tree_unflatten(cls, aux, data):
-        static, part = aux
-        if isinstance(part, _Identity):
-            return part.target
+    def _build(cls, static: tuple, args, kwargs) -> NumPyroTarget:
+        """A target from its static part and model arguments, without re-tracing."""
         model, sites, num_obs, latent, observed, budget, traced = static
         new = object.__new__(cls)
         Target.__init__(new, sites, num_obs, "jax")
-        args, kwargs = _join_args(list(data), part)
         for k, v in dict(
             model=model,
             args=args,
@@ -212,6 +196,25 @@ class NumPyroTarget(Target):
             object.__setattr__(new, k, v)
         new._make_engines()
         return new
+
+    def _with_args(self, args, kwargs) -> NumPyroTarget:
+        """This target on other model arguments of the same structure (no re-tracing)."""
+        return self._build(self._static(), args, kwargs)
+
+    # ---- pytree ---------------------------------------------------------------------------
+    def tree_flatten(self):
+        """Leaves: the data (with :attr:`traced_data`); static: the model and the rest."""
+        if not self.traced_data:  # the target itself is static (compared by identity)
+            return (), (self._static(), _Identity(self))
+        data, static_part = _split_args(self.args, self.kwargs)
+        return tuple(data), (self._static(), static_part)
+
+    @classmethod
+    def tree_unflatten(cls, aux, data):
+        static, part = aux
+        if isinstance(part, _Identity):
+            return part.target
+        return cls._build(static, *_join_args(list(data), part))
 
     # ---- one particle -------------------------------------------------------------------
     def _trace(self, u):
