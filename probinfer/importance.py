@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from probinfer.resampling import SCHEMES, resample
+from probinfer.targets.base import check_num
 
 Array = jax.Array
 
@@ -67,12 +68,6 @@ def _log_prob(proposal, theta) -> Array:
         return proposal.log_prob(theta)
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def importance_resample(
     key: Array,
     proposal,
@@ -114,8 +109,8 @@ def importance_resample(
         ``log_target`` returns the wrong shape or NaN, or every proposal of a batch entry
         has zero target density.
     """
-    num = _positive_int("num", num)
-    m = _positive_int("num_proposals", 10 * num if num_proposals is None else num_proposals)
+    num = check_num(num, "num")
+    m = check_num(10 * num if num_proposals is None else num_proposals, "num_proposals")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     batch = tuple(proposal.batch_shape)
