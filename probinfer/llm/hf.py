@@ -124,6 +124,36 @@ def step_text(tokenizer, history, step, carry: str, head: str | None = None) -> 
     return carry + (full[len(head) :] if full.startswith(head) else tokenizer.decode(step))
 
 
+def sample_tokens(logits, temperature: float, gen, pad: int | None = None, noise=None):
+    """One token per row from ``softmax(logits / temperature)`` (``argmax`` at temperature
+    0), drawn with the torch generator ``gen``; returns ``(tokens, noise)``.
+
+    The draw is the exponential race: ``argmax_i p_i / E_i`` with ``E_i ~ Exp(1)`` i.i.d. is
+    ``i`` with probability ``p_i`` (``E_i / p_i ~ Exp(p_i)``, and the smallest of independent
+    exponentials is the ``i``-th with probability proportional to its rate). It is the
+    computation ``torch.multinomial(probs, 1, generator=gen)`` makes for one sample per row,
+    so the tokens and the generator's stream are the same as that call's (a test checks
+    this), at a fraction of its cost: the noise is drawn into the reused buffer ``noise``
+    and the division and the argmax run on the host. ``pad``: a token id never drawn
+    (its logit is set to ``-inf`` in place).
+    """
+    import torch
+
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    if logits.device.type != "cpu":
+        logits = logits.cpu()
+    if pad is not None:
+        logits[:, pad] = -torch.inf
+    if temperature == 0:
+        return logits.argmax(-1).tolist(), noise
+    probs = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)
+    if noise is None or noise.shape != probs.shape:
+        noise = torch.empty_like(probs)
+    noise.exponential_(generator=gen)
+    return (probs.numpy() / noise.numpy()).argmax(-1).tolist(), noise
+
+
 class HFCausalLM:
     """A local causal language model proposing token-exact reasoning steps in batches.
 
@@ -312,8 +342,10 @@ class HFCausalLM:
         # positions and pending tokens live on the host (one tensor per forward pass)
         position, pending = rows.position.tolist(), rows.pending.tolist()
         gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
+        noise = None  # the sampler's reused buffer
         limit = self.context_limit
         pad, eos = self.pad_token_id, self.eos_token_id
+        mask_pad = pad if self._mask_pad else None
         produced = 0
         dev = self.device
         with torch.no_grad():
@@ -329,21 +361,16 @@ class HFCausalLM:
                 if ready is not None:  # the prefill encoded the pending tokens already
                     logits, ready, fed = ready, None, active
                 else:
-                    ids = torch.tensor(
-                        [[p if a else pad] for p, a in zip(pending, active)], device=dev
+                    # ids, positions and the new mask column of every row in one tensor
+                    new = torch.tensor(
+                        [(p if a else pad, q, a) for p, q, a in zip(pending, position, active)],
+                        dtype=torch.long,
+                        device=dev,
                     )
-                    mask = torch.cat([mask, torch.tensor(active, device=dev)[:, None].long()], 1)
-                    pos = torch.tensor(position, device=dev)[:, None]
-                    logits, layers = self._forward(ids, mask, pos, layers)
+                    mask = torch.cat([mask, new[:, 2:]], 1)
+                    logits, layers = self._forward(new[:, :1], mask, new[:, 1:2], layers)
                     encoded += sum(active)
-                logits = logits.float().cpu()
-                if self._mask_pad:
-                    logits[:, pad] = -torch.inf
-                if temperature == 0:
-                    nxt = logits.argmax(-1).tolist()
-                else:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    nxt = torch.multinomial(probs, 1, generator=gen)[:, 0].tolist()
+                nxt, noise = sample_tokens(logits, temperature, gen, mask_pad, noise)
                 for i in range(b):
                     if not active[i]:
                         continue

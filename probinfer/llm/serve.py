@@ -27,6 +27,8 @@ def _generate(lm, body: dict) -> dict:
     import torch
     from transformers import DynamicCache
 
+    from probinfer.llm.hf import sample_tokens
+
     tok = lm.tokenizer
     prompt = body.get("prompt")
     ids = list(prompt) if isinstance(prompt, list) else tok.encode(str(prompt))
@@ -42,6 +44,7 @@ def _generate(lm, body: dict) -> dict:
     out = [[] for _ in range(n)]
     done = [False] * n
     reason = ["length"] * n
+    noise = None
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         x = torch.tensor([ids] * n, dtype=torch.long, device=dev)
@@ -51,18 +54,12 @@ def _generate(lm, body: dict) -> dict:
             res = model(
                 input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
             )
-            logits = res.logits[:, -1, :].float().cpu()
-            if lm._mask_pad:
-                logits[:, lm.pad_token_id] = -torch.inf
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=gen)
-                nxt = nxt[:, 0]
+            pad = lm.pad_token_id if lm._mask_pad else None
+            nxt, noise = sample_tokens(res.logits[:, -1, :], temperature, gen, pad, noise)
             for i in range(n):
                 if done[i]:
                     continue
-                t = int(nxt[i])
+                t = nxt[i]
                 if eos is not None and t == eos:
                     done[i], reason[i] = True, "stop"
                     continue
@@ -71,7 +68,7 @@ def _generate(lm, body: dict) -> dict:
                     done[i], reason[i] = True, "stop"
             if all(done):
                 break
-            x = nxt[:, None].to(dev)
+            x = torch.tensor(nxt, dtype=torch.long, device=dev)[:, None]
             pos = pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long, device=dev)], 1)
     choices = []

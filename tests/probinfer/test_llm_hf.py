@@ -117,6 +117,38 @@ def test_hf_particle_filter_end_to_end(tiny_lm, tiny_prm):
     assert np.isfinite(res.log_evidence)
 
 
+def test_sample_tokens_is_exact_and_matches_torch_multinomial():
+    """The exponential-race sampler: (a) its draws follow softmax(logits / T) with the
+    padding id never drawn (chi-square against the probabilities computed here), (b) it
+    draws what ``torch.multinomial`` draws with the same generator, call after call."""
+    from scipy import stats
+
+    from probinfer.llm.hf import sample_tokens
+
+    logits = torch.tensor([[0.0, 1.0, -0.5, 2.0, 0.3], [3.0, -1.0, 0.0, 0.0, -2.0]])
+    temperature, pad, reps = 0.7, 2, 4000
+    gen, noise = torch.Generator().manual_seed(0), None
+    counts = np.zeros((2, 5))
+    for _ in range(reps):
+        got, noise = sample_tokens(logits.clone(), temperature, gen, pad, noise)
+        counts[[0, 1], got] += 1
+    z = logits.double().numpy() / temperature
+    z[:, pad] = -np.inf
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert counts[:, pad].sum() == 0
+    for row in range(2):
+        keep = p[row] > 0
+        assert stats.chisquare(counts[row, keep], reps * p[row, keep]).pvalue > 1e-3
+    g1, g2, noise = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3), None
+    for _ in range(200):
+        x = torch.randn(6, 11)
+        got, noise = sample_tokens(x, 1.0, g1, None, noise)
+        want = torch.multinomial(torch.softmax(x, -1), 1, generator=g2)[:, 0].tolist()
+        assert got == want
+    assert sample_tokens(logits.clone(), 0, gen, pad)[0] == [3, 0]
+
+
 def test_one_lm_forward_pass_per_sampled_position(tiny_lm, monkeypatch):
     """A prefill samples the first new token from its own logits, so every sampling
     iteration costs exactly one forward pass: for text histories, for a fresh prompt (the
@@ -125,7 +157,7 @@ def test_one_lm_forward_pass_per_sampled_position(tiny_lm, monkeypatch):
     import probinfer.llm.hf as hf
 
     calls = {"forward": 0, "draw": 0}
-    forward, draw = hf.forward_cached, torch.multinomial
+    forward, draw = hf.forward_cached, hf.sample_tokens
 
     def counting_forward(model, *a, **k):
         calls["forward"] += model is tiny_lm.model  # the LM's passes, not the PRM's
@@ -136,7 +168,7 @@ def test_one_lm_forward_pass_per_sampled_position(tiny_lm, monkeypatch):
         return draw(*a, **k)
 
     monkeypatch.setattr(hf, "forward_cached", counting_forward)
-    monkeypatch.setattr(torch, "multinomial", counting_draw)
+    monkeypatch.setattr(hf, "sample_tokens", counting_draw)
     fmt = StepFormat(";", "|")
     for store in (_store(PROMPT, PARTIALS), _store("2+2+2+2+2=", [""] * 3)):
         calls.update(forward=0, draw=0)
