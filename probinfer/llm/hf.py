@@ -706,26 +706,32 @@ class HFRewardModel:
                     for i in cut:
                         real = torch.nonzero(mask[i])[:, 0]
                         mask[i, real[int(keep[i]) :]] = 0
-        new = [len(r) - int(k) for r, k in zip(rows, keep)]
+        keep = keep.tolist()
+        new = [len(r) - k for r, k in zip(rows, keep)]
         w = max(new)
-        ids = torch.full((n, w), self.pad_token_id, dtype=torch.long)
-        block = torch.zeros((n, w), dtype=torch.long)
-        pos = torch.arange(w, dtype=torch.long).repeat(n, 1) + torch.as_tensor(keep)[:, None]
-        for i, (r, k) in enumerate(zip(rows, keep)):
-            ids[i, : new[i]] = torch.tensor(r[int(k) :])
-            block[i, : new[i]] = 1
-        if self.context_limit is not None:
-            pos = pos.clamp(max=self.context_limit - 1)  # padding positions only
-        ids, block, pos = ids.to(self.device), block.to(self.device), pos.to(self.device)
+        # the new tokens of every row (right-padded), their mask and their positions, built
+        # on the host as one tensor; padding positions are clamped into the position table
+        top = (self.context_limit or 2**62) - 1
+        pad = self.pad_token_id
+        grid = torch.tensor(
+            [
+                [r[k:] + [pad] * (w - m) for r, k, m in zip(rows, keep, new)],
+                [[1] * m + [0] * (w - m) for m in new],
+                [[min(k + j, top) for j in range(w)] for k in keep],
+            ],
+            dtype=torch.long,
+            device=self.device,
+        )
+        ids, block, pos = grid[0], grid[1], grid[2]
         full = block if mask is None else torch.cat([mask, block], 1)
         with torch.no_grad():
             logits, layers = forward_cached(self.model, ids, full, pos, layers)
-            at = torch.as_tensor(new, device=self.device) - 1
+            at = torch.tensor([m - 1 for m in new], device=self.device)
             scores = self._probability(logits, at).cpu().numpy().astype(np.float64)
         kv = KVRows(
             layers,
             full,
-            torch.as_tensor([len(r) for r in rows], device=self.device),
+            torch.tensor([len(r) for r in rows], device=self.device),
             at,
             np.arange(n),
         )
