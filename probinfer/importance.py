@@ -21,8 +21,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probinfer.checks import check_num
 from probinfer.resampling import SCHEMES, resample
-from probinfer.targets.base import check_num
 
 Array = jax.Array
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.resampling import Scheme
 
 Array = jax.Array
@@ -95,8 +96,7 @@ class LinearGaussianSSM:
 
     def simulate(self, key: Array, num_steps: int) -> tuple[Array, Array]:
         """Draw states ``(T, d)`` and observations ``(T, p)`` from the model."""
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+        check_num(num_steps, "num_steps")
         A, C = jnp.asarray(self.A), jnp.asarray(self.C)
         LQ, LR = jnp.linalg.cholesky(jnp.asarray(self.Q)), jnp.linalg.cholesky(jnp.asarray(self.R))
         k0, kx, ky = jax.random.split(key, 3)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.weights import check_log_weights, check_log_weights_numpy, normalize
 
 Array = jax.Array
@@ -162,10 +163,7 @@ def _check_scheme(scheme: str) -> None:
 
 
 def _check_num(num, n: int) -> int:
-    num = n if num is None else num
-    if isinstance(num, bool) or not isinstance(num, int | jnp.integer) or int(num) < 1:
-        raise ValueError(f"num must be a positive integer, got {num!r}")
-    return int(num)
+    return check_num(n if num is None else num, "num")
 
 
 def offspring_counts(

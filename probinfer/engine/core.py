@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.engine.dlpack import to_jax, to_torch
 
 Array = jax.Array
@@ -39,8 +40,7 @@ def bucket_size(n: int, min_bucket: int = 64, chunk: int | None = None, per_octa
     number of distinct sizes stays logarithmic in ``n``. When the result exceeds ``chunk`` it is
     the next multiple of ``chunk`` instead (rows are processed ``chunk`` at a time).
     """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_num(n, "n")
     if per_octave < 1 or per_octave & (per_octave - 1):
         raise ValueError(f"per_octave must be a power of two, got {per_octave}")
     n = max(int(n), int(min_bucket), 1)

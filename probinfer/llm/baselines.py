@@ -9,6 +9,7 @@ import time
 import jax
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.llm.filtering import _check_model, sample_rollouts
 from probinfer.llm.protocols import Usage, check_rewards
 from probinfer.llm.result import LLMResult, build_result
@@ -103,8 +104,7 @@ def beam_search(
     """
     n, start, usage = _setup(model, prompt, budget)
     _need_reward(model, "beam_search")
-    if isinstance(expansion, bool) or not isinstance(expansion, int) or expansion < 1:
-        raise ValueError(f"expansion must be a positive integer, got {expansion!r}")
+    check_num(expansion, "expansion")
     width = max(1, n // expansion)
     children = n // width
     from probinfer.llm.store import Trajectories

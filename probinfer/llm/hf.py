@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.llm.protocols import StepProposal
 from probinfer.llm.ssm import key_to_seed
 from probinfer.llm.task import CharTokenizer
@@ -505,8 +506,7 @@ class HFRewardModel:
         self.kind = check_kind(kind)
         if kind == "causal" and step_separator is None:
             raise ValueError("step_separator is needed for kind='causal' (e.g. 'ки')")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_num(batch_size, "batch_size")
         self.device = _device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.llm.protocols import StepFormat
 
 __all__ = ["FEATURES", "LikelihoodPRM"]
@@ -54,8 +55,7 @@ class LikelihoodPRM:
             raise ValueError(f"coef must have {len(FEATURES)} entries, got {self.coef.shape}")
         self.intercept = float(intercept)
         self.step_format = step_format or StepFormat()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_num(batch_size, "batch_size")
         self.batch_size = batch_size
 
     def _token_log_probs(self, rows, spans) -> np.ndarray:

@@ -57,6 +57,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.llm.protocols import StepFormat, StepProposal
 from probinfer.llm.ssm import key_to_seed
 
@@ -132,10 +133,7 @@ class _Client:
         if api_key_env is not None and not isinstance(api_key_env, str):
             raise TypeError(f"api_key_env must be a str or None, got {type(api_key_env).__name__}")
         self.api_key_env = api_key_env
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-            raise ValueError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
+        check_num(max_concurrency, "max_concurrency")
         self.max_concurrency = max_concurrency
         self.timeout = _positive("timeout", timeout)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -503,8 +501,7 @@ class OpenAICompatiblePRM:
             raise ValueError(f"kind must be one of {PRM_SERVER_KINDS}, got {kind!r}")
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a non-empty string, got {model!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_num(batch_size, "batch_size")
         self.client = _Client(
             base_urls,
             api_key_env=api_key_env,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.llm.protocols import (
     LanguageModel,
     RewardModel,
@@ -74,12 +75,6 @@ def _positive(name, v, allow_zero=False) -> float:
     if not np.isfinite(f) or f < 0 or (f == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
     return f
-
-
-def _positive_int(name, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    return int(v)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,8 +135,8 @@ class LLMStateSpaceModel:
             raise TypeError("reward must implement RewardModel.score(...) or be None")
         if not isinstance(self.step_format, StepFormat):
             raise TypeError("step_format must be a StepFormat")
-        _positive_int("max_steps", self.max_steps)
-        _positive_int("max_tokens_per_step", self.max_tokens_per_step)
+        check_num(self.max_steps, "max_steps")
+        check_num(self.max_tokens_per_step, "max_tokens_per_step")
         _positive("sampling_temperature", self.sampling_temperature, allow_zero=True)
         _positive("reward_temperature", self.reward_temperature)
         if self.potential not in POTENTIALS:
@@ -150,7 +145,7 @@ class LLMStateSpaceModel:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         for name in ("max_tokens", "max_lm_calls"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                check_num(getattr(self, name), name)
         if self.answer_extractor is not None and not callable(self.answer_extractor):
             raise TypeError("answer_extractor must be callable or None")
         if self.answer_extractor is None:

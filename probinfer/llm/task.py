@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probinfer.checks import check_num
+
 __all__ = [
     "ArithmeticProblem",
     "ArithmeticTask",
@@ -116,8 +118,7 @@ class ArithmeticTask:
 
     def problems(self, n: int, seed: int = 0) -> list[ArithmeticProblem]:
         """``n`` problems from ``np.random.default_rng(seed)`` (same seed, same problems)."""
-        if not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_num(n, "n")
         rng = np.random.default_rng(seed)
         return [self.sample(rng) for _ in range(int(n))]
 

@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.engine.core import bucket_size, chunk_size_for, map_in_chunks, row_bytes
 from probinfer.particles import Particles, take
 from probinfer.resampling import (
@@ -136,9 +137,7 @@ class FeynmanKac:
             f = getattr(self, name)
             if f is not None and not callable(f):
                 raise TypeError(f"{name} must be callable or None, got {type(f)}")
-        n = self.num_steps
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {n!r}")
+        check_num(self.num_steps, "num_steps")
 
     @property
     def fns(self) -> tuple:

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.particles import Particles
 from probinfer.smc.evidence import EVIDENCE_ESTIMATORS, zv_degree, zv_log_mean_weight
 from probinfer.smc.feynman_kac import (
@@ -508,16 +509,10 @@ def _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, ma
         raise ValueError(
             f"kernel={kernel!r} needs gradients: use kernel='rwmh' for a {target.backend} target"
         )
-    if (
-        isinstance(num_mcmc_steps, bool)
-        or not isinstance(num_mcmc_steps, int)
-        or (num_mcmc_steps < 1)
-    ):
-        raise ValueError(f"num_mcmc_steps must be a positive integer, got {num_mcmc_steps!r}")
+    check_num(num_mcmc_steps, "num_mcmc_steps")
     if not 0.0 < float(ess_target) < 1.0:
         raise ValueError(f"ess_target must be in (0, 1), got {ess_target!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    check_num(max_steps, "max_steps")
 
 
 def tempered_smc(

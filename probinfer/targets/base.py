@@ -104,12 +104,6 @@ class Target:
         }
 
 
-def check_num(num, name: str = "num") -> int:
-    if isinstance(num, bool) or not isinstance(num, int | np.integer) or num < 1:
-        raise ValueError(f"{name} must be a positive integer, got {num!r}")
-    return int(num)
-
-
 def check_finite_data(name: str, value) -> None:
     arr = np.asarray(value)
     if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.engine.core import LikelihoodEngine
-from probinfer.targets.base import LatentSite, Target, check_finite_data, check_num
+from probinfer.targets.base import LatentSite, Target, check_finite_data
 
 Array = jax.Array
 

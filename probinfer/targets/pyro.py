@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.engine.core import LikelihoodEngine, chunk_size_for
-from probinfer.targets.base import LatentSite, Target, check_finite_data, check_num
+from probinfer.targets.base import LatentSite, Target, check_finite_data
 
 Array = jax.Array
 
