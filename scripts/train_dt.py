@@ -155,9 +155,7 @@ def main(argv=None) -> int:
         log_file=sys.stdout,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
     )
-    done = dt.meta["training"]["steps_done"]
-    if done < optim.n_steps:
-        print(f"stopped at step {done}/{optim.n_steps}; rerun to resume from {ckpt}")
+    if _stopped_early(dt, optim, ckpt):
         return 0
     dt.meta["training"]["command"] = (
         f"OMP_NUM_THREADS=1 python scripts/train_dt.py --task {args.task}"
@@ -165,6 +163,15 @@ def main(argv=None) -> int:
     dt.save(args.out, name=s["name"])
     print(f"saved {args.out}/{s['name']}.safetensors + .json; training: {dt.meta['training']}")
     return 0
+
+
+def _stopped_early(dt, optim, ckpt) -> bool:
+    """Whether training stopped before its last step (time limit): say how to resume."""
+    done = dt.meta["training"]["steps_done"]
+    if done < optim.n_steps:
+        print(f"stopped at step {done}/{optim.n_steps}; rerun to resume from {ckpt}")
+        return True
+    return False
 
 
 def finetune(args) -> int:
@@ -204,9 +211,7 @@ def finetune(args) -> int:
         log_file=sys.stdout,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
     )
-    done = dt.meta["training"]["steps_done"]
-    if done < optim.n_steps:
-        print(f"stopped at step {done}/{optim.n_steps}; rerun to resume from {ckpt}")
+    if _stopped_early(dt, optim, ckpt):
         return 0
     overrides = "".join(
         f" --ft-{n} {getattr(args, 'ft_' + n)}"

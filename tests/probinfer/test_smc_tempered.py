@@ -214,42 +214,29 @@ def test_pyro_target_with_rwmh():
     assert target.has_gradients  # HMC/NUTS on Pyro: tests/probinfer/test_targets_pyro.py
 
 
-def test_new_data_of_the_same_shapes_reuses_the_compiled_run():
+def test_new_data_of_the_same_shapes_reuses_the_compiled_run(xla_compiles):
     """A NumPyro target is a pytree of its data: tempered SMC on new datasets of the same
     model and shapes compiles no program (the first run compiles for seconds), and each
     run's evidence is that of its own data: over 8 datasets, the mean of
     ``Z_hat / Z_exact`` is 1 within 3 standard errors (exact marginal likelihood)."""
-    import logging
-
     rng = np.random.default_rng(5)
     datasets = [
         rng.normal(rng.normal(MU0, TAU0), SIGMA, N_OBS).astype(np.float32) for _ in range(9)
     ]
     cov = SIGMA**2 * np.eye(N_OBS) + TAU0**2 * np.ones((N_OBS, N_OBS))
-    compiled = []
 
-    class Compiles(logging.Handler):
-        def emit(self, record):
-            if record.getMessage().startswith("Compiling"):
-                compiled.append(record.getMessage()[:120])
+    def run(i, y):
+        target = from_numpyro(normal_mean_model, y)
+        assert target.traced_data
+        return tempered_smc(jax.random.key(i), target, 500, progress=False)
 
-    handler = Compiles(logging.WARNING)
-    logger = logging.getLogger("jax._src.interpreters.pxla")
+    run(0, datasets[0])  # the first dataset compiles everything
     ratios = []
-    try:
-        for i, y in enumerate(datasets):
-            target = from_numpyro(normal_mean_model, y)
-            assert target.traced_data
-            if i == 1:  # the first dataset compiled everything
-                logger.addHandler(handler)
-                jax.config.update("jax_log_compiles", True)
-            res = tempered_smc(jax.random.key(i), target, 500, progress=False)
-            if i:
-                exact = multivariate_normal(np.full(N_OBS, MU0), cov).logpdf(y)
-                ratios.append(np.exp(res.log_evidence_is - exact))
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(handler)
+    with xla_compiles() as compiled:
+        for i, y in enumerate(datasets[1:], start=1):
+            res = run(i, y)
+            exact = multivariate_normal(np.full(N_OBS, MU0), cov).logpdf(y)
+            ratios.append(np.exp(res.log_evidence_is - exact))
     assert compiled == [], compiled
     ratios = np.asarray(ratios)
     assert abs(ratios.mean() - 1) <= 3 * ratios.std(ddof=1) / np.sqrt(len(ratios)) + 1e-3
