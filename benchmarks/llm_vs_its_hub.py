@@ -29,7 +29,8 @@ Setup (fair by construction):
 Reported: accuracy (binomial standard error) and the paired accuracy difference across
 problems with its standard error, wall time per problem and the ratio, tokens generated and
 encoded per problem (probinfer's LM and PRM with and without KV reuse), probinfer's
-bookkeeping time (everything outside the LM and PRM calls) as a share of the LM time, the
+bookkeeping time (everything outside the LM and PRM calls) as a share of the LM time, and
+the part of it that handles weights (log potentials, reweighting, ESS, resampling), the
 time inside the networks' forward passes on each side, and the wall-time ratio probinfer
 would reach if everything but its forward passes cost nothing (the floor of the ratio with
 the same network code on both sides).
@@ -129,6 +130,31 @@ def _time_forward_passes(backends) -> list:
     for b in backends:
         if not lean.supports(b.model):
             b.model.forward = timed(b.model.forward)
+    return total
+
+
+def _time_weight_bookkeeping() -> list:
+    """Accumulate the wall time of the SMC driver's weight handling (log potentials from
+    the scores, their check, reweighting with the ESS, resampling) into the returned
+    one-element list."""
+    import probinfer.smc.feynman_kac as fk
+    from probinfer.llm.ssm import LLMStateSpaceModel
+
+    total = [0.0]
+
+    def timed(f):
+        def call(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                total[0] += time.perf_counter() - t0
+
+        return call
+
+    for name in ("_clean_log_potential", "_reweight", "_ancestors"):
+        setattr(fk, name, timed(getattr(fk, name)))
+    LLMStateSpaceModel.step_log_potential = timed(LLMStateSpaceModel.step_log_potential)
     return total
 
 
@@ -246,6 +272,7 @@ def main(argv=None) -> int:
 
     timed = TimedStatefulPRM if hasattr(prm, "score_with_state") else TimedPRM
     forward_time = _time_forward_passes([m for m in (lm, prm) if hasattr(m, "model")])
+    weights_time = _time_weight_bookkeeping()
     ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=timed(prm))
 
     counters = {"seed": 0, "lm_time": 0.0, "prm_time": 0.0, "tokens_generated": 0,
@@ -276,7 +303,8 @@ def main(argv=None) -> int:
             key = jax.random.fold_in(jax.random.fold_in(base, i), b)
 
             def run_ours(key=key, prompt=prompt, answer=answer, b=b):
-                lm0, prm0, f0 = ours_t["lm"], ours_t["prm"], forward_time[0]
+                lm0, prm0 = ours_t["lm"], ours_t["prm"]
+                f0, w0 = forward_time[0], weights_time[0]
                 t0 = time.perf_counter()
                 res = particle_filter(key, ours_model, prompt, b)
                 wall = time.perf_counter() - t0
@@ -287,6 +315,7 @@ def main(argv=None) -> int:
                     "lm_time": ours_t["lm"] - lm0,
                     "prm_time": ours_t["prm"] - prm0,
                     "forward_time": forward_time[0] - f0,
+                    "weights_time": weights_time[0] - w0,
                     "tokens_generated": u.tokens_generated,
                     "tokens_encoded": u.tokens_encoded,
                     "reward_tokens_encoded": u.reward_tokens_encoded,
@@ -355,6 +384,10 @@ def main(argv=None) -> int:
         out["bookkeeping_share_of_lm_time"] = float(
             (other - out["prm_seconds_per_problem"]) / out["lm_seconds_per_problem"]
         )
+        if "weights_time" in rs[0]:  # the part of it that handles weights (probinfer)
+            out["weight_bookkeeping_share_of_lm_time"] = float(
+                np.mean([r["weights_time"] for r in rs]) / out["lm_seconds_per_problem"]
+            )
         return out
 
     def paired(ours, hub):
@@ -411,7 +444,8 @@ def main(argv=None) -> int:
             f"{h['accuracy']:.2f}±{h['stderr']:.2f}; s/problem {o['seconds_per_problem']:.3f} "
             f"vs {h['seconds_per_problem']:.3f} (ratio "
             f"{results[-1]['wall_time_ratio_probinfer_over_its_hub']:.2f}); bookkeeping "
-            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time; ratio floor (forward "
+            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time (weights "
+            f"{100 * o['weight_bookkeeping_share_of_lm_time']:.1f}%); ratio floor (forward "
             f"passes only) {results[-1]['wall_time_ratio_floor_forward_passes_only']:.2f}; "
             "paired accuracy "
             f"difference {results[-1]['accuracy_difference_paired']['mean']:+.2f}"

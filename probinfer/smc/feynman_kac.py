@@ -918,23 +918,33 @@ class _HostDraws(NamedTuple):
     draws: np.ndarray
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3))
-def _eager_step_keys(key, num_steps: int, scheme: str | None = None, num: int = 0):
+#: the most steps whose keys :func:`_eager_step_keys` returns as separate outputs: its
+#: compile time grows with the number of outputs (2 s at 64 steps, 80 s at 3000)
+_MAX_KEY_OUTPUTS = 64
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _eager_step_keys(key, num_steps: int, scheme: str | None = None, num: int = 0, split=True):
     """The eager loop's keys in one compiled call: ``k0``, each step's ``k_move`` and either
     each step's ``k_res`` or, with a ``scheme``, every step's resampling draws from its
     ``k_res`` (:func:`~probinfer.resampling.resample_draws` at ``num`` slots). Each step's
-    ``(k_res, k_move)`` is its key of :func:`_run_keys` split in two; every key is an
-    output of its own, so the host never slices a key array (one more device call)."""
+    ``(k_res, k_move)`` is its key of :func:`_run_keys` split in two. With ``split`` every
+    key is an output of its own, so the host never slices a key array (one more device
+    call per step); without, the keys come stacked (long runs, see ``_MAX_KEY_OUTPUTS``)."""
     k0, keys = _run_keys(key, num_steps)
     pairs = jax.vmap(jax.random.split)(keys)
-    moves = tuple(pairs[i, 1] for i in range(pairs.shape[0]))
+
+    def each(a):
+        return tuple(a[i] for i in range(a.shape[0])) if split else a
+
     if scheme is None:
-        return k0, moves, tuple(pairs[i, 0] for i in range(pairs.shape[0]))
-    return k0, moves, jax.vmap(lambda k: resample_draws(k, scheme, num))(pairs[:, 0])
+        return k0, each(pairs[:, 1]), each(pairs[:, 0])
+    return k0, each(pairs[:, 1]), jax.vmap(lambda k: resample_draws(k, scheme, num))(pairs[:, 0])
 
 
 def _eager_keys(key, num_steps: int, num_particles: int, scheme: str, conditional: bool):
-    """``(k0, step_keys)`` for the eager loop, with one device call in all.
+    """``(k0, step_keys)`` for the eager loop, with one device call in all (for runs of up
+    to ``_MAX_KEY_OUTPUTS`` steps; longer runs slice a stacked key array at each step).
 
     ``step_keys(t)`` is the ``(k_res, k_move)`` pair of step ``t``; ``k_res`` carries the
     step's resampling draws (:class:`_HostDraws`) when they are small enough to draw up
@@ -946,7 +956,8 @@ def _eager_keys(key, num_steps: int, num_particles: int, scheme: str, conditiona
     num_pad = bucket_size(m, 16) if m >= 1 else 0
     small = res_scheme == "systematic" or (num_steps - 1) * (num_pad + 1) <= 2**20
     pre = res_scheme if m >= 1 and small else None
-    k0, moves, res = _eager_step_keys(key, num_steps, pre, num_pad)
+    split = num_steps <= _MAX_KEY_OUTPUTS
+    k0, moves, res = _eager_step_keys(key, num_steps, pre, num_pad, split)
     host: list = []  # filled at step 1: the device computes while M0 runs (async dispatch)
 
     def step_keys(t):

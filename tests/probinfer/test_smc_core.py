@@ -61,6 +61,23 @@ def test_constant_potential_3000_steps_exact_log_evidence(jit):
         assert abs(float(out.log_evidence) - (-10.3 * 3000)) < 1e-2
 
 
+def test_eager_step_keys_stacked_for_long_runs_equal_the_separate_outputs():
+    """Long eager runs take their keys stacked (compile time grows with the number of
+    outputs): the same keys and draws as the separate outputs of short runs."""
+    from probinfer.smc.feynman_kac import _eager_step_keys
+
+    for scheme, num in ((None, 0), ("systematic", 16)):
+        a = _eager_step_keys(jax.random.key(3), 9, scheme, num, True)
+        b = _eager_step_keys(jax.random.key(3), 9, scheme, num, False)
+        assert np.array_equal(jax.random.key_data(a[0]), jax.random.key_data(b[0]))
+        for t in range(8):
+            assert np.array_equal(jax.random.key_data(a[1][t]), jax.random.key_data(b[1][t]))
+            if scheme is None:
+                assert np.array_equal(jax.random.key_data(a[2][t]), jax.random.key_data(b[2][t]))
+        if scheme is not None:
+            assert np.array_equal(np.asarray(a[2]), np.asarray(b[2]))
+
+
 def test_long_lgssm_log_evidence_within_4_se_of_kalman():
     """Acceptance: 1-D LGSSM, T = 5000, N = 10^4: log Z within 4 SE of the Kalman value
     (SE from 8 independent runs)."""
