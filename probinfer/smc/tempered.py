@@ -248,18 +248,37 @@ def _is_pytree(target) -> bool:
     return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(target))
 
 
-def _prior_draws(key, target, n):
-    """``n`` prior draws with their log prior and log likelihood."""
-    theta = jnp.asarray(target.sample_prior(key, n))
-    return theta, target.log_prior(theta), target.log_likelihood(theta)
+def _terms(target, theta, with_score: bool):
+    """Log prior, log likelihood (NaN -> ``-inf``) and, ``with_score``, the prior's score
+    (zeros without) of the draws ``theta``."""
+    if with_score:
+        lp, ll, score = log_target_and_score(_densities(target), theta, 0.0)
+    else:
+        lp, ll = target.log_prior(theta), target.log_likelihood(theta)
+        score = jnp.zeros_like(theta)
+    return lp, jnp.where(jnp.isnan(ll), -jnp.inf, ll), score
+
+
+_terms_of_pytree = jax.jit(_terms, static_argnums=(2,))  # e.g. one per model and data shapes
+_terms_of_static = jax.jit(_terms, static_argnums=(0, 2))  # one per (hashable) target
+
+
+def _initial_terms(target, theta, with_score: bool):
+    """:func:`_terms` in one compiled call: run eagerly, every operation of the model and
+    of its gradient would compile on its own (seconds on a first run). A target that is
+    neither a pytree nor hashable, or cannot be traced, is evaluated eagerly."""
+    try:
+        if _is_pytree(target):
+            return _terms_of_pytree(target, theta, with_score)
+        hash(target)
+        return _terms_of_static(target, theta, with_score)
+    except TypeError:  # unhashable, or numpy on traced values: the eager evaluation
+        return _terms(target, theta, with_score)
 
 
 def _initial_data(key, target, n, kernel, initial_scale, num_leapfrog=10, with_score=False):
-    theta, lp, ll = _prior_draws(key, target, n)
-    score = jnp.zeros_like(theta)
-    if with_score:
-        _, _, score = log_target_and_score(_densities(target), theta, 0.0)
-    ll = jnp.where(jnp.isnan(ll), -jnp.inf, ll)
+    theta = jnp.asarray(target.sample_prior(key, n))
+    lp, ll, score = _initial_terms(target, theta, with_score)
     d = theta.shape[1]
     if initial_scale is None:
         if kernel == "rwmh":

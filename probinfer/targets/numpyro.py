@@ -294,19 +294,27 @@ class NumPyroTarget(Target):
             object.__setattr__(self, "_prior_sampler", sampler)
         return sampler(keys)
 
+    def constrain_one(self, u: Array) -> dict[str, Array]:
+        """Constrained values of the latent and ``numpyro.deterministic`` sites at one
+        unconstrained point ``u`` ``(D,)``."""
+        tr, _ = self._trace(u)
+        return {
+            n: site["value"]
+            for n, site in tr.items()
+            if n in self.latent_names or site["type"] == "deterministic"
+        }
+
     def constrain(self, theta) -> dict[str, Array]:
-        """Constrained values of the latent and ``numpyro.deterministic`` sites."""
+        """Constrained values of the latent and ``numpyro.deterministic`` sites, batched
+        over the rows of ``theta`` ``(N, D)``, in one compiled call."""
         theta = self._check_theta(theta)
-
-        def one(u):
-            tr, _ = self._trace(u)
-            return {
-                n: site["value"]
-                for n, site in tr.items()
-                if n in self.latent_names or site["type"] == "deterministic"
-            }
-
-        return jax.vmap(one)(theta)
+        if self.traced_data:  # one compiled program per model and data shapes
+            return _constrain_of(self, theta)
+        constrainer = self.__dict__.get("_constrainer")  # per target, built on first use
+        if constrainer is None:
+            constrainer = jax.jit(jax.vmap(self.constrain_one))
+            object.__setattr__(self, "_constrainer", constrainer)
+        return constrainer(theta)
 
     def observed_data(self) -> dict[str, np.ndarray]:
         """The observed values, ``{site: array}``, in the order of the pointwise terms."""
@@ -333,6 +341,11 @@ def _pointwise_of(target: NumPyroTarget, u) -> Array:
 @jax.jit
 def _sample_prior_of(target: NumPyroTarget, keys) -> Array:
     return jax.vmap(target.sample_prior_one)(keys)
+
+
+@jax.jit
+def _constrain_of(target: NumPyroTarget, theta) -> dict[str, Array]:
+    return jax.vmap(target.constrain_one)(theta)
 
 
 class _Identity:

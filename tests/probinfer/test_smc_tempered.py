@@ -260,3 +260,31 @@ def test_a_model_that_needs_concrete_data_keeps_it_constant():
     np.testing.assert_allclose(
         np.asarray(a.particles.values), np.asarray(b.particles.values), atol=1e-4
     )
+
+
+def test_initial_terms_compiled_equal_the_eager_ones(xla_compiles):
+    """The prior draws' log prior, log likelihood and score come from one compiled call
+    (eagerly, each operation of the model and its gradient compiles on its own), with the
+    eager values; a target that is neither a pytree nor hashable is evaluated eagerly."""
+    from probinfer.smc.tempered import _initial_terms, _terms
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 3)).astype(np.float32)
+    y = (X @ np.array([1.0, -0.5, 0.25]) + 0.5 * rng.normal(size=30)).astype(np.float32)
+    target = from_numpyro(regression_model, X, y)
+    theta = target.sample_prior(jax.random.key(0), 64)
+    for with_score in (False, True):
+        want = _terms(target, theta, with_score)
+        with xla_compiles() as compiled:
+            got = _initial_terms(target, theta, with_score)
+        assert len(compiled) == 1, compiled
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
+
+    class Unhashable:  # a plain target object: not a pytree, not hashable
+        __hash__ = None
+        log_prior = staticmethod(target.log_prior)
+        log_likelihood = staticmethod(target.log_likelihood)
+
+    got = _initial_terms(Unhashable(), theta, False)
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-5, atol=1e-5)
