@@ -122,8 +122,18 @@ def _preflight(args: argparse.Namespace) -> None:
     """Checks of arguments shared by subcommands, before anything heavy is imported or loaded.
 
     Raises ``ValueError`` naming the flag: a missing input file (``--problems``), a missing local
-    model directory (``--model``), an invalid regular expression (``--answer-regex``).
+    model directory (``--model``), an invalid regular expression (``--answer-regex``), an
+    output path that cannot be a file (``--output``: an existing directory, or below a file),
+    so that a long run never ends in an error it could have given at the start.
     """
+    output = getattr(args, "output", None)
+    if output is not None:
+        out = Path(output)
+        if out.is_dir():
+            raise ValueError(f"--output: {output!r} is a directory; give a file path in it")
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ValueError(f"--output: {str(blocker)!r} is a file, not a directory")
     problems = getattr(args, "problems", None)
     if problems is not None and not Path(problems).is_file():
         raise ValueError(f"--problems: no such file {problems!r}")

@@ -47,6 +47,8 @@ def test_demo_flags_are_all_described_with_defaults():
         (["scale", "--answer-regex", "(unclosed"], "--answer-regex: invalid regular expression"),
         (["scale", "--model", "/no/such/model"], "--model: no such local model directory"),
         (["scale", "--threads", "0"], "--threads must be a positive integer"),
+        (["scale", "--output", "/"], "--output: '/' is a directory"),
+        (["demo", "--output", __file__ + "/x.nc"], "is a file, not a directory"),
     ],
 )
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
