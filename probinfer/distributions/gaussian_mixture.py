@@ -9,6 +9,7 @@ solves (no explicit inverses).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -40,36 +41,40 @@ def _as_float(x, name: str) -> Array:
     return arr
 
 
-def _mixture_logits(weights, logits) -> Array:
-    """Normalised log mixture weights from exactly one of ``weights`` / ``logits``."""
+def _mixture_logits(weights, logits) -> tuple[Array, bool]:
+    """The validated ``weights`` (and ``True``) or ``logits`` (and ``False``), exactly one of
+    them given; :func:`_parameters` normalises them."""
     if (weights is None) == (logits is None):
         raise ValueError("exactly one of `weights` or `logits` must be given")
     if weights is not None:
         w = _as_float(weights, "weights")
         if w.ndim < 1 or w.shape[-1] == 0:
             raise ValueError(f"weights must have shape batch + (K,) with K >= 1, got {w.shape}")
-        if _is_concrete(w):
-            if bool(jnp.any(jnp.isnan(w))):
+        if _is_concrete(w):  # numpy: a jnp check compiles a program per new shape
+            a = np.asarray(w)
+            if np.isnan(a).any():
                 raise ValueError("weights contain NaN")
-            if bool(jnp.any(w < 0)) or bool(jnp.any(jnp.isinf(w))):
+            if (a < 0).any() or np.isinf(a).any():
                 raise ValueError("weights must be finite and non-negative")
-            if bool(jnp.any(jnp.sum(w, axis=-1) <= 0)):
+            if (a.sum(axis=-1) <= 0).any():
                 raise ValueError("weights must have a positive sum in every batch element")
-        lg = jnp.log(w)
+        return w, True
     else:
         lg = _as_float(logits, "logits")
         if lg.ndim < 1 or lg.shape[-1] == 0:
             raise ValueError(f"logits must have shape batch + (K,) with K >= 1, got {lg.shape}")
         if _is_concrete(lg):
-            if bool(jnp.any(jnp.isnan(lg))) or bool(jnp.any(lg == jnp.inf)):
+            a = np.asarray(lg)
+            if np.isnan(a).any() or (a == np.inf).any():
                 raise ValueError("logits must not contain NaN or +inf")
-            if bool(jnp.any(jnp.all(lg == -jnp.inf, axis=-1))):
+            if (a == -np.inf).all(axis=-1).any():
                 raise ValueError("logits are all -inf in some batch element")
-    return lg - logsumexp(lg, axis=-1, keepdims=True)
+    return lg, False
 
 
-def _scale_trils(means: Array, covariances, scale_trils) -> Array:
-    """Lower Cholesky factors from exactly one of ``covariances`` / ``scale_trils``."""
+def _scale_trils(means: Array, covariances, scale_trils) -> tuple[Array, bool]:
+    """The validated ``covariances`` (and ``True``) or ``scale_trils`` (and ``False``),
+    exactly one of them given; :func:`_parameters` factorises covariances."""
     if (covariances is None) == (scale_trils is None):
         raise ValueError("exactly one of `covariances` or `scale_trils` must be given")
     name = "covariances" if covariances is not None else "scale_trils"
@@ -84,27 +89,38 @@ def _scale_trils(means: Array, covariances, scale_trils) -> Array:
     if covariances is not None:
         concrete = _is_concrete(mat)
         if concrete:
-            if not bool(jnp.all(jnp.isfinite(mat))):
+            a = np.asarray(mat)
+            if not np.isfinite(a).all():
                 raise ValueError("covariances must be finite")
-            asym = jnp.max(jnp.abs(mat - jnp.swapaxes(mat, -1, -2)))
-            scale = jnp.maximum(jnp.max(jnp.abs(mat)), 1.0)
-            if float(asym) > 1e-5 * float(scale):
+            asym = np.abs(a - np.swapaxes(a, -1, -2)).max()
+            if float(asym) > 1e-5 * max(float(np.abs(a).max()), 1.0):
                 raise ValueError("covariances must be symmetric")
-        sym = 0.5 * (mat + jnp.swapaxes(mat, -1, -2))
-        tril = jnp.linalg.cholesky(sym)
-        if concrete:
-            diag = jnp.diagonal(tril, axis1=-2, axis2=-1)
-            if not bool(jnp.all(jnp.isfinite(tril))) or bool(jnp.any(diag <= 0)):
-                raise ValueError("covariances must be symmetric positive definite")
-        return tril
+        return mat, True
     if _is_concrete(mat):
-        if not bool(jnp.all(jnp.isfinite(mat))):
+        a = np.asarray(mat)
+        if not np.isfinite(a).all():
             raise ValueError("scale_trils must be finite")
-        if bool(jnp.any(jnp.triu(mat, k=1) != 0)):
+        if (np.triu(a, k=1) != 0).any():
             raise ValueError("scale_trils must be lower triangular")
-        if bool(jnp.any(jnp.diagonal(mat, axis1=-2, axis2=-1) <= 0)):
+        if (np.diagonal(a, axis1=-2, axis2=-1) <= 0).any():
             raise ValueError("scale_trils must have a positive diagonal")
-    return mat
+    return mat, False
+
+
+@partial(jax.jit, static_argnums=(3, 4, 5))
+def _parameters(w, means, mat, from_weights: bool, from_covariances: bool, batch_shape):
+    """Normalised logits, means and Cholesky factors broadcast to ``batch_shape``, in one
+    compiled call (eagerly, each operation compiles on its own for every new shape)."""
+    lg = jnp.log(w) if from_weights else w
+    lg = lg - logsumexp(lg, axis=-1, keepdims=True)
+    tril = jnp.linalg.cholesky(0.5 * (mat + jnp.swapaxes(mat, -1, -2))) if from_covariances else mat
+    k, d = means.shape[-2:]
+    dtype = jnp.result_type(lg.dtype, means.dtype, tril.dtype)
+    return (
+        jnp.broadcast_to(lg, batch_shape + (k,)).astype(dtype),
+        jnp.broadcast_to(means, batch_shape + (k, d)).astype(dtype),
+        jnp.broadcast_to(tril, batch_shape + (k, d, d)).astype(dtype),
+    )
 
 
 class GaussianMixture(Distribution):
@@ -123,9 +139,10 @@ class GaussianMixture(Distribution):
         Exactly one: non-negative mixture weights (normalised here) or unnormalised log
         weights, shape ``batch + (K,)``.
     validate_args
-        Passed to :class:`numpyro.distributions.Distribution`. Input checks that raise
-        ``ValueError`` (shapes, negative/NaN weights, non-PSD covariances) always run on
-        concrete arrays; inside ``jit`` only shapes are checked.
+        numpyro's flag (``None``: its global default), kept for its checks of values. The
+        parameters are checked here instead of by numpyro's constructor: the checks that
+        raise ``ValueError`` (shapes, negative/NaN weights, non-PSD covariances) always run
+        on concrete arrays, on the host; inside ``jit`` only shapes are checked.
 
     Notes
     -----
@@ -160,27 +177,37 @@ class GaussianMixture(Distribution):
             raise ValueError(
                 f"means must have shape batch + (K, D) with K, D >= 1, got {means.shape}"
             )
-        lg = _mixture_logits(weights, logits)
+        lg, from_weights = _mixture_logits(weights, logits)
         if lg.shape[-1] != means.shape[-2]:
             wname = "weights" if weights is not None else "logits"
             raise ValueError(
                 f"{wname} has {lg.shape[-1]} components but `means` has {means.shape[-2]}"
             )
-        tril = _scale_trils(means, covariances, scale_trils)
+        mat, from_covariances = _scale_trils(means, covariances, scale_trils)
         try:
-            batch_shape = jnp.broadcast_shapes(lg.shape[:-1], means.shape[:-2], tril.shape[:-3])
+            batch_shape = jnp.broadcast_shapes(lg.shape[:-1], means.shape[:-2], mat.shape[:-3])
         except ValueError as err:
             raise ValueError(
                 "batch shapes of weights/logits "
-                f"{lg.shape[:-1]}, means {means.shape[:-2]} and covariances {tril.shape[:-3]} "
+                f"{lg.shape[:-1]}, means {means.shape[:-2]} and covariances {mat.shape[:-3]} "
                 "do not broadcast"
             ) from err
-        k, d = means.shape[-2:]
-        dtype = jnp.result_type(lg.dtype, means.dtype, tril.dtype)
-        self.logits = jnp.broadcast_to(lg, batch_shape + (k,)).astype(dtype)
-        self.means = jnp.broadcast_to(means, batch_shape + (k, d)).astype(dtype)
-        self.scale_trils = jnp.broadcast_to(tril, batch_shape + (k, d, d)).astype(dtype)
-        super().__init__(batch_shape=batch_shape, event_shape=(d,), validate_args=validate_args)
+        self.logits, self.means, self.scale_trils = _parameters(
+            lg, means, mat, from_weights, from_covariances, tuple(batch_shape)
+        )
+        if from_covariances and _is_concrete(self.scale_trils):
+            t = np.asarray(self.scale_trils)
+            if not np.isfinite(t).all() or (np.diagonal(t, axis1=-2, axis2=-1) <= 0).any():
+                raise ValueError("covariances must be symmetric positive definite")
+        d = means.shape[-1]
+        # numpyro's constructor-time check of arg_constraints repeats the checks above (which
+        # always run on concrete inputs, on the host) and would compile an eager program per
+        # operation and new shape; the flag keeps its meaning for everything else
+        super().__init__(batch_shape=batch_shape, event_shape=(d,), validate_args=False)
+        if validate_args is not None:
+            self._validate_args = validate_args
+        else:  # numpyro's global default
+            del self._validate_args
 
     # ------------------------------------------------------------------ constructors
     @classmethod
