@@ -269,3 +269,21 @@ def test_bad_input_raises_value_error(kwargs, match):
 def test_bad_univariate_scales():
     with pytest.raises(ValueError, match="scales"):
         GaussianMixture.univariate(W1, LOC1, -SCALE1)
+
+
+def test_construction_compiles_one_program_per_new_shape(xla_compiles):
+    """The parameter checks run on the host and the normalisation, Cholesky factors and
+    broadcasts in one compiled call (eagerly, each operation and numpyro's own constraint
+    checks compiled on their own: seconds per new shape); ``validate_args`` keeps numpyro's
+    meaning."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(7, 3, 2)).astype(np.float32)
+    cov = np.broadcast_to(np.eye(2, dtype=np.float32), (3, 2, 2))
+    with xla_compiles() as compiled:
+        g = GaussianMixture(means, cov, weights=np.ones((7, 3), np.float32))
+    programs = [c for c in compiled if not c.startswith("Compiling jit(stage)")]  # transfers
+    assert len(programs) == 1 and "_parameters" in programs[0], compiled
+    assert g._validate_args == dist.Distribution._validate_args
+    assert not GaussianMixture(means, cov, logits=np.zeros(3), validate_args=False)._validate_args
+    np.testing.assert_allclose(np.asarray(g.scale_trils), np.broadcast_to(cov, (7, 3, 2, 2)))
+    np.testing.assert_allclose(np.asarray(g.logits), np.full((7, 3), -np.log(3.0)), rtol=1e-6)
