@@ -282,8 +282,11 @@ class GaussianMixture(Distribution):
 
     # ------------------------------------------------------------------ sampling / density
     def sample(self, key, sample_shape=()) -> Array:
-        """Draw ``sample_shape + batch_shape + (D,)`` samples (component, then normal)."""
-        sample_shape = tuple(sample_shape)
+        """Draw ``sample_shape + batch_shape + (D,)`` samples (component, then normal), in
+        one compiled call per shape."""
+        return _sample(self, key, tuple(sample_shape))
+
+    def _sample(self, key, sample_shape: tuple) -> Array:
         shape = sample_shape + self.batch_shape
         key_k, key_z = jax.random.split(key)
         comp = jax.random.categorical(key_k, self.logits, axis=-1, shape=shape)
@@ -309,7 +312,9 @@ class GaussianMixture(Distribution):
         Array
             Shape ``sample_shape + batch_shape + (K,)``.
         """
-        x = jnp.asarray(value)
+        return _component_log_probs(self, value)
+
+    def _component_log_probs(self, x) -> Array:
         diff = x[..., None, :] - self.means
         # one triangular inverse per component, then a matrix product per point (a solve per
         # point is many tiny sequential solves: several times slower for many points)
@@ -328,8 +333,9 @@ class GaussianMixture(Distribution):
         return jnp.exp(joint - logsumexp(joint, axis=-1, keepdims=True))
 
     def log_prob(self, value) -> Array:
-        """``log sum_k w_k N(x | mu_k, Sigma_k)`` by logsumexp over components."""
-        return logsumexp(self.logits + self.component_log_probs(value), axis=-1)
+        """``log sum_k w_k N(x | mu_k, Sigma_k)`` by logsumexp over components, in one
+        compiled call per shape."""
+        return _log_prob(self, value)
 
     # ------------------------------------------------------------------ marginals
     def marginal(self, dims: int | Sequence[int]) -> GaussianMixture:
@@ -410,3 +416,20 @@ class GaussianMixture(Distribution):
         root = 0.5 * (a + b)
         out = jnp.where(finite, root, jnp.where(u <= 0.0, -jnp.inf, jnp.inf))
         return jnp.where((u < 0.0) | (u > 1.0) | jnp.isnan(u), jnp.nan, out)
+
+
+# The distribution is a pytree: its methods run as one compiled call per shape (eagerly, every
+# operation would compile on its own for each new shape; inside jit these calls inline).
+@partial(jax.jit, static_argnums=(2,))
+def _sample(mixture: GaussianMixture, key, sample_shape: tuple) -> Array:
+    return mixture._sample(key, sample_shape)
+
+
+@jax.jit
+def _component_log_probs(mixture: GaussianMixture, x) -> Array:
+    return mixture._component_log_probs(x)
+
+
+@jax.jit
+def _log_prob(mixture: GaussianMixture, x) -> Array:
+    return logsumexp(mixture.logits + mixture._component_log_probs(x), axis=-1)
