@@ -108,12 +108,9 @@ def _its_hub_wrappers(lm, prm, step_format, max_tokens_per_step, counters):
     return ProbinferLM(), ProbinferPRM()
 
 
-def _time_forward_passes(backends) -> list:
-    """Accumulate the wall time spent inside the backends' network forward passes (the
-    lean GPT-2 pass, or the ``transformers`` model's forward) into the returned one-element
-    list."""
-    import probinfer.llm.lean as lean
-
+def _accumulator():
+    """``(total, timed)``: ``timed(f)`` wraps ``f`` so that its wall time adds to
+    ``total[0]``."""
     total = [0.0]
 
     def timed(f):
@@ -126,6 +123,16 @@ def _time_forward_passes(backends) -> list:
 
         return call
 
+    return total, timed
+
+
+def _time_forward_passes(backends) -> list:
+    """Accumulate the wall time spent inside the backends' network forward passes (the
+    lean GPT-2 pass, or the ``transformers`` model's forward) into the returned one-element
+    list."""
+    import probinfer.llm.lean as lean
+
+    total, timed = _accumulator()
     lean.lean_forward = timed(lean.lean_forward)  # imported at call time by the backends
     for b in backends:
         if not lean.supports(b.model):
@@ -140,18 +147,7 @@ def _time_weight_bookkeeping() -> list:
     import probinfer.smc.feynman_kac as fk
     from probinfer.llm.ssm import LLMStateSpaceModel
 
-    total = [0.0]
-
-    def timed(f):
-        def call(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return f(*a, **k)
-            finally:
-                total[0] += time.perf_counter() - t0
-
-        return call
-
+    total, timed = _accumulator()
     for name in ("_clean_log_potential", "_reweight", "_ancestors"):
         setattr(fk, name, timed(getattr(fk, name)))
     LLMStateSpaceModel.step_log_potential = timed(LLMStateSpaceModel.step_log_potential)
