@@ -12,10 +12,14 @@ A checkpoint directory holds at most one *committed* training state:
   trainers cannot write the same checkpoint. The operating system releases it when the
   process dies, so a crashed run never leaves a stale lock behind.
 
-Files not named by the manifest (a tensor file whose manifest was never committed, ``*.tmp``)
-are leftovers of an interrupted write and are removed on the next commit. On load the tensor
-file's checksum and step are verified against the manifest; any mismatch raises ``ValueError``
-naming the file and how to recover instead of resuming from damaged weights.
+Before the first tensor file, an empty manifest (no tensors) is committed, so tensor files
+without a manifest only ever mean a deleted manifest: :meth:`CheckpointDir.load` refuses them
+instead of silently restarting from step 0 over them. Files not named by the manifest (a
+tensor file whose manifest was never committed, ``*.tmp``) are leftovers of an interrupted
+write and are removed on the next commit. On load the tensor file's checksum and step are
+verified against the manifest; any mismatch raises ``ValueError`` naming the file and how to
+recover instead of resuming from damaged weights. Loading needs no lock: a reader whose
+manifest was superseded by a commit in between reads the new one.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ FORMAT = "probinfer-checkpoint"
 _VERSION = 1
 _MANIFEST = "manifest.json"
 _LOCK = ".lock"
+_LOAD_ATTEMPTS = 20
 
 
 class CheckpointLockedError(RuntimeError):
@@ -147,16 +152,15 @@ class CheckpointDir:
 
         if self._lock_fd is None:
             raise RuntimeError("CheckpointDir.save needs the lock: use it as a context manager")
+        if not (self.path / _MANIFEST).is_file():
+            # an empty manifest before the first tensor file: weights without a manifest then
+            # only ever mean a deleted manifest, which load() refuses instead of restarting
+            self._write_manifest(0, None, None)
         name = f"weights-{int(step):09d}.safetensors"
-        _write_atomic(self.path / name, save(tensors, metadata={"step": str(int(step))}))
-        manifest = {
-            "format": FORMAT,
-            "version": _VERSION,
-            "step": int(step),
-            "tensors": {"file": name, "sha256": _sha256(self.path / name)},
-            "state": state,
-        }
-        _write_atomic(self.path / _MANIFEST, json.dumps(manifest, indent=1).encode())
+        blob = save(tensors, metadata={"step": str(int(step))})
+        _write_atomic(self.path / name, blob)
+        tensors_entry = {"file": name, "sha256": hashlib.sha256(blob).hexdigest()}
+        self._write_manifest(int(step), tensors_entry, state)
         _fsync_dir(self.path)
         for p in self.path.iterdir():  # leftovers of earlier commits or interrupted writes
             if p.name != name and (
@@ -165,33 +169,74 @@ class CheckpointDir:
             ):
                 p.unlink(missing_ok=True)
 
+    def _write_manifest(self, step: int, tensors_entry: dict | None, state: dict | None) -> None:
+        manifest = {
+            "format": FORMAT,
+            "version": _VERSION,
+            "step": step,
+            "tensors": tensors_entry,
+            "state": state,
+        }
+        _write_atomic(self.path / _MANIFEST, json.dumps(manifest, indent=1).encode())
+
     # ------------------------------------------------------------------ load
     def load(self) -> tuple[int, dict, dict] | None:
         """The committed ``(step, tensors, state)``, or ``None`` if nothing was committed.
 
+        Safe while a trainer commits to the same directory (no lock is taken): a manifest that
+        names a tensor file which a newer commit has already replaced is read again.
+
         Raises
         ------
         ValueError
-            If the manifest or the tensor file it names is unreadable, truncated or altered
-            (checksum or step mismatch); the message names the file and how to recover.
+            If the manifest is missing beside tensor files, or it or the tensor file it names is
+            unreadable, truncated or altered (checksum or step mismatch); the message names the
+            file and how to recover.
         """
-        from safetensors import SafetensorError, safe_open
-
         manifest_file = self.path / _MANIFEST
         if not manifest_file.is_file():
-            if (self.path / "train_state.json").is_file():
-                raise ValueError(
-                    f"{str(self.path)!r} holds a checkpoint in the old format (train_state.json, "
-                    "no manifest), which cannot be verified; train into a new directory"
-                )
-            return None
+            return self._check_no_manifest()
+        for _ in range(_LOAD_ATTEMPTS):
+            raw = manifest_file.read_bytes()
+            try:
+                return self._load_committed(raw)
+            except ValueError:
+                if manifest_file.read_bytes() == raw:
+                    raise  # damaged, not superseded
+        raise ValueError(
+            f"checkpoint {str(self.path)!r} changed {_LOAD_ATTEMPTS} times while it was being "
+            "read (a trainer is committing to it every few milliseconds); try again"
+        )
+
+    def _check_no_manifest(self) -> None:
+        if (self.path / "train_state.json").is_file():
+            raise ValueError(
+                f"{str(self.path)!r} holds a checkpoint in the old format (train_state.json, "
+                "no manifest), which cannot be verified; train into a new directory"
+            )
+        orphans = sorted(p.name for p in self.path.glob("weights-*.safetensors"))
+        if orphans:  # save() writes a manifest before the first tensor file
+            raise ValueError(
+                f"checkpoint manifest {str(self.path / _MANIFEST)!r} is missing beside "
+                f"{orphans}: it was deleted, so those weights cannot be verified or resumed. "
+                f"Restore {_MANIFEST}, or delete {str(self.path)!r} to restart training from "
+                "step 0"
+            )
+        return None
+
+    def _load_committed(self, raw: bytes) -> tuple[int, dict, dict] | None:
+        """Verify and read the state that the manifest bytes ``raw`` name."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        manifest_file = self.path / _MANIFEST
         restart = f"delete {str(self.path)!r} to restart training from step 0"
         try:
-            manifest = json.loads(manifest_file.read_text())
+            manifest = json.loads(raw)
             step = int(manifest["step"])
-            name, digest = manifest["tensors"]["file"], manifest["tensors"]["sha256"]
-            state = manifest["state"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            entry, state = manifest["tensors"], manifest["state"]
+            name, digest = (entry["file"], entry["sha256"]) if entry is not None else (None, None)
+        except (ValueError, KeyError, TypeError) as e:
             raise ValueError(
                 f"checkpoint manifest {str(manifest_file)!r} is unreadable ({e}); it is only ever "
                 f"replaced atomically, so it was damaged after writing: {restart}"
@@ -201,27 +246,31 @@ class CheckpointDir:
                 f"{str(manifest_file)!r} is not a {FORMAT!r} manifest "
                 f"(format {manifest.get('format')!r}): {restart}"
             )
+        if name is None:  # written before the first commit
+            return None
         tensor_file = self.path / name
-        if not tensor_file.is_file():
+        try:  # read once: the checksum and the tensors come from the same bytes
+            blob = tensor_file.read_bytes()
+        except FileNotFoundError:
             raise ValueError(
                 f"checkpoint file {str(tensor_file)!r} named by {_MANIFEST} is missing: {restart}"
-            )
-        if _sha256(tensor_file) != digest:
+            ) from None
+        if hashlib.sha256(blob).hexdigest() != digest:
             raise ValueError(
                 f"checkpoint file {str(tensor_file)!r} is corrupt (its SHA-256 differs from the "
                 f"one in {_MANIFEST}): {restart}, or restore the file from a backup"
             )
         try:
-            with safe_open(str(tensor_file), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError) as e:  # pragma: no cover - caught by the checksum
+            tensors = load(blob)
+            header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+        except (SafetensorError, ValueError) as e:  # pragma: no cover - caught by the checksum
             raise ValueError(
                 f"checkpoint file {str(tensor_file)!r} is unreadable: {restart}"
             ) from e
-        if meta.get("step") != str(step):
+        stored = (header.get("__metadata__") or {}).get("step")
+        if stored != str(step):
             raise ValueError(
-                f"checkpoint file {str(tensor_file)!r} holds step {meta.get('step')!r} but "
+                f"checkpoint file {str(tensor_file)!r} holds step {stored!r} but "
                 f"{_MANIFEST} says {step}: {restart}"
             )
         return step, tensors, state
