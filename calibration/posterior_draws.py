@@ -12,8 +12,10 @@ library returns into those draws:
 * a :class:`probinfer.Particles` with ``log_weights`` of shape ``(B, N)`` (a ``vmap`` of runs);
 * a sequence of ``B`` per-problem posteriors, each one of: an array ``(L,)``/``(L, d)``, a
   distribution with batch shape ``()``, a :class:`~probinfer.Particles` (or a result with a
-  ``.particles`` attribute, such as :func:`probinfer.smc.tempered_smc`'s), or an ArviZ
-  ``InferenceData``/``DataTree`` (its ``posterior`` group, chains and draws pooled,
+  ``.particles`` attribute; a result that also has ``.samples``, such as
+  :func:`probinfer.smc.tempered_smc`'s, gives the constrained values of every site in
+  ``samples``, as its ArviZ ``posterior`` group does, not its unconstrained particles), or
+  an ArviZ ``InferenceData``/``DataTree`` (its ``posterior`` group, chains and draws pooled,
   variables flattened and concatenated in order).
 
 Weighted particles are turned into ``L`` independent draws from their weighted empirical
@@ -25,7 +27,7 @@ pytree) are flattened into the last axis ``d``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -52,14 +54,23 @@ def _is_inference_data(obj) -> bool:
 
 
 def _particles_of(obj):
+    """``obj`` as :class:`~probinfer.Particles` of constrained values, or ``None``.
+
+    A result whose ``particles`` are unconstrained (tempered SMC: ``log sigma`` for a
+    scale ``sigma``) carries the constrained draws in ``samples`` ``{site: (N, ...)}``;
+    those are the draws of the parameters, and they keep the particles' weights.
+    """
     from probinfer.particles import Particles
 
     if isinstance(obj, Particles):
         return obj
     inner = getattr(obj, "particles", None)
-    if isinstance(inner, Particles):
-        return inner
-    return None
+    if not isinstance(inner, Particles):
+        return None
+    samples = getattr(obj, "samples", None)
+    if isinstance(samples, Mapping) and samples:
+        return Particles(dict(samples), inner.log_weights)
+    return inner
 
 
 def _flat_leaves(values, lead: int) -> np.ndarray:

@@ -255,6 +255,37 @@ def test_tempered_smc_result_is_a_posterior():
     np.testing.assert_allclose(draws[0], np.asarray(res.particles.values).reshape(64, 1))
 
 
+def _scale_model(y):
+    # s2 > 0: the sampler's particles are log s2, the posterior's draws s2
+    s2 = numpyro.sample("s2", dist.InverseGamma(3.0, 2.0))
+    with numpyro.plate("n", y.shape[0]):
+        numpyro.sample("y", dist.Normal(0.0, jnp.sqrt(s2)), obs=y)
+
+
+def test_tempered_smc_results_are_ranked_on_the_constrained_scale():
+    """s2 ~ InvGamma(3, 2), y_j ~ N(0, s2) (conjugate: InvGamma(3 + n/2, 2 + sum y^2 / 2)).
+    B = 100 problems, one ``tempered_smc`` result each: the results pass (measured: SBC KS
+    p = 0.32, TARP p = 0.33), their unconstrained particles (log s2, what the results used
+    to be ranked by) fail (p ~ 1e-73)."""
+    from probinfer.smc import tempered_smc
+    from probinfer.targets import from_numpyro
+
+    b, n_obs = 100, 5
+    rng = np.random.default_rng(31)
+    s2 = 1.0 / rng.gamma(3.0, 1.0 / 2.0, b)
+    y = jnp.asarray(rng.normal(0.0, np.sqrt(s2)[:, None], (b, n_obs)), jnp.float32)
+    keys = jax.random.split(jax.random.key(32), b)
+    results = [
+        tempered_smc(keys[i], from_numpyro(_scale_model, y[i]), 100, progress=False)
+        for i in range(b)
+    ]
+    _assert_passes(sbc(jax.random.key(1), results, s2), tarp(jax.random.key(2), results, s2), b)
+    draws = posterior_draws(jax.random.key(0), results[:2])
+    np.testing.assert_allclose(draws[0, :, 0], np.asarray(results[0].samples["s2"]), rtol=1e-6)
+    unconstrained = [r.particles for r in results]
+    assert sbc(jax.random.key(1), unconstrained, s2).pvalue < ALPHA
+
+
 # ------------------------------------------------------------------- bad input
 def test_bad_input_names_the_argument():
     key = jax.random.key(0)
