@@ -6,6 +6,14 @@ with ``q`` the split-conformal order statistic.  The quantile predictions may co
 from two quantile regressors, from precomputed arrays, or from any predictive
 distribution with an ``icdf`` method (the shared interface: numpyro
 distributions), evaluated at ``alpha/2`` and ``1 - alpha/2``.
+
+Quantile predictions must be finite. Crossing predictions (``lower > upper`` at a point,
+common with two separately fitted quantile regressors) are rearranged: the band is
+``[min(lower, upper), max(lower, upper)]`` at calibration and at prediction alike (the
+monotone rearrangement of Chernozhukov, Fernandez-Val and Galichon 2010, which can only
+bring the two estimates closer to the true quantiles). A negative correction ``q`` (a band
+wider than needed) can make ``lo - q > hi + q`` at points where the band is narrow; such
+an empty interval is returned as the single point ``(lo + hi) / 2``.
 """
 
 from __future__ import annotations
@@ -29,12 +37,20 @@ __all__ = ["ConformalizedQuantileRegressor", "cqr_scores", "distribution_quantil
 
 
 def cqr_scores(y, lower, upper) -> np.ndarray:
-    """CQR scores ``max(lower - y, y - upper)`` (negative inside the band)."""
+    """CQR scores ``max(lo - y, y - hi)`` (negative inside the band), with the crossing
+    quantiles rearranged: ``lo, hi = min(lower, upper), max(lower, upper)``."""
     y = as_float_array(y, "y")
-    lower = as_float_array(lower, "lower")
-    upper = as_float_array(upper, "upper")
-    check_same_length(y=y, lower=lower, upper=upper)
-    return np.maximum(lower - y, y - upper)
+    lo, hi = _rearranged(lower, upper)
+    check_same_length(y=y, lower=lo, upper=hi)
+    return np.maximum(lo - y, y - hi)
+
+
+def _rearranged(lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    """Finite quantile predictions, sorted pointwise (the module docstring's rearrangement)."""
+    lower = as_float_array(lower, "lower", allow_inf=False)
+    upper = as_float_array(upper, "upper", allow_inf=False)
+    check_same_length(lower=lower, upper=upper)
+    return np.minimum(lower, upper), np.maximum(lower, upper)
 
 
 def distribution_quantiles(distribution, levels) -> list[np.ndarray]:
@@ -111,10 +127,7 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         hi_model = fitted_or_prefit(self, "upper_estimator")
         lo = resolve_array(lower, lo_model, "predict", X, "lower", "lower_estimator")
         hi = resolve_array(upper, hi_model, "predict", X, "upper", "upper_estimator")
-        lo = as_float_array(lo, "lower")
-        hi = as_float_array(hi, "upper")
-        check_same_length(lower=lo, upper=hi)
-        return lo, hi
+        return _rearranged(lo, hi)
 
     def calibrate(
         self, X=None, y=None, *, lower=None, upper=None, distribution=None
@@ -144,13 +157,23 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         return self
 
     def predict_interval(self, X=None, *, lower=None, upper=None, distribution=None):
-        """Intervals ``[lo - q, hi + q]``, shape ``(n_test, 2)``.
+        """Intervals ``[lo - q, hi + q]``, shape ``(n_test, 2)``, with ``lo <= hi``.
+
+        ``lo, hi`` are the rearranged quantile predictions (``min``/``max`` of ``lower`` and
+        ``upper``); where a negative ``q`` would make the interval empty it is the point
+        ``(lo + hi) / 2`` (see the module docstring). ``q = +inf`` (calibration set too small
+        for ``alpha``) gives ``[-inf, +inf]``.
 
         Raises
         ------
         sklearn.exceptions.NotFittedError
             Before :meth:`calibrate`.
+        ValueError
+            If the quantile predictions are not finite or differ in length.
         """
         check_calibrated(self, "predict_interval")
         lo, hi = self._band(X, lower, upper, distribution)
-        return np.stack([lo - self.quantile_, hi + self.quantile_], axis=1)
+        out = np.stack([lo - self.quantile_, hi + self.quantile_], axis=1)
+        empty = out[:, 0] > out[:, 1]
+        out[empty] = (lo[empty] / 2 + hi[empty] / 2)[:, None]
+        return out

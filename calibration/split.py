@@ -33,20 +33,25 @@ _SCORES = ("absolute", "normalized")
 
 
 def absolute_residual_scores(y, y_pred) -> np.ndarray:
-    """``|y - y_pred|`` with input checks (no NaN, equal lengths)."""
+    """``|y - y_pred|`` with input checks (no NaN, finite ``y_pred``, equal lengths)."""
     y = as_float_array(y, "y")
-    y_pred = as_float_array(y_pred, "y_pred")
+    y_pred = _check_point_predictions(y_pred)
     check_same_length(y=y, y_pred=y_pred)
     return np.abs(y - y_pred)
 
 
 def normalized_residual_scores(y, y_pred, scale) -> np.ndarray:
-    """``|y - y_pred| / scale``; ``scale`` must be strictly positive and finite."""
+    """``|y - y_pred| / scale``; ``y_pred`` finite, ``scale`` strictly positive and finite."""
     y = as_float_array(y, "y")
-    y_pred = as_float_array(y_pred, "y_pred")
+    y_pred = _check_point_predictions(y_pred)
     scale = _check_scale(scale, "scale")
     check_same_length(y=y, y_pred=y_pred, scale=scale)
     return np.abs(y - y_pred) / scale
+
+
+def _check_point_predictions(y_pred) -> np.ndarray:
+    """Point predictions must be finite: an infinite ``mu`` has no interval around it."""
+    return as_float_array(y_pred, "y_pred", allow_inf=False)
 
 
 def _check_scale(scale, name: str) -> np.ndarray:
@@ -177,20 +182,24 @@ class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
     def predict(self, X=None, *, y_pred=None) -> np.ndarray:
         """Point predictions of the (fitted or prefit) estimator, or ``y_pred`` itself."""
         model = fitted_or_prefit(self, "estimator")
-        return as_float_array(
-            resolve_array(y_pred, model, "predict", X, "y_pred", "estimator"), "y_pred"
+        return _check_point_predictions(
+            resolve_array(y_pred, model, "predict", X, "y_pred", "estimator")
         )
 
     def predict_interval(self, X=None, *, y_pred=None, scale=None) -> np.ndarray:
         """Prediction intervals, shape ``(n_test, 2)``: ``[mu - q sigma, mu + q sigma]``.
 
         When the calibration set is too small for ``alpha`` the rows are
-        ``[-inf, +inf]`` (a valid, documented answer rather than an error).
+        ``[-inf, +inf]`` (a valid, documented answer rather than an error); a bound beyond
+        float64's range (``|mu| + q sigma > 1.8e308``) is also infinite.
 
         Raises
         ------
         sklearn.exceptions.NotFittedError
             Before :meth:`calibrate`.
+        ValueError
+            If ``y_pred`` (or the estimator's predictions) is not finite, or ``scale`` is not
+            finite and positive.
         """
         check_calibrated(self, "predict_interval")
         mu = self.predict(X, y_pred=y_pred)

@@ -31,10 +31,26 @@ class ParticleStore(Protocol):
     def __len__(self) -> int: ...
 
 
+def _on_host(x) -> bool:
+    """A concrete array whose data is in host memory (numpy, or a JAX array on the CPU).
+
+    Eager operations on these run in numpy: a ``jnp`` operation on a new particle count
+    compiles a new XLA program and keeps it, so memory would grow with every new ``N``.
+    """
+    if isinstance(x, np.ndarray):
+        return True
+    if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
+        return False
+    return all(d.platform == "cpu" for d in x.devices())
+
+
 def _take_leaf(leaf, indices):
     if isinstance(leaf, np.ndarray):
         return np.take(leaf, np.asarray(indices), axis=0)
     if isinstance(leaf, jax.Array):
+        if _on_host(leaf) and not isinstance(indices, jax.core.Tracer):
+            out = np.take(np.asarray(leaf), np.asarray(indices), axis=0)
+            return jax.device_put(out, leaf.sharding)
         return jnp.take(leaf, jnp.asarray(indices), axis=0)
     if type(leaf).__module__.startswith("torch"):  # a torch.Tensor, without importing torch
         import torch
@@ -79,6 +95,29 @@ def _num_in_store(values: Any) -> int | None:
     return sizes.pop()
 
 
+def _host_expectation(w: np.ndarray, leaf, name: str) -> Array:
+    """``sum_i w_i x_i`` over the positive weights ``w`` (float64), on the host."""
+    x = W.real_array(leaf, name)
+    keep = w > 0
+    xs = x[keep].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        value = np.tensordot(w[keep], xs, axes=(0, 0))
+        value = np.clip(value, xs.min(axis=0), xs.max(axis=0))  # convex combination
+    if np.any(np.isnan(value)):
+        raise ValueError(
+            f"{name} has NaN, or both +inf and -inf, among particles of positive weight: "
+            "the expectation is undefined"
+        )
+    return W.to_output(value, W.out_dtype(x.dtype), name, "the expectation")
+
+
+def _expectation(w: Array, leaf: Array) -> Array:
+    """Traceable ``sum_i w_i x_i`` over positive weights (``0 * inf`` never enters)."""
+    dtype = jnp.result_type(leaf.dtype, w.dtype)
+    keep = (w > 0).reshape((-1,) + (1,) * (leaf.ndim - 1))
+    return jnp.tensordot(w.astype(dtype), jnp.where(keep, leaf.astype(dtype), 0), axes=(0, 0))
+
+
 @jax.tree_util.register_pytree_node_class
 @dataclass(frozen=True)
 class Particles:
@@ -108,7 +147,7 @@ class Particles:
             n = _num_in_store(values)
             if n is None:
                 raise ValueError("log_weights is required when values holds no arrays")
-            log_weights = jnp.zeros(n)
+            log_weights = np.zeros(n, np.float32)  # numpy: no program compiled per n
         lw = jnp.asarray(log_weights)
         if not isinstance(lw, jax.core.Tracer) and not isinstance(values, jax.core.Tracer):
             if lw.ndim != 1:
@@ -149,7 +188,8 @@ class Particles:
 
     @property
     def ess(self) -> Array:
-        """Effective sample size ``1 / sum w_i^2``, in ``[1, N]``."""
+        """Effective sample size ``1 / sum w_i^2``, in ``[1, N]`` (``0`` when every weight is
+        zero; see :func:`probinfer.weights.ess`)."""
         return W.ess(self.log_weights)
 
     @property
@@ -163,9 +203,24 @@ class Particles:
         return Particles(self.values, self.log_weights + jnp.asarray(log_potential))
 
     def take(self, indices: Array) -> Particles:
-        """The particles at ``indices``, keeping their log weights."""
-        indices = jnp.asarray(indices)
-        return Particles(take(self.values, indices), jnp.take(self.log_weights, indices))
+        """The particles at ``indices`` (integers in ``[-N, N)``), keeping their log weights.
+
+        Raises
+        ------
+        ValueError, TypeError
+            If concrete ``indices`` are out of range or not integers.
+        """
+        if isinstance(indices, jax.core.Tracer):
+            return Particles(take(self.values, indices), jnp.take(self.log_weights, indices))
+        idx = np.asarray(indices)
+        if idx.size == 0:
+            idx = idx.astype(np.intp)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
+        n = self.num_particles
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise ValueError(f"indices must lie in [-{n}, {n}) for {n} particles")
+        return Particles(take(self.values, idx), _take_leaf(self.log_weights, idx))
 
     def resample(
         self, key: Array, scheme: Scheme = "systematic", num: int | None = None
@@ -176,31 +231,51 @@ class Particles:
         log weights; the evidence increment was ``self.log_mean_weight``.
         """
         idx = resample(key, self.log_weights, num=num, scheme=scheme)
-        return Particles(take(self.values, idx), jnp.zeros(idx.shape[0]))
+        if isinstance(idx, jax.core.Tracer):
+            return Particles(take(self.values, idx), jnp.zeros(idx.shape[0]))
+        idx = np.asarray(idx)  # eager: numpy gathers, no program compiled per N
+        return Particles(take(self.values, idx), np.zeros(idx.shape[0], np.float32))
 
     def expectation(self, f: Callable[[Any], Array] | None = None) -> Array:
         """Self-normalised estimate of ``E[f(x)]``, ``sum_i w_i f(x_i)``.
+
+        Only particles of positive weight contribute: a zero-weight particle may hold any
+        value (``inf``, NaN) without changing the result. The estimate lies between the
+        smallest and largest contributing value (rounding is clipped to that range).
 
         Parameters
         ----------
         f
             Maps the batched ``values`` (leading particle axis) to an array, or pytree
             of arrays, with the same leading axis. Default: the identity.
+
+        Raises
+        ------
+        ValueError
+            If a leaf has no leading axis of N particles, or (concrete input) if the
+            weights are invalid (see :func:`probinfer.weights.normalize`), if the estimate
+            is undefined (NaN, or both ``+inf`` and ``-inf``, among positive-weight values)
+            or beyond the range of the output dtype.
+        TypeError
+            If a leaf is not real-valued (concrete input).
         """
         fx = self.values if f is None else f(self.values)
-        w = self.normalized_weights
+        name = "values" if f is None else "f(values)"
+        concrete = not isinstance(self.log_weights, jax.core.Tracer)
+        n = self.num_particles
+        w = W.host_normalize(self.log_weights) if concrete else self.normalized_weights
 
         def weighted(leaf):
-            leaf = jnp.asarray(leaf)
-            if leaf.ndim == 0 or leaf.shape[0] != w.shape[0]:
+            if np.ndim(leaf) == 0 or np.shape(leaf)[0] != n:
                 raise ValueError(
-                    f"f must return arrays with a leading axis of {w.shape[0]} particles, "
-                    f"got shape {leaf.shape}"
+                    f"f must return arrays with a leading axis of {n} particles, "
+                    f"got shape {np.shape(leaf)}"
                 )
-            return jnp.tensordot(w.astype(leaf.dtype), leaf, axes=(0, 0))
+            if concrete and (_on_host(leaf) or not isinstance(leaf, jax.Array)):
+                return _host_expectation(w, leaf, name)
+            return _expectation(jnp.asarray(w), jnp.asarray(leaf))
 
         return jax.tree_util.tree_map(weighted, fx)
-
     def to_distribution(self):
         """This particle set as a :class:`~probinfer.distributions.WeightedEmpirical`."""
         from probinfer.distributions import WeightedEmpirical

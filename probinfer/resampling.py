@@ -204,6 +204,8 @@ def resample(
     ValueError
         If ``log_weights`` contains NaN or ``+inf``, or every entry is ``-inf``
         (checked when the array is concrete), if ``num < 1`` or ``scheme`` is unknown.
+    TypeError
+        If ``log_weights`` is not an array of real numbers (concrete input).
 
     Notes
     -----
@@ -213,7 +215,9 @@ def resample(
     compiles a bounded number of executables and its memory stays flat. Systematic
     resampling gives the same indices as without padding; the other schemes draw their
     uniforms at the padded size (same distribution, other values). Under ``jit`` the
-    shapes are the caller's.
+    shapes are the caller's. Concrete log weights are shifted by their maximum in their own
+    precision before the cast to float32, so float64 values beyond float32's range
+    (``[1e39, 0]``) resample correctly (always index 0 there).
     """
     _check_scheme(scheme)
     if isinstance(log_weights, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
@@ -253,12 +257,15 @@ def resample_host(
     n = a.shape[0]
     num = _check_num(num, n)
     n_pad, num_pad = bucket_size(n, 16), bucket_size(num, 16)
+    # Shift by the (finite) maximum in the input's precision, then cast: float64 log weights
+    # beyond float32's range (1e39) keep their meaning (far below the maximum: -inf, weight 0).
+    with np.errstate(over="ignore"):
+        a = (a - a.max()).astype(np.float32)
     if draws is None:
         padded = np.full(n_pad, -np.inf, np.float32)
         padded[:n] = a
         return np.asarray(_resample(key, padded, num_pad, scheme, np.int32(num)))[:num]
-    a = a.astype(np.float32)
-    e = np.exp(a - a.max())
+    e = np.exp(a)
     w = e / e.sum(dtype=np.float32)
     p = _COUNTS[scheme](np.asarray(draws), w, num_pad, num, np)
     last_positive = n - 1 if w[-1] > 0 else n - 1 - int(np.argmax(w[::-1] > 0))
