@@ -210,7 +210,16 @@ class DistributionTransformer:
                     f"prior has {k.min()}..{k.max()} components, outside the training range "
                     f"components={task.components}"
                 )
-            scales = np.sqrt(np.sum(trils.astype(np.float64) ** 2, axis=-1))[comp_mask]
+            cov = trils.astype(np.float64) @ np.swapaxes(trils, -1, -2).astype(np.float64)
+            scales = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))  # (B, K, D)
+            corr = np.abs(cov / (scales[..., :, None] * scales[..., None, :]))
+            corr = np.max(np.where(np.eye(cov.shape[-1], dtype=bool), 0.0, corr), axis=(-2, -1))
+            if corr[comp_mask].max() > task.max_corr * (1 + 1e-6):
+                msgs.append(
+                    f"prior component correlations up to |{corr[comp_mask].max():.3g}| are "
+                    f"outside the training range max_corr={task.max_corr}"
+                )
+            scales = scales[comp_mask]
             slo, shi = task.scale_range
             if scales.min() < slo * 0.999 or scales.max() > shi * 1.001:
                 msgs.append(

@@ -56,6 +56,12 @@ class LinearGaussianSSM:
         Observation matrix (p x d) and observation-noise covariance (p x p).
     m0, P0
         Mean (d,) and covariance (d x d) of the first state.
+
+    Notes
+    -----
+    ``d`` and ``p`` are read from ``A`` and ``C``. A scalar covariance ``Q``, ``R`` or ``P0``
+    means that multiple of the identity, and a scalar ``m0`` that constant vector, so only
+    ``A`` and ``C`` need the full shapes (e.g. a 2-D state with the default ``P0 = I``).
     """
 
     A: np.ndarray
@@ -66,10 +72,12 @@ class LinearGaussianSSM:
     P0: np.ndarray
 
     def __init__(self, A=0.9, Q=1.0, C=1.0, R=1.0, m0=0.0, P0=1.0):
-        A, Q, C, R, P0 = (
-            _as_matrix(v, n) for v, n in ((A, "A"), (Q, "Q"), (C, "C"), (R, "R"), (P0, "P0"))
-        )
+        A, C = _as_matrix(A, "A"), _as_matrix(C, "C")
         d, p = A.shape[0], C.shape[0]
+        Q, R, P0 = (
+            _as_matrix(v, n) * (np.eye(k) if np.ndim(v) == 0 else 1.0)
+            for v, n, k in ((Q, "Q", d), (R, "R", p), (P0, "P0", d))
+        )
         m0 = np.broadcast_to(np.asarray(m0, dtype=np.float64), (d,)).copy()
         for mat, name, shape in (
             (A, "A", (d, d)),

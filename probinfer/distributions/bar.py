@@ -21,6 +21,7 @@ The torch training loss of :mod:`amortized` computes exactly the same log densit
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,14 @@ import numpy as np
 from jax.scipy.special import ndtr, ndtri
 from numpyro.distributions import constraints
 from numpyro.distributions.distribution import Distribution
+
+from probinfer.distributions._bucketing import (
+    Rows,
+    is_concrete,
+    param_rows,
+    to_device,
+    value_rows,
+)
 
 __all__ = ["BarDistribution", "HALF_NORMAL_MEDIAN"]
 
@@ -37,19 +46,15 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _check_borders(borders) -> jax.Array:
-    b = jnp.asarray(borders)
+    b = to_device(borders)
     if not jnp.issubdtype(b.dtype, jnp.floating):
         b = b.astype(jnp.result_type(float))
     if b.ndim != 1:
         raise ValueError(f"borders must be 1-D of shape (K+1,), got shape {b.shape}")
     if b.shape[0] < 3:
         raise ValueError(f"borders must have at least 3 entries (K >= 2 buckets), got {b.shape[0]}")
-    if _is_concrete(b):
+    if is_concrete(b):
         bn = np.asarray(b)
         if not np.all(np.isfinite(bn)):
             raise ValueError("borders must be finite (no NaN or inf)")
@@ -59,7 +64,7 @@ def _check_borders(borders) -> jax.Array:
 
 
 def _check_logits(logits, n_buckets: int) -> jax.Array:
-    lg = jnp.asarray(logits)
+    lg = to_device(logits)
     if not jnp.issubdtype(lg.dtype, jnp.floating):
         lg = lg.astype(jnp.result_type(float))
     if lg.ndim < 1 or lg.shape[-1] != n_buckets:
@@ -67,7 +72,7 @@ def _check_logits(logits, n_buckets: int) -> jax.Array:
             f"logits must have shape batch + (K,) with K = len(borders) - 1 = {n_buckets}, "
             f"got shape {lg.shape}"
         )
-    if _is_concrete(lg) and lg.size:
+    if is_concrete(lg) and lg.size:
         ln = np.asarray(lg)
         if np.any(np.isnan(ln)):
             raise ValueError("logits must not contain NaN")
@@ -147,8 +152,35 @@ class BarDistribution(Distribution):
         inner = self.borders[1:-1]
         return jnp.searchsorted(inner, value, side="right")
 
-    # ------------------------------------------------------------------ density
+    # ------------------------------------------------------------------ evaluation
+    def _bucketed(self, method: str, value) -> jax.Array:
+        """``method(value)`` as one compiled call at bucketed shapes (module
+        :mod:`probinfer.distributions._bucketing`): eagerly, a new batch or sample shape
+        compiles nothing once its power-of-two bucket has been seen."""
+        if not is_concrete(value, self.logits, self.borders):
+            return getattr(self, method)(value)
+        rows = Rows(np.shape(value), self.batch_shape)
+        if rows.empty:
+            return getattr(self, method)(value)
+        logits = param_rows(self.logits, rows, 1)
+        value = value_rows(value, rows, 0, self.logits.dtype)
+        return rows.cut(_evaluate(np.asarray(self.borders), logits, value, method))
+
     def log_prob(self, value):
+        """Log density at ``value`` (shape ``sample_shape + batch_shape``, broadcastable)."""
+        return self._bucketed("_log_prob", value)
+
+    def cdf(self, value):
+        """Cumulative distribution function at ``value`` (broadcastable to the batch)."""
+        return self._bucketed("_cdf", value)
+
+    def icdf(self, q):
+        """Quantile function at levels ``q`` (broadcastable to the batch; NaN outside
+        ``[0, 1]``)."""
+        return self._bucketed("_icdf", q)
+
+    # ------------------------------------------------------------------ density
+    def _log_prob(self, value):
         value = jnp.asarray(value, dtype=self.logits.dtype)
         b = self.borders
         k = self.n_buckets
@@ -170,7 +202,7 @@ class BarDistribution(Distribution):
         return logp_idx + log_shape
 
     # ------------------------------------------------------------------ cdf / icdf
-    def cdf(self, value):
+    def _cdf(self, value):
         value = jnp.asarray(value, dtype=self.logits.dtype)
         b = self.borders
         k = self.n_buckets
@@ -190,7 +222,7 @@ class BarDistribution(Distribution):
         out = jnp.where(idx == 0, left, jnp.where(idx == k - 1, right, inner))
         return jnp.clip(out, 0.0, 1.0)  # float32 cumulative sums can overshoot 1 by an ulp
 
-    def icdf(self, q):
+    def _icdf(self, q):
         q = jnp.asarray(q, dtype=self.logits.dtype)
         b = self.borders
         k = self.n_buckets
@@ -275,3 +307,9 @@ class BarDistribution(Distribution):
 
     def __repr__(self) -> str:
         return f"BarDistribution(K={self.n_buckets}, batch_shape={self.batch_shape})"
+
+
+@partial(jax.jit, static_argnames="method")
+def _evaluate(borders, logits, value, method: str) -> jax.Array:
+    """``BarDistribution(borders, logits).method(value)`` in one compiled call."""
+    return getattr(BarDistribution(borders, logits), method)(value)

@@ -19,6 +19,16 @@ from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp, ndtr, ndtri
 from numpyro.distributions import Distribution, constraints
 
+from probinfer.distributions._bucketing import (
+    Rows,
+    is_concrete,
+    pad_rows,
+    param_rows,
+    to_device,
+    value_rows,
+)
+from probinfer.engine.core import bucket_size
+
 Array = jax.Array
 
 __all__ = ["GaussianMixture"]
@@ -27,15 +37,22 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 _BISECTION_STEPS = 80
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _as_float(x, name: str) -> Array:
-    try:
-        arr = jnp.asarray(x)
-    except TypeError as err:
-        raise TypeError(f"{name} must be array-like of numbers, got {type(x).__name__}") from err
+def _as_float(x, name: str) -> Array | np.ndarray:
+    """``x`` as a floating array: JAX arrays and tracers stay on the device, anything else
+    becomes a numpy array of JAX's default precision (converted on the host: ``jnp.asarray``
+    of a numpy array compiles a program per new shape)."""
+    if isinstance(x, jax.Array):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} must be array-like of numbers, got {type(x).__name__}"
+            ) from err
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be array-like of numbers, got {type(x).__name__}")
+        arr = arr.astype(jax.dtypes.canonicalize_dtype(arr.dtype), copy=False)
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))
     return arr
@@ -50,7 +67,7 @@ def _mixture_logits(weights, logits) -> tuple[Array, bool]:
         w = _as_float(weights, "weights")
         if w.ndim < 1 or w.shape[-1] == 0:
             raise ValueError(f"weights must have shape batch + (K,) with K >= 1, got {w.shape}")
-        if _is_concrete(w):  # numpy: a jnp check compiles a program per new shape
+        if is_concrete(w):  # numpy: a jnp check compiles a program per new shape
             a = np.asarray(w)
             if np.isnan(a).any():
                 raise ValueError("weights contain NaN")
@@ -63,7 +80,7 @@ def _mixture_logits(weights, logits) -> tuple[Array, bool]:
         lg = _as_float(logits, "logits")
         if lg.ndim < 1 or lg.shape[-1] == 0:
             raise ValueError(f"logits must have shape batch + (K,) with K >= 1, got {lg.shape}")
-        if _is_concrete(lg):
+        if is_concrete(lg):
             a = np.asarray(lg)
             if np.isnan(a).any() or (a == np.inf).any():
                 raise ValueError("logits must not contain NaN or +inf")
@@ -87,7 +104,7 @@ def _scale_trils(means: Array, covariances, scale_trils) -> tuple[Array, bool]:
     if mat.shape[-3] != means.shape[-2]:
         raise ValueError(f"{name} has {mat.shape[-3]} components but `means` has {means.shape[-2]}")
     if covariances is not None:
-        concrete = _is_concrete(mat)
+        concrete = is_concrete(mat)
         if concrete:
             a = np.asarray(mat)
             if not np.isfinite(a).all():
@@ -96,7 +113,7 @@ def _scale_trils(means: Array, covariances, scale_trils) -> tuple[Array, bool]:
             if float(asym) > 1e-5 * max(float(np.abs(a).max()), 1.0):
                 raise ValueError("covariances must be symmetric")
         return mat, True
-    if _is_concrete(mat):
+    if is_concrete(mat):
         a = np.asarray(mat)
         if not np.isfinite(a).all():
             raise ValueError("scale_trils must be finite")
@@ -110,7 +127,7 @@ def _scale_trils(means: Array, covariances, scale_trils) -> tuple[Array, bool]:
 @partial(jax.jit, static_argnums=(3, 4, 5))
 def _parameters(w, means, mat, from_weights: bool, from_covariances: bool, batch_shape):
     """Normalised logits, means and Cholesky factors broadcast to ``batch_shape``, in one
-    compiled call (eagerly, each operation compiles on its own for every new shape)."""
+    compiled call (inside a trace; concrete inputs take :func:`_host_parameters`)."""
     lg = jnp.log(w) if from_weights else w
     lg = lg - logsumexp(lg, axis=-1, keepdims=True)
     tril = jnp.linalg.cholesky(0.5 * (mat + jnp.swapaxes(mat, -1, -2))) if from_covariances else mat
@@ -120,6 +137,28 @@ def _parameters(w, means, mat, from_weights: bool, from_covariances: bool, batch
         jnp.broadcast_to(lg, batch_shape + (k,)).astype(dtype),
         jnp.broadcast_to(means, batch_shape + (k, d)).astype(dtype),
         jnp.broadcast_to(tril, batch_shape + (k, d, d)).astype(dtype),
+    )
+
+
+def _host_parameters(w, means, mat, from_weights: bool, from_covariances: bool, batch_shape):
+    """:func:`_parameters` of concrete inputs, computed with numpy (a compiled call would
+    compile, and keep, one program per new batch shape)."""
+    w, means, mat = (np.asarray(a) for a in (w, means, mat))
+    with np.errstate(divide="ignore"):
+        lg = np.log(w) if from_weights else w
+    top = np.max(lg, axis=-1, keepdims=True)  # finite: every row has a positive weight
+    lg = lg - (top + np.log(np.sum(np.exp(lg - top), axis=-1, keepdims=True)))
+    tril = mat
+    if from_covariances:
+        try:
+            tril = np.linalg.cholesky(0.5 * (mat + np.swapaxes(mat, -1, -2)))
+        except np.linalg.LinAlgError as err:
+            raise ValueError("covariances must be symmetric positive definite") from err
+    k, d = means.shape[-2:]
+    dtype = jnp.result_type(lg.dtype, means.dtype, tril.dtype)
+    return tuple(
+        to_device(np.broadcast_to(a, batch_shape + shape).astype(dtype))
+        for a, shape in ((lg, (k,)), (means, (k, d)), (tril, (k, d, d)))
     )
 
 
@@ -192,10 +231,11 @@ class GaussianMixture(Distribution):
                 f"{lg.shape[:-1]}, means {means.shape[:-2]} and covariances {mat.shape[:-3]} "
                 "do not broadcast"
             ) from err
-        self.logits, self.means, self.scale_trils = _parameters(
+        fn = _host_parameters if is_concrete(lg, means, mat) else _parameters
+        self.logits, self.means, self.scale_trils = fn(
             lg, means, mat, from_weights, from_covariances, tuple(batch_shape)
         )
-        if from_covariances and _is_concrete(self.scale_trils):
+        if from_covariances and is_concrete(self.scale_trils):
             t = np.asarray(self.scale_trils)
             if not np.isfinite(t).all() or (np.diagonal(t, axis1=-2, axis2=-1) <= 0).any():
                 raise ValueError("covariances must be symmetric positive definite")
@@ -234,8 +274,10 @@ class GaussianMixture(Distribution):
             raise ValueError(
                 f"scales has {scales.shape[-1]} components but locs has {locs.shape[-1]}"
             )
-        if _is_concrete(scales) and not bool(jnp.all(scales > 0) & jnp.all(jnp.isfinite(scales))):
-            raise ValueError("scales must be finite and positive")
+        if is_concrete(scales):
+            a = np.asarray(scales)
+            if not (np.all(a > 0) and np.all(np.isfinite(a))):
+                raise ValueError("scales must be finite and positive")
         return cls(
             locs[..., None],
             scale_trils=scales[..., None, None],
@@ -282,22 +324,44 @@ class GaussianMixture(Distribution):
 
     # ------------------------------------------------------------------ sampling / density
     def sample(self, key, sample_shape=()) -> Array:
-        """Draw ``sample_shape + batch_shape + (D,)`` samples (component, then normal), in
-        one compiled call per shape."""
-        return _sample(self, key, tuple(sample_shape))
-
-    def _sample(self, key, sample_shape: tuple) -> Array:
-        shape = sample_shape + self.batch_shape
-        key_k, key_z = jax.random.split(key)
-        comp = jax.random.categorical(key_k, self.logits, axis=-1, shape=shape)
+        """Draw ``sample_shape + batch_shape + (D,)`` samples (component, then normal) in one
+        compiled call; eagerly, the number of draws and the batch are padded to powers of two
+        (the draws of the real points are those of the unpadded call)."""
+        shape = tuple(sample_shape) + self.batch_shape
         k, d = self.means.shape[-2:]
-        nb = int(np.prod(self.batch_shape, dtype=int))
-        flat = comp.reshape((-1, nb))
-        rows = jnp.arange(nb)
-        mu = self.means.reshape((nb, k, d))[rows, flat].reshape(shape + (d,))
-        tril = self.scale_trils.reshape((nb, k, d, d))[rows, flat].reshape(shape + (d, d))
-        z = jax.random.normal(key_z, shape + (d,), dtype=self.means.dtype)
-        return mu + jnp.einsum("...ij,...j->...i", tril, z)
+        nb = int(np.prod(self.batch_shape, dtype=np.int64))
+        num = int(np.prod(shape, dtype=np.int64))
+        params = (self.logits, self.means, self.scale_trils)
+        if not is_concrete(key, *params) or num == 0:
+            flat = tuple(a.reshape((nb,) + a.shape[len(self.batch_shape) :]) for a in params)
+            rows = np.arange(num, dtype=np.int32) % nb
+            return _sample_rows(key, *flat, rows).reshape(shape + (d,))
+        size = bucket_size(nb, 1)
+        flat = tuple(
+            pad_rows(np.asarray(a).reshape((nb,) + a.shape[len(self.batch_shape) :]), size)
+            for a in params
+        )
+        rows = np.arange(bucket_size(num, 1), dtype=np.int32) % nb
+        out = np.asarray(_sample_rows(key, *flat, rows))[:num]
+        return to_device(out.reshape(shape + (d,)))
+
+    def _params_rows(self, value) -> tuple[Rows, tuple, np.ndarray]:
+        """The bucketed host layout (:mod:`probinfer.distributions._bucketing`) of the
+        parameters and of ``value`` (``sample_shape + batch_shape + (D,)``)."""
+        rows = Rows(np.shape(value), self.batch_shape, event_ndim=1)
+        params = tuple(
+            param_rows(a, rows, n)
+            for a, n in ((self.logits, 1), (self.means, 2), (self.scale_trils, 3))
+        )
+        return rows, params, value_rows(value, rows, 1, self.means.dtype)
+
+    def _evaluate(self, fn, value) -> Array:
+        """``fn(logits, means, scale_trils, value)``, bucketed when called eagerly."""
+        params = (self.logits, self.means, self.scale_trils)
+        if not is_concrete(value, *params) or Rows(np.shape(value), self.batch_shape, 1).empty:
+            return fn(*params, jnp.asarray(value))
+        rows, padded, v = self._params_rows(value)
+        return rows.cut(fn(*padded, v))
 
     def component_log_probs(self, value) -> Array:
         """Log densities ``log N(x | mu_k, Sigma_k)`` of every component (weights excluded).
@@ -312,20 +376,7 @@ class GaussianMixture(Distribution):
         Array
             Shape ``sample_shape + batch_shape + (K,)``.
         """
-        return _component_log_probs(self, value)
-
-    def _component_log_probs(self, x) -> Array:
-        diff = x[..., None, :] - self.means
-        # one triangular inverse per component, then a matrix product per point (a solve per
-        # point is many tiny sequential solves: several times slower for many points)
-        eye = jnp.eye(self.scale_trils.shape[-1], dtype=self.scale_trils.dtype)
-        inv = solve_triangular(
-            self.scale_trils, jnp.broadcast_to(eye, self.scale_trils.shape), lower=True
-        )
-        z = jnp.einsum("...ij,...j->...i", inv, diff)
-        half_logdet = jnp.sum(jnp.log(jnp.diagonal(self.scale_trils, axis1=-2, axis2=-1)), -1)
-        d = self.event_shape[0]
-        return -0.5 * jnp.sum(z**2, axis=-1) - half_logdet - 0.5 * d * _LOG_2PI
+        return self._evaluate(_component_log_probs, value)
 
     def responsibilities(self, value) -> Array:
         """Posterior component probabilities ``p(k | x)``, shape ``... + (K,)``."""
@@ -334,8 +385,8 @@ class GaussianMixture(Distribution):
 
     def log_prob(self, value) -> Array:
         """``log sum_k w_k N(x | mu_k, Sigma_k)`` by logsumexp over components, in one
-        compiled call per shape."""
-        return _log_prob(self, value)
+        compiled call (per power-of-two bucket of the sample and batch sizes, eagerly)."""
+        return self._evaluate(_log_prob, value)
 
     # ------------------------------------------------------------------ marginals
     def marginal(self, dims: int | Sequence[int]) -> GaussianMixture:
@@ -418,18 +469,34 @@ class GaussianMixture(Distribution):
         return jnp.where((u < 0.0) | (u > 1.0) | jnp.isnan(u), jnp.nan, out)
 
 
-# The distribution is a pytree: its methods run as one compiled call per shape (eagerly, every
-# operation would compile on its own for each new shape; inside jit these calls inline).
-@partial(jax.jit, static_argnums=(2,))
-def _sample(mixture: GaussianMixture, key, sample_shape: tuple) -> Array:
-    return mixture._sample(key, sample_shape)
+# The methods run as one compiled call (eagerly, every operation would compile on its own for
+# each new shape; inside jit these calls inline).
+@jax.jit
+def _sample_rows(key, logits, means, scale_trils, rows) -> Array:
+    """One draw for each batch member ``rows[i]``: ``(len(rows), D)``. The random numbers of
+    point ``i`` do not depend on ``len(rows)``, so padded calls draw the same points."""
+    key_k, key_z = jax.random.split(key)
+    comp = jax.random.categorical(key_k, logits[rows], axis=-1)
+    mu = means[rows, comp]
+    tril = scale_trils[rows, comp]
+    z = jax.random.normal(key_z, mu.shape, dtype=means.dtype)
+    return mu + jnp.einsum("...ij,...j->...i", tril, z)
 
 
 @jax.jit
-def _component_log_probs(mixture: GaussianMixture, x) -> Array:
-    return mixture._component_log_probs(x)
+def _component_log_probs(logits, means, scale_trils, x) -> Array:
+    del logits
+    diff = x[..., None, :] - means
+    # one triangular inverse per component, then a matrix product per point (a solve per
+    # point is many tiny sequential solves: several times slower for many points)
+    eye = jnp.eye(scale_trils.shape[-1], dtype=scale_trils.dtype)
+    inv = solve_triangular(scale_trils, jnp.broadcast_to(eye, scale_trils.shape), lower=True)
+    z = jnp.einsum("...ij,...j->...i", inv, diff)
+    half_logdet = jnp.sum(jnp.log(jnp.diagonal(scale_trils, axis1=-2, axis2=-1)), -1)
+    d = means.shape[-1]
+    return -0.5 * jnp.sum(z**2, axis=-1) - half_logdet - 0.5 * d * _LOG_2PI
 
 
 @jax.jit
-def _log_prob(mixture: GaussianMixture, x) -> Array:
-    return logsumexp(mixture.logits + mixture._component_log_probs(x), axis=-1)
+def _log_prob(logits, means, scale_trils, x) -> Array:
+    return logsumexp(logits + _component_log_probs(logits, means, scale_trils, x), axis=-1)

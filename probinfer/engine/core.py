@@ -28,7 +28,15 @@ from probinfer.engine.dlpack import to_jax, to_torch
 
 Array = jax.Array
 
-__all__ = ["LikelihoodEngine", "bucket_size", "chunk_size_for", "map_in_chunks", "row_bytes"]
+__all__ = [
+    "LikelihoodEngine",
+    "bucket_size",
+    "chunk_size_for",
+    "map_in_chunks",
+    "pad_rows",
+    "row_bytes",
+    "to_device",
+]
 
 
 def bucket_size(n: int, min_bucket: int = 64, chunk: int | None = None, per_octave: int = 1) -> int:
@@ -52,6 +60,27 @@ def bucket_size(n: int, min_bucket: int = 64, chunk: int | None = None, per_octa
     if chunk is not None and b > chunk:
         b = -(-n // chunk) * chunk
     return b
+
+
+def to_device(x, dtype=None) -> jax.Array:
+    """``x`` as a JAX array (``dtype``: cast first), compiling nothing for host inputs.
+
+    JAX arrays and tracers pass through ``astype``; anything else is converted with numpy
+    and placed with ``jax.device_put`` (float64 becomes float32 unless x64 is enabled).
+    """
+    if isinstance(x, jax.Array):
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+    return jax.device_put(np.asarray(x, dtype))
+
+
+def pad_rows(a: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
+    """``a`` padded along ``axis`` to ``size`` by repeating its last entry."""
+    extra = size - a.shape[axis]
+    if extra <= 0:
+        return a
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return np.pad(a, widths, mode="edge")
 
 
 def chunk_size_for(bytes_per_particle: int, memory_budget: int) -> int:

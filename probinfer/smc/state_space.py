@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probinfer.engine.core import bucket_size, pad_rows, to_device
 from probinfer.particles import Particles
 from probinfer.smc.feynman_kac import FeynmanKac, SMCResult, run_smc
 
@@ -128,7 +129,7 @@ def _mvn_rows(resid, chol_inv):
     )
 
 
-def _lgssm_data(ssm, ys: np.ndarray, dtype) -> dict:
+def _lgssm_data(ssm, ys: np.ndarray, dtype=np.float32) -> dict:
     A, Q, C, R, m0, P0 = ssm.A, ssm.Q, ssm.C, ssm.R, ssm.m0, ssm.P0
     # Locally optimal proposal p(x_t | x_{t-1}, y_t) = N(K1 x_{t-1} + K2 y_t, S).
     S = np.linalg.inv(np.linalg.inv(Q) + C.T @ np.linalg.solve(R, C))
@@ -154,7 +155,7 @@ def _lgssm_data(ssm, ys: np.ndarray, dtype) -> dict:
     )
     for name in ("LQ", "LR", "L0", "LS", "LS0"):
         arrays[name + "_inv"] = np.linalg.inv(arrays[name])
-    return {k: jnp.asarray(v, dtype) for k, v in arrays.items()}
+    return {k: to_device(np.asarray(v, dtype)) for k, v in arrays.items()}
 
 
 @lru_cache(maxsize=4)
@@ -211,6 +212,12 @@ def _check_observations(observations) -> np.ndarray:
 
 def ssm_feynman_kac(ssm, observations, proposal: str = "bootstrap") -> FeynmanKac:
     """The Feynman-Kac model of a bootstrap or guided filter for ``ssm`` and ``observations``."""
+    return _ssm_feynman_kac(ssm, observations, proposal, bucket=False)
+
+
+def _ssm_feynman_kac(ssm, observations, proposal: str, bucket: bool) -> FeynmanKac:
+    """:func:`ssm_feynman_kac`; with ``bucket`` the observations are padded to a bucketed
+    number of steps and the model stops after the real ones (:func:`_stop_after`)."""
     from probinfer.lgssm import LinearGaussianSSM
 
     if proposal not in ("bootstrap", "guided"):
@@ -222,19 +229,59 @@ def ssm_feynman_kac(ssm, observations, proposal: str = "bootstrap") -> FeynmanKa
             ys = ys[:, None]
         if ys.shape[1] != ssm.obs_dim:
             raise ValueError(f"observations must have shape (T, {ssm.obs_dim}), got {ys.shape}")
-        data = _lgssm_data(ssm, ys, jnp.float32)
-        M0, M, logG = _lgssm_fns(guided)
-        return FeynmanKac(M0, M, logG, ys.shape[0], data)
-    if not isinstance(ssm, StateSpaceModel):
+    elif not isinstance(ssm, StateSpaceModel):
         raise TypeError(
             f"ssm must be a StateSpaceModel or LinearGaussianSSM, got {type(ssm).__name__}"
         )
-    if guided and ssm.proposal is None:
+    elif guided and ssm.proposal is None:
         raise ValueError(
             "proposal='guided' needs a StateSpaceModel with proposal and initial_proposal"
         )
-    M0, M, logG = _generic_fns(ssm, guided)
-    return FeynmanKac(M0, M, logG, ys.shape[0], jnp.asarray(ys, jnp.float32))
+    num_steps = ys.shape[0]
+    if bucket:  # the padding steps are never run (the model stops after num_steps)
+        ys = pad_rows(ys, bucket_size(num_steps, 16))
+    if isinstance(ssm, LinearGaussianSSM):
+        fk = FeynmanKac(*_lgssm_fns(guided), ys.shape[0], _lgssm_data(ssm, ys))
+    else:
+        fk = FeynmanKac(*_generic_fns(ssm, guided), ys.shape[0], to_device(ys, np.float32))
+    return _stop_after(fk, num_steps) if bucket else fk
+
+
+@lru_cache(maxsize=64)
+def _stopping_fns(M0, M, logG):
+    """``M0``, ``M``, ``logG`` of a model over ``data["model"]``, with an ``adapt`` that
+    records the step in ``data["t"]`` and a ``finished`` rule true at step ``data["last"]``."""
+
+    def adapt(t, values, log_weights, data):
+        return {**data, "t": jnp.asarray(t, jnp.int32)}
+
+    def finished(values, data):
+        return data["t"] >= data["last"]
+
+    return (
+        lambda key, n, data: M0(key, n, data["model"]),
+        lambda key, t, x, data: M(key, t, x, data["model"]),
+        lambda t, x_prev, x, data: logG(t, x_prev, x, data["model"]),
+        adapt,
+        finished,
+    )
+
+
+def _stop_after(fk: FeynmanKac, num_steps: int) -> FeynmanKac:
+    """``fk`` (padded to ``fk.num_steps`` steps) run for its first ``num_steps`` steps only.
+
+    The number of steps is data (traced), so models whose lengths share a bucket share one
+    compiled program; the steps after ``num_steps`` are never run, so the result (keys
+    included: ``jax.random.split`` gives the same first keys for any count) is that of the
+    unpadded model.
+    """
+    data = {
+        "model": fk.data,
+        "last": to_device(np.int32(num_steps - 1)),
+        "t": to_device(np.int32(0)),
+    }
+    M0, M, logG, adapt, finished = _stopping_fns(fk.M0, fk.M, fk.logG)
+    return FeynmanKac(M0, M, logG, fk.num_steps, data, adapt=adapt, finished=finished)
 
 
 @lru_cache(maxsize=16)
@@ -343,8 +390,9 @@ def particle_filter(
     jit
         ``True``: jitted ``lax.scan``; ``False``: the eager driver (same step functions).
         The jitted filter pads ``N`` to one of four bucket sizes per octave (zero-weight
-        slots, see :func:`~probinfer.smc.run_smc`), so filters with many different particle
-        counts share compiled code.
+        slots, see :func:`~probinfer.smc.run_smc`) and the observations to a power of two
+        of steps (at least 16; the padding steps are never run), so filters with many
+        different particle counts and lengths share compiled code.
     memory_budget
         Bytes the potential evaluation may use at once (chunked with ``lax.map``).
     shard
@@ -361,7 +409,7 @@ def particle_filter(
     levels = tuple(float(q) for q in quantiles)
     if any(not 0.0 <= q <= 1.0 for q in levels):
         raise ValueError(f"quantiles must lie in [0, 1], got {levels}")
-    fk = ssm_feynman_kac(ssm, observations, proposal)
+    fk = _ssm_feynman_kac(ssm, observations, proposal, bucket=jit)
     res = run_smc(
         key,
         fk,

@@ -193,3 +193,36 @@ def test_two_buckets_is_two_half_normals():
 def test_bad_input_raises_value_error_naming_argument(borders, logits, match):
     with pytest.raises(ValueError, match=match):
         BarDistribution(borders, logits)
+
+
+@pytest.mark.parametrize("method", ["icdf", "cdf", "log_prob"])
+def test_padded_eager_calls_equal_the_unpadded_jitted_ones(method):
+    """Eagerly, sample and batch sizes are padded to powers of two (issue 22, item 10);
+    under jit they are not: the same values to float rounding, for every broadcast."""
+    d = _dist(3, batch=(5,))
+    rng = np.random.default_rng(0)
+    lo, hi = (0.0, 1.0) if method == "icdf" else (-4.0, 5.0)
+    for shape in [(), (5,), (3, 5), (2, 1, 5), (1,)]:
+        v = rng.uniform(lo, hi, size=shape).astype(np.float32)
+        got = getattr(d, method)(v)
+        want = jax.jit(lambda x: getattr(d, method)(x))(v)
+        assert got.shape == want.shape == np.broadcast_shapes(shape, (5,))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_new_numbers_of_test_points_in_a_seen_bucket_compile_nothing(xla_compiles):
+    """The PFN workload: m test points, a new m every call. Each new m compiled about 56
+    programs (every eager operation of icdf); now m shares its power-of-two bucket."""
+    rng = np.random.default_rng(0)
+    borders = np.asarray(BORDERS)
+
+    def call(m):
+        d = BarDistribution(borders, rng.normal(size=(m, 8)).astype(np.float32))
+        return d.icdf(np.float32(0.9)), d.icdf(rng.uniform(size=(4, m))), d.cdf(0.3)
+
+    call(16)
+    with xla_compiles() as compiled:
+        for m in (9, 13, 15):
+            q, qs, c = call(m)
+            assert q.shape == (m,) and qs.shape == (4, m) and c.shape == (m,)
+    assert compiled == []

@@ -81,3 +81,22 @@ def test_demo_runs_and_writes_netcdf(tmp_path, capsys):
     assert "log Z (Kalman)" in text and out.exists()
     assert idata.posterior["x_T"].shape == (2, 500)
     assert idata["smc_steps"]["ess"].shape == (2, 20)
+
+
+def test_two_dimensional_state_with_default_and_scalar_covariances():
+    """Issue 22, item 14: a 2-D state failed unless P0 was given ("P0 must have shape
+    (2, 2), got (1, 1)"). A scalar covariance is that multiple of the identity."""
+    A, C = [[0.9, 0.1], [0.0, 0.8]], [[1.0, 0.5]]
+    ssm = LinearGaussianSSM(A=A, Q=np.eye(2), C=C, R=[[1.0]])
+    np.testing.assert_array_equal(ssm.P0, np.eye(2))
+    np.testing.assert_array_equal(ssm.m0, np.zeros(2))
+    scalar = LinearGaussianSSM(A=A, Q=0.5, C=C, R=2.0, P0=3.0)
+    np.testing.assert_array_equal(scalar.Q, 0.5 * np.eye(2))
+    np.testing.assert_array_equal(scalar.R, [[2.0]])
+    np.testing.assert_array_equal(scalar.P0, 3.0 * np.eye(2))
+    ys = np.asarray(scalar.simulate(jax.random.key(0), 6)[1])
+    np.testing.assert_allclose(
+        kalman_filter(scalar, ys).log_evidence, _dense_evidence(scalar, ys), rtol=1e-10
+    )
+    with pytest.raises(ValueError, match="P0 must have shape"):
+        LinearGaussianSSM(A=A, Q=0.5, C=C, R=1.0, P0=np.eye(3))

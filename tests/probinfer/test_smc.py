@@ -230,3 +230,46 @@ def test_to_arviz_has_history(data100):
     assert idata.posterior["x"].shape[:2] == (1, 200)
     assert np.isclose(idata.attrs["log_evidence"], res.log_evidence)
     assert isinstance(res.particles, Particles)
+
+
+@pytest.mark.parametrize("proposal", ["bootstrap", "guided"])
+@pytest.mark.parametrize("num_steps", [1, 5, 37])
+def test_filter_padded_in_time_equals_the_unpadded_run(data100, proposal, num_steps):
+    """The jitted filter pads the observations to a power of two of steps and stops after
+    the real ones (issue 22, item 10): everything equals the unpadded run bit for bit."""
+    from probinfer.smc.state_space import _summary_fn
+
+    ys = data100[0][:num_steps]
+    key = jax.random.key(num_steps)
+    res = particle_filter(
+        key, SSM, ys, 50, proposal=proposal, keep_ancestors=True, quantiles=(0.5,)
+    )
+    fk = ssm_feynman_kac(SSM, ys, proposal)
+    ref = run_smc(key, fk, 50, bucket=True, summary=_summary_fn((0.5,)))
+    assert fk.num_steps == num_steps and res.num_steps == num_steps
+    np.testing.assert_array_equal(res.log_evidence_increments, ref.log_evidence_increments)
+    np.testing.assert_array_equal(res.particles.values, ref.particles.values)
+    np.testing.assert_array_equal(res.particles.log_weights, ref.particles.log_weights)
+    np.testing.assert_array_equal(res.ancestors, ref.ancestors)
+    np.testing.assert_array_equal(res.ess, ref.ess)
+    np.testing.assert_array_equal(res.filtering_means, ref.summaries["mean"])
+    np.testing.assert_array_equal(res.filtering_quantiles, ref.summaries["quantiles"])
+
+
+def test_filter_lengths_in_a_seen_bucket_compile_nothing(data100, xla_compiles):
+    """A new number of steps compiled a new filter (two programs per length); lengths
+    that share a power-of-two bucket now share one, for both proposals and a generic model."""
+    ys = data100[0]
+    model = StateSpaceModel(
+        initial=dist.Normal(0.0, 1.0),
+        transition=lambda x, t: dist.Normal(0.9 * x, 1.0),
+        observation=lambda x, t: dist.Normal(x, 1.0),
+    )
+    for ssm, proposal in ((SSM, "bootstrap"), (SSM, "guided"), (model, "bootstrap")):
+        particle_filter(jax.random.key(0), ssm, ys[:20, 0], 32, proposal=proposal)
+        with xla_compiles() as compiled:
+            for t in (17, 25, 32):
+                res = particle_filter(jax.random.key(t), ssm, ys[:t, 0], 32, proposal=proposal)
+                assert res.log_evidence_increments.shape == (t,)
+                assert res.filtering_means.shape == (t, 1) or res.filtering_means.shape == (t,)
+        assert compiled == [], (proposal, compiled)
