@@ -12,15 +12,86 @@ It is the reference server of the tests of :mod:`probinfer.llm.server` and a way
 ``probinfer scale --server`` without vLLM; it is not a production server (one model
 replica, requests served one at a time under a lock). The ``n`` samples of a request are
 drawn in one batch with a ``torch.Generator`` seeded from ``seed``.
+
+Every request gets an answer with an OpenAI-style JSON body: a bad request (malformed
+JSON, a field of the wrong type or out of range, e.g. ``max_tokens=-5``,
+``temperature=NaN``, token ids outside the vocabulary, a prompt too long for the model)
+gets ``400`` and ``{"error": {"message": ..., "type": "invalid_request_error"}}``; an
+unknown route ``404``, another method than POST ``405``, a body over the size limit
+``413``, and a failure of the model ``500`` (``"type": "server_error"``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 __all__ = ["serve"]
+
+MAX_BODY_BYTES = 8 * 2**20
+MAX_N = 256
+
+
+class BadRequest(ValueError):
+    """A request the server answers with ``status`` (400 unless said otherwise)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _reject_constant(name: str):
+    raise BadRequest(f"the body holds {name}, which is not JSON")
+
+
+def _int(body: dict, name: str, default: int, lo: int, hi: int) -> int:
+    v = body.get(name, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _check_completion(body: dict, vocab: int, limit: int | None) -> None:
+    """``BadRequest`` for a completions body the model cannot answer as asked."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        if not prompt or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in prompt
+        ):
+            raise BadRequest(
+                f"prompt token ids must be a non-empty list of integers in [0, {vocab})"
+            )
+    elif not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string or a list of token ids")
+    _int(body, "n", 1, 1, MAX_N)
+    _int(body, "max_tokens", 16, 1, limit or 2**31 - 1)
+    _int(body, "seed", 0, 0, 2**63 - 1)
+    t = body.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < math.inf:
+        raise BadRequest(f"temperature must be a finite number >= 0, got {t!r}")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
+    ):
+        raise BadRequest("stop must be a string or a list of strings")
+    if "" in ([stop] if isinstance(stop, str) else stop or []):
+        raise BadRequest("stop strings must be non-empty")
+    for flag in ("return_token_ids", "include_stop_str_in_output"):
+        if not isinstance(body.get(flag, False), bool):
+            raise BadRequest(f"{flag} must be true or false")
+
+
+def _check_pooling(body: dict) -> None:
+    """``BadRequest`` for a pooling body that is not a text or a non-empty list of texts."""
+    texts = body.get("input")
+    if not (
+        isinstance(texts, str)
+        or (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts))
+    ):
+        raise BadRequest("input must be a string or a non-empty list of strings")
 
 
 def _generate(lm, body: dict) -> dict:
@@ -31,7 +102,17 @@ def _generate(lm, body: dict) -> dict:
 
     tok = lm.tokenizer
     prompt = body.get("prompt")
-    ids = list(prompt) if isinstance(prompt, list) else tok.encode(str(prompt))
+    try:
+        ids = list(prompt) if isinstance(prompt, list) else tok.encode(str(prompt))
+    except ValueError as err:  # a character outside the vocabulary
+        raise BadRequest(f"prompt: {err}") from None
+    if not ids:
+        raise BadRequest("prompt must encode to at least one token")
+    limit = lm.context_limit
+    if limit is not None and len(ids) + int(body.get("max_tokens", 16)) > limit:
+        raise BadRequest(
+            f"prompt ({len(ids)} tokens) + max_tokens exceeds the model's context of {limit}"
+        )
     n = int(body.get("n", 1))
     max_tokens = int(body.get("max_tokens", 16))
     temperature = float(body.get("temperature", 1.0))
@@ -119,8 +200,16 @@ def serve(lm=None, prm=None, *, host: str = "127.0.0.1", port: int = 0):
         Where to listen (``port=0``: a free port).
     """
     lock = threading.Lock()
+    vocab = None
+    if lm is not None:
+        from probinfer.llm.server import _vocab_size
+
+        vocab = _vocab_size(lm.tokenizer) or lm.model.config.vocab_size
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 60  # seconds a client may take to send its request
+        default_request_version = "HTTP/1.0"  # a malformed request line gets a status line
+
         def log_message(self, *args):  # quiet
             pass
 
@@ -132,18 +221,54 @@ def serve(lm=None, prm=None, *, host: str = "127.0.0.1", port: int = 0):
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self):  # noqa: N802 (http.server's name)
+        def _error(self, code: int, message: str):
+            kind = "server_error" if code >= 500 else "invalid_request_error"
+            self._send(code, {"error": {"message": message, "type": kind, "code": code}})
+
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own errors (malformed request line or headers) as JSON."""
+            self.close_connection = True
+            self._error(code, message or HTTPStatus(code).phrase)
+
+        def _other_method(self):
+            self._error(405, f"method {self.command} not allowed; use POST")
+
+        do_GET = do_PUT = do_PATCH = do_DELETE = _other_method
+
+        def _body(self) -> dict:
+            size = self.headers.get("Content-Length")
+            if size is None or not size.strip().isdigit():
+                self.close_connection = True
+                raise BadRequest("a Content-Length header with the body size is required")
+            if int(size) > MAX_BODY_BYTES:
+                self.close_connection = True
+                raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes", 413)
+            raw = self.rfile.read(int(size))
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            except json.JSONDecodeError:
-                return self._send(400, {"error": {"message": "malformed JSON body"}})
+                body = json.loads(raw, parse_constant=_reject_constant)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise BadRequest("malformed JSON body") from None
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object")
+            return body
+
+        def do_POST(self):  # noqa: N802 (http.server's name)
             route = self.path.rstrip("/")
-            with lock:
+            try:
+                body = self._body()
                 if route.endswith("/completions") and lm is not None:
-                    return self._send(200, _generate(lm, body))
+                    _check_completion(body, vocab, lm.context_limit)
+                    with lock:
+                        return self._send(200, _generate(lm, body))
                 if route.endswith("/pooling") and prm is not None:
-                    return self._send(200, _pool(prm, body))
-            return self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    _check_pooling(body)
+                    with lock:
+                        return self._send(200, _pool(prm, body))
+            except BadRequest as err:
+                return self._error(err.status, str(err))
+            except Exception as err:  # noqa: BLE001 (answered as a 500, never dropped)
+                return self._error(500, f"{type(err).__name__}: {err}")
+            return self._error(404, f"no route {self.path}")
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True

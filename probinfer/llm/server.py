@@ -22,12 +22,21 @@ completions route:
 after every step, the Qwen2.5-Math-PRM convention: ``P(positive class)`` at the last tag)
 and for reward models returning one score.
 
-Both use an async ``httpx`` client with a concurrency limit, timeouts, and retries with
-exponential backoff and jitter on 429, 5xx, malformed responses and timeouts; requests are
-spread round-robin over several base URLs. After the retries a :class:`ServerError` names
-the URL. The API key is read from the environment variable the user names (default
-``OPENAI_API_KEY``), sent only in the ``Authorization`` header, and never appears in
-logs, exceptions, results or JSON.
+Both use one async ``httpx`` client for their lifetime, with a concurrency limit, a
+deadline per request (connecting, waiting and reading the whole body: a server trickling
+bytes cannot hold a request longer) and a size cap on each response body. Requests are
+spread round-robin over several base URLs (replicas); a request that fails (connection
+error, deadline, 5xx, 429, malformed answer) is retried on the next healthy replica, with
+exponential backoff and jitter when there is none, and a replica that failed is skipped
+for a cool-down period (a warning names it). Other 4xx answers are not retried. Every
+:class:`ServerError` names the URL. The API key is read from the environment variable the
+user names (default ``OPENAI_API_KEY``), checked at construction (printable ASCII, no
+whitespace: the error names the variable), sent only in the ``Authorization`` header, and
+never appears, nor do credentials in a URL (``http://user:password@host``), in logs,
+exceptions, results, reprs or JSON (:func:`redact_url`).
+
+Answers are validated: choices and pooling results must carry each index once, and token
+ids must lie in the tokenizer's vocabulary, else a :class:`ServerError` names the URL.
 
 Running at scale with vLLM (a Qwen2.5-Math model and its PRM; both servers may be
 replicated, pass several URLs separated by commas)::
@@ -49,11 +58,17 @@ re-sent prefixes cheap (the server-side counterpart of the local backend's KV ca
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
+import math
 import os
 import random
 import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -61,63 +76,128 @@ from probinfer.checks import check_num
 from probinfer.llm.protocols import StepFormat, StepProposal
 from probinfer.llm.ssm import key_to_seed
 
-__all__ = ["OpenAICompatibleLM", "OpenAICompatiblePRM", "ServerError", "parse_urls"]
+__all__ = ["OpenAICompatibleLM", "OpenAICompatiblePRM", "ServerError", "parse_urls", "redact_url"]
 
 PRM_SERVER_KINDS = ("token", "sequence")
+MAX_RESPONSE_BYTES = 32 * 2**20
+"""Default size cap of one response body (bytes)."""
+
+logger = logging.getLogger(__name__)
 
 
 class ServerError(RuntimeError):
-    """A server request failed after its retries (the message names the URL)."""
+    """A server request failed (the message names the URL, never the key or URL credentials)."""
+
+
+class _TooLarge(Exception):
+    """A response body went over the size cap."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user information (``user:password@``) replaced by ``***@``.
+
+    Everything between ``://`` and the last ``@`` is hidden, so a password holding ``/``
+    or ``@`` is hidden too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    return url if at < 0 else f"{scheme}{sep}***@{rest[at + 1 :]}"
+
+
+def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its user information, and the (percent-decoded) user and password
+    it held, if any. They go to httpx as an auth object, never in the URL, which httpx logs.
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url, None
+    user, _, password = rest[:at].partition(":")
+    return f"{scheme}{sep}{rest[at + 1 :]}", (unquote(user), unquote(password))
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The credentials a URL carries, in every form an error message or an echoing server
+    could show them: raw, percent-decoded, and as the HTTP Basic token sent with them."""
+    rest = url.partition("://")[2] or url
+    at = rest.rfind("@")
+    if at < 0:
+        return []
+    userinfo = rest[:at]
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return [userinfo, unquote(userinfo), password, unquote(password), token]
 
 
 def parse_urls(urls) -> tuple[str, ...]:
     """Base URLs from a string (comma-separated) or a sequence; ``ValueError`` if none or
-    one is not ``http(s)://...``. A trailing ``/`` is removed."""
+    one is not ``http(s)://host...``. A trailing ``/`` is removed. Errors show URLs
+    through :func:`redact_url`."""
     if isinstance(urls, str):
         urls = [u.strip() for u in urls.split(",") if u.strip()]
     try:
         out = tuple(str(u).rstrip("/") for u in urls)
     except TypeError:
-        raise TypeError(f"base_urls must be a str or a sequence of str, got {urls!r}") from None
+        msg = f"base_urls must be a str or a sequence of str, got {type(urls).__name__}"
+        raise TypeError(msg) from None
     if not out:
         raise ValueError("base_urls must name at least one server URL")
     for u in out:
-        if not u.startswith(("http://", "https://")):
-            raise ValueError(f"base_urls: {u!r} is not an http(s):// URL")
+        host = redact_url(u).partition("://")[2].removeprefix("***@")
+        if not u.startswith(("http://", "https://")) or not host or host[0] in "/?#:":
+            raise ValueError(f"base_urls: {redact_url(u)!r} is not an http(s)://host URL")
     return out
 
 
+def _read_key(env: str | None) -> str | None:
+    """The API key in the environment variable ``env`` (``None``: no variable or an empty
+    one). ``ValueError`` naming the variable, never the key, when the key holds a
+    character an HTTP header cannot carry as is (whitespace such as a trailing newline,
+    control or non-ASCII characters)."""
+    key = os.environ.get(env) if env else None
+    if not key:
+        return None
+    if not all("!" <= c <= "~" for c in key):
+        raise ValueError(
+            f"the API key in the environment variable {env} holds whitespace (e.g. a trailing "
+            "newline), control or non-ASCII characters; an HTTP header needs printable ASCII "
+            "without spaces: set it again without them"
+        )
+    return key
+
+
 def _positive(name, v, kind=float):
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-        raise ValueError(f"{name} must be a positive number, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or v == math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
     return kind(v)
 
 
-def _run(coro):
-    """Run a coroutine to completion, also from inside a running event loop (Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box = {}
-
-    def target():
+def _stop_loop(loop: asyncio.AbstractEventLoop, box: dict) -> None:
+    """Close the HTTP client in ``box`` on ``loop``, then stop the loop (its thread closes
+    it). Called when the client is closed or garbage-collected, or at exit."""
+    if loop.is_closed():
+        return
+    http = box.pop("http", None)
+    if http is not None and box.get("thread") is not threading.current_thread():
         try:
-            box["out"] = asyncio.run(coro)
-        except BaseException as err:  # re-raised in the caller's thread
-            box["err"] = err
-
-    th = threading.Thread(target=target)
-    th.start()
-    th.join()
-    if "err" in box:
-        raise box["err"]
-    return box["out"]
+            asyncio.run_coroutine_threadsafe(http.aclose(), loop).result(timeout=2)
+        except Exception:  # noqa: BLE001 (best effort: the loop is going away anyway)
+            pass
+    loop.call_soon_threadsafe(loop.stop)
 
 
 class _Client:
-    """Async JSON POSTs with a concurrency limit, timeouts and retries, round-robin over
-    base URLs. The API key is held here only and redacted from every message."""
+    """Async JSON POSTs with a concurrency limit, a deadline and a size cap per request,
+    retries, and failover over base URLs (replicas).
+
+    One ``httpx.AsyncClient`` (its connection pool and TLS context) serves every request
+    of the client's lifetime; it lives on a private event loop in a daemon thread, so
+    calls work from plain code and from inside a running loop (Jupyter) alike. The API key
+    is read from the environment at each call, sent only in the ``Authorization`` header,
+    and redacted, with URL credentials, from every message.
+    """
 
     def __init__(
         self,
@@ -128,11 +208,16 @@ class _Client:
         timeout: float,
         max_retries: int,
         backoff: float,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        cooldown: float = 30.0,
     ):
-        self.urls = parse_urls(base_urls)
+        raw = parse_urls(base_urls)
+        self.urls = tuple(redact_url(u) for u in raw)
+        self._urls, self._auth = zip(*map(_split_credentials, raw))
         if api_key_env is not None and not isinstance(api_key_env, str):
             raise TypeError(f"api_key_env must be a str or None, got {type(api_key_env).__name__}")
         self.api_key_env = api_key_env
+        _read_key(api_key_env)  # fail at start-up, not at the first request
         check_num(max_concurrency, "max_concurrency")
         self.max_concurrency = max_concurrency
         self.timeout = _positive("timeout", timeout)
@@ -140,86 +225,225 @@ class _Client:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         self.max_retries = max_retries
         self.backoff = _positive("backoff", backoff)
+        check_num(max_response_bytes, "max_response_bytes")
+        self.max_response_bytes = max_response_bytes
+        self.cooldown = _positive("cooldown", cooldown)
+        self._secrets = sorted({s for u in raw for s in _url_secrets(u) if s}, key=len)
+        self._dead_until = [0.0] * len(self._urls)  # time.monotonic() when usable again
         self._next = 0
         self._jitter = random.Random()  # retry timing only, never results
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._box: dict = {}
+        self._pid = 0
+        self._finalizer = None
 
     def __repr__(self) -> str:
         return f"_Client(urls={self.urls!r}, api_key_env={self.api_key_env!r})"
 
-    def _key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+    def __getstate__(self) -> dict:  # the loop, its thread and the HTTP client stay here
+        state = dict(self.__dict__)
+        state.update(_lock=None, _loop=None, _box={}, _pid=0, _finalizer=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the HTTP client and stop its event loop (a later call starts new ones)."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+            self._loop, self._box, self._finalizer = None, {}, None
 
     def _redact(self, text: str) -> str:
-        key = self._key()
-        return text.replace(key, "***") if key else text
+        """``text`` without the API key and URL credentials (in any form they are known in).
+        Redact before truncating, so that no part of a secret survives."""
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        forms = (key, key.strip(), json.dumps(key)[1:-1]) if key else ()
+        for s in sorted([*self._secrets, *forms], key=len, reverse=True):
+            if s:
+                text = text.replace(s, "***")
+        return text
+
+    def _snippet(self, body: bytes, limit: int = 300) -> str:
+        """The start of a response body for a message: decoded, redacted, then truncated."""
+        text = self._redact(body.decode("utf-8", errors="replace"))
+        return text if len(text) <= limit else text[:limit] + "..."
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():  # none yet, or forked
+                loop = asyncio.new_event_loop()
+
+                def run():
+                    asyncio.set_event_loop(loop)
+                    loop.run_forever()
+                    loop.close()
+
+                th = threading.Thread(target=run, daemon=True, name="probinfer-http")
+                self._box = {"thread": th}
+                self._finalizer = weakref.finalize(self, _stop_loop, loop, self._box)
+                th.start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
 
     def post_all(self, route: str, payloads: list[dict]) -> list[tuple[str, dict]]:
         """POST every payload (in parallel, at most ``max_concurrency`` at a time) and
-        return ``(url, decoded JSON answer)`` pairs in order."""
-        start = self._next
-        self._next = (self._next + len(payloads)) % len(self.urls)
-        urls = [self.urls[(start + j) % len(self.urls)] + route for j in range(len(payloads))]
-        return list(zip(urls, _run(self._post_all(urls, payloads))))
-
-    async def _post_all(self, urls, payloads):
-        import httpx
-
-        sem = asyncio.Semaphore(self.max_concurrency)
+        return ``(url, decoded JSON answer)`` pairs in order; ``url`` is the redacted URL
+        of the replica that answered."""
         headers = {"Content-Type": "application/json"}
-        key = self._key()
+        key = _read_key(self.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        async with httpx.AsyncClient(timeout=self.timeout, headers=headers) as client:
+        start = self._next
+        self._next = (self._next + len(payloads)) % len(self._urls)
+        assigned = [(start + j) % len(self._urls) for j in range(len(payloads))]
+        loop = self._ensure_loop()
+        fut = asyncio.run_coroutine_threadsafe(
+            self._post_all(route, assigned, payloads, headers), loop
+        )
+        try:
+            return fut.result()
+        except BaseException:  # KeyboardInterrupt included: stop the requests in flight
+            fut.cancel()
+            raise
 
-            async def one(url, payload):
-                async with sem:
-                    return await self._post(client, url, payload)
-
-            tasks = [asyncio.create_task(one(u, p)) for u, p in zip(urls, payloads)]
-            try:
-                return await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:
-                    t.cancel()
-
-    async def _post(self, client, url: str, payload: dict) -> dict:
+    async def _post_all(self, route, assigned, payloads, headers):
         import httpx
 
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = self.backoff * 2 ** (attempt - 1) * (0.5 + self._jitter.random())
-                await asyncio.sleep(delay)
-            try:
-                r = await client.post(url, json=payload)
-            except httpx.TimeoutException:
-                last = f"timed out after {self.timeout:g} s"
-                continue
-            except httpx.HTTPError as err:
-                last = f"{type(err).__name__}: {err}"
-                continue
-            if r.status_code == 429 or r.status_code >= 500:
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                continue
-            if r.status_code >= 400:
-                raise ServerError(
-                    self._redact(f"{url} answered HTTP {r.status_code}: {r.text[:500]}")
-                )
-            try:
-                out = r.json()
-            except (json.JSONDecodeError, ValueError):
-                last = f"malformed JSON: {r.text[:200]!r}"
-                continue
-            if not isinstance(out, dict):
-                last = f"malformed answer (not a JSON object): {r.text[:200]!r}"
-                continue
-            return out
-        raise ServerError(
-            self._redact(
-                f"request to {url} failed after {self.max_retries + 1} attempt(s); last error: "
-                f"{last}"
+        if self._box.get("http") is None:
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            self._box["http"] = httpx.AsyncClient(timeout=self.timeout, limits=limits)
+        http = self._box["http"]
+        sem = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(i, payload):
+            async with sem:
+                return await self._post(http, i, route, payload, headers)
+
+        tasks = [asyncio.create_task(one(i, p)) for i, p in zip(assigned, payloads)]
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def _healthy(self, i: int) -> bool:
+        return self._dead_until[i] <= time.monotonic()
+
+    def _pick(self, i: int, *, after: bool) -> int:
+        """The replica for a request assigned to ``i``: ``i`` itself (``after=False``) or
+        the one after it (``after=True``, failover), skipping those cooling down; when all
+        are cooling down, the one whose cool-down ends first."""
+        n = len(self._urls)
+        order = [(i + k) % n for k in range(1 if after else 0, n + (1 if after else 0))]
+        healthy = [j for j in order if self._healthy(j)]
+        return healthy[0] if healthy else min(order, key=lambda j: self._dead_until[j])
+
+    def _mark_dead(self, i: int, reason: str) -> None:
+        if len(self._urls) > 1 and self._healthy(i):
+            logger.warning(
+                "%s failed (%s); skipping it for %g s", self.urls[i], reason, self.cooldown
             )
+        self._dead_until[i] = time.monotonic() + self.cooldown
+
+    async def _fetch(self, http, i: int, route: str, payload: dict, headers: dict):
+        """One POST to replica ``i`` within the deadline; the status and the whole body
+        (``_TooLarge`` as soon as it passes the size cap, before reading further)."""
+        import httpx
+
+        cap = self.max_response_bytes
+        url, auth = self._urls[i] + route, self._auth[i]
+        auth = httpx.BasicAuth(*auth) if auth else None
+        async with asyncio.timeout(self.timeout):
+            async with http.stream("POST", url, json=payload, headers=headers, auth=auth) as r:
+                size = r.headers.get("Content-Length", "")
+                if size.isdigit() and int(size) > cap:
+                    raise _TooLarge
+                body = bytearray()
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > cap:
+                        raise _TooLarge
+                return r.status_code, bytes(body)
+
+    async def _post(self, http, i: int, route: str, payload: dict, headers: dict):
+        """POST ``payload`` to replica ``i`` (or the next healthy one); after a failure, at
+        once to the next healthy replica not tried yet, else (a retry, at most
+        ``max_retries``) after a backoff. Returns ``(redacted URL, answer)``."""
+        i = self._pick(i, after=False)
+        tried, retries, attempts = [i], 0, 0
+        while True:
+            attempts += 1
+            out = await self._attempt(http, i, route, payload, headers)
+            if isinstance(out, dict):
+                return self.urls[i] + route, out
+            nxt = self._pick(i, after=True)
+            if nxt in tried or not self._healthy(nxt):  # no fresh replica: a retry
+                if retries == self.max_retries:
+                    break
+                retries += 1
+                await asyncio.sleep(
+                    self.backoff * 2 ** (retries - 1) * (0.5 + self._jitter.random())
+                )
+            i = nxt
+            if i not in tried:
+                tried.append(i)
+        names = " then ".join(self.urls[j] + route for j in tried)
+        raise ServerError(
+            f"request to {names} failed after {attempts} attempt(s); last error: {out}"
         )
+
+    async def _attempt(self, http, i: int, route: str, payload: dict, headers: dict):
+        """One POST to replica ``i``: the answer (a dict), or why it failed (a str) when a
+        retry may help; ``ServerError`` when it cannot (4xx, a body over the cap). A
+        connection error, the deadline or a 5xx starts the replica's cool-down."""
+        import httpx
+
+        shown = self.urls[i] + route
+        try:
+            status, body = await self._fetch(http, i, route, payload, headers)
+        except _TooLarge:
+            raise ServerError(
+                f"{shown}: the response is larger than max_response_bytes = "
+                f"{self.max_response_bytes} bytes; not read further (raise the cap if the "
+                "answers are that large)"
+            ) from None
+        except (TimeoutError, httpx.TimeoutException):
+            why = f"no complete answer within the {self.timeout:g} s deadline"
+            self._mark_dead(i, why)
+            return why
+        except httpx.HTTPError as err:
+            why = self._redact(f"{type(err).__name__}: {err}")
+            self._mark_dead(i, why)
+            return why
+        if status == 429 or status >= 500:
+            if status >= 500:
+                self._mark_dead(i, f"HTTP {status}")
+            return f"HTTP {status}: {self._snippet(body, 200)}"
+        if not 200 <= status < 300:
+            raise ServerError(
+                f"{shown} rejected the request with HTTP {status} (not retried): "
+                f"{self._snippet(_error_message(body))}"
+            )
+        try:
+            out = json.loads(body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            return f"malformed JSON: {self._snippet(body, 200)!r}"
+        if not isinstance(out, dict):
+            return f"malformed answer (not a JSON object): {self._snippet(body, 200)!r}"
+        return out
+
+
+def _error_message(body: bytes) -> bytes:
+    """The ``error.message`` of an OpenAI-style JSON error body, else the body."""
+    try:
+        msg = json.loads(body)["error"]["message"]
+    except (ValueError, TypeError, KeyError):
+        return body
+    return str(msg).encode()
 
 
 def _stop_strings(step_end) -> list[str] | None:
@@ -231,16 +455,79 @@ def _stop_strings(step_end) -> list[str] | None:
     return out or None
 
 
-def _choice_token_ids(choice: dict) -> list[int] | None:
+def _vocab_size(tokenizer) -> int | None:
+    """The number of token ids ``tokenizer`` can decode (added tokens included), or
+    ``None`` when it does not tell."""
+    for obj in (tokenizer, getattr(tokenizer, "tok", None)):  # HFTokenizer wraps ``tok``
+        try:
+            return len(obj)
+        except TypeError:
+            pass
+    n = getattr(tokenizer, "vocab_size", None)
+    return n if isinstance(n, int) else None
+
+
+def _choice_token_ids(where: str, choice: dict, vocab: int | None) -> list[int] | None:
+    """The sampled token ids of a choice (``token_ids``, or vLLM's ``"token_id:N"``
+    log-probability tokens); ``ServerError`` naming ``where`` for an id that is not an
+    integer in ``[0, vocab)``, which decoding would otherwise drop silently."""
     ids = choice.get("token_ids")
-    if isinstance(ids, list):
-        return [int(t) for t in ids]
-    toks = (choice.get("logprobs") or {}).get("tokens")
-    if isinstance(toks, list) and all(
-        isinstance(t, str) and t.startswith("token_id:") for t in toks
+    if not isinstance(ids, list):
+        toks = (choice.get("logprobs") or {}).get("tokens")
+        if not isinstance(toks, list) or not all(
+            isinstance(t, str) and t.startswith("token_id:") for t in toks
+        ):
+            return None
+        ids = []
+        for t in toks:
+            try:
+                ids.append(int(t.removeprefix("token_id:")))
+            except ValueError:
+                ids.append(t)
+    bad = [
+        t
+        for t in ids
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0 or (vocab and t >= vocab)
+    ]
+    if bad:
+        raise ServerError(
+            f"{where}: the server returned token ids outside the tokenizer's vocabulary "
+            f"[0, {vocab if vocab else 'inf'}): {str(bad[:5])[:200]}; is --tokenizer the "
+            "served model's?"
+        )
+    return ids
+
+
+def _order(where: str, items, n: int, what: str) -> list[int]:
+    """The positions of ``items`` in the order of their ``index`` fields: ``n`` JSON objects
+    whose indices are ``0..n-1``, each exactly once (no index at all: the order given).
+    ``ServerError`` naming ``where`` otherwise, rather than results attached to the wrong
+    inputs."""
+    if not isinstance(items, list) or len(items) != n:
+        got = len(items) if isinstance(items, list) else type(items).__name__
+        raise ServerError(f"{where}: expected {n} {what}, got {got}")
+    if not all(isinstance(d, dict) for d in items):
+        raise ServerError(f"{where}: malformed {what} (not JSON objects)")
+    idx = [d.get("index") for d in items]
+    if all(i is None for i in idx):
+        return list(range(n))
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in idx) or sorted(idx) != list(
+        range(n)
     ):
-        return [int(t.split(":", 1)[1]) for t in toks]
-    return None
+        raise ServerError(
+            f"{where}: the {what} must carry each index 0..{n - 1} exactly once, got "
+            f"{str(idx[:20])[:200]}"
+        )
+    order = [0] * n
+    for pos, i in enumerate(idx):
+        order[i] = pos
+    return order
+
+
+def _count(usage, name: str) -> int:
+    """A token count from a ``usage`` object (0 when absent or not a count)."""
+    v = usage.get(name) if isinstance(usage, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 class OpenAICompatibleLM:
@@ -261,9 +548,17 @@ class OpenAICompatibleLM:
     api_key_env
         The environment variable holding the API key (``None``: no key).
     max_concurrency, timeout, max_retries, backoff
-        At most this many requests in flight; seconds per request; retries on 429, 5xx,
-        malformed answers and timeouts, waiting ``backoff * 2**k`` seconds times a jitter
-        factor in ``[0.5, 1.5)`` before retry ``k + 1``.
+        At most this many requests in flight; the deadline of one HTTP request in seconds
+        (connecting, sending, waiting and reading the whole answer); retries on connection
+        errors, deadlines, 429, 5xx and malformed answers, on the next healthy replica, and
+        after ``backoff * 2**k`` seconds times a jitter factor in ``[0.5, 1.5)`` before
+        retry ``k + 1`` when there is none. Other 4xx answers are not retried.
+    max_response_bytes
+        Size cap of one response body: a larger one is not read further and raises
+        :class:`ServerError` naming the URL and the cap.
+    cooldown
+        Seconds a replica that failed (connection error, deadline, 5xx) is skipped; the
+        warning logged names its URL (redacted).
     eos_text
         Text that the end of a generation by the model (not at a stop string) stands for,
         as in :class:`~probinfer.llm.HFCausalLM`.
@@ -282,6 +577,8 @@ class OpenAICompatibleLM:
         timeout: float = 60.0,
         max_retries: int = 4,
         backoff: float = 0.5,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        cooldown: float = 30.0,
         eos_text: str | None = None,
         extra_body: dict | None = None,
     ):
@@ -294,6 +591,8 @@ class OpenAICompatibleLM:
             timeout=timeout,
             max_retries=max_retries,
             backoff=backoff,
+            max_response_bytes=max_response_bytes,
+            cooldown=cooldown,
         )
         self.model = model
         self.tokenizer = tokenizer
@@ -305,6 +604,7 @@ class OpenAICompatibleLM:
 
     @property
     def base_urls(self) -> tuple[str, ...]:
+        """The base URLs with their credentials redacted (:func:`redact_url`)."""
         return self.client.urls
 
     def _step_text(self, history, step, carry) -> str:
@@ -327,6 +627,7 @@ class OpenAICompatibleLM:
         tok = self.tokenizer
         exact = tok is not None and (contexts.step_tokens is not None or not any(contexts.steps))
         prompt_ids = tok.encode(contexts.prompt) if exact else None
+        vocab = _vocab_size(tok) if exact else None
         carries = [contexts.carry(i) for i in range(b)]
         steps: list[str | None] = [None] * b
         new_carry, ended, truncated = [""] * b, [False] * b, [False] * b
@@ -372,16 +673,9 @@ class OpenAICompatibleLM:
         encoded = produced = 0
         for members, (where, ans) in zip(groups.values(), answers):
             choices = ans.get("choices")
-            if not isinstance(choices, list) or len(choices) != len(members):
-                raise ServerError(
-                    f"{where}: expected {len(members)} choices, got "
-                    f"{len(choices) if isinstance(choices, list) else type(choices).__name__}"
-                )
-            order = sorted(range(len(choices)), key=lambda c: choices[c].get("index", c))
-            if sorted(choices[c].get("index", c) for c in order) != list(range(len(members))):
-                raise ServerError(f"{where}: choices must have indices 0..{len(members) - 1}")
-            usage = ans.get("usage") or {}
-            encoded += int(usage.get("prompt_tokens", 0) or 0)
+            order = _order(where, choices, len(members), "choices")
+            usage = ans.get("usage")
+            encoded += _count(usage, "prompt_tokens")
             for i, c in zip(members, order):
                 ch = choices[c]
                 text = ch.get("text")
@@ -389,7 +683,7 @@ class OpenAICompatibleLM:
                     raise ServerError(f"{where}: a choice has no text")
                 fin = ch.get("finish_reason")
                 if exact:
-                    ids = _choice_token_ids(ch)
+                    ids = _choice_token_ids(where, ch, vocab)
                     if ids is None:
                         raise ServerError(
                             f"{where}: the server returned no token ids (it needs "
@@ -413,7 +707,7 @@ class OpenAICompatibleLM:
                 else:
                     self._finish_text(i, text, fin, step_end, steps, ended, truncated)
             if not exact:
-                produced += int(usage.get("completion_tokens", 0) or 0)
+                produced += _count(usage, "completion_tokens")
         return StepProposal(
             [s if s is not None else "" for s in steps],
             truncated,
@@ -477,8 +771,10 @@ class OpenAICompatiblePRM:
         ``"token"``: the index of the "correct" class.
     logits
         ``"sequence"``: the server returns a logit rather than a probability.
-    api_key_env, max_concurrency, timeout, max_retries, backoff, batch_size
-        As for :class:`OpenAICompatibleLM`; ``batch_size`` inputs per request.
+    api_key_env, max_concurrency, timeout, max_retries, backoff, max_response_bytes, cooldown
+        As for :class:`OpenAICompatibleLM`.
+    batch_size
+        Inputs per request.
     """
 
     def __init__(
@@ -495,6 +791,8 @@ class OpenAICompatiblePRM:
         timeout: float = 60.0,
         max_retries: int = 4,
         backoff: float = 0.5,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        cooldown: float = 30.0,
         batch_size: int = 32,
     ):
         if kind not in PRM_SERVER_KINDS:
@@ -509,6 +807,8 @@ class OpenAICompatiblePRM:
             timeout=timeout,
             max_retries=max_retries,
             backoff=backoff,
+            max_response_bytes=max_response_bytes,
+            cooldown=cooldown,
         )
         self.model, self.kind, self.step_tag = model, kind, step_tag
         self.positive_label, self.logits, self.batch_size = int(positive_label), logits, batch_size
@@ -522,9 +822,14 @@ class OpenAICompatiblePRM:
         return prompt + "".join(steps)
 
     def _read(self, where: str, data) -> float:
-        arr = np.asarray(data, dtype=np.float64)
+        try:
+            arr = np.asarray(data, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ServerError(f"{where}: pooling output is not an array of numbers") from None
         if arr.size == 0:
             raise ServerError(f"{where}: empty pooling output")
+        if not np.all(np.isfinite(arr)):
+            raise ServerError(f"{where}: pooling output holds NaN or infinite values")
         if self.kind == "token":
             row = arr.reshape(-1, arr.shape[-1])[-1] if arr.ndim >= 1 else arr.reshape(1)
             if row.size <= self.positive_label:
@@ -552,11 +857,8 @@ class OpenAICompatiblePRM:
         out = []
         for c, (where, ans) in zip(chunks, answers):
             data = ans.get("data")
-            if not isinstance(data, list) or len(data) != len(c):
-                raise ServerError(f"{where}: expected {len(c)} pooling results")
-            data = sorted(data, key=lambda d: d.get("index", 0) if isinstance(d, dict) else 0)
-            for d in data:
-                if not isinstance(d, dict) or "data" not in d:
-                    raise ServerError(f"{where}: malformed pooling result {str(d)[:100]!r}")
-                out.append(self._read(where, d["data"]))
+            for k in _order(where, data, len(c), "pooling results"):
+                if "data" not in data[k]:
+                    raise ServerError(f"{where}: a pooling result has no data")
+                out.append(self._read(where, data[k]["data"]))
         return np.asarray(out, dtype=np.float64)
