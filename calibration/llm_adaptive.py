@@ -204,7 +204,10 @@ class AdaptiveBudget:
     def _stop(self, conf: np.ndarray, lam) -> np.ndarray:
         """Stop stage of each problem for thresholds ``lam`` (shape ``(J,)``): ``(J, n)``."""
         k = conf.shape[1]
-        early = conf[None, :, : k - 1] >= np.asarray(lam, dtype=np.float64)[:, None, None]
+        lam = np.asarray(lam, dtype=np.float64)
+        if k == 1:  # one budget: its stage is the last, so every problem stops there
+            return np.zeros((lam.size, conf.shape[0]), dtype=np.int64)
+        early = conf[None, :, : k - 1] >= lam[:, None, None]
         hit = early.any(axis=2)
         return np.where(hit, np.argmax(early, axis=2), k - 1)
 

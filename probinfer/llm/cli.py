@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from probinfer.cli import _open_unit_interval, _positive_int
 
 __all__ = ["_add_scale"]
 
@@ -28,13 +31,6 @@ def _budget_list(text: str) -> list[int]:
     if not vals or any(v < 1 for v in vals):
         raise argparse.ArgumentTypeError(f"budgets must be integers >= 1, got {text!r}")
     return vals
-
-
-def _threads(text: str) -> int:
-    n = int(text) if text.strip().isdigit() else 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be a positive integer, got {text!r}")
-    return n
 
 
 def _algo_list(text: str) -> list[str]:
@@ -61,11 +57,21 @@ def _add_scale(sub) -> None:
     p.add_argument(
         "--algorithms",
         type=_algo_list,
-        default=["particle_filter", "best_of_n", "beam_search"],
+        default="particle_filter,best_of_n,beam_search",  # a string: argparse applies type
         help=f"comma-separated, from {', '.join(_ALGOS)}",
     )
-    p.add_argument("--budgets", type=_budget_list, default=[1, 2, 4, 8, 16, 32])
-    p.add_argument("--num-problems", type=int, default=100)
+    p.add_argument(
+        "--budgets",
+        type=_budget_list,
+        default="1,2,4,8,16,32",
+        help="comma-separated budgets (particles, samples or beams per problem)",
+    )
+    p.add_argument(
+        "--num-problems",
+        type=_positive_int,
+        default=100,
+        help="problems to run (the first ones of --problems)",
+    )
     p.add_argument(
         "--prm",
         default="learned",
@@ -73,7 +79,11 @@ def _add_scale(sub) -> None:
         "likelihood PRM), 'verifier' (exact), or a local sequence/token-classification "
         "model directory",
     )
-    p.add_argument("--model", default=None, help="local Hugging Face causal LM directory")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="local Hugging Face causal LM directory (default: the bundled tiny LM)",
+    )
     p.add_argument(
         "--problems",
         default=None,
@@ -82,15 +92,25 @@ def _add_scale(sub) -> None:
     p.add_argument("--delimiter", default=";", help="step delimiter string")
     p.add_argument("--stop", default="|", help="string that ends an answer")
     p.add_argument("--answer-regex", default=r"(-?\d+)\s*\|\s*$", help="final-answer regex")
-    p.add_argument("--max-steps", type=int, default=10)
-    p.add_argument("--max-tokens-per-step", type=int, default=6)
+    p.add_argument(
+        "--max-steps", type=_positive_int, default=10, help="reasoning steps per answer at most"
+    )
+    p.add_argument(
+        "--max-tokens-per-step", type=_positive_int, default=6, help="tokens per step at most"
+    )
     p.add_argument(
         "--potential",
         choices=["logit", "log"],
         default="log",
         help="log potential of a score r: log r (bundled default) or logit r (the paper's)",
     )
-    p.add_argument("--aggregation", choices=["model", "last", "min", "product"], default="model")
+    p.add_argument(
+        "--aggregation",
+        choices=["model", "last", "min", "product"],
+        default="model",
+        help="how the step scores of a partial answer make its reward ('model': the PRM "
+        "scores the whole prefix)",
+    )
     p.add_argument(
         "--reward-temperature", type=float, default=1.0, help="log potentials are divided by it"
     )
@@ -125,24 +145,30 @@ def _add_scale(sub) -> None:
         default="OPENAI_API_KEY",
         help="environment variable holding the servers' API key (never printed)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the jax.random key of the runs")
     p.add_argument(
         "--calibrate",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="N_CAL",
         help="calibrate on the first N_CAL problems: conformal answer-set coverage and size, "
-        "abstention and the adaptive budget's compute saved on the others (calibration package)",
+        "abstention and the adaptive budget's compute saved on the others (calibration "
+        "package; needs at least two --budgets) (default: no calibration)",
     )
-    p.add_argument("--alpha", type=float, default=0.1, help="level for --calibrate")
+    p.add_argument(
+        "--alpha",
+        type=_open_unit_interval,
+        default=0.1,
+        help="level for --calibrate, in (0, 1)",
+    )
     p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=_positive_int,
         default=None,
         help="torch CPU threads (default: at most 2; use 1 on a machine busy with other work)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_scale)
 
 
@@ -161,6 +187,36 @@ def _load_problems(args) -> list[tuple[str, str]]:
     if not rows:
         raise ValueError(f"--problems file {args.problems!r} has no problems")
     return rows[: args.num_problems]
+
+
+def _check_prm(args) -> None:
+    """``--prm`` names a bundled PRM or a local model directory (checked before any weights
+    load; ignored with ``--prm-server``)."""
+    from probinfer.llm.default import PRMS
+
+    if args.prm_server or args.prm in PRMS or Path(args.prm).is_dir():
+        return
+    raise ValueError(
+        f"--prm must be one of {', '.join(PRMS)} or a local model directory, got {args.prm!r}"
+    )
+
+
+def _check_calibrate(args, num_problems: int) -> None:
+    """``--calibrate`` against the problems and budgets; warns (stderr) when too few
+    calibration problems make a part of the calibrated section uninformative."""
+    from calibration.llm_scale import check_scale_calibration, min_calibration_problems
+
+    n_cal, alpha = check_scale_calibration(
+        args.calibrate, args.alpha, num_problems, len(set(args.budgets))
+    )
+    short = {k: v for k, v in min_calibration_problems(alpha).items() if n_cal < v}
+    if short:
+        parts = ", ".join(f"{k} needs {v}" for k, v in short.items())
+        print(
+            f"probinfer scale: warning: not enough calibration problems at --alpha {alpha} "
+            f"(--calibrate {n_cal}; {parts}): those results will be left out",
+            file=sys.stderr,
+        )
 
 
 def _build_model(args):
@@ -229,11 +285,10 @@ def _build_model(args):
 def _run_scale(args: argparse.Namespace) -> int:
     from probinfer.llm.scale import format_table, run_scaling, write_report
 
+    _check_prm(args)
     problems = _load_problems(args)
     if args.calibrate is not None:  # fail before the runs (calibration.llm_scale)
-        from calibration.llm_scale import check_scale_calibration
-
-        check_scale_calibration(args.calibrate, args.alpha, len(problems))
+        _check_calibrate(args, len(problems))
     model = _build_model(args)
     report = run_scaling(
         model,

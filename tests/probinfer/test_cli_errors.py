@@ -3,6 +3,7 @@ exit 2, one-line errors with exit 2 checked before any weights load, ``--quiet``
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
@@ -38,6 +39,26 @@ def test_demo_flags_are_all_described_with_defaults():
     assert "(default: False)" in parser.format_help()  # --quiet
 
 
+def _parsers():
+    parser = build_parser()
+    return [parser, *parser._subparsers._group_actions[0].choices.values()]
+
+
+def test_every_option_of_every_command_shows_its_default():
+    for parser in _parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if action.default is argparse.SUPPRESS or not action.option_strings:
+                continue  # --help, --version, the subcommand's copy of --quiet
+            name = f"{parser.prog} {action.option_strings[-1]}"
+            assert action.help, f"{name} has no help text"
+            text = formatter._expand_help(action)
+            assert text.count("(default: ") == 1, f"{name}: {text!r} shows no or two defaults"
+    scale = " ".join(_parsers()[-1].format_help().split())  # unwrapped
+    for default in ("1,2,4,8,16,32", "100", "learned", "the bundled tiny LM", "0.1", "10", "6"):
+        assert f"(default: {default})" in scale
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -46,7 +67,11 @@ def test_demo_flags_are_all_described_with_defaults():
         (["scale", "--problems", "/no/such/file.jsonl"], "--problems: no such file"),
         (["scale", "--answer-regex", "(unclosed"], "--answer-regex: invalid regular expression"),
         (["scale", "--model", "/no/such/model"], "--model: no such local model directory"),
-        (["scale", "--threads", "0"], "--threads must be a positive integer"),
+        (["scale", "--threads", "0"], "argument --threads: must be a positive integer"),
+        (["scale", "--num-problems", "x"], "argument --num-problems: must be a positive integer"),
+        (["scale", "--alpha", "1.5"], "argument --alpha: must be a number strictly between 0 and"),
+        (["scale", "--alpha", "0"], "argument --alpha: must be a number strictly between 0 and"),
+        (["scale", "--prm", "nonsense"], "--prm must be one of learned, likelihood, verifier or"),
         (["scale", "--output", "/"], "--output: '/' is a directory"),
         (["demo", "--output", __file__ + "/x.nc"], "is a file, not a directory"),
     ],
@@ -58,15 +83,25 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_errors_come_before_any_weights_load():
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["scale", "--answer-regex", "("],
+        ["scale", "--prm", "nonsense"],  # failed only after the LM weights loaded
+        ["scale", "--alpha", "1.5"],  # was accepted without --calibrate
+        ["scale", "--calibrate", "5", "--budgets", "4"],  # crashed after all the runs
+        ["scale", "--calibrate", "100"],
+    ],
+)
+def test_errors_come_before_any_weights_load(argv):
     # a subprocess: the check must fire before torch/transformers are even imported
     code = (
         "import sys; from probinfer.cli import main\n"
-        "try: main(['scale', '--answer-regex', '('])\n"
+        f"try: main({argv!r})\n"
         "except SystemExit as e:\n"
         "    print(e.code, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "False", "False"], out.stderr
 
 
