@@ -225,6 +225,12 @@ def combine_chains(results: Sequence, key=None, *, scheme: str = "systematic", a
     attrs
         Extra attributes.
 
+    Raises
+    ------
+    ValueError
+        If ``results`` is empty or its runs have different numbers of particles (ArviZ chains
+        need the same number of draws).
+
     Notes
     -----
     Per-step histories of different lengths (adaptive tempering) are padded with NaN to the
@@ -235,6 +241,12 @@ def combine_chains(results: Sequence, key=None, *, scheme: str = "systematic", a
     if not results:
         raise ValueError("results must contain at least one SMC result")
     runs = [r._arviz_particles() for r in results]
+    sizes = [int(np.shape(p.log_weights)[0]) for p in runs]
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            "results: ArviZ chains need the same number of draws, so every run must have the "
+            f"same number of particles, got {sizes}; run them with one num_particles"
+        )
     stats = [r._step_stats() for r in results]
     steps = {}
     for name in stats[0]:

@@ -96,3 +96,32 @@ def test_arviz_1x_datatree_path(tmp_path, monkeypatch):
     dt.to_netcdf(tmp_path / "dt.nc")
     back = xr.open_datatree(tmp_path / "dt.nc")
     np.testing.assert_array_equal(back["posterior"]["mu"], dt["posterior"]["mu"])
+
+
+def _smc_result(n, seed=0):
+    """An SMC result of ``n`` particles with a per-particle ``log_likelihood`` group."""
+    from probinfer.smc import SMCResult
+
+    class WithLogLik(SMCResult):
+        def _arviz_groups(self):
+            return {"log_likelihood": {"y": np.zeros((n, 3))}}
+
+    mu = jax.random.normal(jax.random.key(seed), (n,))
+    return WithLogLik(
+        particles=Particles({"mu": mu}),
+        log_evidence=-1.0,
+        log_evidence_increments=np.array([-0.5, -0.5]),
+        ess=np.array([n, n / 2]),
+        resampled=np.array([False, True]),
+    )
+
+
+def test_combine_chains_of_different_sizes_names_the_runs_and_sizes():
+    from probinfer.inference_data import combine_chains
+
+    idata = combine_chains([_smc_result(8), _smc_result(8, 1)])
+    assert idata.posterior["mu"].shape == (2, 8) and idata.log_likelihood["y"].shape == (2, 8, 3)
+    # ArviZ chains need equal draws: a ValueError naming the argument and the sizes (was
+    # numpy's "all input arrays must have the same shape" from the log_likelihood stack)
+    with pytest.raises(ValueError, match=r"results: .*same number of particles, got \[8, 12, 8\]"):
+        combine_chains([_smc_result(8), _smc_result(12, 1), _smc_result(8, 2)])
