@@ -59,6 +59,17 @@ def _as_float_array(a, name: str) -> np.ndarray:
     return arr
 
 
+def _x_layouts(shape: tuple[int, ...], d: int) -> set[bool]:
+    """The layouts an ``x`` of ``shape`` fits: ``True``, one dataset ``(n, d)``; ``False``, a
+    batch ``(B, n, d)`` (for ``d = 1`` the feature axis may be left out)."""
+    out = set()
+    if (len(shape) == 2 and shape[1] == d) or (d == 1 and len(shape) == 1):
+        out.add(True)
+    if (len(shape) == 3 and shape[2] == d) or (d == 1 and len(shape) == 2):
+        out.add(False)
+    return out
+
+
 class PFNRangeWarning(UserWarning):
     """Inputs of a PFN prediction lie outside the range the model was trained on."""
 
@@ -175,23 +186,37 @@ class PFN:
         xt = _as_float_array(x_train, "x_train")
         yt = _as_float_array(y_train, "y_train")
         xs = _as_float_array(x_test, "x_test")
+        if yt.ndim not in (1, 2):
+            raise ValueError(f"y_train must have shape (n,) or (B, n), got {yt.shape}")
         single = yt.ndim == 1
+        layouts = _x_layouts(xt.shape, d)
+        if single not in layouts:
+            if layouts:  # x_train is a valid input of the other layout: y_train is at fault
+                data = "one dataset" if True in layouts else f"{xt.shape[0]} datasets"
+                raise ValueError(
+                    f"y_train must have shape {'(B, n)' if single else '(n,)'} to go with "
+                    f"x_train of shape {xt.shape} ({data}), got {yt.shape}"
+                )
+            also = " or without the feature axis" if d == 1 else ""
+            raise ValueError(
+                f"x_train must have shape (n, {d}) or (B, n, {d}) (x_dim = {d}{also}), "
+                f"got {xt.shape}"
+            )
+        x_shape, y_shape = xt.shape, yt.shape
+        if d == 1 and xt.ndim == yt.ndim:
+            xt = xt[..., None]
         if single:
             xt, yt, xs = xt[None], yt[None], xs[None]
-            if d == 1:
-                xt = xt[..., None] if xt.ndim == 2 else xt
-                xs = xs[..., None] if xs.ndim == 2 else xs
-        elif d == 1:
-            xt = xt[..., None] if xt.ndim == 2 else xt
-            xs = xs[..., None] if xs.ndim == 2 else xs
-        if yt.ndim != 2:
-            raise ValueError(f"y_train must have shape (n,) or (B, n), got {yt.shape}")
-        b, n = yt.shape
-        if xt.shape != (b, n, d):
+        if d == 1 and xs.ndim == 2:
+            xs = xs[..., None]
+        if xt.shape[:2] != yt.shape:
+            ax, what = (0, "datasets") if xt.shape[0] != yt.shape[0] else (1, "points")
             raise ValueError(
-                f"x_train must have shape {(n, d) if single else (b, n, d)} matching y_train "
-                f"(x_dim = {d}), got {xt.shape[1:] if single else xt.shape}"
+                f"y_train has {yt.shape[ax]} {what} but x_train has {xt.shape[ax]} (shapes "
+                f"{y_shape}, {x_shape}); they must match: y_train (n,) with x_train (n, {d}), "
+                f"or (B, n) with (B, n, {d})"
             )
+        b, n = yt.shape
         if xs.ndim != 3 or xs.shape[0] != b or xs.shape[2] != d:
             raise ValueError(
                 f"x_test must have shape {('m', d) if single else (b, 'm', d)} (x_dim = {d}), "

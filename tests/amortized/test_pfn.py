@@ -177,3 +177,27 @@ def test_training_leaves_the_global_torch_rng_alone_and_is_reproducible():
     b = train_pfn(PRIOR, cfg, tc, progress=False)
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize(
+    "x_dim, x_shape, y_shape, message",
+    [
+        # a column y_train next to one dataset's x_train: the error named x_train
+        (1, (5,), (5, 1), r"^y_train must have shape \(n,\) .* got \(5, 1\)"),
+        (2, (5, 2), (5, 1), r"^y_train must have shape \(n,\) .* got \(5, 1\)"),
+        # points that do not match: both arguments and their shapes, y_train first
+        (1, (5, 1), (4,), r"^y_train has 4 points but x_train has 5 \(shapes \(4,\), \(5, 1\)\)"),
+        (2, (3, 5, 2), (3, 4), r"^y_train has 4 points but x_train has 5"),
+        (2, (2, 5, 2), (3, 5), r"^y_train has 3 datasets but x_train has 2"),
+        (2, (3, 5, 2), (3, 3, 5), r"^y_train must have shape \(n,\) or \(B, n\), got \(3, 3, 5\)"),
+        # a bad x_train is still x_train's fault
+        (2, (5, 3), (5,), r"^x_train must have shape \(n, 2\) or \(B, n, 2\) \(x_dim = 2\)"),
+        (1, (2, 5, 1, 1), (2, 5), r"^x_train must have shape"),
+    ],
+)
+def test_shape_errors_name_the_argument_at_fault(x_dim, x_shape, y_shape, message):
+    config = PFNConfig(x_dim=x_dim, d_model=8, n_heads=2, n_layers=1, d_ff=8, n_buckets=4)
+    pfn = PFN(PFNTransformer(config), np.linspace(-1.0, 1.0, 5))
+    x_test = np.zeros((3, x_dim) if len(x_shape) < 3 else (x_shape[0], 3, x_dim))
+    with pytest.raises(ValueError, match=message):
+        pfn.predict(np.zeros(x_shape), np.zeros(y_shape), x_test)
