@@ -1,36 +1,59 @@
-"""Memory of one process that resamples and filters with many distinct particle counts.
+"""Memory of one process that calls every public entry point with many distinct sizes.
 
-Before bucketing, every new particle count compiled new executables that were never
-freed: ``probinfer.resample`` on 580 distinct N reached 2.5 GB RSS, then aborted with
-``LLVM ERROR: Unable to allocate section memory``. Now eager ``resample`` validates and
-pads on the host to powers of two, and the jitted particle filter pads N to four bucket
-sizes per octave (zero-weight slots that are never resampled), so the set of compiled
-programs, and with it the memory, is bounded.
+Every compiled XLA program stays in memory (7-88 MB each), so an entry point that compiles
+per new shape grows without bound: ``probinfer.resample`` on 580 distinct N reached 2.5 GB
+RSS, then aborted with ``LLVM ERROR: Unable to allocate section memory``; issue 22 (item 10)
+found the same for ``BarDistribution.icdf`` (+2.0 GB after 23 sizes), ``Particles``
+(+3.0 GB after 126 N), the weight summaries (+3.1 GB after 289 N), ``tempered_smc`` in N,
+``DT.posterior`` (+2.8 GB after 165 batch sizes), ``GaussianMixture``, ``sbc``/``tarp`` and
+the filters in T. Now each pads its sizes to a bounded set of buckets
+(:func:`probinfer.engine.bucket_size`) or runs on the host.
 
-Workload, in one process:
+Workload, in one process, one phase per entry point (sizes log-uniform in a range, shuffled,
+all distinct):
 
-1. ``probinfer.resample`` on 2,000 distinct particle counts between 2 and 10^5
-   (log-uniform, shuffled), systematic scheme;
-2. ``particle_filter`` (bootstrap, 1-D LGSSM, T = 20) on 100 distinct counts between
-   100 and 10^5, then on 100 *other* distinct counts in the same range.
+* ``resample``: ``probinfer.resample`` (systematic) in N in [2, 1e5];
+* ``filter_n``: ``particle_filter`` (bootstrap, 1-D LGSSM, T = 20) in N in [100, 1e5];
+* ``weights``: ``ess``, ``should_resample``, ``log_mean_weight`` in N in [2, 1e5];
+* ``particles``: ``Particles`` ``ess``, ``expectation``, ``resample`` in N in [2, 1e5];
+* ``tempered_smc``: a one-parameter model, 2 RWMH moves, at most 4 steps, N in [64, 1024];
+* ``dt_posterior``: ``DistributionTransformer.posterior`` (small untrained network) in the
+  batch size B in [1, 2000];
+* ``gaussian_mixture``: construction, ``log_prob`` and ``sample`` in B in [1, 1e4];
+* ``bar_icdf``: ``BarDistribution.icdf`` of PFN-shaped output (K = 100 buckets) at m test
+  points, m in [1, 1e4];
+* ``sbc``, ``tarp``: in the number of problems B in [10, 2000] (100 draws of 2 parameters);
+* ``filter_t``, ``kalman_t``: ``particle_filter`` (N = 256) and ``kalman_filter`` in the
+  number of time steps T in [2, 2000].
 
-The resident set size (``VmRSS``) is sampled every 100 resample calls and every 10
-filters. The figures of merit are the growth over the second half of the resample phase
-and over the second set of filter sizes (new counts, but no new bucket sizes): with a
-bounded set of compiled programs both are flat up to allocator noise. Writes
-``benchmarks/results/many_sizes_memory.json``.
+The resident set size (``VmRSS``, after ``gc.collect()`` and ``malloc_trim(0)`` so that
+freed numpy buffers do not count) is sampled along each phase. The figure of merit is the
+growth over the second half of each phase (new sizes, but no new buckets): with a bounded
+set of compiled programs it is flat up to allocator noise. The XLA compilations of each
+second half are counted too. A phase stops early (``truncated``) after ``--phase-seconds``.
+Writes ``benchmarks/results/many_sizes_memory.json``.
 
-    python benchmarks/many_sizes_memory.py
+    OMP_NUM_THREADS=1 python benchmarks/many_sizes_memory.py
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
+import logging
 import os
 import sys
+import time
 
 
 def rss_mib() -> float:
+    """Resident set size after a collection and returning freed heap pages to the system."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -38,10 +61,62 @@ def rss_mib() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+class CompileCounter(logging.Handler):
+    """Counts the XLA compilations JAX logs (``jax_log_compiles``)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record):
+        if record.getMessage().startswith("Compiling"):
+            self.count += 1
+
+
+def run_phase(name, call, sizes, counter, samples: int, max_seconds: float) -> dict:
+    """``call(n)`` for every size; RSS sampled ``samples`` times; second-half figures."""
+    every = max(len(sizes) // samples, 1)
+    half = len(sizes) // 2
+    trace, start, compiles_mid = [(0, rss_mib())], time.perf_counter(), None
+    counter.count = 0
+    done = 0
+    for i, n in enumerate(sizes):
+        call(int(n))
+        done = i + 1
+        if done == half:
+            compiles_mid = counter.count
+        if done % every == 0 or done == len(sizes):
+            trace.append((done, rss_mib()))
+        if time.perf_counter() - start > max_seconds:
+            trace.append((done, rss_mib()))
+            break
+    mid = min(trace, key=lambda p: abs(p[0] - done // 2))
+    summary = {
+        "calls": done,
+        "distinct_sizes": len(set(int(n) for n in sizes[:done])),
+        "size_range": [int(min(sizes)), int(max(sizes))],
+        "rss_start_mib": trace[0][1],
+        "rss_end_mib": trace[-1][1],
+        "growth_mib": trace[-1][1] - trace[0][1],
+        "growth_second_half_mib": trace[-1][1] - mid[1],
+        "compiles": counter.count,
+        "compiles_second_half": None if compiles_mid is None else counter.count - compiles_mid,
+        "seconds": time.perf_counter() - start,
+        "truncated": done < len(sizes),
+    }
+    print(f"{name}: {summary}", flush=True)
+    return {"summary": summary, "rss_trace_mib": trace}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--resample-sizes", type=int, default=2000)
-    p.add_argument("--filter-sizes", type=int, default=100)
+    p.add_argument("--resample-sizes", type=int, default=1000)
+    p.add_argument("--filter-sizes", type=int, default=200)
+    p.add_argument("--sizes", type=int, default=300, help="sizes per other phase")
+    p.add_argument("--slow-sizes", type=int, default=100, help="tempered_smc, sbc/tarp, filters")
+    p.add_argument("--samples", type=int, default=20, help="RSS samples per phase")
+    p.add_argument("--phase-seconds", type=float, default=120.0)
+    p.add_argument("--only", default=None, help="comma-separated phase names")
     p.add_argument("--out", default="many_sizes_memory")
     args = p.parse_args(argv)
 
@@ -50,13 +125,15 @@ def main(argv=None) -> None:
     from _common import machine, write_results
 
     import probinfer
-    from probinfer.engine.core import bucket_size
-    from probinfer.lgssm import LinearGaussianSSM
+    from probinfer.distributions import BarDistribution, GaussianMixture
+    from probinfer.lgssm import LinearGaussianSSM, kalman_filter
+    from probinfer.particles import Particles
     from probinfer.smc import particle_filter
 
     rng = np.random.default_rng(0)
 
     def distinct_sizes(count, low, high):
+        count = min(count, high - low + 1)
         sizes = set()
         while len(sizes) < count:
             sizes.add(int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
@@ -64,57 +141,152 @@ def main(argv=None) -> None:
         rng.shuffle(sizes)
         return sizes
 
-    start = rss_mib()
-    trace_resample = []
-    sizes = distinct_sizes(args.resample_sizes, 2, 100_000)
-    for i, n in enumerate(sizes):
-        log_w = rng.normal(size=n)
-        idx = probinfer.resample(jax.random.key(i), log_w, scheme="systematic")
-        assert idx.shape == (n,)
-        if (i + 1) % 100 == 0:
-            trace_resample.append((i + 1, rss_mib()))
-            print(f"resample: {i + 1:>5} sizes, RSS {trace_resample[-1][1]:8.1f} MiB", flush=True)
-
     ssm = LinearGaussianSSM(A=0.9, Q=1.0, C=1.0, R=1.0, m0=0.0, P0=1.0)
-    _, ys = ssm.simulate(jax.random.key(0), 20)
-    ys = np.asarray(ys)
-    trace_filter = []
-    sizes_f = distinct_sizes(2 * args.filter_sizes, 100, 100_000)  # two disjoint sets
-    for i, n in enumerate(sizes_f):
-        res = particle_filter(jax.random.key(i), ssm, ys, int(n))
-        assert np.isfinite(res.log_evidence)
-        if (i + 1) % 10 == 0:
-            trace_filter.append((i + 1, rss_mib()))
-            print(f"filter: {i + 1:>4} sizes, RSS {trace_filter[-1][1]:8.1f} MiB", flush=True)
+    ys = np.asarray(ssm.simulate(jax.random.key(0), 2000)[1])
 
-    def half_growth(trace):
-        mid = trace[len(trace) // 2 - 1][1]
-        return trace[-1][1] - mid
+    def resample(n):
+        idx = probinfer.resample(jax.random.key(n), rng.normal(size=n), scheme="systematic")
+        assert idx.shape == (n,)
 
-    summary = {
-        "rss_at_start_mib": start,
-        "resample_rss_end_mib": trace_resample[-1][1],
-        "resample_growth_second_half_mib": half_growth(trace_resample),
-        "filter_rss_end_mib": trace_filter[-1][1],
-        "filter_growth_second_set_mib": half_growth(trace_filter),
-        "distinct_filter_buckets": len({bucket_size(int(n), 16, per_octave=4) for n in sizes_f}),
-        "peak_rss_mib": max(r for _, r in trace_resample + trace_filter),
+    def filter_n(n):
+        assert np.isfinite(particle_filter(jax.random.key(n), ssm, ys[:20], n).log_evidence)
+
+    def weights(n):
+        lw = rng.normal(size=n)
+        float(probinfer.ess(lw)), bool(probinfer.should_resample(lw))
+        float(probinfer.log_mean_weight(lw))
+
+    def particles(n):
+        ps = Particles(rng.normal(size=(n, 2)), rng.normal(size=n))
+        float(ps.ess), np.asarray(ps.expectation()), ps.resample(jax.random.key(n))
+
+    def tempered():
+        import numpyro
+        import numpyro.distributions as dist
+
+        from probinfer.smc import tempered_smc
+        from probinfer.targets import from_numpyro
+
+        def model(y):
+            mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+            numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+        target = from_numpyro(model, np.float32(0.5))
+
+        def call(n):
+            res = tempered_smc(
+                jax.random.key(n), target, n, num_mcmc_steps=2, max_steps=4, progress=False
+            )
+            assert np.isfinite(res.log_evidence)
+
+        return call
+
+    def dt_posterior():
+        import torch
+
+        from amortized.dt import DistributionTransformer
+        from amortized.dt_model import DTConfig, DTNetwork
+        from amortized.dt_tasks import LinearGaussianTask
+
+        torch.manual_seed(0)
+        net = DTNetwork(DTConfig(d_model=32, n_layers=2, d_ff=64))
+        dt = DistributionTransformer(net.eval(), LinearGaussianTask())
+        cov = np.array([[1.0, 0.3], [0.3, 0.5]], np.float32)
+
+        def call(b):
+            prior = GaussianMixture(
+                rng.uniform(-1, 1, size=(b, 2, 2)).astype(np.float32),
+                np.broadcast_to(cov, (b, 2, 2, 2)),
+                weights=np.full((b, 2), 0.5, np.float32),
+            )
+            x, y = rng.uniform(-1, 1, size=(b, 8, 2)), rng.normal(size=(b, 8))
+            assert dt.posterior(prior, x, y).batch_shape == (b,)
+
+        return call
+
+    def gaussian_mixture(b):
+        means = rng.normal(size=(b, 3, 2)).astype(np.float32)
+        cov = np.broadcast_to(np.eye(2, dtype=np.float32), (b, 3, 2, 2))
+        gm = GaussianMixture(means, cov, weights=np.full((b, 3), 1 / 3, np.float32))
+        np.asarray(gm.log_prob(means[:, 0])), np.asarray(gm.sample(jax.random.key(b)))
+
+    borders = np.linspace(-5.0, 5.0, 101)
+
+    def bar_icdf(m):
+        bar = BarDistribution(borders, rng.normal(size=(m, 100)).astype(np.float32))
+        assert np.asarray(bar.icdf(np.float32(0.9))).shape == (m,)
+
+    def calibration(check):
+        from calibration.posterior_checks import sbc, tarp
+
+        fn = sbc if check == "sbc" else tarp
+
+        def call(b):
+            fn(jax.random.key(b), rng.normal(size=(b, 100, 2)), rng.normal(size=(b, 2)))
+
+        return call
+
+    def filter_t(t):
+        res = particle_filter(jax.random.key(t), ssm, ys[:t], 256)
+        assert res.log_evidence_increments.shape == (t,)
+
+    def kalman_t(t):
+        assert kalman_filter(ssm, ys[:t]).means.shape == (t, 1)
+
+    s, slow = args.sizes, args.slow_sizes
+    phases = {
+        "resample": (resample, (args.resample_sizes, 2, 100_000)),
+        "filter_n": (filter_n, (args.filter_sizes, 100, 100_000)),
+        "weights": (weights, (s, 2, 100_000)),
+        "particles": (particles, (s, 2, 100_000)),
+        "tempered_smc": (tempered, (slow, 64, 1024)),
+        "dt_posterior": (dt_posterior, (s, 1, 2000)),
+        "gaussian_mixture": (gaussian_mixture, (s, 1, 10_000)),
+        "bar_icdf": (bar_icdf, (s, 1, 10_000)),
+        "sbc": (lambda: calibration("sbc"), (slow, 10, 2000)),
+        "tarp": (lambda: calibration("tarp"), (slow, 10, 2000)),
+        "filter_t": (filter_t, (slow, 2, 2000)),
+        "kalman_t": (kalman_t, (slow, 2, 2000)),
     }
-    print(summary)
+    factories = {"tempered_smc", "dt_posterior", "sbc", "tarp"}
+    only = set(args.only.split(",")) if args.only else set(phases)
+
+    counter = CompileCounter()
+    compiles = logging.getLogger("jax._src.interpreters.pxla")
+    compiles.addHandler(counter)
+    compiles.setLevel(logging.WARNING)
+    compiles.propagate = False  # count, do not print
+    logging.getLogger("jax").setLevel(logging.ERROR)  # nor the other compile-time logs
+    jax.config.update("jax_log_compiles", True)
+    start = rss_mib()
+    results = {}
+    for name, (fn, (count, low, high)) in phases.items():
+        if name not in only:
+            continue
+        call = fn() if name in factories else fn
+        sizes = distinct_sizes(count, low, high)
+        results[name] = run_phase(name, call, sizes, counter, args.samples, args.phase_seconds)
+
+    summary = {name: r["summary"] for name, r in results.items()}
     path = write_results(
         args.out,
         {
             "benchmark": "many_sizes_memory",
             "machine": machine(),
-            "description": f"resample on {len(sizes)} distinct N in [2, 1e5], then "
-            f"particle_filter (LGSSM, T=20) on 2 x {args.filter_sizes} distinct N in [100, 1e5], "
-            "one process; RSS sampled along the way",
+            "description": "one process; each phase calls one entry point with distinct sizes "
+            "(log-uniform in the range, shuffled); RSS (after gc and malloc_trim) sampled "
+            "along the way; growth_second_half_mib is the figure of merit",
+            "rss_at_start_mib": start,
+            "peak_rss_mib": max(r for res in results.values() for _, r in res["rss_trace_mib"]),
+            "growth_second_half_mib": {
+                name: round(s["growth_second_half_mib"], 1) for name, s in summary.items()
+            },
             "summary": summary,
-            "resample_rss_trace_mib": trace_resample,
-            "filter_rss_trace_mib": trace_filter,
+            "rss_traces_mib": {name: r["rss_trace_mib"] for name, r in results.items()},
             "versions": {"jax": jax.__version__},
             "load_average": os.getloadavg(),
-            "command": "python benchmarks/many_sizes_memory.py " + " ".join(sys.argv[1:]),
+            "command": "OMP_NUM_THREADS=1 python benchmarks/many_sizes_memory.py "
+            + " ".join(sys.argv[1:]),
         },
     )
     print(f"wrote {path}")

@@ -390,9 +390,10 @@ def particle_filter(
     jit
         ``True``: jitted ``lax.scan``; ``False``: the eager driver (same step functions).
         The jitted filter pads ``N`` to one of four bucket sizes per octave (zero-weight
-        slots, see :func:`~probinfer.smc.run_smc`) and the observations to a power of two
-        of steps (at least 16; the padding steps are never run), so filters with many
-        different particle counts and lengths share compiled code.
+        slots, see :func:`~probinfer.smc.run_smc`) and, without a progress bar (one
+        compiled run), the observations to a power of two of steps (at least 16; the
+        padding steps are never run, so the result is that of the unpadded filter): filters
+        with many different particle counts and lengths share compiled code.
     memory_budget
         Bytes the potential evaluation may use at once (chunked with ``lax.map``).
     shard
@@ -409,7 +410,9 @@ def particle_filter(
     levels = tuple(float(q) for q in quantiles)
     if any(not 0.0 <= q <= 1.0 for q in levels):
         raise ValueError(f"quantiles must lie in [0, 1], got {levels}")
-    fk = _ssm_feynman_kac(ssm, observations, proposal, bucket=jit)
+    # a progress bar counts fk.num_steps: the time axis is padded on the one-program path only
+    pad_time = jit and progress is False
+    fk = _ssm_feynman_kac(ssm, observations, proposal, bucket=pad_time)
     res = run_smc(
         key,
         fk,
