@@ -133,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():
         p.formatter_class = _HelpFormatter
         # also accepted after the subcommand; SUPPRESS keeps a top-level --quiet
-        p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help=quiet)
+        p.add_argument(
+            "--quiet",
+            "-q",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help=f"{quiet} (default: False)",
+        )
     return parser
 
 

@@ -48,8 +48,10 @@ def test_every_option_of_every_command_shows_its_default():
     for parser in _parsers():
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if action.default is argparse.SUPPRESS or not action.option_strings:
-                continue  # --help, --version, the subcommand's copy of --quiet
+            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            if not action.option_strings:
+                continue  # the subcommand
             name = f"{parser.prog} {action.option_strings[-1]}"
             assert action.help, f"{name} has no help text"
             text = formatter._expand_help(action)
