@@ -249,7 +249,8 @@ def plot_calibration(report: dict, path) -> Path:
         ax3.plot(budgets, [r["mean_set_size"] for r in rows], "d:", color="C3")
         ax3.set_ylabel("mean set size", color="C3")
     ax2.set_xscale("log", base=2)
-    ax2.set(xlabel="budget", title=f"calibrated answers, alpha {c['alpha']}")
+    ax2.set_xlim(budgets[0] / 1.25, budgets[-1] * 1.25)  # also when no series has data
+    ax2.set(xlabel="budget", ylim=(-2, 102), title=f"calibrated answers, alpha {c['alpha']}")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)

@@ -14,6 +14,7 @@ from calibration.llm_scale import (
     check_scale_calibration,
     format_calibration,
     min_calibration_problems,
+    plot_calibration,
 )
 
 
@@ -95,7 +96,7 @@ def test_min_calibration_problems_match_the_estimators():
     assert min_calibration_problems(0.5) == {"answer_sets": 1, "abstention": 8, "adaptive": 4}
 
 
-def test_too_few_calibration_problems_are_reported_not_100_percent():
+def test_too_few_calibration_problems_are_reported_not_100_percent(tmp_path):
     # the user trial: --calibrate 5 printed 100% coverage, 100% abstention, "compute saved
     # -50.2%": with 5 calibration problems at alpha 0.1 every part is trivial
     def run(a, tokens):
@@ -115,6 +116,8 @@ def test_too_few_calibration_problems_are_reported_not_100_percent():
     assert "answer sets: not enough calibration problems (5; alpha 0.1 needs at least 9" in text
     assert "adaptive budget: not enough calibration problems" in text
     assert "compute saved" not in text
+    report = {"results": {"particle_filter": c["per_budget"]}, "calibrated": c}
+    assert plot_calibration(report, tmp_path / "cal.png").stat().st_size > 0
     # 10 calibration problems suffice for the sets, not for Learn-then-Test
     c = calibration_rows(runs, answers, [1, 2], 10, 0.1)
     assert c["per_budget"][0]["coverage"] == 1.0 and c["per_budget"][0]["mean_set_size"] < 2
