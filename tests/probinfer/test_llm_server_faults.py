@@ -163,12 +163,13 @@ def endless(h, body):
 
 
 def echo(code):
-    """An error page quoting the Authorization header, cut by an old-style ``[:200]`` in
-    the middle of the key."""
+    """An error page quoting the Authorization header where a cut of the page to 200
+    (5xx) or 500 (4xx) characters, before redaction, would cut the key."""
 
     def handler(h, body):
         auth = h.headers.get("Authorization", "")
-        send(h, code, ("p" * (200 - len(auth) + 1) + auth + " " + json.dumps(body)).encode())
+        pad = "p" * ((200 if code >= 500 else 500) - len(auth) + 1)
+        send(h, code, (pad + auth + " " + json.dumps(body)).encode())
 
     return handler
 
@@ -249,13 +250,16 @@ def test_failover_to_a_healthy_replica_and_cool_down(fault, caplog):
 
 
 def test_good_dead_runs_the_particle_filter(fault):
-    """``--server good,dead``: the run completes on the good replica."""
+    """``--server good,dead``: the runs complete on the good replica (each run's one
+    request goes round-robin: the second one to the dead replica first)."""
     ok = fault(good)
     model = LLMStateSpaceModel(
         lm(f"{ok.url},{refused_url()}"), FunctionReward(lambda p, s: 0.5), **default_model_kwargs()
     )
-    res = particle_filter(jax.random.key(0), model, "1+1=", 4)
-    assert res.texts == ["7|"] * 4 and ok.requests >= 1
+    for k in range(3):
+        res = particle_filter(jax.random.key(k), model, "1+1=", 4)
+        assert res.texts == ["7|"] * 4
+    assert ok.requests == 3
 
 
 def test_a_stalled_replica_fails_over_at_the_deadline(fault):
@@ -385,7 +389,7 @@ def test_an_echoed_key_is_redacted_before_truncation(fault, code):
     f = fault(echo(code))
     with pytest.raises(ServerError) as err:
         lm(f.url).client.post_all("/completions", payloads(1))
-    assert f.url in str(err.value) and "***" in str(err.value)
+    assert f.url in str(err.value)
     assert not leaks(str(err.value)) and not leaks(repr(err.value))
 
 

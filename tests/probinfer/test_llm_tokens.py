@@ -309,3 +309,17 @@ def test_conditional_smc_keeps_the_cache_and_changes_nothing(bpe_lm, monkeypatch
         bound = prompt_len + u1.tokens_generated + 3 * (MAX_STEPS - 1) * (prompt_len + ref_tokens)
         assert u1.tokens_encoded <= bound
         assert u1.tokens_encoded < u2.tokens_encoded
+
+
+def test_server_token_ids_are_checked_against_the_bpe_vocabulary():
+    """A served model's sampled ids must lie in the tokenizer's vocabulary (added tokens
+    included): an id the tokenizer cannot decode would vanish from the step silently."""
+    from probinfer.llm.server import ServerError, _choice_token_ids, _vocab_size
+
+    tok = _bpe_tokenizer()
+    n = len(tok.tok)  # the trained merges plus <pad> and </s>
+    assert _vocab_size(tok) == n and tok.decode([n]) == ""  # decoding drops it
+    assert _choice_token_ids("u", {"token_ids": [0, n - 1]}, n) == [0, n - 1]
+    for bad in ([n], [-1]):
+        with pytest.raises(ServerError, match=r"^u: .*outside the tokenizer's vocabulary"):
+            _choice_token_ids("u", {"token_ids": bad}, n)
