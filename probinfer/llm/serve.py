@@ -176,7 +176,10 @@ def _generate(lm, body: dict) -> dict:
 def _pool(prm, body: dict) -> dict:
     texts = body.get("input")
     texts = [texts] if isinstance(texts, str) else list(texts)
-    scores = prm.score(texts, [()] * len(texts))
+    try:
+        scores = prm.score(texts, [()] * len(texts))
+    except ValueError as err:  # a character outside the vocabulary, a text too long
+        raise BadRequest(f"input: {err}") from None
     return {
         "object": "list",
         "data": [

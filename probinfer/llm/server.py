@@ -275,6 +275,8 @@ class _Client:
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._pid != os.getpid():  # none yet, or forked
+                if self._finalizer is not None:  # the parent's loop: not ours to stop
+                    self._finalizer.detach()
                 loop = asyncio.new_event_loop()
 
                 def run():

@@ -493,6 +493,8 @@ BAD_REQUESTS = [
     ("/pooling", {"input": None}),
     ("/pooling", {"input": []}),
     ("/pooling", {"input": [1, 2]}),
+    ("/pooling", {"input": ["1+1=2;", "abc"]}),  # characters outside the vocabulary
+    ("/pooling", {"input": "1" * 10_000}),  # longer than the context
 ]
 
 
