@@ -454,6 +454,13 @@ def test_secrets_never_appear_anywhere(fault, tmp_path, capfd, caplog, monkeypat
                 remote.client.post_all("/completions", payloads(1))
             seen += [str(err.value), repr(err.value), repr(remote), repr(remote.client)]
             f.close()
+        # a particle filter's result through replicas with credentials, one of them dead
+        model = LLMStateSpaceModel(
+            lm(f"{creds},{dead}"), prm(f"{dead},{creds}"), **default_model_kwargs()
+        )
+        for k in range(2):
+            res = particle_filter(jax.random.key(k), model, "1+1=", 4)
+            seen += [repr(res), str(res.info), json.dumps(res.usage.as_dict()), repr(model)]
     captured = capfd.readouterr()
     assert ENV in captured.err  # the CLI said which variable to fix
     seen += [captured.out, captured.err, caplog.text]
