@@ -19,6 +19,15 @@ coefficients fitted on the same particles the estimate has an ``O(p / N)`` bias 
 regressors) that accumulates over tempering steps; cross-fitting removes it for independent
 halves. Coordinates are standardised by the fitting half's mean and standard deviation (the
 spanned space is unchanged; the least-squares problem is better conditioned).
+
+Control variates are not always reliable: with heavy-tailed scores or weights (a funnel,
+e.g. a hierarchical scale near 0, or the heavy-tailed prior draws of the first tempering
+step) a few particles dominate the fit, the fitted coefficients do not transfer to the
+other half and the adjusted mean is badly off. Cross-fitting gives a direct check: the
+control variates are used only if the out-of-sample residuals ``w_i - f_i . beta`` have a
+smaller variance than the weights; otherwise the increment is the plain mean (on centred
+eight schools this takes the log Z RMSE from 0.235 back to the plain 0.035, while the
+logistic-regression benchmark keeps its gain, 0.047 vs 0.076 plain over 30 seeds).
 """
 
 from __future__ import annotations
@@ -95,26 +104,47 @@ def _least_squares(a: Array, b: Array) -> Array:
     return jax.scipy.linalg.cho_solve((chol, True), a.T @ b)
 
 
-def _correction(fit, other, degree):
-    """Mean over ``other`` of the control variates, times coefficients fitted on ``fit``."""
+def _cross_fitted_fit(fit, other, degree):
+    """Control-variate part ``f . beta`` of each particle of ``other``, with the
+    coefficients ``beta`` fitted on ``fit`` (``f`` centred by ``fit``'s features)."""
     (th_f, s_f, w_f), (th_o, s_o) = fit, other
     center, scale = jnp.mean(th_f, axis=0), jnp.std(th_f, axis=0)
     f_fit = zv_features(th_f, s_f, degree, center, scale)
     f_other = zv_features(th_o, s_o, degree, center, scale)
     beta = _least_squares(f_fit - jnp.mean(f_fit, axis=0), w_f - jnp.mean(w_f))
-    return jnp.mean(f_other, axis=0) @ beta
+    return f_other @ beta
 
 
-def zv_log_mean_weight(log_w: Array, theta: Array, score: Array, degree: int) -> Array:
+def zv_log_mean_weight(
+    log_w: Array, theta: Array, score: Array, degree: int, *, return_used: bool = False
+) -> Array | tuple[Array, Array]:
     """``log E_pi[w]`` from ``log_w`` (``-inf`` allowed) with cross-fitted control variates.
 
-    Falls back to the plain :func:`~probinfer.weights.log_mean_weight` when the scores are
-    not finite or the adjusted mean is not positive (possible in principle for very uneven
-    weights, where control variates do not help anyway).
+    The control variates are used only where they help out of sample: the cross-fitted
+    residuals ``w_i - f_i . beta`` (each half's ``beta`` fitted on the other half) must have
+    a smaller variance than the weights themselves. Otherwise the plain
+    :func:`~probinfer.weights.log_mean_weight` is returned. This catches the cases where the
+    regression does not transfer between the halves: heavy-tailed scores or weights (a
+    funnel, such as a hierarchical scale near 0, or a heavy-tailed prior at the first
+    tempering step), where a few particles dominate the fit and the adjusted mean is biased
+    (centred eight schools: log Z off by -0.10 on average with the control variates
+    everywhere, against 0.005 for the plain mean). The plain mean is also returned when the
+    scores are not finite or the adjusted mean is not positive.
+
+    Parameters
+    ----------
+    log_w
+        ``(N,)`` log weights.
+    theta, score
+        ``(N, D)`` particles of ``pi`` and ``grad log pi`` at them.
+    degree
+        Degree of the control variates (:func:`zv_degree`; 0: the plain mean).
+    return_used
+        Also return whether the control variates were used (a boolean scalar).
     """
     plain = log_mean_weight(log_w)
     if degree == 0:
-        return plain
+        return (plain, jnp.asarray(False)) if return_used else plain
     n = log_w.shape[0]
     h = n // 2
     w = jnp.exp(log_w - jnp.max(log_w))
@@ -122,8 +152,11 @@ def zv_log_mean_weight(log_w: Array, theta: Array, score: Array, degree: int) ->
     ok = jnp.all(jnp.isfinite(score))
     score = jnp.where(ok, score, 0.0)
     a, b = slice(0, h), slice(h, n)
-    corr_b = _correction((theta[a], score[a], w[a]), (theta[b], score[b]), degree)
-    corr_a = _correction((theta[b], score[b], w[b]), (theta[a], score[a]), degree)
-    adjusted = 1.0 - ((n - h) * corr_b + h * corr_a) / n
-    good = ok & jnp.isfinite(adjusted) & (adjusted > 0)
-    return jnp.where(good, plain + jnp.log(jnp.where(good, adjusted, 1.0)), plain)
+    fit_b = _cross_fitted_fit((theta[a], score[a], w[a]), (theta[b], score[b]), degree)
+    fit_a = _cross_fitted_fit((theta[b], score[b], w[b]), (theta[a], score[a]), degree)
+    fitted = jnp.concatenate([fit_a, fit_b])  # particle order
+    adjusted = 1.0 - jnp.mean(fitted)
+    helps = jnp.var(w - fitted) < jnp.var(w)
+    used = ok & helps & jnp.isfinite(adjusted) & (adjusted > 0)
+    est = jnp.where(used, plain + jnp.log(jnp.where(used, adjusted, 1.0)), plain)
+    return (est, used) if return_used else est

@@ -76,6 +76,9 @@ def test_normal_mean_result_api_and_arviz(normal_mean):
     assert res.log_evidence_increments.dtype == np.float64
     assert np.isclose(res.log_evidence, res.log_evidence_increments.sum())
     assert res.evidence == "zv" and res.zv_degree == 2
+    # the control variates are used on this Gaussian model (never on the final move)
+    assert res.zv_used.dtype == bool and res.zv_used.shape == res.temperatures.shape
+    assert res.zv_used[:-1].any() and not res.zv_used[-1]
     assert np.isclose(res.log_evidence_is, res.log_evidence_increments_is.sum())
     assert abs(res.log_evidence - res.log_evidence_is) < 0.5
     assert np.isnan(res.acceptance_rates[0])
@@ -85,6 +88,7 @@ def test_normal_mean_result_api_and_arviz(normal_mean):
     idata = res.to_arviz()
     assert idata.posterior["mu"].shape == (1, 400)
     assert idata["smc_steps"]["temperature"].shape == (1, res.num_steps)
+    assert idata["smc_steps"]["zv_used"].shape == (1, res.num_steps)
     assert np.isclose(idata.attrs["log_evidence"], res.log_evidence)
 
 
