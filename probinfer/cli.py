@@ -189,6 +189,14 @@ def _silence() -> None:
     logging.getLogger().setLevel(logging.ERROR)
 
 
+def _is_user_error(err: BaseException) -> bool:
+    """Bad input or a failed server: reported in one line, without a traceback."""
+    if isinstance(err, (ValueError, OSError, re.error)):
+        return True
+    server = sys.modules.get("probinfer.llm.server")  # loaded whenever a ServerError exists
+    return server is not None and isinstance(err, server.ServerError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argument errors exit 2 via ``SystemExit``)."""
     parser = build_parser()
@@ -203,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _preflight(args)
         return args.func(args)
-    except (ValueError, OSError, re.error) as err:
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
         msg = " ".join(str(err).split()) or type(err).__name__
         parser.exit(2, f"probinfer {args.command}: error: {msg}\n")
 

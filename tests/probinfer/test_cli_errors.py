@@ -112,3 +112,25 @@ def test_quiet_is_accepted_before_and_after_the_command():
     assert parser.parse_args(["--quiet", "demo"]).quiet
     assert parser.parse_args(["demo", "-q"]).quiet
     assert not parser.parse_args(["demo"]).quiet
+
+
+def test_a_failed_server_is_one_line_not_a_traceback(monkeypatch, capsys):
+    from probinfer.llm import cli as llm_cli
+    from probinfer.llm.server import ServerError
+
+    def fail(args):
+        raise ServerError("POST http://127.0.0.1:9/v1/completions failed: connection refused")
+
+    monkeypatch.setattr(llm_cli, "_run_scale", fail)
+    assert _exit_code(["scale", "--server", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "error: POST http://127.0.0.1:9/v1/completions failed" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch):
+    from probinfer.llm import cli as llm_cli
+
+    monkeypatch.setattr(llm_cli, "_run_scale", lambda args: [][0])
+    with pytest.raises(IndexError):
+        main(["scale"])
