@@ -198,7 +198,10 @@ def _new_axes(ax, count: int):
         if len(axes) != count:
             raise ValueError(f"ax must hold {count} axes, got {len(axes)}")
         return axes[0].figure, axes
-    fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.2), squeeze=False)
+    # constrained layout: the axis labels and titles stay inside the saved figure
+    fig, axes = plt.subplots(
+        1, count, figsize=(3.6 * count, 3.2), squeeze=False, layout="constrained"
+    )
     return fig, axes[0]
 
 

@@ -170,6 +170,28 @@ def test_same_key_same_result_and_plots(conjugate):
         plt.close(fig)
 
 
+def test_saved_plots_keep_their_labels_inside_the_figure():
+    """Axis labels and titles of the saved SBC/TARP figures lie inside the figure (they
+    were clipped: the x labels below y = 0, TARP's y label left of x = 0)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(15)
+    theta, draws = rng.normal(size=(50, 2)), rng.normal(size=(50, 40, 2))
+    s, r = sbc(jax.random.key(16), draws, theta), tarp(jax.random.key(17), draws, theta)
+    for fig in (s.plot(), s.plot(kind="hist"), r.plot()):
+        fig.savefig(io.BytesIO(), format="png")
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+                if text.get_text():
+                    box = text.get_window_extent(renderer)
+                    assert fig.bbox.containsx(box.x0) and fig.bbox.containsx(box.x1), text
+                    assert fig.bbox.containsy(box.y0) and fig.bbox.containsy(box.y1), text
+        plt.close(fig)
+
+
 def test_band_has_its_simultaneous_coverage():
     """The simulated band holds the whole ECDF of n uniforms with probability 1 - alpha:
     exits among R independent null samples are Binomial(R, alpha), up to the Monte-Carlo
