@@ -148,7 +148,7 @@ class Particles:
             if n is None:
                 raise ValueError("log_weights is required when values holds no arrays")
             log_weights = np.zeros(n, np.float32)  # numpy: no program compiled per n
-        lw = jnp.asarray(log_weights)
+        lw = W.as_log_weights(log_weights)
         if not isinstance(lw, jax.core.Tracer) and not isinstance(values, jax.core.Tracer):
             if lw.ndim != 1:
                 raise ValueError(f"log_weights must be 1-D, got shape {lw.shape}")
@@ -276,6 +276,7 @@ class Particles:
             return _expectation(jnp.asarray(w), jnp.asarray(leaf))
 
         return jax.tree_util.tree_map(weighted, fx)
+
     def to_distribution(self):
         """This particle set as a :class:`~probinfer.distributions.WeightedEmpirical`."""
         from probinfer.distributions import WeightedEmpirical

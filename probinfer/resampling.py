@@ -171,8 +171,10 @@ def offspring_counts(
 ) -> Array:
     """Number of offspring of each particle, ``int32`` of shape ``(N,)`` summing to ``num``."""
     idx = resample(key, log_weights, num=num, scheme=scheme)
-    n = jnp.shape(log_weights)[0]
-    return jnp.zeros(n, dtype=jnp.int32).at[idx].add(1)
+    n = np.shape(log_weights)[0]  # np: also for lists, and tracers have a shape
+    if isinstance(idx, jax.core.Tracer):
+        return jnp.zeros(n, dtype=jnp.int32).at[idx].add(1)
+    return jax.device_put(np.bincount(np.asarray(idx), minlength=n).astype(np.int32))
 
 
 def resample(

@@ -57,6 +57,26 @@ def real_array(x, name: str) -> np.ndarray:
     return a
 
 
+def as_log_weights(log_weights, name: str = "log_weights") -> Array:
+    """Log weights as a JAX array, without compiling anything (``jnp.asarray`` of a NumPy
+    array compiles a program per shape; ``jax.device_put`` does not) and without checks
+    beyond those of the cast: host data must be real (``TypeError``) and its largest value
+    must fit the JAX dtype (``ValueError``: ``[1e39, 0]`` would become ``[inf, 0]``; entries
+    far below a representable maximum become ``-inf``, their weight, zero, is kept).
+    JAX arrays, traced or not, pass unchanged."""
+    if isinstance(log_weights, jax.Array):
+        return log_weights
+    a = real_array(log_weights, name)
+    with np.errstate(over="ignore"):
+        out = a.astype(out_dtype(a.dtype)) if a.dtype.kind == "f" else a
+    if out.size and np.isinf(np.max(out)) and np.isfinite(np.max(a)):
+        raise ValueError(
+            f"{name} has entries beyond the range of {out.dtype} (largest "
+            f"{float(np.max(a)):.3g}): subtract their maximum first"
+        )
+    return jax.device_put(out)
+
+
 def out_dtype(dtype) -> np.dtype:
     """The dtype a result computed from an array of ``dtype`` is returned in: float32 for
     float32 input, else JAX's default float (float32 unless ``jax_enable_x64``)."""
@@ -76,7 +96,7 @@ def to_output(value, dtype, name: str, what: str) -> Array:
             f"{what} of {name} is {float(np.max(np.abs(value))):.3g}, beyond the range of "
             f"{dtype} (use smaller values, e.g. log weights shifted by their maximum)"
         )
-    return jnp.asarray(out)
+    return jax.device_put(out)
 
 
 def host_log_weights(log_weights, name: str = "log_weights", ndim: int | None = None):
@@ -117,22 +137,15 @@ def check_log_weights(log_weights, name: str = "log_weights") -> Array:
         if lw.ndim != 1 or lw.shape[0] == 0:
             raise ValueError(f"{name} must be a non-empty 1-D array, got shape {lw.shape}")
         return lw if jnp.issubdtype(lw.dtype, jnp.floating) else lw.astype(jnp.float32)
-    a = check_log_weights_numpy(log_weights, name)
-    with np.errstate(over="ignore"):
-        out = a.astype(out_dtype(a.dtype))
-    if out.max() == np.inf or np.all(out == -np.inf):
-        raise ValueError(
-            f"{name} has entries beyond the range of {out.dtype} (largest "
-            f"{float(a.max()):.3g}): subtract their maximum first"
-        )
-    return jnp.asarray(out)
+    return as_log_weights(check_log_weights_numpy(log_weights, name), name)
 
 
 def check_log_weights_numpy(log_weights, name: str = "log_weights") -> np.ndarray:
     """:func:`check_log_weights` for concrete weights, entirely on the host.
 
     Eager entry points called with many different particle counts use it: a ``jnp`` call on
-    a new shape compiles a new program, a numpy check does not. Returns a float array (the
+    a new shape compiles a new program (even ``jnp.asarray`` of a NumPy array), a numpy
+    check does not. Returns a float array (the
     input's floating dtype, float32 for integer or boolean input), without range checks.
     """
     a = real_array(log_weights, name)
@@ -156,7 +169,8 @@ def _host_shifted(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m = a.max(axis=0)
     dead = m == -np.inf
     m = np.where(dead, 0.0, m)
-    return np.exp(a - m), m, dead
+    with np.errstate(over="ignore"):  # -1e308 - 1e308: -inf, a zero weight
+        return np.exp(a - m), m, dead
 
 
 def _host(log_weights) -> tuple[np.ndarray, np.dtype]:
@@ -194,7 +208,7 @@ def log_normalize(log_weights: Array) -> Array:
         if np.any(dead):
             raise ValueError("log_weights are all -inf: every particle has zero weight")
         with np.errstate(over="ignore"):  # far below the maximum: -inf, a zero weight
-            return jnp.asarray((a - m - np.log(e.sum(axis=0))).astype(dtype))
+            return jax.device_put((a - m - np.log(e.sum(axis=0))).astype(dtype))
     z, _ = _shifted(log_weights)
     return z - jnp.log(jnp.sum(jnp.exp(z), axis=0))
 
@@ -209,7 +223,7 @@ def normalize(log_weights: Array) -> Array:
     """
     if _is_concrete(log_weights):
         a, dtype = _host(log_weights)
-        return jnp.asarray(host_normalize(a).astype(dtype))
+        return jax.device_put(host_normalize(a).astype(dtype))
     z, _ = _shifted(log_weights)
     e = jnp.exp(z)
     return e / jnp.sum(e, axis=0)
@@ -229,7 +243,7 @@ def ess(log_weights: Array) -> Array:
     """
     if _is_concrete(log_weights):
         a, dtype = _host(log_weights)
-        return jnp.asarray(_host_ess(a).astype(dtype))
+        return jax.device_put(_host_ess(a).astype(dtype))
     lw = jnp.asarray(log_weights)
     dead = jnp.all(lw == -jnp.inf, axis=0)
     safe = jnp.where(dead, 0.0, lw)
@@ -282,7 +296,7 @@ def should_resample(log_weights: Array, threshold: float = 0.5) -> Array:
         a, _ = _host(log_weights)
         n, value = a.shape[0], _host_ess(a)
         if _is_concrete(threshold):
-            return jnp.asarray((threshold >= 1.0) | (value < threshold * n))
+            return jax.device_put(np.asarray((threshold >= 1.0) | (value < threshold * n)))
     else:
         n, value = jnp.shape(log_weights)[0], ess(log_weights)
     always = jnp.asarray(threshold) >= 1.0

@@ -186,3 +186,32 @@ def test_cpd_randomized_pit_is_uniform_and_numpyro_interface():
     ((lower, upper),) = cpd.cdf_bounds(dist.Normal(0.0, 1.0), [0.0])
     assert 0 <= lower < upper <= 1
     assert cpd.predict_interval(dist.Normal(np.zeros(2), 1.0), 0.1).shape == (2, 2)
+
+
+# ---- issue 22, item 5: infinite point predictions, crossing quantiles ------------------------
+
+
+def test_infinite_point_predictions_are_rejected_by_name():
+    cp = SplitConformalRegressor(alpha=0.5).calibrate(y=np.zeros(10), y_pred=np.ones(10))
+    with pytest.raises(ValueError, match="y_pred"):
+        cp.predict_interval(y_pred=[np.inf])  # gave [inf, inf]
+    with pytest.raises(ValueError, match="y_pred"):
+        SplitConformalRegressor(alpha=0.5).calibrate(y=np.ones(10), y_pred=np.full(10, np.inf))
+
+
+def test_cqr_rearranges_crossing_quantiles_and_never_returns_an_empty_interval():
+    y = np.linspace(-1.0, 1.0, 19)
+    cq = ConformalizedQuantileRegressor(alpha=0.5).calibrate(
+        y=y,
+        lower=np.full(19, 3.0),
+        upper=np.full(19, -3.0),  # crossing: the band [-3, 3]
+    )
+    assert cq.quantile_ < 0  # the band is wider than needed
+    q = cq.quantile_
+    out = cq.predict_interval(lower=[5.0, -1.0], upper=[-5.0, 1.0])  # gave [6, -6] (q = -1)
+    np.testing.assert_allclose(out[0], [-5.0 - q, 5.0 + q])
+    assert np.all(out[:, 0] <= out[:, 1])
+    narrow = cq.predict_interval(lower=[2.0], upper=[2.5])  # lo - q > hi + q: empty
+    np.testing.assert_allclose(narrow, [[2.25, 2.25]])
+    with pytest.raises(ValueError, match="upper"):
+        cq.predict_interval(lower=[0.0], upper=[np.inf])

@@ -95,3 +95,60 @@ def test_bad_input():
         Particles(jnp.zeros(2), jnp.full(2, -jnp.inf)).resample(jax.random.key(0))
     with pytest.raises(ValueError, match="leading axis of 4"):
         Particles(jnp.zeros(4)).expectation(lambda v: v.sum())
+
+
+# ---- issue 22: degenerate input (item 5), bounded compilations (item 10) ---------------------
+
+
+def test_zero_weight_particles_do_not_poison_the_expectation():
+    p = Particles(
+        jnp.array([1.0, jnp.inf, jnp.nan, 3.0]), jnp.array([0.0, -jnp.inf, -jnp.inf, 0.0])
+    )
+    assert float(p.expectation()) == 2.0  # was nan: 0 * inf
+    assert float(jax.jit(lambda q: q.expectation())(p)) == 2.0  # traced: same selection
+    assert float(Particles(np.arange(4)).expectation()) == 1.5  # integers: was 0 (cast weights)
+
+
+def test_undefined_or_overflowing_expectations_raise_naming_the_values():
+    both = Particles(np.array([np.inf, -np.inf]))
+    with pytest.raises(ValueError, match="values"):
+        both.expectation()
+    with pytest.raises(ValueError, match=r"f\(values\)"):
+        Particles(np.zeros(2)).expectation(lambda v: v + np.array([np.nan, 0.0]))
+    with pytest.raises(ValueError, match="values.*beyond the range"):
+        Particles(np.array([1e39, 1e39])).expectation()  # float64 beyond float32
+    assert float(Particles(np.array([3e38, 3.4e38], np.float32)).expectation()) <= 3.4e38
+    with pytest.raises(ValueError, match="log_weights"):
+        Particles(np.zeros(2), np.array([np.inf, 0.0])).ess  # noqa: B018
+
+
+def test_take_checks_its_indices():
+    p = Particles(np.arange(3.0))
+    np.testing.assert_array_equal(p.take(np.array([2, -1])).values, [2.0, 2.0])
+    with pytest.raises(ValueError, match="indices"):
+        p.take(np.array([3]))  # jnp.take filled NaN
+    with pytest.raises(TypeError, match="indices"):
+        p.take(np.array([0.5]))
+
+
+def test_particles_eager_entry_points_compile_a_bounded_number_of_programs(xla_compiles):
+    """300 distinct N through ess/expectation/resample/should_resample/log_mean_weight: the
+    even N first (every bucket), then the odd N, which must compile (almost) nothing."""
+    from probinfer.weights import ess, log_mean_weight, should_resample
+
+    key = jax.random.key(0)
+
+    def call(n):
+        lw = np.linspace(-3.0, 0.0, n, dtype=np.float32)
+        values = {"x": jax.device_put(np.arange(n, dtype=np.float32)), "y": np.ones((n, 2))}
+        p = Particles(values, lw)
+        float(p.ess), float(p.log_mean_weight), p.expectation(), p.resample(key)
+        ess(lw), should_resample(lw), log_mean_weight(lw)
+
+    sizes = range(2, 302)
+    for n in sizes[::2]:
+        call(n)
+    with xla_compiles() as compiled:
+        for n in sizes[1::2]:
+            call(n)
+    assert len(compiled) <= 2, f"{len(compiled)} compilations: {compiled[:5]}"

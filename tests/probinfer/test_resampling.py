@@ -145,3 +145,23 @@ def test_host_resampling_from_draws_gives_the_device_indices(scheme):
             host = resample_host(None, lw, num, scheme, draws=draws)
             assert host.dtype == np.int32 and host.shape == (num,)
             np.testing.assert_array_equal(host, np.asarray(resample(key, lw, num, scheme)))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_float64_log_weights_beyond_float32_range_resample_correctly(scheme):
+    # Issue 22, item 3: [1e39, 0] passed the float64 check, became [inf, 0] in float32 and
+    # gave [15, 15] (a padding slot) for N = 2. Shifted in float64 first, index 0 has all
+    # the weight.
+    for seed in range(5):
+        key = jax.random.key(seed)
+        np.testing.assert_array_equal(resample(key, np.array([1e39, 0.0]), scheme=scheme), [0, 0])
+        np.testing.assert_array_equal(
+            resample(key, np.array([-1e39, 3e38, 3e38]), num=4, scheme=scheme) > 0, True
+        )
+        idx = np.asarray(resample(key, np.array([-1e39, -1e39]), scheme=scheme))  # equal
+        assert idx.min() >= 0 and idx.max() <= 1
+
+
+def test_non_real_log_weights_raise_type_error():
+    with pytest.raises(TypeError, match="log_weights"):
+        resample(jax.random.key(0), np.array([1 + 1j, 0.0]))
