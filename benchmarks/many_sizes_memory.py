@@ -13,10 +13,10 @@ Workload, in one process, one phase per entry point (sizes log-uniform in a rang
 all distinct):
 
 * ``resample``: ``probinfer.resample`` (systematic) in N in [2, 1e5];
-* ``filter_n``: ``particle_filter`` (bootstrap, 1-D LGSSM, T = 20) in N in [100, 1e5];
+* ``filter_n``: ``particle_filter`` (bootstrap, 1-D LGSSM, T = 20) in N in [100, 1e4];
 * ``weights``: ``ess``, ``should_resample``, ``log_mean_weight`` in N in [2, 1e5];
 * ``particles``: ``Particles`` ``ess``, ``expectation``, ``resample`` in N in [2, 1e5];
-* ``tempered_smc``: a one-parameter model, 2 RWMH moves, at most 4 steps, N in [64, 1024];
+* ``tempered_smc``: a one-parameter model, 2 RWMH moves, at most 4 steps, N in [64, 512];
 * ``dt_posterior``: ``DistributionTransformer.posterior`` (small untrained network) in the
   batch size B in [1, 2000];
 * ``gaussian_mixture``: construction, ``log_prob`` and ``sample`` in B in [1, 1e4];
@@ -74,48 +74,45 @@ class CompileCounter(logging.Handler):
 
 
 def run_phase(name, call, sizes, counter, samples: int, max_seconds: float) -> dict:
-    """``call(n)`` for every size; RSS sampled ``samples`` times; second-half figures."""
+    """``call(n)`` for every size, sampling ``(calls, RSS MiB, compilations)`` ``samples``
+    times; growth and compilations over the second half of the calls made."""
     every = max(len(sizes) // samples, 1)
-    half = len(sizes) // 2
-    trace, start, compiles_mid = [(0, rss_mib())], time.perf_counter(), None
     counter.count = 0
-    done = 0
+    trace, start = [(0, rss_mib(), 0)], time.perf_counter()
     for i, n in enumerate(sizes):
         call(int(n))
-        done = i + 1
-        if done == half:
-            compiles_mid = counter.count
-        if done % every == 0 or done == len(sizes):
-            trace.append((done, rss_mib()))
-        if time.perf_counter() - start > max_seconds:
-            trace.append((done, rss_mib()))
+        over = time.perf_counter() - start > max_seconds
+        if (i + 1) % every == 0 or i + 1 == len(sizes) or over:
+            trace.append((i + 1, rss_mib(), counter.count))
+        if over:
             break
-    mid = min(trace, key=lambda p: abs(p[0] - done // 2))
+    done = trace[-1][0]
+    mid = min(trace, key=lambda p: abs(p[0] - done / 2))
     summary = {
         "calls": done,
-        "distinct_sizes": len(set(int(n) for n in sizes[:done])),
-        "size_range": [int(min(sizes)), int(max(sizes))],
+        "size_range": [int(min(sizes[:done])), int(max(sizes[:done]))],
         "rss_start_mib": trace[0][1],
         "rss_end_mib": trace[-1][1],
         "growth_mib": trace[-1][1] - trace[0][1],
+        "second_half_from_call": mid[0],
         "growth_second_half_mib": trace[-1][1] - mid[1],
-        "compiles": counter.count,
-        "compiles_second_half": None if compiles_mid is None else counter.count - compiles_mid,
+        "compiles": trace[-1][2],
+        "compiles_second_half": trace[-1][2] - mid[2],
         "seconds": time.perf_counter() - start,
         "truncated": done < len(sizes),
     }
     print(f"{name}: {summary}", flush=True)
-    return {"summary": summary, "rss_trace_mib": trace}
+    return {"summary": summary, "trace": trace}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--resample-sizes", type=int, default=1000)
-    p.add_argument("--filter-sizes", type=int, default=200)
+    p.add_argument("--filter-sizes", type=int, default=100)
     p.add_argument("--sizes", type=int, default=300, help="sizes per other phase")
     p.add_argument("--slow-sizes", type=int, default=100, help="tempered_smc, sbc/tarp, filters")
     p.add_argument("--samples", type=int, default=20, help="RSS samples per phase")
-    p.add_argument("--phase-seconds", type=float, default=120.0)
+    p.add_argument("--phase-seconds", type=float, default=60.0)
     p.add_argument("--only", default=None, help="comma-separated phase names")
     p.add_argument("--out", default="many_sizes_memory")
     args = p.parse_args(argv)
@@ -236,10 +233,10 @@ def main(argv=None) -> None:
     s, slow = args.sizes, args.slow_sizes
     phases = {
         "resample": (resample, (args.resample_sizes, 2, 100_000)),
-        "filter_n": (filter_n, (args.filter_sizes, 100, 100_000)),
+        "filter_n": (filter_n, (args.filter_sizes, 100, 10_000)),
         "weights": (weights, (s, 2, 100_000)),
         "particles": (particles, (s, 2, 100_000)),
-        "tempered_smc": (tempered, (slow, 64, 1024)),
+        "tempered_smc": (tempered, (slow, 64, 512)),
         "dt_posterior": (dt_posterior, (s, 1, 2000)),
         "gaussian_mixture": (gaussian_mixture, (s, 1, 10_000)),
         "bar_icdf": (bar_icdf, (s, 1, 10_000)),
@@ -277,12 +274,12 @@ def main(argv=None) -> None:
             "(log-uniform in the range, shuffled); RSS (after gc and malloc_trim) sampled "
             "along the way; growth_second_half_mib is the figure of merit",
             "rss_at_start_mib": start,
-            "peak_rss_mib": max(r for res in results.values() for _, r in res["rss_trace_mib"]),
+            "peak_rss_mib": max(r for res in results.values() for _, r, _ in res["trace"]),
             "growth_second_half_mib": {
                 name: round(s["growth_second_half_mib"], 1) for name, s in summary.items()
             },
             "summary": summary,
-            "rss_traces_mib": {name: r["rss_trace_mib"] for name, r in results.items()},
+            "traces_calls_rss_mib_compiles": {name: r["trace"] for name, r in results.items()},
             "versions": {"jax": jax.__version__},
             "load_average": os.getloadavg(),
             "command": "OMP_NUM_THREADS=1 python benchmarks/many_sizes_memory.py "

@@ -27,13 +27,15 @@ MAX_COMPILES = 2
 SSM = LinearGaussianSSM(A=0.9, Q=0.5, C=1.0, R=1.0, m0=0.0, P0=1.0)
 
 
-def _sizes(count: int = 300, start: int = 1) -> tuple[list[int], list[int]]:
-    """``count`` distinct sizes from ``start``: the even ones (warm-up), then the odd ones."""
+def _sizes(count: int = 300, start: int = 2) -> tuple[list[int], list[int]]:
+    """``count`` distinct sizes from ``start``: the even ones (warm-up), then the odd ones.
+
+    From 2 up, every bucket (a power of two, or finer above 16) holds an even size."""
     sizes = list(range(start, start + count))
     return [n for n in sizes if n % 2 == 0], [n for n in sizes if n % 2 == 1]
 
 
-def _second_half_compiles(xla_compiles, call, count: int = 300, start: int = 1) -> list[str]:
+def _second_half_compiles(xla_compiles, call, count: int = 300, start: int = 2) -> list[str]:
     first, second = _sizes(count, start)
     for n in first:
         call(n)
@@ -97,7 +99,12 @@ def test_dt_posterior_in_the_batch_size(xla_compiles):
         post = dt.posterior(prior, x, y)
         assert post.batch_shape == (b,)
 
-    _assert_bounded(_second_half_compiles(xla_compiles, call))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only contend (40x slower when loaded)
+    try:
+        _assert_bounded(_second_half_compiles(xla_compiles, call))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_particle_filter_in_the_number_of_time_steps(xla_compiles):
@@ -129,7 +136,7 @@ def test_weight_summaries_in_the_number_of_particles(xla_compiles):
         bool(probinfer.should_resample(lw))
         assert np.isfinite(float(probinfer.log_mean_weight(lw)))
 
-    _assert_bounded(_second_half_compiles(xla_compiles, call, start=2))
+    _assert_bounded(_second_half_compiles(xla_compiles, call))
 
 
 def test_particles_methods_in_the_number_of_particles(xla_compiles):
@@ -141,7 +148,7 @@ def test_particles_methods_in_the_number_of_particles(xla_compiles):
         assert np.asarray(p.expectation()).shape == (2,)
         assert len(p.resample(jax.random.key(n))) == n
 
-    _assert_bounded(_second_half_compiles(xla_compiles, call, start=2))
+    _assert_bounded(_second_half_compiles(xla_compiles, call))
 
 
 def test_tempered_smc_in_the_number_of_particles(xla_compiles):
