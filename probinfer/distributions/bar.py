@@ -281,20 +281,40 @@ class BarDistribution(Distribution):
         vars_ = vars_.at[-1].set(s_right**2 * hn_var)
         return means, vars_
 
+    def _statistic(self, method: str) -> jax.Array:
+        """``method()``, a statistic of shape ``batch_shape``, in one compiled call per
+        power-of-two bucket of the batch size (eagerly)."""
+        if not is_concrete(self.logits, self.borders):
+            return getattr(self, method)()
+        rows = Rows(self.batch_shape, self.batch_shape)
+        logits = param_rows(self.logits, rows, 1)
+        return rows.cut(np.asarray(_statistic(np.asarray(self.borders), logits, method))[None])
+
     @property
     def mean(self):
-        m, _ = self._bucket_moments()
-        return jnp.sum(self.probs * m, axis=-1)
+        """Mean, shape ``batch_shape``."""
+        return self._statistic("_mean")
 
     @property
     def variance(self):
+        """Variance, shape ``batch_shape``."""
+        return self._statistic("_variance")
+
+    def entropy(self):
+        """Differential entropy ``-E[log f(Y)]`` (closed form), shape ``batch_shape``."""
+        return self._statistic("_entropy")
+
+    def _mean(self):
+        m, _ = self._bucket_moments()
+        return jnp.sum(self.probs * m, axis=-1)
+
+    def _variance(self):
         m, v = self._bucket_moments()
         p = self.probs
         mu = jnp.sum(p * m, axis=-1, keepdims=True)
         return jnp.sum(p * (v + (m - mu) ** 2), axis=-1)
 
-    def entropy(self):
-        """Differential entropy ``-E[log f(Y)]`` (closed form)."""
+    def _entropy(self):
         logp = self.log_probs
         p = jnp.exp(logp)
         s_left, s_right = self.tail_scales
@@ -313,3 +333,9 @@ class BarDistribution(Distribution):
 def _evaluate(borders, logits, value, method: str) -> jax.Array:
     """``BarDistribution(borders, logits).method(value)`` in one compiled call."""
     return getattr(BarDistribution(borders, logits), method)(value)
+
+
+@partial(jax.jit, static_argnames="method")
+def _statistic(borders, logits, method: str) -> jax.Array:
+    """``BarDistribution(borders, logits).method()`` in one compiled call."""
+    return getattr(BarDistribution(borders, logits), method)()

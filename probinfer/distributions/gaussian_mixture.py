@@ -291,36 +291,40 @@ class GaussianMixture(Distribution):
         """Number of mixture components ``K``."""
         return self.logits.shape[-1]
 
+    def _statistic(self, fn) -> Array:
+        """``fn(logits, means, scale_trils)``, a statistic with the batch shape leading, in
+        one compiled call per power-of-two bucket of the batch size (eagerly)."""
+        params = (self.logits, self.means, self.scale_trils)
+        if not is_concrete(*params):
+            return fn(*params)
+        rows = Rows(self.batch_shape, self.batch_shape)
+        padded = tuple(param_rows(a, rows, n) for a, n in zip(params, (1, 2, 3)))
+        return rows.cut(np.asarray(_apply(fn, *padded))[None])
+
     @property
     def weights(self) -> Array:
         """Normalised mixture weights, shape ``batch + (K,)``."""
-        return jnp.exp(self.logits)
+        return self._statistic(_weights)
 
     @property
     def covariances(self) -> Array:
         """Component covariances ``L L^T``, shape ``batch + (K, D, D)``."""
-        return self.scale_trils @ jnp.swapaxes(self.scale_trils, -1, -2)
+        return self._statistic(_covariances)
 
     @property
     def mean(self) -> Array:
         """Mixture mean ``sum_k w_k mu_k``, shape ``batch + (D,)``."""
-        return jnp.sum(self.weights[..., None] * self.means, axis=-2)
+        return self._statistic(_mean)
 
     @property
     def covariance_matrix(self) -> Array:
         """Mixture covariance ``sum_k w_k (Sigma_k + mu_k mu_k^T) - mu mu^T``."""
-        w = self.weights[..., None, None]
-        centred = self.means - self.mean[..., None, :]
-        outer = centred[..., :, None] * centred[..., None, :]
-        return jnp.sum(w * (self.covariances + outer), axis=-3)
+        return self._statistic(_covariance_matrix)
 
     @property
     def variance(self) -> Array:
         """Diagonal of :attr:`covariance_matrix`, shape ``batch + (D,)``."""
-        w = self.weights[..., None]
-        comp_var = jnp.sum(self.scale_trils**2, axis=-1)
-        centred = self.means - self.mean[..., None, :]
-        return jnp.sum(w * (comp_var + centred**2), axis=-2)
+        return self._statistic(_variance)
 
     # ------------------------------------------------------------------ sampling / density
     def sample(self, key, sample_shape=()) -> Array:
@@ -500,3 +504,35 @@ def _component_log_probs(logits, means, scale_trils, x) -> Array:
 @jax.jit
 def _log_prob(logits, means, scale_trils, x) -> Array:
     return logsumexp(logits + _component_log_probs(logits, means, scale_trils, x), axis=-1)
+
+
+# batch statistics of the parameters (logits, means, scale_trils)
+def _weights(logits, means, scale_trils) -> Array:
+    return jnp.exp(logits)
+
+
+def _covariances(logits, means, scale_trils) -> Array:
+    return scale_trils @ jnp.swapaxes(scale_trils, -1, -2)
+
+
+def _mean(logits, means, scale_trils) -> Array:
+    return jnp.sum(jnp.exp(logits)[..., None] * means, axis=-2)
+
+
+def _covariance_matrix(logits, means, scale_trils) -> Array:
+    w = jnp.exp(logits)[..., None, None]
+    centred = means - _mean(logits, means, scale_trils)[..., None, :]
+    outer = centred[..., :, None] * centred[..., None, :]
+    return jnp.sum(w * (_covariances(logits, means, scale_trils) + outer), axis=-3)
+
+
+def _variance(logits, means, scale_trils) -> Array:
+    w = jnp.exp(logits)[..., None]
+    comp_var = jnp.sum(scale_trils**2, axis=-1)
+    centred = means - _mean(logits, means, scale_trils)[..., None, :]
+    return jnp.sum(w * (comp_var + centred**2), axis=-2)
+
+
+@partial(jax.jit, static_argnums=0)
+def _apply(fn, *params) -> Array:
+    return fn(*params)

@@ -210,6 +210,16 @@ def test_padded_eager_calls_equal_the_unpadded_jitted_ones(method):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [(), (5,), (2, 3)])
+def test_padded_moments_equal_the_unpadded_jitted_ones(batch):
+    d = _dist(4, batch=batch)
+    for name in ("mean", "variance"):
+        got, want = getattr(d, name), jax.jit(lambda x, n=name: getattr(x, n))(d)
+        assert got.shape == want.shape == batch
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(d.entropy(), jax.jit(lambda x: x.entropy())(d), rtol=1e-6)
+
+
 def test_new_numbers_of_test_points_in_a_seen_bucket_compile_nothing(xla_compiles):
     """The PFN workload: m test points, a new m every call. Each new m compiled about 56
     programs (every eager operation of icdf); now m shares its power-of-two bucket."""
@@ -218,6 +228,7 @@ def test_new_numbers_of_test_points_in_a_seen_bucket_compile_nothing(xla_compile
 
     def call(m):
         d = BarDistribution(borders, rng.normal(size=(m, 8)).astype(np.float32))
+        d.mean, d.variance  # noqa: B018 (the computation)
         return d.icdf(np.float32(0.9)), d.icdf(rng.uniform(size=(4, m))), d.cdf(0.3)
 
     call(16)

@@ -315,16 +315,22 @@ def test_padded_eager_calls_equal_the_unpadded_jitted_ones(batch, sample_shape):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert g.log_prob(x[..., :1, :]).shape == sample_shape + (batch,)  # broadcast over batch
+    for name in ("weights", "covariances", "mean", "covariance_matrix", "variance"):
+        got, want = getattr(g, name), jax.jit(lambda m, n=name: getattr(m, n))(g)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_new_batch_sizes_in_a_seen_bucket_compile_nothing(xla_compiles):
-    """Construction, log_prob, component_log_probs and sample at a batch size whose
-    power-of-two bucket was seen compile nothing (each new size compiled 7 programs)."""
+    """Construction, log_prob, component_log_probs, sample and the moments at a batch size
+    whose power-of-two bucket was seen compile nothing (each new size compiled 7 programs
+    for the first four, and one per operation for the moments)."""
     rng = np.random.default_rng(0)
 
     def call(b):
         g = _random_mixture(rng, b)
         x = rng.normal(size=(b, 2))
+        g.mean, g.variance, g.covariance_matrix, g.weights  # noqa: B018 (the computation)
         return g.log_prob(x), g.component_log_probs(x), g.sample(jax.random.key(0), (3,))
 
     call(8)
