@@ -36,6 +36,8 @@ import jax
 import numpy as np
 from scipy import stats
 
+from probinfer.engine.core import bucket_size
+
 from ._validation import as_float_array, check_alpha, check_positive_int
 from .posterior_draws import as_theta, posterior_draws
 
@@ -53,7 +55,12 @@ _NUM_BAND_SIMULATIONS = 2000
 
 
 def _uniform(key, shape) -> np.ndarray:
-    return np.asarray(jax.random.uniform(key, shape, dtype=np.float32), dtype=np.float64)
+    """``U(0, 1)`` draws of ``shape`` as float64 on the host, cut from a flat draw of a
+    bucketed length (:func:`probinfer.engine.bucket_size`), so that new numbers of problems
+    compile no new program."""
+    size = int(np.prod(shape, dtype=np.int64))
+    flat = jax.random.uniform(key, (bucket_size(size, 64, per_octave=4),), dtype=np.float32)
+    return np.asarray(flat, dtype=np.float64)[:size].reshape(shape)
 
 
 def randomized_ranks(key, draw_stats: np.ndarray, true_stats: np.ndarray):

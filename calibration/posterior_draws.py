@@ -28,11 +28,14 @@ pytree) are flattened into the last axis ``d``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from probinfer.engine.core import bucket_size
 
 from ._validation import as_float_array, check_positive_int
 
@@ -97,9 +100,16 @@ def _resolve_num(num_draws, default: int) -> int:
     return default if num_draws is None else check_positive_int(num_draws, "num_draws", 2)
 
 
-def _particle_draws(key, particles, num_draws, batched: bool) -> np.ndarray:
+@partial(jax.jit, static_argnums=2)
+def _resample_rows(key, log_weights, num: int):
+    """``num`` multinomial ancestors per row of ``log_weights`` ``(R, N)``, one key per row."""
     from probinfer.resampling import resample
 
+    keys = jax.random.split(key, log_weights.shape[0])
+    return jax.vmap(lambda k, w: resample(k, w, num=num, scheme="multinomial"))(keys, log_weights)
+
+
+def _particle_draws(key, particles, num_draws, batched: bool) -> np.ndarray:
     lw = jnp.asarray(particles.log_weights)
     values = particles.values
     if not batched:
@@ -110,8 +120,12 @@ def _particle_draws(key, particles, num_draws, batched: bool) -> np.ndarray:
     if num_draws is None and equal.all():
         return flat
     num = _resolve_num(num_draws, flat.shape[1])
-    keys = jax.random.split(key, flat.shape[0])
-    idx = np.asarray(jax.vmap(lambda k, w: resample(k, w, num=num, scheme="multinomial"))(keys, lw))
+    # rows padded to a bucketed count (uniform weights), so new numbers of problems reuse
+    # a bounded set of compiled programs; the padding rows are dropped on the host
+    rows = flat.shape[0]
+    padded = np.zeros((bucket_size(rows, 16, per_octave=4), lw_np.shape[1]))
+    padded[:rows] = lw_np
+    idx = np.asarray(_resample_rows(key, jnp.asarray(padded, lw.dtype), num))[:rows]
     return np.take_along_axis(flat, idx[..., None], axis=1)
 
 
@@ -178,7 +192,7 @@ def posterior_draws(key, posterior: Any, num_draws: int | None = None) -> np.nda
     ----------
     key
         ``jax.random`` key for sampling distributions and resampling weighted particles
-        (split per problem).
+        (one per problem, folded in from the problem's index).
     posterior
         Any form listed in the module docstring.
     num_draws
@@ -211,8 +225,11 @@ def posterior_draws(key, posterior: Any, num_draws: int | None = None) -> np.nda
     if isinstance(posterior, Sequence) and not isinstance(posterior, str | bytes):
         if len(posterior) == 0:
             raise ValueError("posterior must hold at least one problem")
-        keys = jax.random.split(key, len(posterior))
-        per = [_one_problem(k, p, num_draws, i) for i, (k, p) in enumerate(zip(keys, posterior))]
+        # one key per problem by folding in its index (no program compiled per count)
+        per = [
+            _one_problem(jax.random.fold_in(key, i), p, num_draws, i)
+            for i, p in enumerate(posterior)
+        ]
         shapes = {d.shape[1:] for d in per}
         if len(shapes) != 1:
             raise ValueError(

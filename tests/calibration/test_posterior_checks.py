@@ -308,6 +308,29 @@ def test_tempered_smc_results_are_ranked_on_the_constrained_scale():
     assert sbc(jax.random.key(1), unconstrained, s2).pvalue < ALPHA
 
 
+def test_many_numbers_of_problems_compile_a_bounded_number_of_programs(xla_compiles):
+    """SBC and TARP over 40 numbers of problems B (arrays, per-problem lists, weighted
+    batched Particles): the second half compiles only at bucket boundaries (measured: 6
+    programs, 2 bucket changes x {uniform draws, row resampling, weight cast}; before, 10
+    or more per new B: the uniforms, the key splits, the vmapped resampler)."""
+    rng = np.random.default_rng(18)
+    inputs = []
+    for b in range(20, 60):
+        draws = rng.normal(size=(b, 30))
+        log_w = jnp.asarray(rng.normal(size=(b, 30)), jnp.float32)
+        inputs.append((rng.normal(size=b), draws, jax.vmap(Particles)(jnp.asarray(draws), log_w)))
+    half = len(inputs) // 2
+    with xla_compiles() as compiled:
+        for i, (theta, draws, particles) in enumerate(inputs):
+            if i == half:
+                compiled.clear()
+            sbc(jax.random.key(0), draws, theta)
+            tarp(jax.random.key(1), list(draws), theta)
+            sbc(jax.random.key(2), particles, theta, num_draws=20)
+            tarp(jax.random.key(3), particles, theta, num_draws=20)
+    assert len(compiled) <= 10, compiled
+
+
 # ------------------------------------------------------------------- bad input
 def test_bad_input_names_the_argument():
     key = jax.random.key(0)
