@@ -423,9 +423,6 @@ class GaussianMixture(Distribution):
                 f"has event_shape {self.event_shape}. Use marginal([i]) first."
             )
 
-    def _locs_scales(self) -> tuple[Array, Array]:
-        return self.means[..., 0], self.scale_trils[..., 0, 0]
-
     def cdf(self, value) -> Array:
         """Mixture cdf ``sum_k w_k Phi((x - mu_k) / s_k)`` for ``D == 1``.
 
@@ -433,9 +430,7 @@ class GaussianMixture(Distribution):
         result of the same shape.
         """
         self._require_univariate("cdf")
-        locs, scales = self._locs_scales()
-        x = jnp.asarray(value)
-        return jnp.sum(self.weights * ndtr((x - locs) / scales), axis=-1, keepdims=True)
+        return self._evaluate(_cdf, _with_event_axis(value))
 
     def icdf(self, q) -> Array:
         """Quantile function for ``D == 1`` (elementwise on ``(..., 1)``-shaped ``q``).
@@ -447,30 +442,14 @@ class GaussianMixture(Distribution):
         ``icdf(1) = +inf``.
         """
         self._require_univariate("icdf")
-        locs, scales = self._locs_scales()
-        u = jnp.asarray(q, dtype=self.means.dtype)
-        zq = ndtri(jnp.clip(u, 0.0, 1.0))
-        cand = locs + scales * zq  # (..., K) by broadcasting the trailing event axis
-        lo = jnp.min(cand, axis=-1, keepdims=True)
-        hi = jnp.max(cand, axis=-1, keepdims=True)
-        finite = jnp.isfinite(lo) & jnp.isfinite(hi)
-        lo0 = jnp.where(finite, lo, 0.0)
-        hi0 = jnp.where(finite, hi, 0.0)
-        w = self.weights
+        return self._evaluate(_icdf, _with_event_axis(q))
 
-        def mixture_cdf(x):
-            return jnp.sum(w * ndtr((x - locs) / scales), axis=-1, keepdims=True)
 
-        def step(_, bounds):
-            a, b = bounds
-            mid = 0.5 * (a + b)
-            below = mixture_cdf(mid) < u
-            return jnp.where(below, mid, a), jnp.where(below, b, mid)
-
-        a, b = lax.fori_loop(0, _BISECTION_STEPS, step, (lo0, hi0))
-        root = 0.5 * (a + b)
-        out = jnp.where(finite, root, jnp.where(u <= 0.0, -jnp.inf, jnp.inf))
-        return jnp.where((u < 0.0) | (u > 1.0) | jnp.isnan(u), jnp.nan, out)
+def _with_event_axis(value):
+    """A scalar as shape ``(1,)`` (``cdf``/``icdf`` act on ``(..., 1)``-shaped values)."""
+    if np.ndim(value) != 0:
+        return value
+    return value[None] if isinstance(value, jax.Array) else np.reshape(value, (1,))
 
 
 # The methods run as one compiled call (eagerly, every operation would compile on its own for
@@ -485,6 +464,36 @@ def _sample_rows(key, logits, means, scale_trils, rows) -> Array:
     tril = scale_trils[rows, comp]
     z = jax.random.normal(key_z, mu.shape, dtype=means.dtype)
     return mu + jnp.einsum("...ij,...j->...i", tril, z)
+
+
+@jax.jit
+def _cdf(logits, means, scale_trils, x) -> Array:
+    locs, scales = means[..., 0], scale_trils[..., 0, 0]
+    return jnp.sum(jnp.exp(logits) * ndtr((x - locs) / scales), axis=-1, keepdims=True)
+
+
+@jax.jit
+def _icdf(logits, means, scale_trils, q) -> Array:
+    locs, scales = means[..., 0], scale_trils[..., 0, 0]
+    u = q.astype(means.dtype)
+    zq = ndtri(jnp.clip(u, 0.0, 1.0))
+    cand = locs + scales * zq  # (..., K) by broadcasting the trailing event axis
+    lo = jnp.min(cand, axis=-1, keepdims=True)
+    hi = jnp.max(cand, axis=-1, keepdims=True)
+    finite = jnp.isfinite(lo) & jnp.isfinite(hi)
+    lo0 = jnp.where(finite, lo, 0.0)
+    hi0 = jnp.where(finite, hi, 0.0)
+
+    def step(_, bounds):
+        a, b = bounds
+        mid = 0.5 * (a + b)
+        below = _cdf(logits, means, scale_trils, mid) < u
+        return jnp.where(below, mid, a), jnp.where(below, b, mid)
+
+    a, b = lax.fori_loop(0, _BISECTION_STEPS, step, (lo0, hi0))
+    root = 0.5 * (a + b)
+    out = jnp.where(finite, root, jnp.where(u <= 0.0, -jnp.inf, jnp.inf))
+    return jnp.where((u < 0.0) | (u > 1.0) | jnp.isnan(u), jnp.nan, out)
 
 
 @jax.jit

@@ -339,3 +339,27 @@ def test_new_batch_sizes_in_a_seen_bucket_compile_nothing(xla_compiles):
             lp, clp, draws = call(b)
             assert lp.shape == (b,) and clp.shape == (b, 3) and draws.shape == (3, b, 2)
     assert compiled == []
+
+
+@pytest.mark.parametrize("batch", [(), (3,), (2, 4)])
+def test_univariate_cdf_icdf_padded_equal_unpadded_and_compile_once(batch, xla_compiles):
+    """cdf/icdf (D == 1) run as one compiled call per power-of-two bucket (each new shape
+    compiled every operation of the bisection); eager values equal the jitted ones."""
+    rng = np.random.default_rng(1)
+    g = GaussianMixture.univariate(
+        rng.dirichlet(np.ones(3), size=batch or None),
+        rng.normal(size=batch + (3,)),
+        rng.uniform(0.5, 2.0, size=batch + (3,)),
+    )
+    for shape in [(), batch + (1,), (5,) + batch + (1,)]:
+        for method, lo, hi in (("cdf", -3.0, 3.0), ("icdf", 0.0, 1.0)):
+            v = rng.uniform(lo, hi, size=shape).astype(np.float32)
+            got = getattr(g, method)(v)
+            want = jax.jit(lambda x, m=method: getattr(g, m)(x))(v)
+            assert got.shape == want.shape == np.broadcast_shapes(shape, batch + (1,))
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with xla_compiles() as compiled:
+        for n in (5, 6, 7):  # the bucket of 8 draws was seen above (5 draws)
+            v = rng.uniform(size=(n,) + batch + (1,)).astype(np.float32)
+            assert g.icdf(v).shape == g.cdf(v).shape == v.shape
+    assert compiled == []
