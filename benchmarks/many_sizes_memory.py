@@ -13,7 +13,7 @@ Workload, in one process, one phase per entry point (sizes log-uniform in a rang
 all distinct):
 
 * ``resample``: ``probinfer.resample`` (systematic) in N in [2, 1e5];
-* ``filter_n``: ``particle_filter`` (bootstrap, 1-D LGSSM, T = 20) in N in [100, 1e4];
+* ``filter_n``: ``particle_filter`` (bootstrap, 1-D LGSSM, T = 20) in N in [100, 4000];
 * ``weights``: ``ess``, ``should_resample``, ``log_mean_weight`` in N in [2, 1e5];
 * ``particles``: ``Particles`` ``ess``, ``expectation``, ``resample`` in N in [2, 1e5];
 * ``tempered_smc``: a one-parameter model, 2 RWMH moves, at most 4 steps, N in [64, 512];
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=int, default=300, help="sizes per other phase")
     p.add_argument("--slow-sizes", type=int, default=100, help="tempered_smc, sbc/tarp, filters")
     p.add_argument("--samples", type=int, default=20, help="RSS samples per phase")
-    p.add_argument("--phase-seconds", type=float, default=60.0)
+    p.add_argument("--phase-seconds", type=float, default=75.0)
     p.add_argument("--only", default=None, help="comma-separated phase names")
     p.add_argument("--out", default="many_sizes_memory")
     args = p.parse_args(argv)
@@ -233,7 +233,7 @@ def main(argv=None) -> None:
     s, slow = args.sizes, args.slow_sizes
     phases = {
         "resample": (resample, (args.resample_sizes, 2, 100_000)),
-        "filter_n": (filter_n, (args.filter_sizes, 100, 10_000)),
+        "filter_n": (filter_n, (args.filter_sizes, 100, 4000)),
         "weights": (weights, (s, 2, 100_000)),
         "particles": (particles, (s, 2, 100_000)),
         "tempered_smc": (tempered, (slow, 64, 512)),
