@@ -42,7 +42,13 @@ def cqr_scores(y, lower, upper) -> np.ndarray:
     y = as_float_array(y, "y")
     lo, hi = _rearranged(lower, upper)
     check_same_length(y=y, lower=lo, upper=hi)
-    return np.maximum(lo - y, y - hi)
+    return _scores(y, lo, hi)
+
+
+def _scores(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``max(lo - y, y - hi)``; beyond float64's range: ``inf``, an unbounded score."""
+    with np.errstate(over="ignore"):
+        return np.maximum(lo - y, y - hi)
 
 
 def _rearranged(lower, upper) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +157,7 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         y = as_float_array(y, "y")
         lo, hi = self._band(X, lower, upper, distribution)
         check_same_length(y=y, lower=lo)
-        self.conformity_scores_ = np.maximum(lo - y, y - hi)
+        self.conformity_scores_ = _scores(y, lo, hi)
         self.n_calibration_ = len(y)
         self.quantile_ = conformal_quantile(self.conformity_scores_, alpha)
         return self
@@ -173,7 +179,8 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         """
         check_calibrated(self, "predict_interval")
         lo, hi = self._band(X, lower, upper, distribution)
-        out = np.stack([lo - self.quantile_, hi + self.quantile_], axis=1)
+        with np.errstate(over="ignore"):  # a bound beyond float64's range: infinite
+            out = np.stack([lo - self.quantile_, hi + self.quantile_], axis=1)
         empty = out[:, 0] > out[:, 1]
         out[empty] = (lo[empty] / 2 + hi[empty] / 2)[:, None]
         return out

@@ -37,7 +37,7 @@ def absolute_residual_scores(y, y_pred) -> np.ndarray:
     y = as_float_array(y, "y")
     y_pred = _check_point_predictions(y_pred)
     check_same_length(y=y, y_pred=y_pred)
-    return np.abs(y - y_pred)
+    return _residuals(y, y_pred)
 
 
 def normalized_residual_scores(y, y_pred, scale) -> np.ndarray:
@@ -46,7 +46,14 @@ def normalized_residual_scores(y, y_pred, scale) -> np.ndarray:
     y_pred = _check_point_predictions(y_pred)
     scale = _check_scale(scale, "scale")
     check_same_length(y=y, y_pred=y_pred, scale=scale)
-    return np.abs(y - y_pred) / scale
+    return _residuals(y, y_pred, scale)
+
+
+def _residuals(y: np.ndarray, mu: np.ndarray, sigma: np.ndarray | None = None) -> np.ndarray:
+    """``|y - mu|`` (``/ sigma``); beyond float64's range: ``inf``, an unbounded score."""
+    with np.errstate(over="ignore"):
+        r = np.abs(y - mu)
+        return r if sigma is None else r / sigma
 
 
 def _check_point_predictions(y_pred) -> np.ndarray:
@@ -166,11 +173,11 @@ class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
         check_same_length(y=y, y_pred=mu)
         if self.conformity_score == "absolute":
             self._check_no_scale(scale)
-            self.conformity_scores_ = np.abs(y - mu)
+            self.conformity_scores_ = _residuals(y, mu)
         else:
             sigma = self._scale(scale, X)
             check_same_length(y=y, scale=sigma)
-            self.conformity_scores_ = np.abs(y - mu) / sigma
+            self.conformity_scores_ = _residuals(y, mu, sigma)
         self.n_calibration_ = len(y)
         self.quantile_ = conformal_quantile(self.conformity_scores_, alpha)
         return self
@@ -207,10 +214,12 @@ class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
         if self.conformity_score == "normalized":
             sigma = self._scale(scale, X)
             check_same_length(y_pred=mu, scale=sigma)
-            q = q * sigma
+            with np.errstate(over="ignore"):
+                q = q * sigma
         else:
             self._check_no_scale(scale)
         out = np.empty((mu.shape[0], 2))
-        np.subtract(mu, q, out=out[:, 0])
-        np.add(mu, q, out=out[:, 1])
+        with np.errstate(over="ignore"):  # a bound beyond float64's range: infinite
+            np.subtract(mu, q, out=out[:, 0])
+            np.add(mu, q, out=out[:, 1])
         return out

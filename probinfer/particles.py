@@ -130,13 +130,22 @@ class Particles:
         or a non-array store implementing ``take(indices)`` and ``__len__``.
     log_weights
         Unnormalised log weights, shape ``(N,)``; ``-inf`` marks a particle with
-        zero weight. Defaults to zeros (equal weights).
+        zero weight. Defaults to zeros (equal weights). Host data is converted without
+        compiling anything; a maximum beyond the float32 range (``1e39`` in float64)
+        raises ``ValueError`` (shift the log weights by their maximum first).
 
     Notes
     -----
     ``Particles`` is a JAX pytree (``values`` and ``log_weights`` are its children),
     so it passes through ``jit``, ``vmap`` and ``lax.scan`` when ``values`` is an
     array pytree. Shape checks run only on concrete inputs.
+
+    Called eagerly, the weight summaries (:attr:`ess`, :attr:`log_mean_weight`,
+    :attr:`normalized_weights`), :meth:`expectation`, :meth:`take` and :meth:`resample`
+    run on the host (numpy) for numpy leaves and JAX leaves on the CPU, and resampling
+    itself at bucketed sizes, so a program handling many different particle counts
+    compiles a bounded number of XLA programs. JAX leaves on an accelerator are gathered
+    and reduced there (one small program per new ``N``).
     """
 
     values: Any

@@ -137,7 +137,10 @@ def check_log_weights(log_weights, name: str = "log_weights") -> Array:
         if lw.ndim != 1 or lw.shape[0] == 0:
             raise ValueError(f"{name} must be a non-empty 1-D array, got shape {lw.shape}")
         return lw if jnp.issubdtype(lw.dtype, jnp.floating) else lw.astype(jnp.float32)
-    return as_log_weights(check_log_weights_numpy(log_weights, name), name)
+    a = check_log_weights_numpy(log_weights, name)
+    if isinstance(log_weights, jax.Array) and jnp.issubdtype(log_weights.dtype, jnp.floating):
+        return log_weights  # already a JAX float array: no copy
+    return as_log_weights(a, name)
 
 
 def check_log_weights_numpy(log_weights, name: str = "log_weights") -> np.ndarray:

@@ -84,11 +84,12 @@ DTYPES = ["float64", "float32", "float16", "int32", "int64", "bool", "complex128
 
 
 @st.composite
-def arrays(draw, min_size: int = 0, max_size: int = 8, shapes=("1d",), dtypes=DTYPES):
-    """Short arrays of edge-case reals in many dtypes and containers (numpy, JAX, lists)."""
+def arrays(draw, min_size=0, max_size=8, shapes=("1d",), dtypes=DTYPES, zeros=True, elements=reals):
+    """Short arrays of edge-case reals in many dtypes and containers (numpy, JAX, lists);
+    with ``zeros``, often many ``-inf`` (zero weights), sometimes all."""
     n = draw(st.integers(min_size, max_size))
-    values = np.array(draw(st.lists(reals, min_size=n, max_size=n)), dtype=np.float64)
-    if n and draw(st.booleans()):  # many zero weights, sometimes all
+    values = np.array(draw(st.lists(elements, min_size=n, max_size=n)), dtype=np.float64)
+    if zeros and n and draw(st.booleans()):
         values[draw(st.lists(st.integers(0, n - 1), max_size=n))] = -np.inf
     shape = draw(st.sampled_from(shapes))
     if shape == "0d":
@@ -276,8 +277,39 @@ def test_fuzz_particles():
 
 # ----------------------------------------------------------------------------- calibration
 
-alphas = st.one_of(st.sampled_from([0.1, 0.5, 0.9]), st.floats(allow_nan=True), st.just("a"))
-cal_arrays = arrays(max_size=12, dtypes=["float64", "float32", "int64", "list", "str"])
+alphas = st.one_of(
+    st.sampled_from([0.1, 0.2, 0.5, 0.9, 0.1, 0.2, 0.5, 0.9, np.nan, 0.0, 1.0, -1.0, "a"]),
+    st.floats(0.0, 1.0),
+)
+CAL_DTYPES = ["float64", "float64", "float64", "float32", "int64", "list", "str"]
+VALID_DTYPES = ["float64", "float64", "int64", "list"]  # float32 would overflow 1e300
+#: valid but extreme: finite values of any magnitude, and moderate ones
+valid_reals = st.one_of(
+    st.floats(-1e3, 1e3),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(SPECIAL[:12]),
+)
+
+
+@st.composite
+def cal_inputs(draw, num_cal: int, num_test: int) -> list:
+    """``num_cal`` calibration arrays of one length, then ``num_test`` test arrays of another.
+
+    Half the examples are valid (real dtypes, equal lengths, finite values of any magnitude),
+    so that they reach ``predict_interval``; the other half mix in edge cases: NaN, inf,
+    strings, empty arrays, lengths one too long.
+    """
+    valid = draw(st.booleans())
+    lengths = [draw(st.integers(1 if valid else 0, 8))] * num_cal
+    lengths += [draw(st.integers(1 if valid else 0, 4))] * num_test
+    out = []
+    for k in lengths:
+        if valid:
+            out.append(draw(arrays(k, k, dtypes=VALID_DTYPES, zeros=False, elements=valid_reals)))
+        else:
+            k += draw(st.integers(0, 9)) == 0
+            out.append(draw(arrays(k, k, dtypes=CAL_DTYPES, zeros=False)))
+    return out
 
 
 def magnitude(*xs) -> float:
@@ -287,6 +319,7 @@ def magnitude(*xs) -> float:
 def check_interval(band, extent: float) -> None:
     """No NaN, ``lo <= hi``, and finite bounds unless ``extent`` (``|mu| + q sigma`` or
     ``|quantile| + q``, ``inf`` when ``q`` is) overflows float64."""
+    RUNS["intervals"] += 1  # examples that got this far (the tests check there are many)
     band = host(band)
     assert band.ndim == 2 and band.shape[1] == 2
     assert not np.isnan(band).any(), band
@@ -295,8 +328,9 @@ def check_interval(band, extent: float) -> None:
         assert np.isfinite(band).all(), (band, extent)
 
 
-@fuzz("split", cal_arrays, cal_arrays, cal_arrays, cal_arrays, cal_arrays, alphas, st.booleans())
-def fuzz_split(y, y_pred, scale, y_pred_test, scale_test, alpha, normalized):
+@fuzz("split", cal_inputs(3, 2), alphas, st.booleans())
+def fuzz_split(inputs, alpha, normalized):
+    y, y_pred, scale, y_pred_test, scale_test = inputs
     names = ("y", "y_pred", "scale", "alpha")
     for fn, args in ((absolute_residual_scores, (y, y_pred)),
                      (normalized_residual_scores, (y, y_pred, scale))):  # fmt: skip
@@ -321,11 +355,14 @@ def fuzz_split(y, y_pred, scale, y_pred_test, scale_test, alpha, normalized):
 
 
 def test_fuzz_split_conformal():
+    RUNS["intervals"] = 0
     run_counted("split", fuzz_split)
+    assert RUNS["intervals"] >= EXAMPLES["split"] // 5  # most valid examples reach the end
 
 
-@fuzz("cqr", cal_arrays, cal_arrays, cal_arrays, cal_arrays, cal_arrays, alphas)
-def fuzz_cqr(y, lower, upper, lower_test, upper_test, alpha):
+@fuzz("cqr", cal_inputs(3, 2), alphas)
+def fuzz_cqr(inputs, alpha):
+    y, lower, upper, lower_test, upper_test = inputs
     names = ("y", "lower", "upper", "alpha")
     try:
         s = host(cqr_scores(y, lower, upper))
@@ -344,7 +381,9 @@ def fuzz_cqr(y, lower, upper, lower_test, upper_test, alpha):
 
 
 def test_fuzz_cqr():
+    RUNS["intervals"] = 0
     run_counted("cqr", fuzz_cqr)
+    assert RUNS["intervals"] >= EXAMPLES["cqr"] // 5
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
