@@ -104,19 +104,30 @@ def _least_squares(a: Array, b: Array) -> Array:
     return jax.scipy.linalg.cho_solve((chol, True), a.T @ b)
 
 
-def _cross_fitted_fit(fit, other, degree):
-    """Control-variate part ``f . beta`` of each particle of ``other``, with the
-    coefficients ``beta`` fitted on ``fit`` (``f`` centred by ``fit``'s features)."""
-    (th_f, s_f, w_f), (th_o, s_o) = fit, other
-    center, scale = jnp.mean(th_f, axis=0), jnp.std(th_f, axis=0)
-    f_fit = zv_features(th_f, s_f, degree, center, scale)
-    f_other = zv_features(th_o, s_o, degree, center, scale)
-    beta = _least_squares(f_fit - jnp.mean(f_fit, axis=0), w_f - jnp.mean(w_f))
-    return f_other @ beta
+def _masked_mean(x: Array, mask: Array) -> Array:
+    m = mask.reshape(mask.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+    return jnp.sum(m * x, axis=0) / jnp.sum(m, axis=0)
+
+
+def _cross_fitted_fit(theta, score, w, fit, other, degree):
+    """Control-variate part ``f . beta`` of each particle in the ``other`` mask (0 outside
+    it), with the coefficients ``beta`` fitted on the particles in the ``fit`` mask."""
+    center = _masked_mean(theta, fit)
+    scale = jnp.sqrt(_masked_mean((theta - center) ** 2, fit))
+    f = zv_features(theta, score, degree, center, scale)
+    a = jnp.where(fit[:, None], f - _masked_mean(f, fit), 0.0)
+    b = jnp.where(fit, w - _masked_mean(w, fit), 0.0)
+    return jnp.where(other, f @ _least_squares(a, b), 0.0)
 
 
 def zv_log_mean_weight(
-    log_w: Array, theta: Array, score: Array, degree: int, *, return_used: bool = False
+    log_w: Array,
+    theta: Array,
+    score: Array,
+    degree: int,
+    *,
+    num_valid: Array | int | None = None,
+    return_used: bool = False,
 ) -> Array | tuple[Array, Array]:
     """``log E_pi[w]`` from ``log_w`` (``-inf`` allowed) with cross-fitted control variates.
 
@@ -127,9 +138,9 @@ def zv_log_mean_weight(
     regression does not transfer between the halves: heavy-tailed scores or weights (a
     funnel, such as a hierarchical scale near 0, or a heavy-tailed prior at the first
     tempering step), where a few particles dominate the fit and the adjusted mean is biased
-    (centred eight schools: log Z off by -0.10 on average with the control variates
-    everywhere, against 0.005 for the plain mean). The plain mean is also returned when the
-    scores are not finite or the adjusted mean is not positive.
+    (centred eight schools: log Z RMSE 0.235 with the control variates everywhere, against
+    0.035 for the plain mean). The plain mean is also returned when the scores are not
+    finite or the adjusted mean is not positive.
 
     Parameters
     ----------
@@ -139,24 +150,33 @@ def zv_log_mean_weight(
         ``(N, D)`` particles of ``pi`` and ``grad log pi`` at them.
     degree
         Degree of the control variates (:func:`zv_degree`; 0: the plain mean).
+    num_valid
+        Only the first ``num_valid`` (traceable) particles are real (bucketed runs); the
+        others are ignored. Default: all ``N``.
     return_used
         Also return whether the control variates were used (a boolean scalar).
     """
-    plain = log_mean_weight(log_w)
+    n = log_w.shape[0]
+    idx = jnp.arange(n)
+    nv = n if num_valid is None else num_valid
+    real = idx < nv
+    log_w = jnp.where(real, log_w, -jnp.inf)
+    plain = log_mean_weight(log_w) + jnp.log(n / jnp.asarray(nv, log_w.dtype))
     if degree == 0:
         return (plain, jnp.asarray(False)) if return_used else plain
-    n = log_w.shape[0]
-    h = n // 2
     w = jnp.exp(log_w - jnp.max(log_w))
-    w = w / jnp.mean(w)
-    ok = jnp.all(jnp.isfinite(score))
-    score = jnp.where(ok, score, 0.0)
-    a, b = slice(0, h), slice(h, n)
-    fit_b = _cross_fitted_fit((theta[a], score[a], w[a]), (theta[b], score[b]), degree)
-    fit_a = _cross_fitted_fit((theta[b], score[b], w[b]), (theta[a], score[a]), degree)
-    fitted = jnp.concatenate([fit_a, fit_b])  # particle order
-    adjusted = 1.0 - jnp.mean(fitted)
-    helps = jnp.var(w - fitted) < jnp.var(w)
+    w = w / _masked_mean(w, real)
+    ok = jnp.all(jnp.isfinite(jnp.where(real[:, None], score, 0.0)))
+    score = jnp.where(ok & real[:, None], score, 0.0)
+    theta = jnp.where(real[:, None], theta, 0.0)
+    a, b = idx < nv // 2, real & (idx >= nv // 2)
+    fitted = _cross_fitted_fit(theta, score, w, a, b, degree)
+    fitted = fitted + _cross_fitted_fit(theta, score, w, b, a, degree)
+    adjusted = 1.0 - _masked_mean(fitted, real)
+    w_mean = _masked_mean(w, real)
+    helps = _masked_mean((w - fitted - (w_mean - _masked_mean(fitted, real))) ** 2, real) < (
+        _masked_mean((w - w_mean) ** 2, real)
+    )
     used = ok & helps & jnp.isfinite(adjusted) & (adjusted > 0)
     est = jnp.where(used, plain + jnp.log(jnp.where(used, adjusted, 1.0)), plain)
     return (est, used) if return_used else est

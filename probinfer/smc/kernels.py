@@ -3,7 +3,9 @@
 Each kernel leaves ``pi_lambda(theta) ∝ exp(log_prior(theta) + lambda * log_lik(theta))``
 invariant and is tuned from the current particle population (covariance, scales), which
 is what makes SMC samplers adaptive without breaking the invariance of each move.
-Every kernel returns ``(theta, log_prior, log_lik, acceptance_rate)``.
+Every kernel returns ``(theta, log_prior, log_lik, acceptance_rate)``. With a ``mask``
+(bucketed runs: padding slots are ``False``) the population statistics (covariance,
+variances, acceptance rate) are those of the real particles only.
 """
 
 from __future__ import annotations
@@ -58,19 +60,35 @@ def _mh_accept(key, log_ratio):
     return jnp.log(u) < log_ratio, jnp.exp(jnp.minimum(log_ratio, 0.0))
 
 
-def _particle_chol(theta):
+def _mean(x, mask):
+    """Mean over the particle axis of ``x``, over the ``mask``ed particles when given."""
+    if mask is None:
+        return jnp.mean(x, axis=0)
+    m = mask.reshape(mask.shape + (1,) * (x.ndim - 1)).astype(x.dtype)
+    return jnp.sum(m * x, axis=0) / jnp.sum(m, axis=0)
+
+
+def _cov(theta, mask):
+    """Particle covariance ``(D, D)`` (``ddof = 1``), of the ``mask``ed particles when given."""
+    if mask is None:
+        return jnp.atleast_2d(jnp.cov(theta, rowvar=False))
+    c = jnp.where(mask[:, None], theta - _mean(theta, mask), 0.0)
+    return c.T @ c / (jnp.sum(mask) - 1)
+
+
+def _particle_chol(theta, mask=None):
     """Cholesky factor of the particle covariance (diagonal fallback if not PD)."""
     d = theta.shape[1]
-    cov = jnp.atleast_2d(jnp.cov(theta, rowvar=False)) + 1e-8 * jnp.eye(d)
+    cov = _cov(theta, mask) + 1e-8 * jnp.eye(d)
     chol = jnp.linalg.cholesky(cov)
     return jnp.where(jnp.all(jnp.isfinite(chol)), chol, jnp.diag(jnp.sqrt(jnp.diag(cov))))
 
 
-def rwmh_move(key, theta, lp, ll, lam, dens: Densities, scale, num_steps: int):
+def rwmh_move(key, theta, lp, ll, lam, dens: Densities, scale, num_steps: int, mask=None):
     """Random-walk Metropolis with proposal ``N(theta, scale^2 Sigma)``, ``Sigma`` the particle
     covariance."""
     n, d = theta.shape
-    chol = _particle_chol(theta)
+    chol = _particle_chol(theta, mask)
 
     def body(carry, k):
         th, lp, ll = carry
@@ -79,14 +97,16 @@ def rwmh_move(key, theta, lp, ll, lam, dens: Densities, scale, num_steps: int):
         lp_p, ll_p = dens.log_prior(prop), dens.log_lik(prop)
         ok, acc = _mh_accept(k2, lp_p + lam * ll_p - lp - lam * ll)
         th = jnp.where(ok[:, None], prop, th)
-        return (th, jnp.where(ok, lp_p, lp), jnp.where(ok, ll_p, ll)), jnp.mean(acc)
+        return (th, jnp.where(ok, lp_p, lp), jnp.where(ok, ll_p, ll)), _mean(acc, mask)
 
     (theta, lp, ll), accs = jax.lax.scan(body, (theta, lp, ll), jax.random.split(key, num_steps))
     return theta, lp, ll, jnp.mean(accs)
 
 
-def _inv_mass(theta):
-    return jnp.maximum(jnp.var(theta, axis=0), 1e-10)
+def _inv_mass(theta, mask=None):
+    if mask is None:
+        return jnp.maximum(jnp.var(theta, axis=0), 1e-10)
+    return jnp.maximum(_mean((theta - _mean(theta, mask)) ** 2, mask), 1e-10)
 
 
 def max_hmc_step_size(num_leapfrog: int) -> float:
@@ -102,7 +122,16 @@ def max_hmc_step_size(num_leapfrog: int) -> float:
 
 
 def hmc_move(
-    key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: int, num_leapfrog: int = 10
+    key,
+    theta,
+    lp,
+    ll,
+    lam,
+    dens: Densities,
+    step_size,
+    num_steps: int,
+    num_leapfrog: int = 10,
+    mask=None,
 ):
     """Hamiltonian Monte Carlo with the particle covariance as (dense) inverse mass matrix.
 
@@ -115,7 +144,7 @@ def hmc_move(
     log likelihood.
     """
     n, d = theta.shape
-    chol = _particle_chol(theta)
+    chol = _particle_chol(theta, mask)
     h = jnp.minimum(step_size, max_hmc_step_size(num_leapfrog))
 
     def grad_u(th):  # gradient of the potential -log pi_lambda
@@ -146,7 +175,7 @@ def hmc_move(
             jnp.where(ok, ll_p, ll),
             jnp.where(ok[:, None], g_p, g),
         )
-        return carry, jnp.mean(acc)
+        return carry, _mean(acc, mask)
 
     _, _, g0 = grad_u(theta)
     (theta, lp, ll, _), accs = jax.lax.scan(
@@ -156,14 +185,23 @@ def hmc_move(
 
 
 def nuts_move(
-    key, theta, lp, ll, lam, dens: Densities, step_size, num_steps: int, max_tree_depth: int = 6
+    key,
+    theta,
+    lp,
+    ll,
+    lam,
+    dens: Densities,
+    step_size,
+    num_steps: int,
+    max_tree_depth: int = 6,
+    mask=None,
 ):
     """The No-U-Turn sampler (NumPyro's tree builder), vmapped over particles, with the
     diagonal mass matrix from the particle variances."""
     from numpyro.infer.hmc_util import build_tree, euclidean_kinetic_energy, velocity_verlet
 
     n, d = theta.shape
-    inv_m = _inv_mass(theta)
+    inv_m = _inv_mass(theta, mask)
 
     def potential_one(z):
         return -(dens.log_prior(z[None])[0] + lam * dens.log_lik(z[None])[0])
@@ -187,7 +225,7 @@ def nuts_move(
 
     def body(th, k):
         th, acc = jax.vmap(one)(th, jax.random.split(k, n))
-        return th, jnp.mean(acc)
+        return th, _mean(acc, mask)
 
     theta, accs = jax.lax.scan(body, theta, jax.random.split(key, num_steps))
     return theta, dens.log_prior(theta), dens.log_lik(theta), jnp.mean(accs)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probinfer.checks import check_num
+from probinfer.engine.core import bucket_size
 from probinfer.particles import Particles
 from probinfer.smc.evidence import EVIDENCE_ESTIMATORS, zv_degree, zv_log_mean_weight
 from probinfer.smc.feynman_kac import (
@@ -101,6 +102,9 @@ class TemperingData(NamedTuple):
     # the target when it is a pytree (its data then enters compiled code as an argument, so
     # a new target of the same model and data shapes reuses the compiled run), else None
     target: Any = None
+    # bucketed runs: the number of real particles (they lead; the padding slots carry
+    # weight 0 and are left out of every population statistic), else None
+    num_valid: Any = None
 
 
 class StepStats(NamedTuple):
@@ -130,10 +134,10 @@ class _Config(NamedTuple):
 MIN_DELTA = 1e-6
 
 
-def _next_delta(log_lik, log_weights, lam, ess_target, num_bisection: int = 40):
+def _next_delta(log_lik, log_weights, lam, ess_target, num_valid=None, num_bisection: int = 40):
     """Largest ``delta <= 1 - lam`` with ``ESS(lw + delta * log_lik) >= ess_target * N``
-    (at least :data:`MIN_DELTA`)."""
-    n = log_lik.shape[0]
+    (at least :data:`MIN_DELTA`); ``N`` is ``num_valid`` in a bucketed run."""
+    n = log_lik.shape[0] if num_valid is None else num_valid
     finite = jnp.isfinite(log_lik)
 
     def ess_frac(delta):
@@ -168,18 +172,20 @@ def _adapt_scale(scale, acc, cfg: _Config):
     return jnp.clip(scale * jnp.exp(2.0 * (acc - target)), 1e-4, _max_scale(cfg))
 
 
-def _move(key, lam, values: TemperedParticles, scale, dens: Densities, cfg: _Config):
-    """``cfg.num_mcmc_steps`` MCMC moves invariant for ``pi_lam``."""
+def _move(key, lam, values: TemperedParticles, scale, dens: Densities, cfg: _Config, mask=None):
+    """``cfg.num_mcmc_steps`` MCMC moves invariant for ``pi_lam`` (tuned on the ``mask``ed
+    particles when given)."""
     th, lp, ll = values.theta, values.log_prior, values.log_lik
+    steps = cfg.num_mcmc_steps
     if cfg.kernel == "rwmh":
-        th, lp, ll, acc = rwmh_move(key, th, lp, ll, lam, dens, scale, cfg.num_mcmc_steps)
+        th, lp, ll, acc = rwmh_move(key, th, lp, ll, lam, dens, scale, steps, mask=mask)
     elif cfg.kernel == "hmc":
         th, lp, ll, acc = hmc_move(
-            key, th, lp, ll, lam, dens, scale, cfg.num_mcmc_steps, cfg.num_leapfrog
+            key, th, lp, ll, lam, dens, scale, steps, cfg.num_leapfrog, mask=mask
         )
     else:
         th, lp, ll, acc = nuts_move(
-            key, th, lp, ll, lam, dens, scale, cfg.num_mcmc_steps, cfg.max_tree_depth
+            key, th, lp, ll, lam, dens, scale, steps, cfg.max_tree_depth, mask=mask
         )
     score = values.score
     if cfg.zv_degree:
@@ -208,14 +214,19 @@ def tempering_feynman_kac_fns(dens: Densities | None, cfg: _Config):
 
     def M(key, t, values, data: TemperingData):
         d = _densities(data.target) if dens is None else dens
-        return _move(key, data.lam, values, data.scale, d, cfg)
+        mask = None
+        if data.num_valid is not None:
+            mask = jnp.arange(values.log_lik.shape[0]) < data.num_valid
+        return _move(key, data.lam, values, data.scale, d, cfg, mask)
 
     def adapt(t, values, log_weights, data: TemperingData):
         lam = data.lam
         moved = jnp.asarray(t) > 0
         acc = jnp.where(moved, jnp.mean(values.acceptance), jnp.nan)
         scale = jnp.where(moved, _adapt_scale(data.scale, acc, cfg), data.scale)
-        delta = _next_delta(values.log_lik, log_weights.astype(lam.dtype), lam, cfg.ess_target)
+        delta = _next_delta(
+            values.log_lik, log_weights.astype(lam.dtype), lam, cfg.ess_target, data.num_valid
+        )
         new_lam = jnp.where(1.0 - (lam + delta) < 1e-6, 1.0, lam + delta).astype(lam.dtype)
         return data._replace(
             lam=new_lam, lam_prev=lam, scale=scale, scale_used=data.scale, acceptance=acc
@@ -234,7 +245,14 @@ def tempering_feynman_kac_fns(dens: Densities | None, cfg: _Config):
         delta = data.lam - data.lam_prev
         if cfg.zv_degree:
             log_w = jnp.where(jnp.isfinite(v.log_lik), delta * v.log_lik, -jnp.inf)
-            inc, used = zv_log_mean_weight(log_w, v.theta, v.score, cfg.zv_degree, return_used=True)
+            inc, used = zv_log_mean_weight(
+                log_w,
+                v.theta,
+                v.score,
+                cfg.zv_degree,
+                num_valid=data.num_valid,
+                return_used=True,
+            )
             inc, used = jnp.where(delta > 0, inc, 0.0), used & (delta > 0)
         else:
             inc, used = jnp.full((), jnp.nan, data.lam.dtype), jnp.asarray(False)
@@ -281,8 +299,13 @@ def _initial_terms(target, theta, with_score: bool):
         return _terms(target, theta, with_score)
 
 
-def _initial_data(key, target, n, kernel, initial_scale, num_leapfrog=10, with_score=False):
-    theta = jnp.asarray(target.sample_prior(key, n))
+def _initial_data(
+    key, target, n, kernel, initial_scale, num_leapfrog=10, with_score=False, size=None
+):
+    """The prior draws and the initial tuning. With ``size`` (a bucketed run) ``size >= n``
+    prior draws are made and evaluated; the first ``n`` are the particles, the others fill
+    the padding slots (weight 0)."""
+    theta = jnp.asarray(target.sample_prior(key, n if size is None else size))
     lp, ll, score = _initial_terms(target, theta, with_score)
     d = theta.shape[1]
     if initial_scale is None:
@@ -295,11 +318,20 @@ def _initial_data(key, target, n, kernel, initial_scale, num_leapfrog=10, with_s
     scale = jnp.asarray(initial_scale, theta.dtype)
     zero = jnp.zeros((), theta.dtype)
     initial = TemperedParticles(theta, lp, ll, score, jnp.full(ll.shape, jnp.nan, ll.dtype))
-    return TemperingData(zero, zero, scale, scale, jnp.full((), jnp.nan, theta.dtype), initial)
+    num_valid = None if size is None else jnp.asarray(n, jnp.int32)
+    nan = jnp.full((), jnp.nan, theta.dtype)
+    return TemperingData(zero, zero, scale, scale, nan, initial, num_valid=num_valid)
+
+
+def _bucket(num_particles: int) -> int:
+    """The padded particle count of a bucketed run (that of :func:`probinfer.smc.run_smc`)."""
+    return bucket_size(int(num_particles), 16, per_octave=4)
 
 
 def _check_init(data: TemperingData):
     ll = np.asarray(data.initial.log_lik)
+    if data.num_valid is not None:
+        ll = ll[: int(data.num_valid)]
     bad = int(np.sum(~np.isfinite(ll)))
     if bad == ll.shape[0]:
         raise ValueError(
@@ -328,13 +360,14 @@ def tempering_feynman_kac(
     num_leapfrog=10,
     max_tree_depth=6,
     evidence="auto",
+    bucket=False,
 ) -> tuple[FeynmanKac, Callable, _Config]:
     """Adaptive tempering of ``target`` as a :class:`~probinfer.smc.FeynmanKac` model.
 
     Returns ``(fk, summary, cfg)``; run it with :func:`~probinfer.smc.run_smc` (or
-    :func:`~probinfer.smc.smc_scan`, vmappable over keys) with ``ess_threshold=1.0``.
-    The prior draws are made here, eagerly, with ``key`` (the target's sampler may be a
-    black box); see :func:`tempered_smc` for the arguments.
+    :func:`~probinfer.smc.smc_scan`, vmappable over keys) with ``ess_threshold=1.0``
+    (and the same ``bucket``). The prior draws are made here, eagerly, with ``key`` (the
+    target's sampler may be a black box); see :func:`tempered_smc` for the arguments.
     """
     cfg = _config(
         target,
@@ -347,8 +380,9 @@ def tempering_feynman_kac(
         max_tree_depth,
         evidence,
     )
+    size = _bucket(num_particles) if bucket else None
     data = _initial_data(
-        key, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0
+        key, target, num_particles, kernel, initial_scale, num_leapfrog, cfg.zv_degree > 0, size
     )
     if getattr(target, "traced_data", False) and _is_pytree(target):  # data: an argument
         data = data._replace(target=target)
@@ -562,6 +596,7 @@ def tempered_smc(
     jit: bool = True,
     progress: bool | None = None,
     shard: bool = False,
+    bucket: bool = True,
 ) -> TemperedSMCResult:
     """Adaptive tempered SMC from the prior to the posterior of a static model.
 
@@ -616,6 +651,14 @@ def tempered_smc(
         ``True`` places the particles over all devices (or pass a ``jax.sharding.Mesh``
         with a ``"particles"`` axis); ``num_particles`` must divide evenly. The moves and
         likelihoods run on each device's particles; see :func:`probinfer.smc.run_smc`.
+    bucket
+        Jitted, unsharded runs: pad the particle arrays to one of four sizes per octave
+        (:func:`probinfer.engine.bucket_size`; at most 25% extra work) with slots that carry
+        weight 0, are never resampled and are left out of the kernel tuning, the
+        temperature choice and the evidence, so that runs with many different
+        ``num_particles`` reuse a bounded set of compiled programs. The result for a given
+        ``num_particles`` has the distribution of the unpadded run (its random numbers
+        differ); the same key gives the same result.
 
     Returns
     -------
@@ -623,6 +666,7 @@ def tempered_smc(
     """
     _check(target, num_particles, kernel, num_mcmc_steps, ess_target, scheme, max_steps)
     start = time.perf_counter()
+    bucket = bool(bucket) and jit and (shard is False or shard is None)
     k_init, k_run = jax.random.split(key)
     fk, summary, cfg = tempering_feynman_kac(
         k_init,
@@ -637,6 +681,7 @@ def tempered_smc(
         num_leapfrog=num_leapfrog,
         max_tree_depth=max_tree_depth,
         evidence=evidence,
+        bucket=bucket,
     )
     _check_init(fk.data)
     res = run_smc(
@@ -651,6 +696,7 @@ def tempered_smc(
         progress=progress,
         desc="tempered SMC",
         shard=shard,
+        bucket=bucket,
     )
     stats = res.summaries
     lams = np.asarray(stats.lam)
@@ -663,12 +709,17 @@ def tempered_smc(
     incs = incs_is
     if cfg.zv_degree:
         incs = np.asarray(stats.log_evidence_increment_zv, dtype=np.float64)
-    values = res.particles.values
-    theta = jnp.asarray(values.theta)
-    particles = Particles(theta, jnp.zeros(num_particles, theta.dtype))
-    samples = target.constrain(theta)
-    jax.block_until_ready(samples)
-    log_lik, observed = _pointwise_groups(target, theta)
+    theta = jnp.asarray(res.particles.values.theta)
+    particles = Particles(theta, np.zeros(num_particles, theta.dtype))
+    # constrained values and pointwise terms of the particles, evaluated at the bucketed
+    # size (padded on the host with copies of particle 0) and cut on the host
+    padded = theta
+    if bucket:
+        rows = np.asarray(theta)
+        fill = np.broadcast_to(rows[:1], (_bucket(num_particles) - num_particles, rows.shape[1]))
+        padded = jnp.asarray(np.concatenate([rows, fill]))
+    samples = {k: np.asarray(v)[:num_particles] for k, v in target.constrain(padded).items()}
+    log_lik, observed = _pointwise_groups(target, padded, num_particles)
     return TemperedSMCResult(
         particles=particles,
         log_evidence=float(np.sum(incs)),
@@ -691,10 +742,11 @@ def tempered_smc(
     )
 
 
-def _pointwise_groups(target, theta) -> tuple[dict | None, dict | None]:
-    """The pointwise log likelihood split per observed site, and the observed values."""
+def _pointwise_groups(target, theta, num: int) -> tuple[dict | None, dict | None]:
+    """The pointwise log likelihood of the first ``num`` rows of ``theta`` split per
+    observed site, and the observed values."""
     observed = target.observed_data() if hasattr(target, "observed_data") else None
-    pointwise = np.asarray(target.log_likelihood(theta, pointwise=True), np.float64)
+    pointwise = np.asarray(target.log_likelihood(theta, pointwise=True), np.float64)[:num]
     if not observed:
         return {"obs": pointwise}, None
     sizes = [int(np.size(v)) for v in observed.values()]
