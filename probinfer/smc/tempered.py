@@ -25,7 +25,10 @@ every step; each step ``t``
 
 A last move at ``lambda = 1`` makes the output equally weighted. The run is one jitted
 ``lax.while_loop`` (``progress=False``; :func:`tempered_smc_loop` is vmappable over keys),
-a Python loop over the jitted step (progress bar), or eager steps (``jit=False``).
+a Python loop over the jitted step (progress bar), or eager steps (``jit=False``). Jitted
+runs pad the particle count to a bucketed size (``bucket=True``): the padding slots carry
+weight 0 and are masked out of the kernel tuning, the temperature choice and the evidence,
+so many different particle counts reuse a bounded set of compiled programs.
 """
 
 from __future__ import annotations
