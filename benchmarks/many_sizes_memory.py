@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=int, default=300, help="sizes per other phase")
     p.add_argument("--slow-sizes", type=int, default=100, help="tempered_smc, sbc/tarp, filters")
     p.add_argument("--samples", type=int, default=20, help="RSS samples per phase")
-    p.add_argument("--phase-seconds", type=float, default=75.0)
+    p.add_argument("--phase-seconds", type=float, default=120.0)
     p.add_argument("--only", default=None, help="comma-separated phase names")
     p.add_argument("--out", default="many_sizes_memory")
     args = p.parse_args(argv)
