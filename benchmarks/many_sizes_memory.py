@@ -108,7 +108,7 @@ def run_phase(name, call, sizes, counter, samples: int, max_seconds: float) -> d
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--resample-sizes", type=int, default=1000)
-    p.add_argument("--filter-sizes", type=int, default=100)
+    p.add_argument("--filter-sizes", type=int, default=200)
     p.add_argument("--sizes", type=int, default=300, help="sizes per other phase")
     p.add_argument("--slow-sizes", type=int, default=100, help="tempered_smc, sbc/tarp, filters")
     p.add_argument("--samples", type=int, default=20, help="RSS samples per phase")
