@@ -26,12 +26,14 @@ all distinct):
 * ``filter_t``, ``kalman_t``: ``particle_filter`` (N = 256) and ``kalman_filter`` in the
   number of time steps T in [2, 2000].
 
-The resident set size (``VmRSS``, after ``gc.collect()`` and ``malloc_trim(0)`` so that
-freed numpy buffers do not count) is sampled along each phase. The figure of merit is the
-growth over the second half of each phase (new sizes, but no new buckets): with a bounded
-set of compiled programs it is flat up to allocator noise. The XLA compilations of each
-second half are counted too. A phase stops early (``truncated``) after ``--phase-seconds``.
-Writes ``benchmarks/results/many_sizes_memory.json``.
+The first half of each phase's sizes holds a size of every bucket class that occurs (four
+per octave, the finest bucketing in use; sizes swapped across the halves), so the second half
+brings new sizes but no new bucket. The resident set size (``VmRSS``, after ``gc.collect()``
+and ``malloc_trim(0)`` so that freed numpy buffers do not count) is sampled along each phase.
+The figure of merit is the growth over the second half of each phase (new sizes, but no new
+buckets): with a bounded set of compiled programs it is flat up to allocator noise. The XLA
+compilations of each second half are counted too. A phase stops early (``truncated``) after
+``--phase-seconds``. Writes ``benchmarks/results/many_sizes_memory.json``.
 
     OMP_NUM_THREADS=1 python benchmarks/many_sizes_memory.py
 """
@@ -105,6 +107,31 @@ def run_phase(name, call, sizes, counter, samples: int, max_seconds: float) -> d
     return {"summary": summary, "trace": trace}
 
 
+def warm_first_half(sizes):
+    """``sizes`` reordered (swaps across the halves) so that the first half holds a size of
+    every class of the finest bucketing in use (four per octave, :func:`bucket_size`) that
+    occurs: the second half then brings new sizes but no new bucket."""
+    from collections import Counter
+
+    import numpy as np
+
+    from probinfer.engine.core import bucket_size
+
+    half = len(sizes) // 2
+    first, second = list(sizes[:half]), list(sizes[half:])
+    cls = [bucket_size(int(n), 1, per_octave=4) for n in first]
+    for i, n in enumerate(second):
+        c = bucket_size(int(n), 1, per_octave=4)
+        if c in cls:
+            continue
+        counts = Counter(cls)
+        j = next((j for j, k in enumerate(cls) if counts[k] > 1), None)
+        if j is None:
+            break
+        first[j], second[i], cls[j] = n, first[j], c
+    return np.array(first + second)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--resample-sizes", type=int, default=1000)
@@ -136,7 +163,7 @@ def main(argv=None) -> None:
             sizes.add(int(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
         sizes = np.array(sorted(sizes))
         rng.shuffle(sizes)
-        return sizes
+        return warm_first_half(sizes)
 
     ssm = LinearGaussianSSM(A=0.9, Q=1.0, C=1.0, R=1.0, m0=0.0, P0=1.0)
     ys = np.asarray(ssm.simulate(jax.random.key(0), 2000)[1])
