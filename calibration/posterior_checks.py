@@ -56,10 +56,10 @@ _NUM_BAND_SIMULATIONS = 2000
 
 def _uniform(key, shape) -> np.ndarray:
     """``U(0, 1)`` draws of ``shape`` as float64 on the host, cut from a flat draw of a
-    bucketed length (:func:`probinfer.engine.bucket_size`), so that new numbers of problems
-    compile no new program."""
+    power-of-two length (:func:`probinfer.engine.bucket_size`), so that the numbers of problems
+    compile one program per octave, not one each."""
     size = int(np.prod(shape, dtype=np.int64))
-    flat = jax.random.uniform(key, (bucket_size(size, 64, per_octave=4),), dtype=np.float32)
+    flat = jax.random.uniform(key, (bucket_size(size, 64),), dtype=np.float32)
     return np.asarray(flat, dtype=np.float64)[:size].reshape(shape)
 
 
