@@ -195,7 +195,9 @@ class CheckpointDir:
         """
         manifest_file = self.path / _MANIFEST
         if not manifest_file.is_file():
-            return self._check_no_manifest()
+            orphans = sorted(p.name for p in self.path.glob("weights-*.safetensors"))
+            if not manifest_file.is_file():  # still none after the listing: no commit raced in
+                return self._check_no_manifest(orphans)
         for _ in range(_LOAD_ATTEMPTS):
             raw = manifest_file.read_bytes()
             try:
@@ -208,13 +210,12 @@ class CheckpointDir:
             "read (a trainer is committing to it every few milliseconds); try again"
         )
 
-    def _check_no_manifest(self) -> None:
+    def _check_no_manifest(self, orphans: list[str]) -> None:
         if (self.path / "train_state.json").is_file():
             raise ValueError(
                 f"{str(self.path)!r} holds a checkpoint in the old format (train_state.json, "
                 "no manifest), which cannot be verified; train into a new directory"
             )
-        orphans = sorted(p.name for p in self.path.glob("weights-*.safetensors"))
         if orphans:  # save() writes a manifest before the first tensor file
             raise ValueError(
                 f"checkpoint manifest {str(self.path / _MANIFEST)!r} is missing beside "

@@ -191,6 +191,24 @@ def test_load_reads_again_when_a_commit_replaces_the_named_file(committed, monke
     assert CheckpointDir(ck).load()[0] == step + 1 == commits[0]
 
 
+def test_load_sees_a_first_commit_made_while_it_lists_the_directory(tmp_path, monkeypatch):
+    # the reader finds no manifest, then the trainer's first commit lands before the reader
+    # lists the tensor files: that is a commit, not a deleted manifest
+    from amortized import checkpoint
+
+    glob, commits = Path.glob, []
+
+    def commit_first(path, pattern):
+        if not commits:
+            with CheckpointDir(tmp_path) as writer:
+                writer.save(1, {"w": torch.zeros(3)}, {})
+            commits.append(1)
+        return glob(path, pattern)
+
+    monkeypatch.setattr(checkpoint.Path, "glob", commit_first)
+    assert CheckpointDir(tmp_path).load()[0] == 1
+
+
 def _commit_many(ckpt_dir, n):
     t = {"w": torch.arange(1000.0)}
     with CheckpointDir(ckpt_dir) as ck:
