@@ -30,24 +30,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
+def _fraction(strict: bool):
+    """argparse type: a number in [0, 1], or strictly between 0 and 1 when ``strict``."""
+    what = "strictly between 0 and 1" if strict else "in [0, 1]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (0.0 < value < 1.0 if strict else 0.0 <= value <= 1.0):
+            raise argparse.ArgumentTypeError(f"must be a number {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _open_unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number strictly between 0 and 1, got {text!r}")
-    return value
+_unit_interval, _open_unit_interval = _fraction(strict=False), _fraction(strict=True)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
