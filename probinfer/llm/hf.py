@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from probinfer.checks import check_num
+from probinfer.llm.decode import StepDecoder, never_sampled, step_proposal
 from probinfer.llm.protocols import StepProposal
 from probinfer.llm.ssm import key_to_seed
 from probinfer.llm.task import CharTokenizer
@@ -114,17 +115,6 @@ def forward_cached(model, ids, mask, position, layers, *, last: bool = False):
     return logits, tuple((layer.keys, layer.values) for layer in cache.layers)
 
 
-def step_text(tokenizer, history, step, carry: str, head: str | None = None) -> str:
-    """``carry`` + the text the token ids ``step`` add after the token ids ``history``
-    (decoded in a short window of context so that tokenizers with context-dependent
-    spacing decode exactly). ``head``: the window's decoded text, when already known."""
-    window = list(history[-8:])
-    if head is None:
-        head = tokenizer.decode(window)
-    full = tokenizer.decode(window + list(step))
-    return carry + (full[len(head) :] if full.startswith(head) else tokenizer.decode(step))
-
-
 def sample_tokens(logits, temperature: float, gen, pad: int | None = None, noise=None):
     """One token per row from ``softmax(logits / temperature)`` (``argmax`` at temperature
     0), drawn with the torch generator ``gen``; returns ``(tokens, noise)``.
@@ -197,8 +187,7 @@ class HFCausalLM:
         self.eos_text = eos_text
         self.kv_cache = bool(kv_cache)
         self.context_limit = context_limit(model.config)
-        # a character tokenizer's padding id is not a real token: never sample it
-        self._mask_pad = isinstance(tokenizer, CharTokenizer)
+        self._never = never_sampled(tokenizer)  # a token id never drawn (or None)
         self._prompt_rows = None  # (prompt ids, one-row KVRows): the last prompt's prefill
 
     @classmethod
@@ -298,6 +287,25 @@ class HFCausalLM:
         return self._prefill(seqs, logits=True)
 
     # ------------------------------------------------------------------ sampling
+    def _decoders(self, contexts, step_end, prompt_ids) -> list[StepDecoder]:
+        """One :class:`~probinfer.llm.decode.StepDecoder` per particle, continuing its token
+        ids (or, for a text history without token ids, the encoded text)."""
+        if contexts.step_tokens is not None:
+            histories = [prompt_ids + (contexts.tokens(i) or []) for i in range(len(contexts))]
+        else:
+            histories = [self.tokenizer.encode(contexts.prompt + q) for q in contexts.partials()]
+        return [
+            StepDecoder(
+                self.tokenizer,
+                h,
+                contexts.carry(i),
+                step_end,
+                eos_token_id=self.eos_token_id,
+                eos_text=self.eos_text,
+            )
+            for i, h in enumerate(histories)
+        ]
+
     def propose(
         self,
         key,
@@ -309,54 +317,27 @@ class HFCausalLM:
     ) -> StepProposal:
         import torch
 
-        from probinfer.llm.kv import KVRows
-
         b = len(contexts)
         if b == 0:
             return StepProposal([], [])
         prompt_ids = self.encode_prompt(contexts.prompt)
         rows, encoded, ready = self._start(contexts, prompt_ids)
         fed = None if ready is None else [False] * b  # rows that sampled from `ready`
-        history = [
-            prompt_ids + (contexts.tokens(i) or [])
-            if contexts.step_tokens is not None
-            else self.tokenizer.encode(contexts.prompt + contexts.partials()[i])
-            for i in range(b)
-        ]
-        carries = [contexts.carry(i) for i in range(b)]
-        steps: list[str | None] = [None] * b
-        new_carry = [""] * b
-        ended = [False] * b
-        truncated = [False] * b
-        toks: list[list[int]] = [[] for _ in range(b)]
-        for i, c in enumerate(carries):  # a carry that already holds a whole step
-            end = step_end(c) if c else None
-            if end is not None and end > 0:
-                steps[i], new_carry[i] = c[:end], c[end:]
-        tok = self.tokenizer
-        heads = [tok.decode(list(h[-8:])) for h in history]  # fixed within the step
-
-        def text_of(i):
-            return step_text(tok, history[i], toks[i], carries[i], heads[i])
-
+        decoders = self._decoders(contexts, step_end, prompt_ids)
         layers, mask = rows.layers, rows.mask
         # positions and pending tokens live on the host (one tensor per forward pass)
         position, pending = rows.position.tolist(), rows.pending.tolist()
         gen = torch.Generator(device="cpu").manual_seed(key_to_seed(key))
         noise = None  # the sampler's reused buffer
-        limit = self.context_limit
-        pad, eos = self.pad_token_id, self.eos_token_id
-        mask_pad = pad if self._mask_pad else None
+        limit, pad = self.context_limit, self.pad_token_id
         produced = 0
-        dev = self.device
         with torch.no_grad():
             for _ in range(int(max_new_tokens)):
                 if limit is not None:  # a full context window ends the answer
-                    for i in range(b):
-                        if steps[i] is None and position[i] >= limit:
-                            steps[i] = text_of(i)
-                            ended[i] = truncated[i] = True
-                active = [s is None for s in steps]
+                    for i, d in enumerate(decoders):
+                        if not d.done and position[i] >= limit:
+                            d.stop("context")
+                active = [not d.done for d in decoders]
                 if not any(active):
                     break
                 if ready is not None:  # the prefill encoded the pending tokens already
@@ -366,52 +347,39 @@ class HFCausalLM:
                     new = torch.tensor(
                         [(p if a else pad, q, a) for p, q, a in zip(pending, position, active)],
                         dtype=torch.long,
-                        device=dev,
+                        device=self.device,
                     )
                     mask = torch.cat([mask, new[:, 2:]], 1)
                     logits, layers = self._forward(new[:, :1], mask, new[:, 1:2], layers)
                     encoded += sum(active)
-                nxt, noise = sample_tokens(logits, temperature, gen, mask_pad, noise)
-                for i in range(b):
-                    if not active[i]:
-                        continue
-                    position[i] += 1
-                    t = nxt[i]
-                    produced += 1
-                    if eos is not None and t == eos:
-                        text = text_of(i)
-                        steps[i] = text + (self.eos_text or "") if text else ""
-                        ended[i] = True
-                        continue
-                    toks[i].append(t)
-                    pending[i] = t
-                    text = text_of(i)
-                    end = step_end(text)
-                    if end is not None and end > 0:
-                        steps[i], new_carry[i] = text[:end], text[end:]
-        for i in range(b):
-            if steps[i] is None:
-                truncated[i] = True
-                steps[i] = text_of(i)
+                nxt, noise = sample_tokens(logits, temperature, gen, self._never, noise)
+                for i, d in enumerate(decoders):
+                    if active[i]:
+                        position[i] += 1
+                        produced += 1
+                        d.push(nxt[i])
+                        if not d.ended:
+                            pending[i] = nxt[i]
+        state = self._rows_after(layers, mask, position, pending, fed) if self.kv_cache else None
+        return step_proposal(
+            decoders, exact=True, tokens_generated=produced, tokens_encoded=encoded, state=state
+        )
+
+    def _rows_after(self, layers, mask, position, pending, fed):
+        """The particles' cache rows after a step (:class:`~probinfer.llm.kv.KVRows`)."""
+        import torch
+
+        from probinfer.llm.kv import KVRows
+
+        dev = self.device
         position = torch.tensor(position, dtype=torch.long, device=dev)
         pending = torch.tensor(pending, dtype=torch.long, device=dev)
-        state = None
-        if self.kv_cache:
-            state = KVRows(layers, mask, position, pending, np.arange(b))
-            if fed is not None and not all(fed):
-                # a row that sampled nothing from the prefill's logits holds its last token
-                # already: without a pending token to feed, it has no row (re-encoded if used)
-                state = state.take([i if f else -1 for i, f in enumerate(fed)])
-        return StepProposal(
-            list(steps),
-            truncated,
-            tokens_generated=produced,
-            tokens_encoded=encoded,
-            step_tokens=[tuple(t) for t in toks],
-            carries=new_carry,
-            ended=ended,
-            state=state,
-        )
+        state = KVRows(layers, mask, position, pending, np.arange(len(position)))
+        if fed is not None and not all(fed):
+            # a row that sampled nothing from the prefill's logits holds its last token
+            # already: without a pending token to feed, it has no row (re-encoded if used)
+            state = state.take([i if f else -1 for i, f in enumerate(fed)])
+        return state
 
 
 PRM_KINDS = ("sequence", "token", "causal")

@@ -73,6 +73,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from probinfer.checks import check_num
+from probinfer.llm.decode import StepDecoder, step_proposal
 from probinfer.llm.protocols import StepFormat, StepProposal
 from probinfer.llm.ssm import key_to_seed
 
@@ -609,11 +610,6 @@ class OpenAICompatibleLM:
         """The base URLs with their credentials redacted (:func:`redact_url`)."""
         return self.client.urls
 
-    def _step_text(self, history, step, carry) -> str:
-        from probinfer.llm.hf import step_text
-
-        return step_text(self.tokenizer, history, step, carry)
-
     def propose(
         self,
         key,
@@ -628,127 +624,90 @@ class OpenAICompatibleLM:
             return StepProposal([], [])
         tok = self.tokenizer
         exact = tok is not None and (contexts.step_tokens is not None or not any(contexts.steps))
-        prompt_ids = tok.encode(contexts.prompt) if exact else None
-        vocab = _vocab_size(tok) if exact else None
-        carries = [contexts.carry(i) for i in range(b)]
-        steps: list[str | None] = [None] * b
-        new_carry, ended, truncated = [""] * b, [False] * b, [False] * b
-        toks: list[list[int]] = [[] for _ in range(b)]
-        for i, c in enumerate(carries):  # a carry that already holds a whole step
-            end = step_end(c) if c else None
-            if end is not None and end > 0:
-                steps[i], new_carry[i] = c[:end], c[end:]
-        histories, groups = {}, {}
-        partials = contexts.partials()
-        for i in range(b):
-            if steps[i] is not None:
-                continue
-            if exact:
-                h = tuple(prompt_ids + (contexts.tokens(i) or []))
-                histories[i] = list(h)
-                g = (h, carries[i])
-            else:
-                g = (contexts.prompt + partials[i], "")
-            groups.setdefault(g, []).append(i)
-        stops = _stop_strings(step_end)
-        base_seed = key_to_seed(key)
-        payloads = []
-        for j, (g, members) in enumerate(groups.items()):
-            body = {
-                **self.extra_body,
-                "model": self.model,
-                "prompt": list(g[0]) if exact else g[0],
-                "max_tokens": int(max_new_tokens),
-                "temperature": float(temperature),
-                "n": len(members),
-                "seed": (base_seed + 7919 * j) % (2**31 - 1),
-            }
-            if stops:
-                body["stop"] = stops
-                body["include_stop_str_in_output"] = True
-            if exact:
-                body["return_token_ids"] = True
-                body["logprobs"] = 0
-                body["return_tokens_as_token_ids"] = True
-            payloads.append(body)
+        if exact:
+            prompt_ids = tok.encode(contexts.prompt)
+            contents = [tuple(prompt_ids + (contexts.tokens(i) or [])) for i in range(b)]
+        else:
+            contents = [contexts.prompt + q for q in contexts.partials()]
+        decoders = [
+            StepDecoder(
+                tok if exact else None,
+                contents[i] if exact else (),
+                contexts.carry(i),
+                step_end,
+                eos_token_id=getattr(tok, "eos_token_id", None) if exact else None,
+                eos_text=self.eos_text,
+            )
+            for i in range(b)
+        ]
+        groups: dict = {}  # particles with the same context share one request with n samples
+        for i, d in enumerate(decoders):
+            if not d.done:  # a carry that already holds a whole step needs no request
+                key_i = (contents[i], contexts.carry(i)) if exact else (contents[i], "")
+                groups.setdefault(key_i, []).append(i)
+        seed = key_to_seed(key)
+        payloads = [
+            self._payload(g[0], len(members), (seed + 7919 * j) % (2**31 - 1), step_end, exact)
+            | {"max_tokens": int(max_new_tokens), "temperature": float(temperature)}
+            for j, (g, members) in enumerate(groups.items())
+        ]
         answers = self.client.post_all("/completions", payloads) if payloads else []
+        vocab = _vocab_size(tok) if exact else None
         encoded = produced = 0
         for members, (where, ans) in zip(groups.values(), answers):
             choices = ans.get("choices")
-            order = _order(where, choices, len(members), "choices")
             usage = ans.get("usage")
             encoded += _count(usage, "prompt_tokens")
-            for i, c in zip(members, order):
-                ch = choices[c]
-                text = ch.get("text")
-                if not isinstance(text, str):
-                    raise ServerError(f"{where}: a choice has no text")
-                fin = ch.get("finish_reason")
-                if exact:
-                    ids = _choice_token_ids(where, ch, vocab)
-                    if ids is None:
-                        raise ServerError(
-                            f"{where}: the server returned no token ids (it needs "
-                            "return_token_ids or return_tokens_as_token_ids); use "
-                            "tokenizer=None for text prompts"
-                        )
-                    produced += len(ids)
-                    self._finish_exact(
-                        i,
-                        ids,
-                        fin,
-                        histories[i],
-                        carries[i],
-                        step_end,
-                        steps,
-                        new_carry,
-                        ended,
-                        truncated,
-                        toks,
-                    )
-                else:
-                    self._finish_text(i, text, fin, step_end, steps, ended, truncated)
+            for i, c in zip(members, _order(where, choices, len(members), "choices")):
+                produced += _decode_choice(where, choices[c], decoders[i], vocab, exact)
             if not exact:
                 produced += _count(usage, "completion_tokens")
-        return StepProposal(
-            [s if s is not None else "" for s in steps],
-            truncated,
-            tokens_generated=produced,
-            tokens_encoded=encoded,
-            step_tokens=[tuple(t) for t in toks] if exact else None,
-            carries=new_carry if exact else None,
-            ended=ended,
+        return step_proposal(
+            decoders, exact=exact, tokens_generated=produced, tokens_encoded=encoded
         )
 
-    def _finish_exact(
-        self, i, ids, fin, history, carry, step_end, steps, new_carry, ended, truncated, toks
-    ):
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        for t in ids:
-            if eos is not None and t == eos:
-                break
-            toks[i].append(t)
-            text = self._step_text(history, toks[i], carry)
-            end = step_end(text)
-            if end is not None and end > 0:
-                steps[i], new_carry[i] = text[:end], text[end:]
-                return
-        text = self._step_text(history, toks[i], carry)
-        if fin == "length":
-            steps[i], truncated[i] = text, True
-        else:  # the model ended the answer
-            steps[i] = text + (self.eos_text or "") if text else ""
-            ended[i] = True
+    def _payload(self, prompt, n: int, seed: int, step_end, exact: bool) -> dict:
+        """The completions request body for ``n`` samples continuing ``prompt`` (token ids
+        when ``exact``, else text), stopping at the step format's strings."""
+        body = {
+            **self.extra_body,
+            "model": self.model,
+            "prompt": list(prompt) if exact else prompt,
+            "n": n,
+            "seed": seed,
+        }
+        stops = _stop_strings(step_end)
+        if stops:
+            body["stop"] = stops
+            body["include_stop_str_in_output"] = True
+        if exact:
+            body["return_token_ids"] = True
+            body["logprobs"] = 0
+            body["return_tokens_as_token_ids"] = True
+        return body
 
-    def _finish_text(self, i, text, fin, step_end, steps, ended, truncated):
-        end = step_end(text)
-        if end is not None and end > 0:
-            steps[i] = text[:end]
-        elif fin == "length":
-            steps[i], truncated[i] = text, True
-        else:
-            steps[i] = text + (self.eos_text or "") if text else ""
-            ended[i] = True
+
+def _decode_choice(where: str, choice, decoder: StepDecoder, vocab, exact: bool) -> int:
+    """Feed one completion choice to its particle's decoder; returns the tokens it counts
+    (token-exact: the ids returned; text: 0, counted from the usage instead)."""
+    text = choice.get("text")
+    if not isinstance(text, str):
+        raise ServerError(f"{where}: a choice has no text")
+    fin = choice.get("finish_reason")
+    if not exact:
+        decoder.push_text(text)
+    else:
+        ids = _choice_token_ids(where, choice, vocab)
+        if ids is None:
+            raise ServerError(
+                f"{where}: the server returned no token ids (it needs return_token_ids or "
+                "return_tokens_as_token_ids); use tokenizer=None for text prompts"
+            )
+        for t in ids:
+            if decoder.push(t):
+                break
+    decoder.stop("length" if fin == "length" else "end")
+    return len(ids) if exact else 0
 
 
 class OpenAICompatiblePRM:

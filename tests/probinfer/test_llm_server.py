@@ -1,6 +1,6 @@
 """OpenAI-compatible server backends against real HTTP servers started here on 127.0.0.1
 (free ports): the bundled LM on the completions route and the bundled PRM on the pooling
-route (:func:`probinfer.llm.serve.serve`), and four faulty servers. Nothing else on the
+route (:func:`probinfer.llm.testing.serve`), and four faulty servers. Nothing else on the
 network."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ pytest.importorskip("httpx")
 from probinfer.llm import LLMStateSpaceModel, default_problems, particle_filter  # noqa: E402
 from probinfer.llm.default import ASSETS, default_model_kwargs  # noqa: E402
 from probinfer.llm.hf import HFCausalLM, HFRewardModel  # noqa: E402
-from probinfer.llm.serve import _generate, serve  # noqa: E402
 from probinfer.llm.server import (  # noqa: E402
     OpenAICompatibleLM,
     OpenAICompatiblePRM,
     ServerError,
 )
+from probinfer.llm.testing import _generate, serve  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
 

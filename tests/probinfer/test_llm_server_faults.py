@@ -512,7 +512,7 @@ def bundled():
     pytest.importorskip("transformers")
     from probinfer.llm.default import ASSETS
     from probinfer.llm.hf import HFCausalLM, HFRewardModel
-    from probinfer.llm.serve import serve
+    from probinfer.llm.testing import serve
 
     torch.set_num_threads(1)
     lm_ = HFCausalLM.from_pretrained(ASSETS / "lm", device="cpu")

@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible server for local models (the bundled LM and PRM).
+"""A small OpenAI-compatible test server for local models (the bundled LM and PRM).
 
 :func:`serve` starts a threaded ``http.server`` on ``host:port`` that answers
 
@@ -26,8 +26,11 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from probinfer.llm.decode import StepDecoder, never_sampled
 
 __all__ = ["serve"]
 
@@ -94,7 +97,21 @@ def _check_pooling(body: dict) -> None:
         raise BadRequest("input must be a string or a non-empty list of strings")
 
 
+def _stop_end(stops: list[str]) -> Callable[[str], int | None]:
+    """``text -> int | None``: the end of the first stop string in ``text`` (the stop string
+    included), as a server stopping at ``stop`` with ``include_stop_str_in_output``."""
+
+    def end(text: str) -> int | None:
+        ends = [text.find(s) + len(s) for s in stops if s in text]
+        return min(ends) if ends else None
+
+    return end
+
+
 def _generate(lm, body: dict) -> dict:
+    """Answer a completions ``body`` with the :class:`~probinfer.llm.HFCausalLM` ``lm``: the
+    ``n`` samples drawn in one batch, each stopping at a stop string, the end-of-sequence
+    token or ``max_tokens`` (:class:`~probinfer.llm.decode.StepDecoder`)."""
     import torch
     from transformers import DynamicCache
 
@@ -114,53 +131,39 @@ def _generate(lm, body: dict) -> dict:
             f"prompt ({len(ids)} tokens) + max_tokens exceeds the model's context of {limit}"
         )
     n = int(body.get("n", 1))
-    max_tokens = int(body.get("max_tokens", 16))
     temperature = float(body.get("temperature", 1.0))
     stops = body.get("stop") or []
-    stops = [stops] if isinstance(stops, str) else list(stops)
-    gen = torch.Generator().manual_seed(int(body.get("seed", 0)))
+    stop_end = _stop_end([stops] if isinstance(stops, str) else list(stops))
     eos = getattr(tok, "eos_token_id", None)
-    model = lm.model
-    dev = lm.device
-    out = [[] for _ in range(n)]
-    done = [False] * n
-    reason = ["length"] * n
-    noise = None
+    decoders = [StepDecoder(tok, ids, "", stop_end, eos_token_id=eos) for _ in range(n)]
+    gen = torch.Generator().manual_seed(int(body.get("seed", 0)))
+    never, noise = never_sampled(tok), None
+    model, dev = lm.model, lm.device
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         x = torch.tensor([ids] * n, dtype=torch.long, device=dev)
         pos = torch.arange(len(ids), device=dev)[None].expand(n, -1)
         mask = torch.ones((n, len(ids)), dtype=torch.long, device=dev)
-        for _ in range(max_tokens):
+        for _ in range(int(body.get("max_tokens", 16))):
             res = model(
                 input_ids=x, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
             )
-            pad = lm.pad_token_id if lm._mask_pad else None
-            nxt, noise = sample_tokens(res.logits[:, -1, :], temperature, gen, pad, noise)
-            for i in range(n):
-                if done[i]:
-                    continue
-                t = nxt[i]
-                if eos is not None and t == eos:
-                    done[i], reason[i] = True, "stop"
-                    continue
-                out[i].append(t)
-                if any(s in tok.decode(out[i]) for s in stops):
-                    done[i], reason[i] = True, "stop"
-            if all(done):
+            nxt, noise = sample_tokens(res.logits[:, -1, :], temperature, gen, never, noise)
+            for d, t in zip(decoders, nxt):
+                if not d.done:
+                    d.push(t)
+            if all(d.done for d in decoders):
                 break
             x = torch.tensor(nxt, dtype=torch.long, device=dev)[:, None]
             pos = pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long, device=dev)], 1)
     choices = []
-    for i in range(n):
-        text = tok.decode(out[i])
-        cut = [text.find(s) + len(s) for s in stops if s in text]
-        if cut:
-            text = text[: min(cut)]
-        ch = {"index": i, "text": text, "finish_reason": reason[i]}
+    for i, d in enumerate(decoders):
+        reason = "stop" if d.done else "length"
+        d.stop("length")
+        ch = {"index": i, "text": d.step, "finish_reason": reason}
         if body.get("return_token_ids"):
-            ch["token_ids"] = out[i]
+            ch["token_ids"] = d.tokens
         choices.append(ch)
     return {
         "object": "text_completion",
@@ -168,7 +171,7 @@ def _generate(lm, body: dict) -> dict:
         "choices": choices,
         "usage": {
             "prompt_tokens": len(ids),
-            "completion_tokens": sum(map(len, out)),
+            "completion_tokens": sum(len(d.tokens) for d in decoders),
         },
     }
 
