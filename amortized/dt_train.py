@@ -20,16 +20,14 @@ model's weights (a fine-tuning phase) with a fresh optimiser.
 
 from __future__ import annotations
 
-import os
-from contextlib import nullcontext
 from dataclasses import asdict
+from typing import Unpack
 
 import torch
 
-from amortized.checkpoint import CheckpointDir
 from amortized.dt import DistributionTransformer
 from amortized.dt_model import DTConfig, DTNetwork, gmm_log_prob
-from amortized.train import OptimConfig, train_loop
+from amortized.train import OptimConfig, RunOptions, open_run, seeded_init, train_loop
 
 __all__ = ["batch_tensors", "dt_loss", "train_dt"]
 
@@ -71,14 +69,9 @@ def train_dt(
     prior_weight: float = 0.0,
     theta_draws: int = 0,
     init: DistributionTransformer | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every_s: float = 180.0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    log_file=None,
-    max_seconds: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> DistributionTransformer:
-    """Train a DT on ``task``; resume from ``checkpoint_dir`` when it holds a checkpoint.
+    """Train a DT on ``task``; resume from ``run["checkpoint_dir"]`` when it holds a checkpoint.
 
     Parameters
     ----------
@@ -101,6 +94,9 @@ def train_dt(
         Start from this model's weights (its config must equal ``model_config``) with a fresh
         optimiser; its ``meta["training"]`` is recorded as ``training["init"]`` and its wall
         time is added to ``training["total_wall_time_s"]``.
+    **run
+        Where and how the run goes: the keywords of :class:`amortized.train.RunOptions`
+        (checkpoint directory, device, progress, time limit).
 
     Returns
     -------
@@ -134,18 +130,11 @@ def train_dt(
             f"init's config {init.config.to_dict()} differs from model_config "
             f"{model_config.to_dict()}"
         )
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    ckpt = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.set_state(gen.get_state())
-        network = DTNetwork(model_config)
+    network = seeded_init(lambda: DTNetwork(model_config), seed)
     init_meta = None
     if init is not None:
         network.load_state_dict(init.network.state_dict())
         init_meta = dict(init.meta.get("training") or {})
-    network.to(device)
     base = jax.random.key(int(seed))
     record = {
         "model": model_config.to_dict(),
@@ -203,17 +192,9 @@ def train_dt(
             }
         }
 
-    with ckpt if ckpt is not None else nullcontext():
+    with open_run(run) as (device, ckpt, loop_options):
+        network.to(device)
         state = train_loop(
-            network,
-            loss_fn,
-            batch_fn,
-            optim,
-            record=record,
-            checkpoint=ckpt,
-            checkpoint_every_s=checkpoint_every_s,
-            progress=progress,
-            log_file=log_file,
-            max_seconds=max_seconds,
+            network, loss_fn, batch_fn, optim, record=record, checkpoint=ckpt, **loop_options
         )
     return DistributionTransformer(network, task, meta(state))

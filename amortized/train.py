@@ -28,8 +28,10 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from typing import IO, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -42,7 +44,10 @@ from amortized.priors import indexed_key, key_words
 
 __all__ = [
     "OptimConfig",
+    "RunOptions",
     "TrainConfig",
+    "open_run",
+    "seeded_init",
     "param_groups",
     "split_position",
     "step_key",
@@ -131,38 +136,20 @@ def _prior_description(prior) -> dict:
 
 
 def train_pfn(
-    prior,
-    model_config: PFNConfig,
-    train_config: TrainConfig,
-    checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every_s: float = 180.0,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    log_file=None,
-    max_seconds: float | None = None,
+    prior, model_config: PFNConfig, train_config: TrainConfig, **run: Unpack[RunOptions]
 ) -> PFN:
-    """Train a PFN on ``prior``; resume from ``checkpoint_dir`` if it holds a checkpoint.
+    """Train a PFN on ``prior``; resume from ``run["checkpoint_dir"]`` if it holds a checkpoint.
 
     Parameters
     ----------
     prior : Prior
         Dataset sampler (``prior.sample(key, n_datasets, n_points)``).
     model_config, train_config : PFNConfig, TrainConfig
-    checkpoint_dir : path, optional
-        Where checkpoints are committed every ``checkpoint_every_s`` seconds and at the end
-        (see :mod:`amortized.checkpoint`). If it already holds a checkpoint, training resumes
-        from it; its configs must match, except ``n_steps``, which may be changed to extend or
-        shorten a run (the cosine schedule is recomputed for the new total). The directory is
-        locked while training: a second trainer on it gets
-        :class:`~amortized.checkpoint.CheckpointLockedError`.
-    checkpoint_every_s : float
-        Seconds between checkpoints (0: after every step).
-    device : str, optional
-        ``"cuda"`` when available unless given.
-    progress : bool
-        Show a tqdm progress bar (to ``log_file`` if given).
-    max_seconds : float, optional
-        Stop (after checkpointing) when this wall time is exceeded; resume later.
+    **run
+        Where and how the run goes (checkpoint directory, device, progress, time limit):
+        the keywords of :class:`RunOptions`. On resume the configs must match the
+        checkpoint's, except ``n_steps``, which may be changed to extend or shorten a run (the
+        cosine schedule is recomputed for the new total).
 
     Returns
     -------
@@ -174,21 +161,17 @@ def train_pfn(
     ValueError
         If the checkpoint's configs differ, or its files are damaged (the message names the
         file and how to recover).
+    TypeError
+        If a keyword is not one of :class:`RunOptions`.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if getattr(prior, "x_dim", None) != model_config.x_dim:
         raise ValueError(
             f"prior.x_dim ({getattr(prior, 'x_dim', None)}) must equal "
             f"model_config.x_dim ({model_config.x_dim})"
         )
     tc = train_config
-    ckpt = CheckpointDir(checkpoint_dir) if checkpoint_dir is not None else None
-    with ckpt if ckpt is not None else nullcontext():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tc.seed)  # parameter initialisation only; data from step keys
-            model = PFNTransformer(model_config)
-        model.to(device)
+    with open_run(run) as (device, ckpt, loop_options):
+        model = seeded_init(lambda: PFNTransformer(model_config), tc.seed).to(device)
         saved = ckpt.load() if ckpt is not None else None
         if saved is not None and "borders" in saved[1]:
             borders = saved[1]["borders"].numpy()
@@ -229,10 +212,7 @@ def train_pfn(
             record=record,
             extra_tensors={"borders": torch.from_numpy(np.array(borders, dtype=np.float32))},
             checkpoint=ckpt,
-            checkpoint_every_s=checkpoint_every_s,
-            progress=progress,
-            log_file=log_file,
-            max_seconds=max_seconds,
+            **loop_options,
         )
     meta = {
         "prior": _prior_description(prior),
@@ -250,6 +230,72 @@ def train_pfn(
 
 # ---------------------------------------------------------------------------------------------
 # The model-agnostic loop (shared by every amortized network)
+
+
+class RunOptions(TypedDict, total=False):
+    """The keywords of a training run, shared by :func:`train_pfn` and
+    :func:`amortized.dt_train.train_dt` (all optional).
+
+    Attributes
+    ----------
+    checkpoint_dir : path or None
+        Where checkpoints are committed every ``checkpoint_every_s`` seconds and at the end
+        (see :mod:`amortized.checkpoint`). If it already holds a checkpoint, training resumes
+        from it. The directory is locked while training: a second trainer on it gets
+        :class:`~amortized.checkpoint.CheckpointLockedError`.
+    checkpoint_every_s : float
+        Seconds between checkpoints (0: after every step; default 180).
+    device : str or torch.device or None
+        ``"cuda"`` when available unless given.
+    progress : bool
+        Show a tqdm progress bar (to ``log_file`` if given; default True).
+    log_file : file or None
+        Where the progress bar is written (stderr when None).
+    max_seconds : float or None
+        Stop (after checkpointing) when this wall time is exceeded; resume later.
+    """
+
+    checkpoint_dir: str | os.PathLike | None
+    checkpoint_every_s: float
+    device: str | torch.device | None
+    progress: bool
+    log_file: IO[str] | None
+    max_seconds: float | None
+
+
+@contextmanager
+def open_run(run: RunOptions) -> Iterator[tuple[str | torch.device, CheckpointDir | None, dict]]:
+    """Resolve a run's options: its device, its checkpoint directory (locked while the
+    ``with`` block runs) and the keywords left for :func:`train_loop`.
+
+    Raises
+    ------
+    TypeError
+        If ``run`` has a key that is not one of :class:`RunOptions` (a misspelt keyword).
+    """
+    unknown = sorted(set(run) - set(RunOptions.__annotations__))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword arguments {unknown}; expected some of "
+            f"{list(RunOptions.__annotations__)}"
+        )
+    loop_options = dict(run)
+    device = loop_options.pop("device", None)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = loop_options.pop("checkpoint_dir", None)
+    ckpt = CheckpointDir(path) if path is not None else None
+    with ckpt if ckpt is not None else nullcontext():
+        yield device, ckpt, loop_options
+
+
+def seeded_init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """``build()`` with torch's CPU generator seeded by ``seed``: a network's parameter
+    initialisation is a function of the seed, and the global torch RNG is left untouched."""
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.set_state(gen.get_state())
+        return build()
 
 
 @dataclass(frozen=True)
@@ -313,7 +359,7 @@ def train_loop(
     checkpoint: CheckpointDir | None = None,
     checkpoint_every_s: float = 180.0,
     progress: bool = True,
-    log_file=None,
+    log_file: IO[str] | None = None,
     max_seconds: float | None = None,
 ) -> dict:
     """Minimise ``loss_fn(model, batch_fn(step))`` over steps, with checkpoint and resume.

@@ -148,6 +148,8 @@ def test_bad_configs():
         TrainConfig(n_points=10, max_train=10)
     with pytest.raises(ValueError, match="x_dim"):
         train_pfn(GPPrior(x_dim=2), TINY, TRAIN, progress=False)
+    with pytest.raises(TypeError, match="progres"):  # a misspelt run option
+        train_pfn(PRIOR, TINY, TRAIN, progres=False)
     with pytest.raises(ValueError, match="borders"):
         PFN(PFNTransformer(TINY), np.linspace(0, 1, 10))
 
