@@ -2,6 +2,12 @@
 
 Subcommands import their dependencies lazily so that ``probinfer --help`` is instant.
 
+This module is the top of the command line: it composes the subcommands of :mod:`probinfer`
+with what other packages of the distribution add to them. ``probinfer scale --calibrate``
+is such an addition: its flags are declared here, and its work is done by the calibration
+package's command module (``calibration.llm_cli``), loaded only when the flag is given.
+Nothing else in :mod:`probinfer` knows about that package.
+
 Conventions: every help text shows its default; a bare ``probinfer`` prints the help and exits
 2; bad arguments, missing files and invalid regular expressions end in one line
 ``probinfer COMMAND: error: ...`` with exit code 2, checked before any model weights load;
@@ -11,6 +17,7 @@ Conventions: every help text shows its default; a bare ``probinfer`` prints the 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
@@ -117,6 +124,43 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _CalibrateScale:
+    """``probinfer scale --calibrate N_CAL --alpha A`` (a
+    :class:`~probinfer.llm.cli.ScaleExtension`): calibrated answers next to the scaling table,
+    computed by the calibration package, which is loaded only when ``--calibrate`` is
+    given (``probinfer --help`` and runs without it never load it)."""
+
+    module = "calibration.llm_cli"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--calibrate",
+            type=_positive_int,
+            default=None,
+            metavar="N_CAL",
+            help="calibrate on the first N_CAL problems: conformal answer-set coverage and "
+            "size, abstention and the adaptive budget's compute saved on the others "
+            "(calibration package; needs at least two --budgets) (default: no calibration)",
+        )
+        parser.add_argument(
+            "--alpha",
+            type=_open_unit_interval,
+            default=0.1,
+            help="level for --calibrate, in (0, 1)",
+        )
+
+    def check(self, args: argparse.Namespace, num_problems: int) -> None:
+        if args.calibrate is not None:
+            importlib.import_module(self.module).check(args, num_problems)
+
+    def finish(self, args, report, model, problems, json_path, png_path) -> str | None:
+        if args.calibrate is None:
+            return None
+        return importlib.import_module(self.module).finish(
+            args, report, model, problems, json_path, png_path
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="probinfer",
@@ -128,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help=quiet)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
-    __import__("probinfer.llm.cli", fromlist=["_add_scale"])._add_scale(sub)
+    from probinfer.llm.cli import _add_scale
+
+    _add_scale(sub, extensions=(_CalibrateScale(),))
     for p in sub.choices.values():
         p.formatter_class = _HelpFormatter
         # also accepted after the subcommand; SUPPRESS keeps a top-level --quiet

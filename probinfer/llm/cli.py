@@ -1,15 +1,22 @@
-"""The ``probinfer scale`` subcommand: accuracy versus inference-time budget."""
+"""The ``probinfer scale`` subcommand: accuracy versus inference-time budget.
+
+Other packages add to it through :class:`ScaleExtension` (flags, a check before any model
+loads, a section after the table): the calibrated answers of ``--calibrate`` come from the
+calibration package that way, composed by the top-level command line (:mod:`probinfer.cli`),
+so that this module, like the rest of :mod:`probinfer`, does not depend on it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-from probinfer.cli import _open_unit_interval, _positive_int
+from probinfer.cli import _positive_int
 
-__all__ = ["_add_scale"]
+__all__ = ["ScaleExtension", "_add_scale"]
 
 _ALGOS = (
     "particle_filter",
@@ -41,8 +48,27 @@ def _algo_list(text: str) -> list[str]:
     return vals
 
 
-def _add_scale(sub) -> None:
-    """Register ``probinfer scale`` on the subparsers ``sub``."""
+class ScaleExtension(Protocol):
+    """An addition to ``probinfer scale`` from another package."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the extension's flags to the ``scale`` parser."""
+        ...
+
+    def check(self, args: argparse.Namespace, num_problems: int) -> None:
+        """Validate the flags against the problems (``ValueError`` naming the flag), before
+        any model loads."""
+        ...
+
+    def finish(self, args, report: dict, model, problems, json_path: Path, png_path: Path):
+        """After the table: add to the report (and rewrite its files); the text to print,
+        or ``None``."""
+        ...
+
+
+def _add_scale(sub, extensions: Sequence[ScaleExtension] = ()) -> None:
+    """Register ``probinfer scale`` on the subparsers ``sub``, with the flags and steps of
+    ``extensions``."""
     p = sub.add_parser(
         "scale",
         help="inference-time scaling: accuracy vs budget of particle filtering and baselines",
@@ -146,21 +172,6 @@ def _add_scale(sub) -> None:
         help="environment variable holding the servers' API key (never printed)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the jax.random key of the runs")
-    p.add_argument(
-        "--calibrate",
-        type=_positive_int,
-        default=None,
-        metavar="N_CAL",
-        help="calibrate on the first N_CAL problems: conformal answer-set coverage and size, "
-        "abstention and the adaptive budget's compute saved on the others (calibration "
-        "package; needs at least two --budgets) (default: no calibration)",
-    )
-    p.add_argument(
-        "--alpha",
-        type=_open_unit_interval,
-        default=0.1,
-        help="level for --calibrate, in (0, 1)",
-    )
     p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
     p.add_argument(
         "--threads",
@@ -169,7 +180,9 @@ def _add_scale(sub) -> None:
         help="torch CPU threads (default: at most 2; use 1 on a machine busy with other work)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_run_scale)
+    for ext in extensions:
+        ext.add_arguments(p)
+    p.set_defaults(func=_run_scale, scale_extensions=tuple(extensions))
 
 
 def _load_problems(args) -> list[tuple[str, str]]:
@@ -199,24 +212,6 @@ def _check_prm(args) -> None:
     raise ValueError(
         f"--prm must be one of {', '.join(PRMS)} or a local model directory, got {args.prm!r}"
     )
-
-
-def _check_calibrate(args, num_problems: int) -> None:
-    """``--calibrate`` against the problems and budgets; warns (stderr) when too few
-    calibration problems make a part of the calibrated section uninformative."""
-    from calibration.llm_scale import check_scale_calibration, min_calibration_problems
-
-    n_cal, alpha = check_scale_calibration(
-        args.calibrate, args.alpha, num_problems, len(set(args.budgets))
-    )
-    short = {k: v for k, v in min_calibration_problems(alpha).items() if n_cal < v}
-    if short:
-        parts = ", ".join(f"{k} needs {v}" for k, v in short.items())
-        print(
-            f"probinfer scale: warning: not enough calibration problems at --alpha {alpha} "
-            f"(--calibrate {n_cal}; {parts}): those results will be left out",
-            file=sys.stderr,
-        )
 
 
 def _build_model(args):
@@ -287,8 +282,9 @@ def _run_scale(args: argparse.Namespace) -> int:
 
     _check_prm(args)
     problems = _load_problems(args)
-    if args.calibrate is not None:  # fail before the runs (calibration.llm_scale)
-        _check_calibrate(args, len(problems))
+    extensions = getattr(args, "scale_extensions", ())
+    for ext in extensions:  # fail before any model loads
+        ext.check(args, len(problems))
     model = _build_model(args)
     report = run_scaling(
         model,
@@ -306,20 +302,9 @@ def _run_scale(args: argparse.Namespace) -> int:
     png = out.with_suffix(".png")
     write_report(report, out, png)
     print(format_table(report))
-    if args.calibrate is not None:  # calibrated answers (issue 14): calibration.llm_scale
-        from calibration.llm_scale import calibrate_scale
-
-        print(
-            calibrate_scale(
-                report,
-                model,
-                problems,
-                args.calibrate,
-                args.alpha,
-                out,
-                png,
-                progress=not args.no_progress,
-            )
-        )
+    for ext in extensions:
+        text = ext.finish(args, report, model, problems, out, png)
+        if text:
+            print(text)
     print(f"wrote {out} and {png}")
     return 0

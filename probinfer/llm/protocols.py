@@ -2,8 +2,10 @@
 
 These protocols are the seam for backends: the local Hugging Face backend
 (:mod:`probinfer.llm.hf`), the learned PRM (:mod:`probinfer.llm.reward`), the tabular toy
-model used in the exactness tests (:mod:`probinfer.llm.toy`) and, later, server backends
-(OpenAI-compatible vLLM/SGLang) all implement the same two methods.
+model used in the exactness tests (:mod:`probinfer.llm.toy`) and the server backends
+(OpenAI-compatible vLLM/SGLang, :mod:`probinfer.llm.server`) all implement the same two
+methods; a reward model that keeps state between steps also implements
+:class:`StatefulRewardModel`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 __all__ = [
     "LanguageModel",
     "RewardModel",
+    "StatefulRewardModel",
     "StepFormat",
     "StepProposal",
     "Usage",
@@ -154,6 +157,42 @@ class RewardModel(Protocol):
         """``(n,)`` scores: ``p(step correct | prompt, previous steps)`` of each last step.
 
         Called once per SMC step for all live particles (batched).
+        """
+        ...
+
+
+@runtime_checkable
+class StatefulRewardModel(RewardModel, Protocol):
+    """A reward model that carries state per partial answer from one step to the next.
+
+    Scoring the partial answers of a particle filter step by step re-reads the same prefixes:
+    a reward model that keeps, e.g., its key/value cache rows per particle encodes only the
+    new tokens of each step (:class:`~probinfer.llm.HFRewardModel`). The filter calls
+    :meth:`score_with_state` instead of :meth:`~RewardModel.score` when the reward model
+    provides it (checked with ``isinstance``), hands each particle its parent's state after
+    resampling (``state.take(indices)``), and counts the tokens encoded.
+    """
+
+    def score_with_state(
+        self, prompt: str, partials: Sequence[Sequence[str]], state=None
+    ) -> tuple[np.ndarray, object | None, int]:
+        """Scores of ``prompt + steps`` for each partial answer, continuing ``state``.
+
+        Parameters
+        ----------
+        prompt
+            The prompt shared by every partial answer.
+        partials
+            Each partial answer as a sequence of steps.
+        state
+            The state of each partial answer's previous scoring (one entry per partial
+            answer, supporting ``take(indices)``), or ``None`` (none yet).
+
+        Returns
+        -------
+        scores, state, encoded
+            ``(n,)`` scores as :meth:`~RewardModel.score`; the new state (one entry per
+            partial answer; ``None`` when nothing is kept); the tokens encoded.
         """
         ...
 
