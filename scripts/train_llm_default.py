@@ -1,31 +1,48 @@
 """Train the bundled offline default models of ``probinfer.llm`` (CPU, minutes).
 
-Stages, written to ``probinfer/llm/assets/`` as safetensors + JSON:
+The models are standard Hugging Face architectures with a standard ``tokenizer.json``, so
+that a serving engine (vLLM, its CPU build included) serves them as they are: Llama blocks
+with a head size of 32 (vLLM's CPU attention refuses 16), and a character-level fast
+tokenizer (``tokenizers`` WordLevel over the character vocabulary of
+:class:`~probinfer.llm.task.CharTokenizer`, same ids, a Split pre-tokenizer isolating every
+character and a Fuse decoder; no special tokens are added, and a character outside the
+vocabulary is an error).
 
-* ``lm``  — a tiny GPT-2 (transformers ``GPT2LMHeadModel``, character tokenizer) trained on
-  the multi-step arithmetic task with solutions in which each operation is wrong with
-  probability ``--error-rate`` (errors propagate). The model learns that noise, so its
-  single-sample accuracy is well below 100% on purpose: inference-time scaling has
-  something to fix.
-* ``prm`` (``--prm-kind model``, default) — the bundled "learned" PRM (``assets/prm``):
-  the LM's transformer with a one-logit token head (``GPT2ForTokenClassification``)
-  fine-tuned on *the LM's own samples*, each step labelled by the programmatic verifier
-  (label = every step so far correct) at its last character. It reads the whole partial
-  answer (the paper's "model" aggregation). Training stops at ``--prm-steps``,
-  ``--prm-minutes`` or once the held-out step accuracy reaches ``--prm-target-accuracy``,
-  so that it stays informative but imperfect; ``training.json`` records the command, the
-  seconds and the validation curve.
+Stages, written to ``--out`` (default ``probinfer/llm/assets/``) as safetensors + JSON:
+
+* ``lm``  — a tiny Llama (transformers ``LlamaForCausalLM``: hidden size 64, 2 heads of
+  size 32, 3 layers) trained on the multi-step arithmetic task with solutions in which
+  each operation is wrong with probability ``--error-rate`` (errors propagate). The model
+  learns that noise, so its single-sample accuracy is well below 100% on purpose:
+  inference-time scaling has something to fix.
+* ``prm`` (``--prm-kind model``, default) — the bundled "learned" PRM (``prm/``): a
+  sequence classifier (``LlamaForSequenceClassification``, one logit, read at the last
+  token, which is what vLLM's pooling runner serves as one score per input) built from the
+  LM's transformer with ``--prm-extra-layers`` new blocks, fine-tuned on *the LM's own
+  samples*, each step labelled by the programmatic verifier (label = every step so far
+  correct). It reads the whole partial answer (the paper's "model" aggregation). Training
+  reads the classifier's logit at every answer character (``--prm-char-labels``; causal
+  attention makes the logit at a character the sequence score of the text up to it), so
+  one sample gives a label per step. It stops at ``--prm-steps``, ``--prm-minutes`` or once
+  the held-out step accuracy reaches ``--prm-target-accuracy``, so that it stays
+  informative but imperfect; ``training.json`` records the command, the seconds and the
+  validation curve.
 * ``prm --prm-kind likelihood`` — the "likelihood" PRM: a logistic regression of verifier
   labels on the newest step's LM log-probability and length, fitted on the LM's own
-  samples (``assets/prm_likelihood/prm.json``). It cannot see earlier steps.
+  samples (``prm_likelihood/prm.json``). It cannot see earlier steps.
 
-Commands that produced the bundled assets (one CPU thread; a shared 2-core machine)::
+Commands that produced the bundled assets (one CPU thread; a shared 2-core machine; the
+retrained models were written to a staging folder and swapped in after checking the
+``probinfer scale`` table)::
 
-    .venv/bin/python scripts/train_llm_default.py --stage lm                # ~7 min, 4000 steps
+    .venv/bin/python scripts/train_llm_default.py --stage lm --out /work/staging/assets
     .venv/bin/python scripts/train_llm_default.py --stage prm --prm-problems 8000 \
         --prm-extra-layers 2 --prm-freeze-lm --prm-steps 14000 --prm-minutes 28 \
-        --prm-target-accuracy 0.98      # ("learned"): ~11 min, 97.9% held-out step accuracy
-    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-kind likelihood  # ~30 s
+        --prm-target-accuracy 0.98 --out /work/staging/assets
+    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-kind likelihood \
+        --out /work/staging/assets
+
+TIMINGS
 
 ``--stage all`` runs the first two.
 
@@ -49,24 +66,66 @@ from probinfer.llm.task import DELIMITER, STOP, ArithmeticTask, CharTokenizer
 ASSETS = Path(__file__).resolve().parents[1] / "probinfer" / "llm" / "assets"
 
 
-def _gpt2(vocab_size: int, n_embd: int, n_layer: int, n_head: int, n_positions: int, **kw):
-    from transformers import GPT2Config
+HIDDEN, HEADS, LAYERS = 64, 2, 3
+"""The LM's size: head size ``HIDDEN // HEADS = 32`` (the smallest vLLM's CPU attention
+serves)."""
+CONTEXT = 128
+"""Position limit of the models (``--max-model-len`` of a vLLM server); answers use < 48."""
 
-    return GPT2Config(
+
+def _llama(vocab_size: int, **kw):
+    """A small Llama configuration. No BOS/EOS ids (Llama's defaults 1 and 2 would be
+    characters here): answers end at the stop string, not at an EOS token."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=vocab_size,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        n_positions=n_positions,
-        n_inner=2 * n_embd,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=CONTEXT,
+        tie_word_embeddings=True,
         pad_token_id=0,
         bos_token_id=None,
         eos_token_id=None,
         **kw,
     )
+
+
+def fast_tokenizer(tok: CharTokenizer):
+    """``tok`` as a ``transformers`` fast tokenizer (``PreTrainedTokenizerFast``) with the
+    same ids: WordLevel over ``<pad>`` (id 0) and the characters, each character its own
+    pre-token, decoded by concatenation. Without an unknown token, a character outside the
+    vocabulary is an error, as with :class:`CharTokenizer`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": tok.pad_token_id} | {c: tok.encode(c)[0] for c in tok.chars}
+    fast = Tokenizer(models.WordLevel(vocab))
+    fast.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    fast.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=fast, pad_token="<pad>")
+
+
+def save_tokenizer(tok: CharTokenizer, out: Path) -> None:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` for ``tok`` into ``out``
+    (the class named as ``PreTrainedTokenizerFast``, which transformers 4 and 5 both load),
+    and check that the saved tokenizer round-trips every character with ``tok``'s ids."""
+    from transformers import AutoTokenizer
+
+    fast = fast_tokenizer(tok)
+    fast.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    loaded = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    text = tok.chars + "12+3=15;15-4=11|"
+    ids = loaded(text, add_special_tokens=False)["input_ids"]
+    if ids != tok.encode(text) or loaded.decode(ids) != text:
+        raise RuntimeError(f"the saved tokenizer in {out} does not match the character ids")
 
 
 def _batch(tok, texts, prompt_lens, device="cpu"):
@@ -90,14 +149,13 @@ def _lr(step, total, base, warmup=200):
 
 
 def train_lm(args) -> None:
-    from transformers import GPT2LMHeadModel
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     task = ArithmeticTask()
     tok = CharTokenizer()
-    cfg = _gpt2(tok.vocab_size, 64, 3, 4, 48)
-    model = GPT2LMHeadModel(cfg)
+    model = LlamaForCausalLM(_llama(tok.vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     start, step, ema = time.time(), 0, None
     while step < args.lm_steps and time.time() - start < 60 * args.lm_minutes:
@@ -115,11 +173,14 @@ def train_lm(args) -> None:
         step += 1
         if step % 200 == 0:
             print(f"lm step {step} loss {ema:.4f} ({time.time() - start:.0f}s)", flush=True)
-    out = ASSETS / "lm"
+    out = Path(args.out) / "lm"
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    (out / "char_tokenizer.json").write_text(json.dumps(tok.to_dict()))
+    save_tokenizer(tok, out)
     meta = {
+        "command": "python " + " ".join(sys.argv),
+        "architecture": "LlamaForCausalLM",
+        "torch_threads": torch.get_num_threads(),
         "error_rate": args.error_rate,
         "steps": step,
         "seconds": round(time.time() - start),
@@ -157,16 +218,18 @@ def _lm_samples(args, task, lm):
 
 
 def train_prm(args) -> None:
-    """The bundled "learned" PRM: the LM's transformer with a one-logit token head,
-    fine-tuned on verifier labels of the LM's own samples (whole-prefix scoring)."""
-    from transformers import GPT2ForTokenClassification
+    """The bundled "learned" PRM: the LM's transformer with a one-logit sequence
+    classification head, fine-tuned on verifier labels of the LM's own samples
+    (whole-prefix scoring)."""
+    from transformers import LlamaForSequenceClassification
 
     from probinfer.llm.hf import HFCausalLM
 
     torch.manual_seed(args.seed + 1)
     rng = np.random.default_rng(args.seed + 1)
     task = ArithmeticTask()
-    lm = HFCausalLM.from_pretrained(ASSETS / "lm")
+    lm_dir = Path(args.out) / "lm"
+    lm = HFCausalLM.from_pretrained(lm_dir)
     start = time.time()
     samples = _lm_samples(args, task, lm)
     if args.prm_kind == "likelihood":
@@ -199,26 +262,25 @@ def train_prm(args) -> None:
 
     tok = CharTokenizer()
     # The PRM starts from the LM's transformer (it already reads arithmetic) with a new
-    # one-logit token head, as PRMs are usually fine-tuned from a language model; every
-    # step is scored at its last character (causal attention: the score of a prefix does not
-    # depend on what follows), so one sample gives a label per step.
-    # ``--prm-extra-layers`` new blocks on top of the LM's blocks see the LM's own prediction
-    # of every next character and can compare it with the character that follows.
-    n_layer = json.loads((ASSETS / "lm" / "config.json").read_text())["n_layer"]
-    model = GPT2ForTokenClassification.from_pretrained(
-        ASSETS / "lm",
+    # one-logit classification head, as PRMs are usually fine-tuned from a language model.
+    # The sequence classifier reads its head at the last token; with causal attention the
+    # head at any character is the score of the text up to it (it does not depend on what
+    # follows), so training reads it at every step's end and one sample gives a label per
+    # step. ``--prm-extra-layers`` new blocks on top of the LM's blocks see the LM's own
+    # prediction of every next character and can compare it with the character that follows.
+    n_layer = json.loads((lm_dir / "config.json").read_text())["num_hidden_layers"]
+    model = LlamaForSequenceClassification.from_pretrained(
+        lm_dir,
         num_labels=1,
-        n_layer=n_layer + args.prm_extra_layers,
+        num_hidden_layers=n_layer + args.prm_extra_layers,
         local_files_only=True,
     )
     model.config.pad_token_id = tok.pad_token_id
     if args.prm_freeze_lm:  # keep the LM's computation intact; train the new blocks only
         for name, p in model.named_parameters():
-            block = name.split(".")[2] if name.startswith("transformer.h.") else None
-            new_part = name.startswith("classifier") or (
-                block is not None and int(block) >= n_layer
-            )
-            p.requires_grad_(new_part or name.startswith("transformer.ln_f"))
+            block = name.split(".")[2] if name.startswith("model.layers.") else None
+            new_part = name.startswith("score") or (block is not None and int(block) >= n_layer)
+            p.requires_grad_(new_part or name.startswith("model.norm"))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.prm_lr, weight_decay=0.01)
 
@@ -227,7 +289,9 @@ def train_prm(args) -> None:
         of the answer, see :func:`_char_labels`)."""
         c, v = (4, 5) if dense else (2, 3)
         x, m, _ = _batch(tok, [e[1] for e in batch], [0] * len(batch))
-        logits = model(input_ids=x, attention_mask=m).logits[..., 0]
+        # the classifier's logit at every position (its forward pools the last one)
+        hidden = model.model(input_ids=x, attention_mask=m).last_hidden_state
+        logits = model.score(hidden)[..., 0]
         rows = torch.tensor([i for i, e in enumerate(batch) for _ in e[c]])
         cols = torch.tensor([k for e in batch for k in e[c]])
         target = torch.tensor([y for e in batch for y in e[v]])
@@ -275,14 +339,14 @@ def train_prm(args) -> None:
     model.eval()
     val_acc, val_acc_final = validate()
     print(f"prm validation step accuracy {val_acc:.3f} (final step {val_acc_final:.3f})")
-    out = Path(args.prm_out)
+    out = Path(args.prm_out) if args.prm_out else Path(args.out) / "prm"
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    (out / "char_tokenizer.json").write_text(json.dumps(tok.to_dict()))
+    save_tokenizer(tok, out)
     meta = {
         "command": "python " + " ".join(sys.argv),
-        "init": "assets/lm transformer (+ --prm-extra-layers new blocks) and a new one-logit "
-        "token head (GPT2ForTokenClassification)",
+        "init": "lm transformer (+ --prm-extra-layers new blocks) and a new one-logit "
+        "sequence classification head (LlamaForSequenceClassification)",
         "labels": args.prm_labels,
         "char_labels": args.prm_char_labels,
         "extra_layers": args.prm_extra_layers,
@@ -368,7 +432,7 @@ def _fit_likelihood_prm(args, task, lm, prompts, steps, rng) -> None:
         f"(positive fraction {y.mean():.2f}) ({time.time() - start:.0f}s)",
         flush=True,
     )
-    out = ASSETS / "prm_likelihood"
+    out = Path(args.out) / "prm_likelihood"
     out.mkdir(parents=True, exist_ok=True)
     cfg = {
         "type": "lm_likelihood",
@@ -437,7 +501,12 @@ def main() -> None:
         help="stop the model PRM once its held-out step accuracy reaches this",
     )
     ap.add_argument(
-        "--prm-out", default=str(ASSETS / "prm"), help="output directory of the model PRM"
+        "--out",
+        default=str(ASSETS),
+        help="assets folder: the models go to its lm/, prm/ and prm_likelihood/",
+    )
+    ap.add_argument(
+        "--prm-out", default=None, help="output directory of the model PRM (default OUT/prm)"
     )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -7,6 +7,9 @@ import pytest
 # ArviZ 0.2x announces its refactor at import; it is noise in test output.
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 
+# tests/vllm starts real vLLM servers: only `make test-vllm` (which names the folder) runs it.
+collect_ignore = ["vllm"]
+
 
 @pytest.fixture
 def xla_compiles():
