@@ -68,17 +68,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_model_files(w_file: Path, tensors: dict, cfg_file: Path, config: dict) -> None:
-    """Write a shipped model: the tensors as safetensors, then its JSON config, each through
-    a synced temporary file and an atomic rename; the weights are made world-readable
-    (safetensors writes 0600)."""
-    from safetensors.torch import save
-
-    _write_atomic(w_file, save(tensors))
-    os.chmod(w_file, 0o644)
-    _write_atomic(cfg_file, json.dumps(config, indent=2, sort_keys=True).encode())
-
-
 class CheckpointDir:
     """One training run's checkpoint directory: lock, atomic commit, verified load.
 

@@ -15,7 +15,6 @@ Pickle is never used.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -23,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amortized.checkpoint import write_model_files
+from amortized.checks import finite_array
 from amortized.dt_model import DTConfig, DTNetwork
 from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
-from amortized.pfn import _as_float_array, _file_names, _to_jax
+from amortized.model_files import load_weights, read_model, save_model
+from amortized.pfn import _to_jax
 
 __all__ = ["FORMAT", "DistributionTransformer", "gmm_prior", "task_from_dict"]
 
@@ -145,7 +145,7 @@ class DistributionTransformer:
 
     def _data(self, x, y, mask, b: int, single: bool):
         d_src = self.config.source_dims[0]
-        yy = _as_float_array(y, "y")
+        yy = finite_array(y, "y")
         if single:
             yy = yy[None]
         if yy.ndim != 2:
@@ -158,7 +158,7 @@ class DistributionTransformer:
         if x is None:
             tokens = yy[..., None]
         else:
-            xx = _as_float_array(x, "x")
+            xx = finite_array(x, "x")
             if single:
                 xx = xx[None]
             if xx.ndim != 3 or xx.shape[:2] != (b, n):
@@ -320,9 +320,6 @@ class DistributionTransformer:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike, name: str | None = None) -> Path:
         """Write the weights and the JSON config (atomically); see the module docstring."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        w_file, cfg_file = _file_names(path, name)
         sd = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
         cfg = {
             "format": FORMAT,
@@ -331,8 +328,7 @@ class DistributionTransformer:
             "task": self.task.to_dict() if self.task is not None else None,
             **self.meta,
         }
-        write_model_files(w_file, sd, cfg_file, cfg)
-        return path
+        return save_model(directory, name, sd, cfg)
 
     @classmethod
     def load(
@@ -342,25 +338,10 @@ class DistributionTransformer:
         name: str | None = None,
     ) -> DistributionTransformer:
         """Load a model saved by :meth:`save` (``ValueError`` on missing or mismatched files)."""
-        from safetensors.torch import load_file
-
-        path = Path(directory)
-        w_file, cfg_file = _file_names(path, name)
-        if not cfg_file.is_file() or not w_file.is_file():
-            raise ValueError(
-                f"directory must contain {cfg_file.name} and {w_file.name}, got {str(path)!r}"
-            )
-        cfg = json.loads(cfg_file.read_text())
-        if cfg.get("format") != FORMAT:
-            raise ValueError(
-                f"{cfg_file.name} format must be {FORMAT!r}, got {cfg.get('format')!r}"
-            )
+        cfg, tensors, w_file = read_model(directory, name, FORMAT)
         config = DTConfig.from_dict(cfg["model"])
         network = DTNetwork(config)
-        try:
-            network.load_state_dict(load_file(str(w_file)), strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"weights in {w_file.name} do not match config {config}: {e}") from e
+        load_weights(network, tensors, w_file, config)
         network.to(device).eval()
         task = task_from_dict(cfg["task"]) if cfg.get("task") else None
         meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "model", "task")}

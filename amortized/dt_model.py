@@ -28,11 +28,13 @@ Shapes: ``B`` problems, ``K`` prior components (padded, with a mask), ``D`` para
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from amortized.model_files import JSONConfig
 
 __all__ = [
     "DECODERS",
@@ -57,7 +59,7 @@ RECENTRES = ("none", "log-scale")
 
 
 @dataclass(frozen=True)
-class DTConfig:
+class DTConfig(JSONConfig):
     """Architecture of a Distribution Transformer (everything needed to rebuild the module).
 
     Parameters
@@ -142,20 +144,6 @@ class DTConfig:
     def n_tril(self) -> int:
         """Number of strictly-lower Cholesky entries, ``D (D - 1) / 2``."""
         return self.param_dim * (self.param_dim - 1) // 2
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["source_dims"] = list(self.source_dims)
-        d["transforms"] = list(self.transforms)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DTConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"config has unknown keys {sorted(unknown)}; expected {sorted(names)}")
-        return cls(**d)
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:

@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from amortized.checks import finite_array
+
 __all__ = [
     "gmm_draws",
     "gmm_linear_predict",
@@ -33,13 +35,7 @@ __all__ = [
 
 
 def _f64(a, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(a, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a numeric array, got {type(a).__name__}") from e
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
-    return arr
+    return finite_array(a, name, np.float64)
 
 
 def linear_gaussian_posterior(weights, means, covariances, x, y, noise_std: float, mask=None):

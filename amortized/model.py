@@ -10,17 +10,19 @@ the context, so an empty training set is valid and gives the learned prior predi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amortized.model_files import JSONConfig
+
 __all__ = ["PFNConfig", "PFNTransformer"]
 
 
 @dataclass(frozen=True)
-class PFNConfig:
+class PFNConfig(JSONConfig):
     """Architecture of a PFN (everything needed to rebuild the module)."""
 
     x_dim: int = 1
@@ -41,17 +43,6 @@ class PFNConfig:
             )
         if self.n_buckets < 2:
             raise ValueError(f"n_buckets must be >= 2, got {self.n_buckets}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PFNConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"config has unknown keys {sorted(unknown)}; expected {sorted(names)}")
-        return cls(**d)
 
 
 class _Block(nn.Module):

@@ -32,7 +32,6 @@ prior up to that affine map (e.g. the same lengthscale relative to the ``x`` ran
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -40,23 +39,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amortized.checkpoint import write_model_files
+from amortized.checks import finite_array
 from amortized.model import PFNConfig, PFNTransformer
+from amortized.model_files import load_weights, read_model, save_model
 
 __all__ = ["PFN", "FORMAT", "PFNRangeWarning"]
 
 FORMAT = "probinfer-pfn"
 _VERSION = 1
-
-
-def _as_float_array(a, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(a, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a numeric array, got {type(a).__name__}") from e
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
-    return arr
 
 
 def _x_layouts(shape: tuple[int, ...], d: int) -> set[bool]:
@@ -76,12 +66,6 @@ class PFNRangeWarning(UserWarning):
 
 #: Priors of :mod:`amortized.priors` that draw ``x ~ U[0, 1]^d``.
 _UNIT_BOX_PRIORS = frozenset({"GPPrior", "BayesianLinearPrior", "MLPPrior"})
-
-
-def _file_names(path: Path, name: str | None) -> tuple[Path, Path]:
-    if name is None:
-        return path / "model.safetensors", path / "config.json"
-    return path / f"{name}.safetensors", path / f"{name}.json"
 
 
 def _to_jax(t: torch.Tensor):
@@ -183,9 +167,9 @@ class PFN:
     # ------------------------------------------------------------------ prediction
     def _inputs(self, x_train, y_train, x_test):
         d = self.config.x_dim
-        xt = _as_float_array(x_train, "x_train")
-        yt = _as_float_array(y_train, "y_train")
-        xs = _as_float_array(x_test, "x_test")
+        xt = finite_array(x_train, "x_train")
+        yt = finite_array(y_train, "y_train")
+        xs = finite_array(x_test, "x_test")
         if yt.ndim not in (1, 2):
             raise ValueError(f"y_train must have shape (n,) or (B, n), got {yt.shape}")
         single = yt.ndim == 1
@@ -290,12 +274,8 @@ class PFN:
         File names: ``model.safetensors`` + ``config.json``, or ``{name}.safetensors`` +
         ``{name}.json`` when ``name`` is given.
         """
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        w_file, cfg_file = _file_names(path, name)
         cfg = {"format": FORMAT, "version": _VERSION, "model": self.config.to_dict(), **self.meta}
-        write_model_files(w_file, self.state_tensors(), cfg_file, cfg)
-        return path
+        return save_model(directory, name, self.state_tensors(), cfg)
 
     @classmethod
     def load(
@@ -310,33 +290,17 @@ class PFN:
         Raises ``ValueError`` when the files are missing, the JSON is not a PFN config, the
         config differs from ``expected_config``, or the weights do not match the config.
         """
-        from safetensors.torch import load_file
-
-        path = Path(directory)
-        w_file, cfg_file = _file_names(path, name)
-        if not cfg_file.is_file() or not w_file.is_file():
-            raise ValueError(
-                f"directory must contain {cfg_file.name} and {w_file.name}, got {str(path)!r}"
-            )
-        cfg = json.loads(cfg_file.read_text())
-        if cfg.get("format") != FORMAT:
-            raise ValueError(f"config.json format must be {FORMAT!r}, got {cfg.get('format')!r}")
+        cfg, tensors, w_file = read_model(directory, name, FORMAT)
         config = PFNConfig.from_dict(cfg["model"])
         if expected_config is not None and config != expected_config:
             raise ValueError(
                 f"checkpoint config {config} does not match the expected config {expected_config}"
             )
-        tensors = load_file(str(w_file))
         borders = tensors.pop("borders", None)
         if borders is None:
-            raise ValueError("model.safetensors has no 'borders' tensor")
+            raise ValueError(f"{w_file.name} has no 'borders' tensor")
         model = PFNTransformer(config)
-        try:
-            model.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            raise ValueError(
-                f"weights in model.safetensors do not match config {config}: {e}"
-            ) from e
+        load_weights(model, tensors, w_file, config)
         model.to(device).eval()
         meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "model")}
         return cls(model, borders.numpy(), meta)
