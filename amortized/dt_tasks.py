@@ -62,6 +62,11 @@ class DTBatch(NamedTuple):
     theta: np.ndarray
     theta_draws: np.ndarray | None = None
 
+    def as_float32(self) -> DTBatch:
+        """The batch with its real-valued arrays in float32 (what the network takes); the
+        boolean masks and a missing ``theta_draws`` are kept as they are."""
+        return DTBatch(*(a if a is None or a.dtype == bool else a.astype(np.float32) for a in self))
+
 
 def sample_gmm(rng: np.random.Generator, logits, means, scale_trils) -> np.ndarray:
     """One draw per problem from padded GMMs (``logits`` ``-inf`` or masked by the caller)."""
@@ -79,6 +84,12 @@ def _pad_mask(rng: np.random.Generator, b: int, lo: int, hi: int) -> tuple[np.nd
     """Random sizes in ``[lo, hi]`` and the matching ``(b, hi)`` prefix mask."""
     sizes = rng.integers(lo, hi + 1, size=b)
     return sizes, np.arange(hi)[None, :] < sizes[:, None]
+
+
+def _task_dict(task) -> dict:
+    """A task's JSON description: its fields, class name and prior family
+    (:func:`amortized.dt.task_from_dict` rebuilds the task from it)."""
+    return {**asdict(task), "class": type(task).__name__, "family": task.family}
 
 
 def _check_draws(theta_draws) -> None:
@@ -146,10 +157,7 @@ class LinearGaussianTask:
         return (self.param_dim + 1,)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["class"] = type(self).__name__
-        d["family"] = self.family
-        return d
+        return _task_dict(self)
 
     def sample_priors(self, rng: np.random.Generator, b: int):
         """Padded random GMM priors: ``(logits, means, scale_trils, comp_mask)``."""
@@ -200,17 +208,8 @@ class LinearGaussianTask:
             cov0 = trils @ np.swapaxes(trils, -1, -2)
             w, mu, cov = linear_gaussian_posterior(w0, means, cov0, x, y, self.noise_std, data_mask)
             draws = gmm_draws(rng, theta_draws, w, mu, np.linalg.cholesky(cov)).swapaxes(0, 1)
-        f = np.float32
-        return DTBatch(
-            logits.astype(f),
-            means.astype(f),
-            trils.astype(f),
-            comp_mask,
-            tokens.astype(f),
-            data_mask,
-            theta.astype(f),
-            None if draws is None else draws.astype(f),
-        )
+        batch = DTBatch(logits, means, trils, comp_mask, tokens, data_mask, theta, draws)
+        return batch.as_float32()
 
 
 @dataclass(frozen=True)
@@ -246,10 +245,7 @@ class InverseGammaVarianceTask:
             raise ValueError(f"n_range must satisfy 0 <= lo <= hi, got {self.n_range}")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["class"] = type(self).__name__
-        d["family"] = self.family
-        return d
+        return _task_dict(self)
 
     def _shape_fits(self):
         """GMM fits of ``log sigma^2`` for ``IG(a, 1)`` on a grid of shapes ``a`` (cached)."""
@@ -296,14 +292,5 @@ class InverseGammaVarianceTask:
             a1, b1 = inverse_gamma_posterior(a, np.exp(log_b), y, data_mask)
             g = rng.gamma(a1[:, None], size=(batch_size, theta_draws))
             draws = (np.log(b1)[:, None] - np.log(g))[..., None]
-        f = np.float32
-        return DTBatch(
-            logits.astype(f),
-            means.astype(f),
-            trils.astype(f),
-            comp_mask,
-            tokens.astype(f),
-            data_mask,
-            z.astype(f),
-            None if draws is None else draws.astype(f),
-        )
+        batch = DTBatch(logits, means, trils, comp_mask, tokens, data_mask, z, draws)
+        return batch.as_float32()
