@@ -7,10 +7,11 @@ step, ``classes_`` for any labels, ``NotFittedError``, ``random_state``) with
 numpyro are never imported here: predictive distributions (numpyro's, ``BarDistribution``,
 1-D ``GaussianMixture``, particle distributions) are duck-typed through ``cdf``/``icdf``.
 
-Also here: first-order calibration metrics (:mod:`calibration.metrics`), second-order
-calibration from pair predictions (:mod:`calibration.second_order`), and the posterior checks
-``tarp``/``sbc`` (:mod:`calibration.posterior_checks`, which import JAX on first access, as
-``PairClassifier``/``fit_pair_classifier`` import torch).
+Also here: coverage and width of intervals and sets, and scorers for ``GridSearchCV``
+(:mod:`calibration.scoring`), first-order calibration metrics (:mod:`calibration.metrics`),
+second-order calibration from pair predictions (:mod:`calibration.second_order`), and the
+posterior checks ``tarp``/``sbc`` (:mod:`calibration.posterior_checks`, which import JAX on
+first access, as ``PairClassifier``/``fit_pair_classifier`` import torch).
 """
 
 from .aci import AdaptiveConformalResult, adaptive_conformal_intervals
@@ -39,6 +40,7 @@ from .metrics import (
 )
 from .predictive import ConformalPredictiveDistribution, pit_scores
 from .quantile import conformal_quantile, conformal_rank, min_calibration_size
+from .scoring import conformal_scorer, coverage_score, mean_width_score
 from .second_order import (
     SecondOrderCalibrator,
     VarianceRescaling,
@@ -97,12 +99,15 @@ __all__ = [
     "class_scores",
     "conformal_quantile",
     "conformal_rank",
+    "conformal_scorer",
+    "coverage_score",
     "cqr_scores",
     "expected_calibration_error",
     "fit_pair_classifier",
     "hallucination_filter",
     "label_scores",
     "max_mean_over_rank_sum",
+    "mean_width_score",
     "min_calibration_size",
     "negative_log_likelihood",
     "normalized_residual_scores",

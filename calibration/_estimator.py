@@ -3,11 +3,16 @@ predictive distributions, the fitted-or-prefit rule, the calibration check, the 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from ._validation import caller_stacklevel
 
 __all__ = [
     "WrapsEstimator",
     "as_random_state",
+    "calibration_target",
     "call_method",
     "check_calibrated",
     "check_calibration_size",
@@ -15,9 +20,21 @@ __all__ = [
     "distribution_icdf",
     "fit_clone",
     "fitted_or_prefit",
+    "ravel_column",
     "resolve_array",
     "split_for_calibration",
+    "store_params",
 ]
+
+
+def store_params(est, params: dict) -> None:
+    """Store every ``__init__`` parameter of ``est`` unchanged, from ``params`` (``locals()``).
+
+    scikit-learn's rule: ``__init__`` keeps its arguments as attributes of the same names and
+    does nothing else; validation happens in ``fit``/``calibrate``.
+    """
+    for name in type(est)._get_param_names():
+        setattr(est, name, params[name])
 
 
 def call_method(obj, method: str, X, obj_name: str) -> np.ndarray:
@@ -106,17 +123,47 @@ def fit_clone(est, name: str, X, y):
     return clone(model).fit(X, y)
 
 
+def ravel_column(y):
+    """``y`` with a column ``(n, 1)`` ravelled to ``(n,)``, warning as scikit-learn does.
+
+    scikit-learn's estimators accept a column vector where a 1-D target is expected, with a
+    ``DataConversionWarning``; ours do the same in ``fit`` and ``calibrate``. Other shapes are
+    returned as given, for the caller's own check (which names ``y``).
+    """
+    from sklearn.exceptions import DataConversionWarning
+
+    arr = np.asarray(y)
+    if arr.ndim != 2 or arr.shape[1] != 1:
+        return y
+    warnings.warn(
+        "A column-vector y was passed when a 1d array was expected. Please change the shape "
+        "of y to (n_samples,), for example using ravel().",
+        DataConversionWarning,
+        stacklevel=caller_stacklevel(),
+    )
+    return arr.ravel()
+
+
+def calibration_target(y, what: str):
+    """The ``y`` of ``calibrate``: required, and a column ravelled (:func:`ravel_column`)."""
+    if y is None:
+        raise ValueError(f"y (calibration {what}) is required")
+    return ravel_column(y)
+
+
 def fit_then_calibrate(est, X, y, names: tuple[str, ...]):
     """The shared ``fit`` of the split-conformal estimators.
 
-    Validates the parameters, holds out ``calibration_size`` of ``(X, y)`` when it is set, fits
-    a clone of each ``est.<name>`` on the rest (stored as ``<name>_``), copies
-    ``n_features_in_`` from the first, runs ``est._after_fit()`` when defined (the classifier
-    reads ``classes_`` there), and calibrates on the held-out part. Returns ``est``.
+    Validates the parameters, ravels a column ``y`` (:func:`ravel_column`), holds out
+    ``calibration_size`` of ``(X, y)`` when it is set, fits a clone of each ``est.<name>`` on
+    the rest (stored as ``<name>_``), copies ``n_features_in_`` from the first, runs
+    ``est._after_fit()`` when defined (the classifier reads ``classes_`` there), and
+    calibrates on the held-out part. Returns ``est``.
     """
     est._check_params()
     if y is None:
         raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
+    y = ravel_column(y)
     if est.calibration_size is not None:
         X, X_cal, y, y_cal = split_for_calibration(est, X, y)
     fitted = [fit_clone(est, name, X, y) for name in names]

@@ -8,6 +8,8 @@ the argument and what was expected.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -17,9 +19,12 @@ __all__ = [
     "as_generator",
     "random_generator",
     "check_alpha",
+    "check_choice",
+    "check_class_codes",
     "check_positive_int",
     "check_same_length",
     "exact_fraction",
+    "caller_stacklevel",
 ]
 
 
@@ -31,6 +36,39 @@ def check_alpha(alpha, name: str = "alpha") -> float:
     if not (0.0 < alpha < 1.0):
         raise ValueError(f"{name} must lie strictly between 0 and 1, got {alpha!r}")
     return alpha
+
+
+def check_choice(value, choices: tuple, name: str, *, allow_callable: bool = False):
+    """Return ``value`` after checking that it is one of ``choices`` (or, if allowed, callable)."""
+    if (allow_callable and callable(value)) or (isinstance(value, str) and value in choices):
+        return value
+    also = " or a callable" if allow_callable else ""
+    raise ValueError(f"{name} must be one of {choices}{also}, got {value!r}")
+
+
+def check_class_codes(y, n_classes: int, name: str = "y", *, ndim: int | None = 1) -> np.ndarray:
+    """``y`` as int64 class codes in ``0..n_classes-1``.
+
+    Integers, booleans, or floats with integer values are accepted (scikit-learn's float
+    labels); NaN, fractions, other dtypes and codes out of range are refused, naming ``name``.
+    ``ndim``: the required number of dimensions (``None``: any shape).
+    """
+    y = np.asarray(y)
+    if ndim is not None and y.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array of class labels, got shape {y.shape}")
+    if y.dtype.kind == "f":
+        if np.isnan(y).any():
+            raise ValueError(f"{name} contains NaN; class labels expected")
+        if (y != np.round(y)).any():
+            raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}")
+    elif y.dtype.kind not in "iub":
+        raise TypeError(
+            f"{name} must hold integer class labels 0..{n_classes - 1}, got dtype {y.dtype}"
+        )
+    y = y.astype(np.int64)
+    if ((y < 0) | (y >= n_classes)).any():
+        raise ValueError(f"{name} must hold class labels in 0..{n_classes - 1}")
+    return y
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
@@ -125,3 +163,18 @@ def exact_fraction(x: float) -> Fraction:
     if not math.isfinite(x):
         raise ValueError(f"expected a finite number, got {x!r}")
     return Fraction(x)
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first caller outside this package.
+
+    For :func:`warnings.warn` called in the function that calls this one: a warning raised
+    deep inside ``fit`` -> ``calibrate`` -> ``conformal_quantile`` then names the user's line.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while (
+        frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package
+    ):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -27,14 +27,23 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ._estimator import (
     WrapsEstimator,
+    calibration_target,
     check_calibrated,
     check_calibration_size,
     fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
+    store_params,
 )
-from ._validation import as_float_array, check_alpha, check_same_length, random_generator
-from .quantile import conformal_quantile
+from ._validation import (
+    as_float_array,
+    check_alpha,
+    check_choice,
+    check_class_codes,
+    check_same_length,
+    random_generator,
+)
+from .quantile import conformal_quantile, min_calibration_size, warn_too_few
 
 __all__ = [
     "SplitConformalClassifier",
@@ -64,21 +73,6 @@ def _check_proba(proba, name: str = "proba") -> np.ndarray:
     return p
 
 
-def _check_labels(y, n_classes: int, name: str = "y") -> np.ndarray:
-    y = np.asarray(y)
-    if y.dtype.kind == "f":
-        if np.isnan(y).any():
-            raise ValueError(f"{name} contains NaN")
-        if (y != np.round(y)).any():
-            raise ValueError(f"{name} must hold integer class codes 0..{n_classes - 1}")
-    elif y.dtype.kind not in "iub":
-        raise TypeError(f"{name} must hold integer class codes 0..{n_classes - 1}")
-    y = y.astype(np.int64)
-    if ((y < 0) | (y >= n_classes)).any():
-        raise ValueError(f"{name} must hold class codes in 0..{n_classes - 1}")
-    return y
-
-
 def _sorted_cumsum(p: np.ndarray):
     order = np.argsort(p, axis=-1)[..., ::-1]
     p_sorted = np.take_along_axis(p, order, axis=-1)
@@ -105,8 +99,7 @@ def class_scores(proba, score: str = "lac", *, u=None, lam: float = 0.0, k_reg: 
     lam, k_reg : float, int
         RAPS regularisation weight and number of unpenalised labels.
     """
-    if score not in _SCORES:
-        raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+    check_choice(score, _SCORES, "score")
     p = _check_proba(proba)
     if score == "lac":
         if u is not None:
@@ -128,7 +121,7 @@ def class_scores(proba, score: str = "lac", *, u=None, lam: float = 0.0, k_reg: 
 def label_scores(proba, y, score: str = "lac", *, u=None, lam: float = 0.0, k_reg: int = 0):
     """Scores ``s(x_i, y_i)`` of the given labels, shape ``proba.shape[:-1]``."""
     p = _check_proba(proba)
-    y = _check_labels(y, p.shape[-1])
+    y = check_class_codes(y, p.shape[-1], ndim=None)
     if y.shape != p.shape[:-1]:
         raise ValueError(f"y must have shape {p.shape[:-1]}, got {y.shape}")
     s = class_scores(p, score, u=u, lam=lam, k_reg=k_reg)
@@ -224,24 +217,10 @@ class SplitConformalClassifier(WrapsEstimator, ClassifierMixin, BaseEstimator):
         calibration_size: float | None = None,
         random_state=None,
     ) -> None:
-        self.estimator = estimator
-        self.alpha = alpha
-        self.conformity_score = conformity_score
-        self.randomized = randomized
-        self.include_last_label = include_last_label
-        self.mondrian = mondrian
-        self.lam = lam
-        self.k_reg = k_reg
-        self.tol = tol
-        self.classes = classes
-        self.calibration_size = calibration_size
-        self.random_state = random_state
+        store_params(self, locals())
 
     def _check_params(self) -> float:
-        if self.conformity_score not in _SCORES:
-            raise ValueError(
-                f"conformity_score must be one of {_SCORES}, got {self.conformity_score!r}"
-            )
+        check_choice(self.conformity_score, _SCORES, "conformity_score")
         if (self.randomized or self.include_last_label) and self.conformity_score == "lac":
             raise ValueError(
                 "randomized/include_last_label apply to conformity_score='aps' or 'raps'"
@@ -343,8 +322,7 @@ class SplitConformalClassifier(WrapsEstimator, ClassifierMixin, BaseEstimator):
             Explicit uniforms for ``randomized=True`` (else drawn from ``random_state``).
         """
         alpha = self._check_params()
-        if y is None:
-            raise ValueError("y (calibration labels) is required")
+        y = calibration_target(y, "labels")
         p = self._proba(X, proba)
         self.classes_ = self._column_labels(p.shape[1])
         codes = self._encode(y)
@@ -356,8 +334,15 @@ class SplitConformalClassifier(WrapsEstimator, ClassifierMixin, BaseEstimator):
         self.n_calibration_ = len(codes)
         if self.mondrian:
             self.quantile_ = np.array(
-                [conformal_quantile(s[codes == c], alpha) for c in range(p.shape[1])]
+                [conformal_quantile(s[codes == c], alpha, warn=False) for c in range(p.shape[1])]
             )
+            counts = np.bincount(codes, minlength=p.shape[1])
+            if np.isinf(self.quantile_).any():  # one warning, for the smallest class
+                c = int(np.argmin(counts))
+                warn_too_few(
+                    int(counts[c]), alpha, min_calibration_size(alpha),
+                    what=f"calibration points of class {self.classes_[c].tolist()!r}",
+                )  # fmt: skip
         else:
             self.quantile_ = conformal_quantile(s, alpha)
         return self

@@ -23,12 +23,14 @@ from sklearn.base import BaseEstimator
 
 from ._estimator import (
     WrapsEstimator,
+    calibration_target,
     check_calibrated,
     check_calibration_size,
     distribution_icdf,
     fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
+    store_params,
 )
 from ._validation import as_float_array, check_alpha, check_same_length
 from .quantile import conformal_quantile
@@ -105,11 +107,7 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         calibration_size: float | None = None,
         random_state=None,
     ):
-        self.lower_estimator = lower_estimator
-        self.upper_estimator = upper_estimator
-        self.alpha = alpha
-        self.calibration_size = calibration_size
-        self.random_state = random_state
+        store_params(self, locals())
 
     def _check_params(self) -> float:
         check_calibration_size(self.calibration_size)
@@ -152,9 +150,7 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
             Predictive distribution with batch shape ``(n,)`` and an ``icdf`` method.
         """
         alpha = self._check_params()
-        if y is None:
-            raise ValueError("y (calibration responses) is required")
-        y = as_float_array(y, "y")
+        y = as_float_array(calibration_target(y, "responses"), "y")
         lo, hi = self._band(X, lower, upper, distribution)
         check_same_length(y=y, lower=lo)
         self.conformity_scores_ = _scores(y, lo, hi)

@@ -30,7 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import as_float_array, check_positive_int, check_same_length
+from ._validation import (
+    as_float_array,
+    check_choice,
+    check_class_codes,
+    check_positive_int,
+    check_same_length,
+)
 
 __all__ = [
     "ReliabilityDiagram",
@@ -82,23 +88,6 @@ def _from_answers(dists, truths) -> _Predictions:
     return _Predictions(*(np.asarray(a, dtype=np.float64) for a in (conf, corr, p_true, sum_sq)))
 
 
-def _check_labels(y, n_classes: int) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"y must be a 1-D array of class labels, got shape {y.shape}")
-    if y.dtype.kind == "f":
-        if np.isnan(y).any():
-            raise ValueError("y contains NaN; class labels expected")
-        if (y != np.round(y)).any():
-            raise ValueError(f"y must hold integer class labels 0..{n_classes - 1}")
-    elif y.dtype.kind not in "iub":
-        raise TypeError(f"y must hold integer class labels 0..{n_classes - 1}, got {y.dtype}")
-    y = y.astype(np.int64)
-    if ((y < 0) | (y >= n_classes)).any():
-        raise ValueError(f"y must hold class labels in 0..{n_classes - 1}")
-    return y
-
-
 def check_proba(proba, name: str = "proba", atol: float = 1e-4) -> np.ndarray:
     """``proba`` as a float64 ``(n, K)`` array of probability rows (non-negative, sum 1)."""
     p = as_float_array(proba, name, ndim=2, allow_inf=False)
@@ -119,7 +108,7 @@ def _predictions(proba, y) -> _Predictions:
     if _is_answer_sequence(proba):
         return _from_answers(proba, y)
     p = check_proba(proba)
-    y = _check_labels(y, p.shape[1])
+    y = check_class_codes(y, p.shape[1])
     check_same_length(proba=p, y=y)
     top = p.argmax(axis=1)
     idx = np.arange(len(y))
@@ -133,8 +122,7 @@ def top_label(proba, y) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bin_index(confidence: np.ndarray, n_bins: int, binning: str):
-    if binning not in _BINNINGS:
-        raise ValueError(f"binning must be one of {_BINNINGS}, got {binning!r}")
+    check_choice(binning, _BINNINGS, "binning")
     n_bins = check_positive_int(n_bins, "n_bins")
     if binning == "uniform":
         edges = np.linspace(0.0, 1.0, n_bins + 1)

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._validation import check_positive_int, check_same_length
-from .second_order import _labels
+from ._validation import check_class_codes, check_positive_int, check_same_length
 
 __all__ = ["PairClassifier", "fit_pair_classifier"]
 
@@ -110,7 +109,7 @@ class PairClassifier(nn.Module):
 def _as_labels(y, k: int, name: str) -> torch.Tensor:
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
-    return torch.from_numpy(np.ascontiguousarray(_labels(y, k, name)))
+    return torch.from_numpy(np.ascontiguousarray(check_class_codes(y, k, name)))
 
 
 def fit_pair_classifier(
@@ -139,7 +138,7 @@ def fit_pair_classifier(
         ``jax.random`` key; the shuffling generator is seeded from it (same key, same run
         for the same initial parameters).
     """
-    from probinfer.llm.ssm import key_to_seed
+    from probinfer._random import key_to_seed
 
     if not isinstance(model, PairClassifier):
         raise TypeError(f"model must be a PairClassifier, got {type(model).__name__}")

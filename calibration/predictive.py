@@ -10,7 +10,8 @@ and ``Q(Y, tau)`` is exactly uniform for an exchangeable test point and
 ``tau = 0, 1`` are returned.  Two-sided intervals use the ``icdf`` of ``F_x`` at
 the PIT order statistics: ``[F_x^{-1}(u_(k_lo)), F_x^{-1}(u_(k_hi))]`` with
 ``k_lo = floor((n + 1) alpha / 2)`` and ``k_hi = ceil((n + 1)(1 - alpha / 2))``
-(``-inf``/``+inf`` outside ``1..n``); coverage is ``(k_hi - k_lo)/(n + 1) >= 1 - alpha``.
+(``-inf``/``+inf`` outside ``1..n``, with a warning); coverage is
+``(k_hi - k_lo)/(n + 1) >= 1 - alpha``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sklearn.base import BaseEstimator
 
 from ._estimator import check_calibrated, distribution_cdf, distribution_icdf
 from ._validation import as_float_array, check_alpha, exact_fraction, random_generator
+from .quantile import min_calibration_size, warn_too_few
 
 __all__ = ["ConformalPredictiveDistribution", "pit_scores"]
 
@@ -115,6 +117,8 @@ class ConformalPredictiveDistribution(BaseEstimator):
         n = len(self.pit_)
         k_lo = math.floor((n + 1) * a / 2)
         k_hi = math.ceil((n + 1) * (1 - a / 2))
+        if k_lo < 1 or k_hi > n:  # n < 2/alpha - 1: an infinite end
+            warn_too_few(n, alpha, min_calibration_size(alpha / 2))
         lo = distribution_icdf(distribution, self.pit_[k_lo - 1]) if k_lo >= 1 else None
         hi = distribution_icdf(distribution, self.pit_[k_hi - 1]) if k_hi <= n else None
         if lo is None and hi is None:  # n too small for alpha: the whole line, of the test shape

@@ -5,18 +5,28 @@ most the ``k``-th smallest calibration score with probability ``k / (n + 1)``
 (exactly, without ties; at least, with ties).  The smallest ``k`` reaching
 ``1 - alpha`` is ``k = ceil((n + 1)(1 - alpha))``.  When ``k > n`` no calibration
 score is large enough and the documented answer is the upper bound of the score
-(``+inf`` by default): the infinite interval, or the full label set.
+(``+inf`` by default): the infinite interval, or the full label set.  That answer is valid
+but says nothing, so :func:`conformal_quantile` reports it with one ``UserWarning`` naming
+``n``, ``alpha`` and the smallest ``n`` that would do (:func:`warn_too_few`): every
+estimator that calibrates through it warns the same way.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
-from ._validation import as_float_array, check_alpha, check_positive_int, exact_fraction
+from ._validation import (
+    as_float_array,
+    caller_stacklevel,
+    check_alpha,
+    check_positive_int,
+    exact_fraction,
+)
 
-__all__ = ["conformal_rank", "conformal_quantile", "min_calibration_size"]
+__all__ = ["conformal_rank", "conformal_quantile", "min_calibration_size", "warn_too_few"]
 
 
 def conformal_rank(n: int, alpha: float) -> int:
@@ -48,8 +58,34 @@ def min_calibration_size(alpha: float) -> int:
     return math.ceil((1 - a) / a)
 
 
+def warn_too_few(n: int, alpha: float, n_min: int, *, what: str = "calibration points") -> None:
+    """Warn (``UserWarning``) that ``n`` calibration points are too few for ``alpha``.
+
+    The result is then the documented trivial one (the infinite interval, the full set):
+    valid, but uninformative, and easy to mistake for a good one (100% coverage).
+
+    Parameters
+    ----------
+    n : int
+        Number of calibration points.
+    alpha : float
+        The miscoverage level asked for.
+    n_min : int
+        The smallest ``n`` giving a finite threshold (:func:`min_calibration_size`).
+    what : str
+        What was counted (e.g. ``"calibration points of class 'cat'"``).
+    """
+    warnings.warn(
+        f"n_cal={n} {what} are too few for alpha={alpha:g}: at least {n_min} are needed "
+        f"for a finite threshold, so the intervals are infinite and the sets are full (valid "
+        f"but uninformative)",
+        UserWarning,
+        stacklevel=caller_stacklevel(),
+    )
+
+
 def conformal_quantile(
-    scores, alpha: float, *, axis: int = -1, upper_bound: float = np.inf
+    scores, alpha: float, *, axis: int = -1, upper_bound: float = np.inf, warn: bool = True
 ) -> np.ndarray | float:
     """The ``k``-th smallest score along ``axis`` with ``k = ceil((n + 1)(1 - alpha))``.
 
@@ -66,6 +102,9 @@ def conformal_quantile(
         Returned where ``k > n`` (too few scores for the level): ``+inf`` gives the
         infinite interval / full label set; a known bound ``B`` on the score gives
         the tighter set ``{score <= B}``.
+    warn : bool
+        Warn (:func:`warn_too_few`) when ``k > n``; ``False`` for a caller that reports
+        several such calls at once (Mondrian calibration, one quantile per class).
 
     Returns
     -------
@@ -78,6 +117,8 @@ def conformal_quantile(
     n = s.shape[axis]
     k = conformal_rank(n, alpha)
     if k > n:
+        if warn:
+            warn_too_few(n, alpha, min_calibration_size(alpha))
         out = np.full(np.delete(s.shape, axis % s.ndim), float(upper_bound))
     else:
         out = np.partition(s, k - 1, axis=axis).take(k - 1, axis=axis)

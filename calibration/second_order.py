@@ -43,7 +43,7 @@ import numpy as np
 from scipy.optimize import nnls
 from sklearn.base import BaseEstimator
 
-from ._validation import as_float_array, check_alpha, check_same_length
+from ._validation import as_float_array, check_alpha, check_class_codes, check_same_length
 
 if TYPE_CHECKING:  # torch is imported on first use only
     from .pair_classifier import PairClassifier, fit_pair_classifier
@@ -155,20 +155,6 @@ def hallucination_filter(p, p_same, beta: float = 0.1) -> np.ndarray:
     return (1.0 - cheat_corrected_confidence(p, p_same)) < beta
 
 
-def _labels(y, n_classes: int, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
-    if y.dtype.kind == "f" and (np.isnan(y).any() or (y != np.round(y)).any()):
-        raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}")
-    if y.dtype.kind not in "iubf":
-        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if ((y < 0) | (y >= n_classes)).any():
-        raise ValueError(f"{name} must hold class labels in 0..{n_classes - 1}")
-    return y
-
-
 def paired_squared_error(p, y1, y2) -> np.ndarray:
     """Unbiased estimates ``(p_hat - 1{y1 = y}) (p_hat - 1{y2 = y})`` of
     ``(p_hat(y | x) - p(y | x))^2`` from two independent responses, shape ``(n, K)``.
@@ -183,8 +169,8 @@ def paired_squared_error(p, y1, y2) -> np.ndarray:
     p = _probabilities(p, "p")
     if p.ndim != 2:
         raise ValueError(f"p must have shape (n, K), got {p.shape}")
-    y1 = _labels(y1, p.shape[1], "y1")
-    y2 = _labels(y2, p.shape[1], "y2")
+    y1 = check_class_codes(y1, p.shape[1], "y1")
+    y2 = check_class_codes(y2, p.shape[1], "y2")
     check_same_length(p=p, y1=y1, y2=y2)
     k = np.arange(p.shape[1])
     return (p - (y1[:, None] == k)) * (p - (y2[:, None] == k))
@@ -210,7 +196,7 @@ def squared_error_estimate(p, responses) -> np.ndarray:
     if r.ndim != 2 or r.shape[1] < 2:
         raise ValueError(f"responses must have shape (n, M) with M >= 2, got {r.shape}")
     m = r.shape[1]
-    r = _labels(r.reshape(-1), p.shape[1], "responses").reshape(r.shape)
+    r = check_class_codes(r.reshape(-1), p.shape[1], "responses").reshape(r.shape)
     check_same_length(p=p, responses=r)
     counts = (r[:, :, None] == np.arange(p.shape[1])).sum(axis=1)
     total = m * p - counts  # sum_i (p - 1{y_i = y})

@@ -14,13 +14,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from ._estimator import (
     WrapsEstimator,
+    calibration_target,
     check_calibrated,
     check_calibration_size,
     fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
+    store_params,
 )
-from ._validation import as_float_array, check_alpha, check_same_length
+from ._validation import as_float_array, check_alpha, check_choice, check_same_length
 from .quantile import conformal_quantile
 
 __all__ = [
@@ -122,18 +124,10 @@ class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
         calibration_size: float | None = None,
         random_state=None,
     ) -> None:
-        self.estimator = estimator
-        self.alpha = alpha
-        self.conformity_score = conformity_score
-        self.scale_estimator = scale_estimator
-        self.calibration_size = calibration_size
-        self.random_state = random_state
+        store_params(self, locals())
 
     def _check_params(self) -> float:
-        if self.conformity_score not in _SCORES:
-            raise ValueError(
-                f"conformity_score must be one of {_SCORES}, got {self.conformity_score!r}"
-            )
+        check_choice(self.conformity_score, _SCORES, "conformity_score")
         check_calibration_size(self.calibration_size)
         return check_alpha(self.alpha)
 
@@ -166,9 +160,7 @@ class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
             Precomputed point predictions and spreads.
         """
         alpha = self._check_params()
-        if y is None:
-            raise ValueError("y (calibration responses) is required")
-        y = as_float_array(y, "y")
+        y = as_float_array(calibration_target(y, "responses"), "y")
         mu = self.predict(X, y_pred=y_pred)
         check_same_length(y=y, y_pred=mu)
         if self.conformity_score == "absolute":

@@ -20,7 +20,6 @@ from calibration import (
     SplitConformalRegressor,
 )
 
-_Y_2D = "a 2-D column y is refused with a ValueError naming y, not ravelled with a warning"
 ESTIMATORS = [
     SplitConformalRegressor(LinearRegression()),
     SplitConformalRegressor(LinearRegression(), calibration_size=0.3, random_state=0),
@@ -30,13 +29,7 @@ ESTIMATORS = [
 ]
 
 
-def _expected_failures(est):
-    if isinstance(est, SplitConformalRegressor) or est.get_params().get("calibration_size"):
-        return {"check_supervised_y_2d": _Y_2D}
-    return {}
-
-
-@parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failures)
+@parametrize_with_checks(ESTIMATORS)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -90,6 +83,57 @@ def test_pipeline_final_step_equals_manual_split_fit_calibrate():
     np.testing.assert_array_equal(again[-1].predict_interval(Xs), cp.predict_interval(Xs))
     # the parameter estimator itself is never fitted
     assert not hasattr(pipe[-1].estimator, "coef_")
+
+
+def test_conformal_wrapper_around_a_pipeline_clone_and_grid_search():
+    """The pattern the README shows: the conformal estimator wraps the pipeline, so that
+    ``predict_interval`` is a method of what ``GridSearchCV`` returns."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    X, y = _regression()
+    cp = SplitConformalRegressor(
+        make_pipeline(StandardScaler(), Ridge()), alpha=0.1, calibration_size=0.25, random_state=3
+    )
+    assert "estimator__ridge__alpha" in cp.get_params()
+    c = clone(cp)
+    assert c.estimator is not cp.estimator and c.get_params()["estimator__ridge__alpha"] == 1.0
+    cv = KFold(3, shuffle=True, random_state=0)
+    search = GridSearchCV(cp, {"estimator__ridge__alpha": [0.1, 1e5]}, cv=cv).fit(X, y)
+    assert search.best_params_ == {"estimator__ridge__alpha": 0.1}  # default scoring: R^2
+    best = search.best_estimator_
+    # the refit is the wrapper fitted on all of (X, y) with the best parameter, by hand:
+    manual = clone(cp).set_params(estimator__ridge__alpha=0.1).fit(X, y)
+    np.testing.assert_array_equal(best.predict_interval(X[:7]), manual.predict_interval(X[:7]))
+    np.testing.assert_array_equal(search.predict(X[:7]), manual.predict(X[:7]))
+    # and by hand again, from the split: the inner pipeline fitted on the training part
+    from sklearn.model_selection import train_test_split
+
+    X_fit, X_cal, y_fit, y_cal = train_test_split(X, y, test_size=0.25, random_state=3)
+    inner = make_pipeline(StandardScaler(), Ridge(alpha=0.1)).fit(X_fit, y_fit)
+    prefit = SplitConformalRegressor(inner, alpha=0.1).calibrate(X_cal, y_cal)
+    np.testing.assert_array_equal(best.predict_interval(X[:7]), prefit.predict_interval(X[:7]))
+    # the classifier: predict_set on what the search returns
+    Xc, codes = _blobs()
+    clf = SplitConformalClassifier(
+        make_pipeline(StandardScaler(), LogisticRegression()), calibration_size=0.3, random_state=0
+    )
+    grid = {"estimator__logisticregression__C": [0.01, 1.0]}
+    found = GridSearchCV(clf, grid, cv=3).fit(Xc, codes).best_estimator_
+    assert found.predict_set(Xc[:4]).shape == (4, 3)
+
+
+def test_pipeline_does_not_forward_predict_interval():
+    """Why the README puts the pipeline inside: a Pipeline ending in the conformal estimator
+    has no ``predict_interval`` (scikit-learn forwards only its own methods)."""
+    X, y = _regression()
+    pipe = make_pipeline(
+        StandardScaler(),
+        SplitConformalRegressor(LinearRegression(), calibration_size=0.25, random_state=7),
+    ).fit(X, y)
+    assert not hasattr(pipe, "predict_interval")
+    band = pipe[-1].predict_interval(pipe[:-1].transform(X[:3]))  # the long way round
+    assert band.shape == (3, 2)
 
 
 def _blobs(n=600, k=3, seed=0):
