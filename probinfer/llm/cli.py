@@ -161,9 +161,10 @@ def _add_scale(sub, extensions: Sequence[ScaleExtension] = ()) -> None:
     p.add_argument(
         "--prm-kind",
         choices=["token", "sequence"],
-        default="token",
+        default=None,
         help="served PRM: 'token' (step tag after every step, P(positive) at the last, "
-        "Qwen2.5-Math-PRM) or 'sequence' (one score)",
+        "Qwen2.5-Math-PRM) or 'sequence' (one score) (default: detected from the server's "
+        "first answer: one row per token is 'token', one score 'sequence')",
     )
     p.add_argument("--step-tag", default="<extra_0>", help="step tag of a 'token' served PRM")
     p.add_argument(

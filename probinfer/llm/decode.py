@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from probinfer.llm.protocols import StepProposal
-from probinfer.llm.task import CharTokenizer
 
-__all__ = ["StepDecoder", "never_sampled", "step_proposal", "step_text"]
+__all__ = ["StepDecoder", "step_proposal", "step_text"]
 
 _WINDOW = 8
 """Tokens of history decoded with a step, so that context-dependent spacing decodes exactly."""
@@ -37,16 +36,6 @@ def step_text(tokenizer, history, step, carry: str, head: str | None = None) -> 
         head = tokenizer.decode(window)
     full = tokenizer.decode(window + list(step))
     return carry + (full[len(head) :] if full.startswith(head) else tokenizer.decode(step))
-
-
-def never_sampled(tokenizer) -> int | None:
-    """The token id a sampler must never draw with ``tokenizer``, or ``None``.
-
-    A :class:`~probinfer.llm.CharTokenizer`'s padding id is not a character: a model trained
-    on it never sees it as a next token, and sampling it would decode to nothing. Other
-    tokenizers' padding ids are real tokens (often the end-of-sequence token).
-    """
-    return int(tokenizer.pad_token_id) if isinstance(tokenizer, CharTokenizer) else None
 
 
 class StepDecoder:

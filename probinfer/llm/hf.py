@@ -23,43 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from probinfer.checks import check_num
-from probinfer.llm.decode import StepDecoder, never_sampled, step_proposal
+from probinfer.llm.decode import StepDecoder, step_proposal
 from probinfer.llm.protocols import StepProposal
 from probinfer.llm.ssm import key_to_seed
-from probinfer.llm.task import CharTokenizer
+from probinfer.llm.tokenizers import HFTokenizer, load_tokenizer, never_sampled
 
 __all__ = ["HFCausalLM", "HFRewardModel", "HFTokenizer", "context_limit", "load_tokenizer"]
-
-
-class HFTokenizer:
-    """Adapter giving a ``transformers`` tokenizer the small interface used here
-    (``encode`` without special tokens, ``decode`` without clean-up, pad and EOS ids)."""
-
-    def __init__(self, tok):
-        self.tok = tok
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.pad_token_id = 0 if pad is None else int(pad)
-        self.eos_token_id = tok.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids) -> str:
-        return self.tok.decode(
-            list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-
-
-def load_tokenizer(path):
-    """The tokenizer stored at ``path``: a :class:`CharTokenizer` (``char_tokenizer.json``)
-    or a ``transformers`` tokenizer (loaded with ``local_files_only=True``)."""
-    path = Path(path)
-    char = path / "char_tokenizer.json"
-    if char.exists():
-        return CharTokenizer.from_dict(json.loads(char.read_text()))
-    from transformers import AutoTokenizer
-
-    return HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
 
 
 def _check_dir(path, what: str) -> Path:
@@ -629,23 +598,14 @@ class HFRewardModel:
         return self.kv_cache and self.kind in ("token", "causal")
 
     def score_with_state(self, prompt: str, partials, state=None):
-        """Scores of ``prompt + steps`` for each partial answer, continuing cache rows.
+        """Scores of ``prompt + steps`` for each partial answer, continuing cache rows
+        (:class:`~probinfer.llm.StatefulRewardModel`).
 
-        Parameters
-        ----------
-        prompt
-            The prompt shared by every partial answer.
-        partials
-            Each partial answer as a sequence of steps.
-        state
-            :class:`~probinfer.llm.kv.PRMRows` with one entry per partial answer (e.g. the
-            rows of each particle's parent, gathered at resampling), or ``None``.
-
-        Returns
-        -------
-        scores, state, encoded
-            ``(n,)`` scores as :meth:`score`; the new rows (one per partial answer;
-            ``None`` without reuse); tokens encoded through the model.
+        ``state`` is :class:`~probinfer.llm.kv.PRMRows` with one entry per partial answer
+        (e.g. each particle's parent's rows, gathered at resampling) or ``None``; returns
+        ``(scores, rows, tokens encoded)``, the rows ``None`` without reuse
+        (:attr:`reuses_cache`). A row keeps the cached tokens of its longest common prefix
+        with the new token ids and encodes only the rest.
         """
         import torch
 

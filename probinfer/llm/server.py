@@ -461,13 +461,11 @@ def _stop_strings(step_end) -> list[str] | None:
 def _vocab_size(tokenizer) -> int | None:
     """The number of token ids ``tokenizer`` can decode (added tokens included), or
     ``None`` when it does not tell."""
-    for obj in (tokenizer, getattr(tokenizer, "tok", None)):  # HFTokenizer wraps ``tok``
-        try:
-            return len(obj)
-        except TypeError:
-            pass
-    n = getattr(tokenizer, "vocab_size", None)
-    return n if isinstance(n, int) else None
+    try:
+        return len(tokenizer)
+    except TypeError:
+        n = getattr(tokenizer, "vocab_size", None)
+        return n if isinstance(n, int) else None
 
 
 def _choice_token_ids(where: str, choice: dict, vocab: int | None) -> list[int] | None:
@@ -533,7 +531,39 @@ def _count(usage, name: str) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
-class OpenAICompatibleLM:
+_CLIENT_OPTIONS = (
+    "api_key_env",
+    "max_concurrency",
+    "timeout",
+    "max_retries",
+    "backoff",
+    "max_response_bytes",
+    "cooldown",
+)
+"""The constructor arguments of a served model that configure its HTTP client."""
+
+
+class _Served:
+    """What the LM and the PRM clients share: the served model's name and one HTTP
+    :class:`_Client`, configured by the constructor's arguments ``options`` (its
+    ``locals()``; the names in :data:`_CLIENT_OPTIONS` are taken)."""
+
+    def __init__(self, base_urls, model: str, options: dict):
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a non-empty string, got {model!r}")
+        self.client = _Client(base_urls, **{k: options[k] for k in _CLIENT_OPTIONS})
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_urls={self.client.urls!r}, model={self.model!r})"
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The base URLs with their credentials redacted (:func:`redact_url`)."""
+        return self.client.urls
+
+
+class OpenAICompatibleLM(_Served):
     """A language model behind OpenAI-compatible completions servers (vLLM, SGLang, ...).
 
     Parameters
@@ -585,30 +615,10 @@ class OpenAICompatibleLM:
         eos_text: str | None = None,
         extra_body: dict | None = None,
     ):
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be a non-empty string, got {model!r}")
-        self.client = _Client(
-            base_urls,
-            api_key_env=api_key_env,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_response_bytes=max_response_bytes,
-            cooldown=cooldown,
-        )
-        self.model = model
+        super().__init__(base_urls, model, locals())
         self.tokenizer = tokenizer
         self.eos_text = eos_text
         self.extra_body = dict(extra_body or {})
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatibleLM(base_urls={self.client.urls!r}, model={self.model!r})"
-
-    @property
-    def base_urls(self) -> tuple[str, ...]:
-        """The base URLs with their credentials redacted (:func:`redact_url`)."""
-        return self.client.urls
 
     def propose(
         self,
@@ -710,7 +720,7 @@ def _decode_choice(where: str, choice, decoder: StepDecoder, vocab, exact: bool)
     return len(ids) if exact else 0
 
 
-class OpenAICompatiblePRM:
+class OpenAICompatiblePRM(_Served):
     """A process reward model behind vLLM's pooling route (``POST {url}/pooling``).
 
     Parameters
@@ -725,6 +735,9 @@ class OpenAICompatiblePRM:
         probabilities per step tag (or per token), and the score is ``P(positive_label)``
         at the last one. ``"sequence"``: a reward model returning one score per input
         (a probability; with ``logits=True`` a logit, passed through a sigmoid).
+        ``None`` (default): detected from the server's answer to the first input (one
+        request, made once, without step tags): one row per token (or none) is
+        ``"token"``, one score (or one vector of class scores) is ``"sequence"``.
     step_tag
         ``"token"``: the text appended after each step (``"<extra_0>"`` for
         Qwen2.5-Math-PRM).
@@ -743,7 +756,7 @@ class OpenAICompatiblePRM:
         base_urls,
         model: str,
         *,
-        kind: str = "token",
+        kind: str | None = None,
         step_tag: str = "<extra_0>",
         positive_label: int = 1,
         logits: bool = False,
@@ -756,26 +769,31 @@ class OpenAICompatiblePRM:
         cooldown: float = 30.0,
         batch_size: int = 32,
     ):
-        if kind not in PRM_SERVER_KINDS:
-            raise ValueError(f"kind must be one of {PRM_SERVER_KINDS}, got {kind!r}")
-        if not isinstance(model, str) or not model:
-            raise ValueError(f"model must be a non-empty string, got {model!r}")
+        if kind is not None and kind not in PRM_SERVER_KINDS:
+            raise ValueError(f"kind must be one of {PRM_SERVER_KINDS} or None, got {kind!r}")
         check_num(batch_size, "batch_size")
-        self.client = _Client(
-            base_urls,
-            api_key_env=api_key_env,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_response_bytes=max_response_bytes,
-            cooldown=cooldown,
-        )
-        self.model, self.kind, self.step_tag = model, kind, step_tag
+        super().__init__(base_urls, model, locals())
+        self.kind, self.step_tag = kind, step_tag
         self.positive_label, self.logits, self.batch_size = int(positive_label), logits, batch_size
 
-    def __repr__(self) -> str:
-        return f"OpenAICompatiblePRM(base_urls={self.client.urls!r}, model={self.model!r})"
+    def _detect_kind(self, prompt: str, steps) -> str:
+        """The served PRM's kind from its answer to one input (``prompt + steps``, without
+        step tags, which a sequence model's vocabulary may lack): one score (or one vector
+        of class scores) is a ``"sequence"`` model; one row per token, or no row at all (a
+        step-reward model reads only step tags), is a ``"token"`` model."""
+        text = prompt + "".join(steps)
+        [(where, ans)] = self.client.post_all("/pooling", [{"model": self.model, "input": [text]}])
+        data = ans.get("data")
+        _order(where, data, 1, "pooling results")
+        if "data" not in data[0]:
+            raise ServerError(f"{where}: a pooling result has no data")
+        try:
+            arr = np.asarray(data[0]["data"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ServerError(f"{where}: pooling output is not an array of numbers") from None
+        kind = "token" if arr.ndim >= 2 or arr.size == 0 else "sequence"
+        logger.info("%s: the served PRM answers as a %r model", where, kind)
+        return kind
 
     def _text(self, prompt: str, steps) -> str:
         if self.kind == "token":
@@ -809,9 +827,11 @@ class OpenAICompatiblePRM:
                 f"prompts and partials must have the same length, got {len(prompts)} "
                 f"and {len(partials)}"
             )
-        texts = [self._text(p, s) for p, s in zip(prompts, partials)]
-        if not texts:
+        if not prompts:
             return np.zeros(0)
+        if self.kind is None:  # detected once, from the server's first answer
+            self.kind = self._detect_kind(prompts[0], partials[0])
+        texts = [self._text(p, s) for p, s in zip(prompts, partials)]
         chunks = [texts[a : a + self.batch_size] for a in range(0, len(texts), self.batch_size)]
         payloads = [{"model": self.model, "input": c} for c in chunks]
         answers = self.client.post_all("/pooling", payloads)

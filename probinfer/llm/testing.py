@@ -30,7 +30,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from probinfer.llm.decode import StepDecoder, never_sampled
+from probinfer.llm.decode import StepDecoder
+from probinfer.llm.tokenizers import never_sampled
 
 __all__ = ["serve"]
 

@@ -200,9 +200,10 @@ def test_unreachable_server_and_bad_settings(local):
         OpenAICompatibleLM(url, "m", max_concurrency=0)
 
 
-def test_step_reward_pooling_reads_p_positive_at_the_last_tag(local):
-    """A pooling server returning class probabilities per step tag (Qwen2.5-Math-PRM)."""
-    seen = []
+def _step_tag_server(seen):
+    """A pooling server returning class probabilities per step tag (Qwen2.5-Math-PRM):
+    ``[0.5, 0.5]`` at every tag but the last, ``[0.2, 0.8]`` there, no row without a tag;
+    the inputs go to ``seen``."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -211,9 +212,10 @@ def test_step_reward_pooling_reads_p_positive_at_the_last_tag(local):
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             seen.extend(body["input"])
+            rows = [t.count("<extra_0>") for t in body["input"]]  # a row per tag only
             data = [
-                {"index": i, "data": [[0.5, 0.5]] * (t.count("<extra_0>") - 1) + [[0.2, 0.8]]}
-                for i, t in enumerate(body["input"])
+                {"index": i, "data": [[0.5, 0.5]] * (c - 1) + [[0.2, 0.8]] * (c > 0)}
+                for i, c in enumerate(rows)
             ]
             out = json.dumps({"data": data}).encode()
             self.send_response(200)
@@ -223,14 +225,43 @@ def test_step_reward_pooling_reads_p_positive_at_the_last_tag(local):
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("kind", ["token", None])
+def test_step_reward_pooling_reads_p_positive_at_the_last_tag(kind):
+    """Given (``kind="token"``) or detected from the rows per tag (``None``, one probe
+    request with the first input): ``P(positive)`` at the last step tag."""
+    seen = []
+    srv = _step_tag_server(seen)
     try:
-        prm = OpenAICompatiblePRM(f"http://127.0.0.1:{srv.server_port}", "qwen-prm")
+        prm = OpenAICompatiblePRM(f"http://127.0.0.1:{srv.server_port}", "qwen-prm", kind=kind)
         r = prm.score(["q1 ", "q2 "], [("a;", "b;"), ("c;",)])
         np.testing.assert_allclose(r, [0.8, 0.8])
-        assert seen == ["q1 a;<extra_0>b;<extra_0>", "q2 c;<extra_0>"]
+        probe = [] if kind else ["q1 a;b;"]  # the first input, without step tags
+        assert seen == [*probe, "q1 a;<extra_0>b;<extra_0>", "q2 c;<extra_0>"]
+        assert prm.kind == "token"
+        prm.score(["q3 "], [("d;",)])  # detected once
+        assert seen[-1] == "q3 d;<extra_0>" and len(seen) == len(probe) + 3
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_one_score_per_input_is_detected_as_a_sequence_prm(local, server):
+    """The test server's pooling route answers one score per input: detected as
+    ``"sequence"`` (no step tags sent), with the scores of ``kind="sequence"`` and of the
+    local PRM; ``kind`` overrides the detection."""
+    _, prm = local
+    prompts, partials = ["1+2=", "3+4="], [("3;",), ("7;", "7|")]
+    detected = OpenAICompatiblePRM(server, "prm", api_key_env=None)
+    given = OpenAICompatiblePRM(server, "prm", kind="sequence", api_key_env=None)
+    r = detected.score(prompts, partials)
+    assert detected.kind == "sequence"
+    np.testing.assert_allclose(r, given.score(prompts, partials), atol=1e-6)
+    texts = [p + "".join(s) for p, s in zip(prompts, partials)]
+    np.testing.assert_allclose(r, prm.score(texts, [()] * 2), atol=1e-5)
+    assert detected.score([], []).shape == (0,)
 
 
 def test_probinfer_scale_cli_against_servers(local, server, tmp_path, capsys, monkeypatch):
@@ -239,8 +270,8 @@ def test_probinfer_scale_cli_against_servers(local, server, tmp_path, capsys, mo
     monkeypatch.setenv("PROBINFER_TEST_KEY", SECRET)
     out = tmp_path / "scale.json"
     argv = ["scale", "--server", f"{server}/v1", "--model", "tiny", "--tokenizer",
-            str(ASSETS / "lm"), "--prm-server", server, "--prm-model", "prm", "--prm-kind",
-            "sequence", "--api-key-env", "PROBINFER_TEST_KEY", "--num-problems", "2",
+            str(ASSETS / "lm"), "--prm-server", server, "--prm-model", "prm",
+            "--api-key-env", "PROBINFER_TEST_KEY", "--num-problems", "2",
             "--budgets", "2", "--algorithms", "particle_filter", "--output", str(out),
             "--no-progress"]  # fmt: skip
     assert main(argv) == 0
