@@ -9,24 +9,22 @@ returns the Gaussian-mixture posterior (:class:`probinfer.distributions.Gaussian
 forward pass; since the prior is an input, it can be changed without retraining, and posteriors
 can be fed back as priors (sequential inference, :func:`dt_filter`).
 
-``import amortized`` does not import torch; the torch parts (``PFN``, ``PFNConfig``,
-``DistributionTransformer``, ``train_pfn``, ``train_dt``, ``load_pretrained``...) are imported
-on first access.
+``import amortized`` does not import torch: every public name (the priors, and the torch parts
+``PFN``, ``PFNConfig``, ``DistributionTransformer``, ``train_pfn``, ``train_dt``,
+``load_pretrained``...) is imported on first access.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from amortized.priors import (
-    BayesianLinearPrior,
-    GPPrior,
-    MLPPrior,
-    NumPyroPrior,
-    Prior,
-)
-
+#: public name -> the module it comes from (or (module, attribute)); imported on first access
 _LAZY = {
+    "BayesianLinearPrior": "amortized.priors",
+    "GPPrior": "amortized.priors",
+    "MLPPrior": "amortized.priors",
+    "NumPyroPrior": "amortized.priors",
+    "Prior": "amortized.priors",
     "CheckpointDir": "amortized.checkpoint",
     "CheckpointLockedError": "amortized.checkpoint",
     "PFN": "amortized.pfn",
@@ -62,14 +60,7 @@ _LAZY = {
     "kl_monte_carlo": "amortized.exact",
 }
 
-__all__ = [
-    "BayesianLinearPrior",
-    "GPPrior",
-    "MLPPrior",
-    "NumPyroPrior",
-    "Prior",
-    *sorted(_LAZY),
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):

@@ -105,6 +105,29 @@ def _uniform_x(rng: np.random.Generator, b: int, n: int, d: int) -> np.ndarray:
     return rng.uniform(0.0, 1.0, size=(b, n, d))
 
 
+class _UnitBoxPrior:
+    """The built-in priors' common draw: ``x ~ U[0, 1]^d``, then ``y`` given ``x`` from the
+    subclass's :meth:`draw_y`, both from one numpy generator seeded by the key's words."""
+
+    x_dim: int
+
+    def __post_init__(self):
+        if not (isinstance(self.x_dim, int) and self.x_dim >= 1):
+            raise ValueError(f"x_dim must be a positive integer, got {self.x_dim!r}")
+
+    def draw_y(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        """``y`` ``(B, N)`` given ``x`` ``(B, N, d)`` (float64)."""
+        raise NotImplementedError
+
+    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``x`` ``(n_datasets, n_points, x_dim)`` and ``y`` ``(n_datasets, n_points)``."""
+        _check_sizes(n_datasets, n_points)
+        rng = numpy_rng(key)
+        x = _uniform_x(rng, n_datasets, n_points, self.x_dim)
+        y = self.draw_y(rng, x)
+        return x.astype(np.float32), y.astype(np.float32)
+
+
 def rbf_kernel(x1: np.ndarray, x2: np.ndarray, lengthscale, outputscale) -> np.ndarray:
     """RBF kernel ``outputscale * exp(-|x1 - x2|^2 / (2 lengthscale^2))``, batched over axis 0.
 
@@ -122,7 +145,7 @@ def rbf_kernel(x1: np.ndarray, x2: np.ndarray, lengthscale, outputscale) -> np.n
 
 
 @dataclass(frozen=True)
-class GPPrior:
+class GPPrior(_UnitBoxPrior):
     """Gaussian-process regression prior with an RBF kernel on ``x ~ U[0, 1]^d``.
 
     ``y = f(x) + eps``, ``f ~ GP(0, outputscale * exp(-r^2 / (2 lengthscale^2)))``,
@@ -143,8 +166,7 @@ class GPPrior:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        if not (isinstance(self.x_dim, int) and self.x_dim >= 1):
-            raise ValueError(f"x_dim must be a positive integer, got {self.x_dim!r}")
+        super().__post_init__()
         if not (self.hyperprior_sd >= 0):
             raise ValueError(f"hyperprior_sd must be >= 0, got {self.hyperprior_sd!r}")
 
@@ -155,15 +177,12 @@ class GPPrior:
         ls, os_, nz = np.exp(base[:, None] + z) * np.ones((3, n))
         return ls, os_, nz
 
-    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
-        _check_sizes(n_datasets, n_points)
-        rng = numpy_rng(key)
-        x = _uniform_x(rng, n_datasets, n_points, self.x_dim)
+    def draw_y(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        n_datasets, n_points, _ = x.shape
         ls, os_, nz = self.hyperparameters(rng, n_datasets)
         k = rbf_kernel(x, x, ls, os_) + (nz[:, None, None] + 1e-8) * np.eye(n_points)
         chol = np.linalg.cholesky(k)
-        y = np.einsum("bij,bj->bi", chol, rng.standard_normal((n_datasets, n_points)))
-        return x.astype(np.float32), y.astype(np.float32)
+        return np.einsum("bij,bj->bi", chol, rng.standard_normal((n_datasets, n_points)))
 
     def posterior_predictive(
         self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray
@@ -202,7 +221,7 @@ def gp_posterior_predictive(x_train, y_train, x_test, lengthscale, outputscale, 
 
 
 @dataclass(frozen=True)
-class BayesianLinearPrior:
+class BayesianLinearPrior(_UnitBoxPrior):
     """Bayesian linear regression ``y = w . x + b + eps``, ``w, b ~ N(0, weight_sd^2)``,
     ``eps ~ N(0, noise_sd^2)``, ``x ~ U[0, 1]^d``."""
 
@@ -210,19 +229,15 @@ class BayesianLinearPrior:
     weight_sd: float = 1.0
     noise_sd: float = 0.1
 
-    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
-        _check_sizes(n_datasets, n_points)
-        rng = numpy_rng(key)
-        x = _uniform_x(rng, n_datasets, n_points, self.x_dim)
-        w = rng.standard_normal((n_datasets, self.x_dim)) * self.weight_sd
-        b = rng.standard_normal((n_datasets, 1)) * self.weight_sd
+    def draw_y(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        w = rng.standard_normal((x.shape[0], self.x_dim)) * self.weight_sd
+        b = rng.standard_normal((x.shape[0], 1)) * self.weight_sd
         y = np.einsum("bnd,bd->bn", x, w) + b
-        y = y + self.noise_sd * rng.standard_normal(y.shape)
-        return x.astype(np.float32), y.astype(np.float32)
+        return y + self.noise_sd * rng.standard_normal(y.shape)
 
 
 @dataclass(frozen=True)
-class MLPPrior:
+class MLPPrior(_UnitBoxPrior):
     """Random-MLP (Bayesian neural network) prior: ``y = MLP_theta(x) + eps`` with i.i.d.
     ``N(0, 1/fan_in)`` weights, ``tanh`` hidden layers and Gaussian noise ``noise_sd``."""
 
@@ -231,10 +246,8 @@ class MLPPrior:
     layers: int = 2
     noise_sd: float = 0.1
 
-    def sample(self, key, n_datasets: int, n_points: int) -> tuple[np.ndarray, np.ndarray]:
-        _check_sizes(n_datasets, n_points)
-        rng = numpy_rng(key)
-        x = _uniform_x(rng, n_datasets, n_points, self.x_dim)
+    def draw_y(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        n_datasets, n_points, _ = x.shape
         h = 2.0 * x - 1.0
         fan_in = self.x_dim
         for _ in range(self.layers):
@@ -243,8 +256,7 @@ class MLPPrior:
             h = np.tanh(h @ w + b)
             fan_in = self.hidden
         w = rng.standard_normal((n_datasets, fan_in, 1)) / math.sqrt(fan_in)
-        y = (h @ w)[..., 0] + self.noise_sd * rng.standard_normal((n_datasets, n_points))
-        return x.astype(np.float32), y.astype(np.float32)
+        return (h @ w)[..., 0] + self.noise_sd * rng.standard_normal((n_datasets, n_points))
 
 
 class NumPyroPrior:
