@@ -41,6 +41,7 @@ from amortized.checkpoint import CheckpointDir
 from amortized.model import PFNConfig, PFNTransformer
 from amortized.pfn import PFN
 from amortized.priors import indexed_key, key_words
+from probinfer.progress import progress_bar
 
 __all__ = [
     "OptimConfig",
@@ -247,10 +248,12 @@ class RunOptions(TypedDict, total=False):
         Seconds between checkpoints (0: after every step; default 180).
     device : str or torch.device or None
         ``"cuda"`` when available unless given.
-    progress : bool
-        Show a tqdm progress bar (to ``log_file`` if given; default True).
+    progress : bool or None
+        ``None`` (default): a tqdm bar when ``log_file`` (stderr when None) is a terminal or
+        in a Jupyter kernel with widgets, else one summary line at the end; ``True``: the
+        bar; ``False``: nothing (:func:`probinfer.progress.progress_bar`).
     log_file : file or None
-        Where the progress bar is written (stderr when None).
+        Where the progress bar or summary line is written (stderr when None).
     max_seconds : float or None
         Stop (after checkpointing) when this wall time is exceeded; resume later.
     """
@@ -258,7 +261,7 @@ class RunOptions(TypedDict, total=False):
     checkpoint_dir: str | os.PathLike | None
     checkpoint_every_s: float
     device: str | torch.device | None
-    progress: bool
+    progress: bool | None
     log_file: IO[str] | None
     max_seconds: float | None
 
@@ -358,7 +361,7 @@ def train_loop(
     extra_tensors: dict | None = None,
     checkpoint: CheckpointDir | None = None,
     checkpoint_every_s: float = 180.0,
-    progress: bool = True,
+    progress: bool | None = None,
     log_file: IO[str] | None = None,
     max_seconds: float | None = None,
 ) -> dict:
@@ -437,13 +440,15 @@ def train_loop(
         committed = step
 
     last_ckpt = t0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=optim.n_steps, initial=step, file=log_file, mininterval=5.0, dynamic_ncols=False
-        )
+    bar = progress_bar(
+        optim.n_steps,
+        desc="training",
+        progress=progress,
+        file=log_file,
+        unit="step",
+        initial=step,
+        mininterval=5.0,
+    )
     model.train()
     while step < optim.n_steps:
         loss = loss_fn(model, batch_fn(step))
@@ -458,18 +463,16 @@ def train_loop(
         ema = lv if ema is None else 0.99 * ema + 0.01 * lv
         if step % 50 == 0 or step == optim.n_steps:
             state["losses"].append([step, round(ema, 5)])
-        if bar is not None:
-            bar.update(1)
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        bar.update(1)
+        if step % 25 == 0 or step == optim.n_steps:
+            bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
         now = time.time()
         if now - last_ckpt >= checkpoint_every_s:
             commit()
             last_ckpt = now
         if max_seconds is not None and now - t0 >= max_seconds:
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     commit()
     model.eval()
     return dict(state)
