@@ -66,11 +66,39 @@ def _format_count(n: float) -> str:
 
 
 class ProgressBar:
-    """A stage's progress: a live tqdm bar, a one-line summary at :meth:`close`, or
-    nothing (see the module docstring). Use as a context manager or call :meth:`close`.
+    """The progress display of one stage of work, by the package's one convention: a live
+    tqdm bar, a one-line summary at :meth:`close`, or nothing (see the module docstring).
+    Use as a context manager or call :meth:`close`. The interface is the part of tqdm's
+    that loops use: :meth:`update`, :meth:`set_postfix`, :meth:`close`, and :attr:`n`.
 
-    The interface is the part of tqdm's that loops use: :meth:`update`,
-    :meth:`set_postfix`, :meth:`close`, and :attr:`n`.
+    Parameters
+    ----------
+    total
+        Number of units in the stage, or ``None`` when unknown (an adaptive run's number of
+        steps): the bar then shows counts and rates, never a percentage.
+    desc
+        The stage's label (``"tempered SMC"``, ``"training"``).
+    progress
+        ``None`` (auto): a live bar when ``file`` (default stderr) is a terminal or in a
+        Jupyter kernel with ``ipywidgets``, otherwise one summary line when the stage
+        closes. ``True``: always the bar. ``False``: no output at all.
+    file
+        Stream for the bar and the summary line (default ``sys.stderr``).
+    unit
+        Name of a unit (``"step"``, ``"run"``).
+    initial
+        Units already done (a resumed run).
+    delay
+        Seconds before a live bar first appears (short stages stay silent).
+    mininterval
+        Least seconds between two redraws of a live bar.
+
+    Raises
+    ------
+    ValueError
+        If ``total`` is not a non-negative integer or ``None``.
+    TypeError
+        If ``progress`` is not ``True``, ``False`` or ``None``.
     """
 
     def __init__(
@@ -165,60 +193,5 @@ class ProgressBar:
         self.close()
 
 
-def progress_bar(
-    total: int | None,
-    *,
-    desc: str,
-    progress: bool | None = None,
-    file: IO[str] | None = None,
-    unit: str = "it",
-    initial: int = 0,
-    delay: float = 0.0,
-    mininterval: float = 0.1,
-) -> ProgressBar:
-    """The progress display of one stage of work, by the package's one convention.
-
-    Parameters
-    ----------
-    total
-        Number of units in the stage, or ``None`` when unknown (an adaptive run's number of
-        steps): the bar then shows counts and rates, never a percentage.
-    desc
-        The stage's label (``"tempered SMC"``, ``"training"``).
-    progress
-        ``None`` (auto): a live bar when ``file`` (default stderr) is a terminal or in a
-        Jupyter kernel with ``ipywidgets``, otherwise one summary line when the stage
-        closes. ``True``: always the bar. ``False``: no output at all.
-    file
-        Stream for the bar and the summary line (default ``sys.stderr``).
-    unit
-        Name of a unit (``"step"``, ``"run"``).
-    initial
-        Units already done (a resumed run).
-    delay
-        Seconds before a live bar first appears (short stages stay silent).
-    mininterval
-        Least seconds between two redraws of a live bar.
-
-    Returns
-    -------
-    ProgressBar
-        With ``update(n)``, ``set_postfix(**values)`` and ``close()``; a context manager.
-
-    Raises
-    ------
-    ValueError
-        If ``total`` is not a non-negative integer or ``None``.
-    TypeError
-        If ``progress`` is not ``True``, ``False`` or ``None``.
-    """
-    return ProgressBar(
-        total,
-        desc=desc,
-        progress=progress,
-        file=file,
-        unit=unit,
-        initial=initial,
-        delay=delay,
-        mininterval=mininterval,
-    )
+#: The constructor every loop calls (a function name, as ``tqdm`` is).
+progress_bar = ProgressBar
