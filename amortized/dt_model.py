@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amortized.attention import AttentionProjections
 from amortized.model_files import JSONConfig
 
 __all__ = [
@@ -155,32 +156,18 @@ def _zero_(layer: nn.Linear) -> None:
     nn.init.zeros_(layer.bias)
 
 
-class _Attention(nn.Module):
+class _Attention(AttentionProjections):
     """Multi-head attention with a key mask; the output projection starts at zero."""
 
     def __init__(self, d_model: int, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-        self.ln_q = nn.LayerNorm(d_model)
-        self.ln_kv = nn.LayerNorm(d_model)
-        self.q = nn.Linear(d_model, d_model)
-        self.kv = nn.Linear(d_model, 2 * d_model)
-        self.out = nn.Linear(d_model, d_model)
+        super().__init__(d_model, n_heads)
         _zero_(self.out)
-
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, d = t.shape
-        return t.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
 
     def forward(self, h: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """``h (B, K, d)`` attends to ``ctx (B, N, d)`` where ``key_mask (B, N)`` is True."""
-        b, k, d = h.shape
-        q = self._heads(self.q(self.ln_q(h)))
-        key, val = self.kv(self.ln_kv(ctx)).chunk(2, dim=-1)
-        a = F.scaled_dot_product_attention(
-            q, self._heads(key), self._heads(val), attn_mask=key_mask[:, None, None, :]
-        )
-        return self.out(a.transpose(1, 2).reshape(b, k, d))
+        key, val = self.keys_values(ctx)
+        mask = key_mask[:, None, None, :]
+        return self.merge(F.scaled_dot_product_attention(self.queries(h), key, val, attn_mask=mask))
 
 
 class _Block(nn.Module):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amortized.attention import AttentionProjections
 from amortized.model_files import JSONConfig
 
 __all__ = ["PFNConfig", "PFNTransformer"]
@@ -45,33 +46,16 @@ class PFNConfig(JSONConfig):
             raise ValueError(f"n_buckets must be >= 2, got {self.n_buckets}")
 
 
-class _Block(nn.Module):
+class _Block(AttentionProjections):
     """Pre-LayerNorm transformer block whose queries and keys/values may differ."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int):
-        super().__init__()
-        self.n_heads = n_heads
-        self.ln_q = nn.LayerNorm(d_model)
-        self.ln_kv = nn.LayerNorm(d_model)
-        self.q = nn.Linear(d_model, d_model)
-        self.kv = nn.Linear(d_model, 2 * d_model)
-        self.out = nn.Linear(d_model, d_model)
+        super().__init__(d_model, n_heads)
         self.ln_ff = nn.LayerNorm(d_model)
         self.ff = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Linear(d_ff, d_model))
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:
-        b, n, d = t.shape
-        return t.view(b, n, self.n_heads, d // self.n_heads).transpose(1, 2)
-
-    def keys_values(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.kv(self.ln_kv(ctx)).chunk(2, dim=-1)
-        return self._heads(k), self._heads(v)
-
     def forward(self, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        b, n, d = h.shape
-        q = self._heads(self.q(self.ln_q(h)))
-        a = F.scaled_dot_product_attention(q, kv[0], kv[1])
-        h = h + self.out(a.transpose(1, 2).reshape(b, n, d))
+        h = h + self.merge(F.scaled_dot_product_attention(self.queries(h), kv[0], kv[1]))
         return h + self.ff(self.ln_ff(h))
 
 
