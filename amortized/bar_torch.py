@@ -49,12 +49,18 @@ def bar_log_prob(borders: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -
     idx = torch.searchsorted(borders[1:-1].contiguous(), y.contiguous(), right=True)
     logp_idx = torch.gather(logp, -1, idx.unsqueeze(-1)).squeeze(-1)
     log_w = torch.log(widths)[idx]
-    zl = (borders[1] - y) / s_left
-    zr = (y - borders[-2]) / s_right
-    log_left = math.log(2.0) - torch.log(s_left) - _LOG_SQRT_2PI - 0.5 * zl**2
-    log_right = math.log(2.0) - torch.log(s_right) - _LOG_SQRT_2PI - 0.5 * zr**2
+    # finite everywhere, so gradients through the unused branch of `where` stay finite
+    log_left = _half_normal_log_pdf(borders[1] - y, s_left)
+    log_right = _half_normal_log_pdf(y - borders[-2], s_right)
     log_shape = torch.where(idx == 0, log_left, torch.where(idx == k - 1, log_right, -log_w))
     return logp_idx + log_shape
+
+
+def _half_normal_log_pdf(distance: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Log density of a tail at ``distance`` beyond its inner border: the half-normal of
+    ``scale`` (evaluated for any sign of ``distance``)."""
+    z = distance / scale
+    return math.log(2.0) - torch.log(scale) - _LOG_SQRT_2PI - 0.5 * z**2
 
 
 def bar_nll(borders: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -107,13 +107,31 @@ def _uniform_x(rng: np.random.Generator, b: int, n: int, d: int) -> np.ndarray:
 
 class _UnitBoxPrior:
     """The built-in priors' common draw: ``x ~ U[0, 1]^d``, then ``y`` given ``x`` from the
-    subclass's :meth:`draw_y`, both from one numpy generator seeded by the key's words."""
+    subclass's :meth:`draw_y`, both from one numpy generator seeded by the key's words.
+
+    The subclass (a frozen dataclass) names its fields that must be positive integers
+    (``_counts``), positive finite numbers (``_positive``) and finite numbers ``>= 0``
+    (``_non_negative``); a bad value is a ``ValueError`` naming the field.
+    """
 
     x_dim: int
+    _counts: ClassVar[tuple[str, ...]] = ("x_dim",)
+    _positive: ClassVar[tuple[str, ...]] = ()
+    _non_negative: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
-        if not (isinstance(self.x_dim, int) and self.x_dim >= 1):
-            raise ValueError(f"x_dim must be a positive integer, got {self.x_dim!r}")
+        for name in self._counts:
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in self._positive:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        for name in self._non_negative:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def draw_y(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
         """``y`` ``(B, N)`` given ``x`` ``(B, N, d)`` (float64)."""
@@ -160,15 +178,8 @@ class GPPrior(_UnitBoxPrior):
     noise: float = 0.05
     x_dim: int = 1
     hyperprior_sd: float = 0.0
-
-    def __post_init__(self):
-        for name in ("lengthscale", "outputscale", "noise"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-        super().__post_init__()
-        if not (self.hyperprior_sd >= 0):
-            raise ValueError(f"hyperprior_sd must be >= 0, got {self.hyperprior_sd!r}")
+    _positive = ("lengthscale", "outputscale", "noise")
+    _non_negative = ("hyperprior_sd",)
 
     def hyperparameters(self, rng: np.random.Generator, n: int):
         """Per-dataset (lengthscale, outputscale, noise), each of shape ``(n,)``."""
@@ -228,6 +239,7 @@ class BayesianLinearPrior(_UnitBoxPrior):
     x_dim: int = 1
     weight_sd: float = 1.0
     noise_sd: float = 0.1
+    _non_negative = ("weight_sd", "noise_sd")
 
     def draw_y(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
         w = rng.standard_normal((x.shape[0], self.x_dim)) * self.weight_sd
@@ -245,6 +257,8 @@ class MLPPrior(_UnitBoxPrior):
     hidden: int = 32
     layers: int = 2
     noise_sd: float = 0.1
+    _counts = ("x_dim", "hidden")
+    _non_negative = ("noise_sd",)
 
     def draw_y(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
         n_datasets, n_points, _ = x.shape
