@@ -1,33 +1,42 @@
 """Bootstrap particle filter: probinfer vs the ``particles`` library, N = 10^5 and 10^6.
 
-Two models, T = 100 observations each, simulated once:
+Two models, T = 100 observations each, simulated once with NumPy (the same data in both
+precisions):
 
-* the 1-D linear-Gaussian SSM of ``pf_lgssm.py`` (A = 0.9, Q = R = P0 = 1): probinfer's
-  :class:`~probinfer.lgssm.LinearGaussianSSM` vs ``particles.kalman.LinearGauss`` (the
-  class the ``particles`` docs point to for linear-Gaussian models), with the exact
-  Kalman log evidence;
-* the stochastic-volatility model of Pitt & Shephard (``particles``'
-  ``StochVol`` with its default parameters) written for probinfer through the generic
-  :class:`~probinfer.smc.StateSpaceModel` API (numpyro distributions).
+* the 1-D linear-Gaussian SSM (A = 0.9, Q = R = P0 = 1), written for probinfer through the
+  generic :class:`~probinfer.smc.StateSpaceModel` API (numpyro distributions; probinfer's
+  :class:`~probinfer.lgssm.LinearGaussianSSM` keeps its arrays in float32 whatever the JAX
+  precision, and is benchmarked in ``pf_lgssm.py``) vs ``particles.kalman.LinearGauss(rho=0.9,
+  sigmaX=1, sigmaY=1, sigma0=1)``, with the exact Kalman log evidence;
+* the stochastic-volatility model of Pitt & Shephard (``particles``' ``StochVol`` with its
+  default parameters), written for probinfer the same way.
 
 Both libraries run the same estimator: a bootstrap filter, systematic resampling when
 ESS < N/2, the standard log-evidence estimate. ``particles`` is configured as in its
 tutorial (``SMC(fk=Bootstrap(ssm=..., data=...), N=...)``, defaults: systematic,
-``ESSrmin=0.5``, no history, no moments collected); probinfer runs with its defaults first
-(``quantiles=()``: no per-step quantiles, like for like) and then with filtering quantiles
-5/50/95% recorded at every step (a weighted sort of the N particles per step). Runs are
-interleaved round-robin (every contender sees the same background load); the first call of
-each (JIT compilation) is excluded and reported. Writes benchmarks/results/pf_vs_particles.json.
+``ESSrmin=0.5``, no history, no moments collected) and computes in float64. probinfer runs
+twice, in two processes: in JAX's default float32 and with ``JAX_ENABLE_X64=1`` (float64,
+like ``particles``; the dtype of the particles is recorded in each row). Each process
+interleaves probinfer and ``particles`` round-robin, so every ratio is a paired ratio of
+runs under the same load; with ``quantiles=()`` (like for like) and, at the sizes of
+``--quantile-sizes``, with filtering quantiles 5/50/95% recorded at every step (a weighted
+sort of the N particles per step). The first call of each (JIT compilation) is excluded and
+reported. Speed-ups are the median over repetitions of the per-round ratio ``particles time /
+probinfer time``, with the minimum and maximum. Writes benchmarks/results/pf_vs_particles.json.
 
-    OMP_NUM_THREADS=1 python benchmarks/pf_vs_particles.py [--sizes 100000 1000000] [--reps 3]
+    OMP_NUM_THREADS=1 python benchmarks/pf_vs_particles.py --reps 5
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from importlib.metadata import version
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +48,33 @@ from probinfer.lgssm import LinearGaussianSSM, kalman_filter
 from probinfer.smc import StateSpaceModel, particle_filter
 
 T = 100
-LGSSM = LinearGaussianSSM(A=0.9, Q=1.0, C=1.0, R=1.0, m0=0.0, P0=1.0)
+LG = {"A": 0.9, "Q": 1.0, "R": 1.0, "P0": 1.0}
 SV = {"mu": -1.02, "rho": 0.9702, "sigma": 0.178}  # particles.StochVol defaults
+PRECISIONS = ("float32", "float64")
+
+
+def linear_gaussian() -> StateSpaceModel:
+    a, q, r, p0 = LG["A"], LG["Q"], LG["R"], LG["P0"]
+    return StateSpaceModel(
+        initial=dist.Normal(0.0, np.sqrt(p0)),
+        transition=lambda x, t: dist.Normal(a * x, np.sqrt(q)),
+        observation=lambda x, t: dist.Normal(x, np.sqrt(r)),
+    )
+
+
+def simulate_lgssm(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.sqrt(LG["P0"]) * rng.normal()
+    ys = []
+    for _ in range(T):
+        ys.append(x + np.sqrt(LG["R"]) * rng.normal())
+        x = LG["A"] * x + np.sqrt(LG["Q"]) * rng.normal()
+    return np.asarray(ys, np.float64)
+
+
+def exact_lgssm_log_z(ys: np.ndarray) -> float:
+    ssm = LinearGaussianSSM(A=LG["A"], Q=LG["Q"], C=1.0, R=LG["R"], m0=0.0, P0=LG["P0"])
+    return float(kalman_filter(ssm, ys).log_evidence)
 
 
 def stochastic_volatility() -> StateSpaceModel:
@@ -60,12 +94,13 @@ def simulate_sv(seed: int = 0) -> np.ndarray:
     for _ in range(T):
         ys.append(np.exp(0.5 * x) * rng.normal())
         x = mu + rho * (x - mu) + sigma * rng.normal()
-    return np.asarray(ys, np.float32)
+    return np.asarray(ys, np.float64)
 
 
 def probinfer_runner(ssm, ys, n, quantiles):
     def once(seed):
         res = particle_filter(jax.random.key(seed), ssm, ys, n, quantiles=quantiles)
+        once.dtype = str(res.particles.values.dtype)
         return res.log_evidence
 
     return once
@@ -77,7 +112,9 @@ def particles_runner(model: str, ys, n):
     from particles import state_space_models as ssm
 
     if model == "lgssm":
-        spec = kalman.LinearGauss(A=0.9, B=1.0, sigmaX=1.0, sigmaY=1.0, sigma0=1.0)
+        spec = kalman.LinearGauss(
+            rho=LG["A"], sigmaX=np.sqrt(LG["Q"]), sigmaY=np.sqrt(LG["R"]), sigma0=np.sqrt(LG["P0"])
+        )
     else:
         spec = ssm.StochVol(**SV)
     data = [float(v) for v in np.asarray(ys, np.float64).reshape(-1)]
@@ -112,72 +149,103 @@ def bench(runners: dict, reps: int, seed0: int) -> dict:
             "log_z": log_z[name],
             "log_z_mean": float(np.mean(log_z[name])),
             "log_z_sd": float(np.std(log_z[name], ddof=1)) if reps > 1 else None,
+            "dtype": getattr(runners[name], "dtype", "float64"),
         }
         for name in runners
     }
 
 
+def paired_ratio(peer: list[float], ours: list[float]) -> dict:
+    """Median, min and max over rounds of ``peer time / our time`` (same round, same load)."""
+    r = np.asarray(peer) / np.asarray(ours)
+    return {
+        "median": float(np.median(r)),
+        "min": float(r.min()),
+        "max": float(r.max()),
+        "n": len(r),
+    }
+
+
+def run_precision(precision: str, args) -> dict:
+    """One process, one JAX precision: every model and size, contenders interleaved."""
+    data = {"lgssm": simulate_lgssm(0), "sv": simulate_sv(0)}
+    models = {"lgssm": linear_gaussian(), "sv": stochastic_volatility()}
+    exact = {"lgssm": exact_lgssm_log_z(data["lgssm"]), "sv": None}
+    ours, with_q = f"probinfer {precision} (quantiles=())", f"probinfer {precision} (quantiles)"
+    rows, ratios = [], {}
+    for model in args.models:
+        ys = data[model].astype(precision)
+        for n in args.sizes:
+            runners = {
+                ours: probinfer_runner(models[model], ys, n, ()),
+                "particles (float64)": particles_runner(model, data[model], n),
+            }
+            if n in args.quantile_sizes:
+                runners[with_q] = probinfer_runner(models[model], ys, n, (0.05, 0.5, 0.95))
+            out = bench(runners, args.reps, seed0=100)
+            for name, row in out.items():
+                row.update(model=model, N=n, T=T, library=name, exact_log_z=exact[model])
+                rows.append(row)
+                print(
+                    f"{model:>5} N={n:>8} {name:<36} run {row['median_run_s']:8.3f}s "
+                    f"first {row['first_call_s']:7.2f}s log Z {row['log_z_mean']:.3f} "
+                    f"(exact {exact[model]}) {row['dtype']}",
+                    flush=True,
+                )
+            peer = out["particles (float64)"]["run_s"]
+            key = f"{model} N={n} probinfer {precision}"
+            ratios[key] = {"like_for_like": paired_ratio(peer, out[ours]["run_s"])}
+            if with_q in out:
+                ratios[key]["with_quantiles"] = paired_ratio(peer, out[with_q]["run_s"])
+            print(f"{key}: speed-up over particles {ratios[key]}", flush=True)
+    return {"rows": rows, "speedups_over_particles": ratios}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--quantile-sizes", type=int, nargs="*", default=[100_000])
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--models", nargs="+", default=["lgssm", "sv"], choices=["lgssm", "sv"])
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     p.add_argument("--out", default="pf_vs_particles")
+    p.add_argument("--part", help=argparse.SUPPRESS)  # child process: one precision to a file
     args = p.parse_args(argv)
+    if args.part:
+        (precision,) = args.precisions
+        with open(args.part, "w") as fh:
+            json.dump(run_precision(precision, args), fh, default=float)
+        return
 
-    _, ys_lg = LGSSM.simulate(jax.random.key(0), T)
-    data = {"lgssm": np.asarray(ys_lg), "sv": simulate_sv(0)}
-    models = {"lgssm": LGSSM, "sv": stochastic_volatility()}
-    exact = {"lgssm": float(kalman_filter(LGSSM, data["lgssm"]).log_evidence), "sv": None}
     load_before = os.getloadavg()
-    results, ratios = [], {}
-    for model in args.models:
-        for n in args.sizes:
-            ys = data[model]
-            runners = {
-                "probinfer (default: quantiles=())": probinfer_runner(models[model], ys, n, ()),
-                "particles": particles_runner(model, ys, n),
-                "probinfer (quantiles 5/50/95%)": probinfer_runner(
-                    models[model], ys, n, (0.05, 0.5, 0.95)
-                ),
-            }
-            rows = bench(runners, args.reps, seed0=100)
-            for name, row in rows.items():
-                row.update(model=model, N=n, T=T, library=name, exact_log_z=exact[model])
-                results.append(row)
-                print(
-                    f"{model:>5} N={n:>8} {name:<42} run {row['median_run_s']:8.3f}s "
-                    f"first {row['first_call_s']:7.2f}s log Z {row['log_z_mean']:.3f} "
-                    f"(exact {exact[model]})",
-                    flush=True,
-                )
-            peer = rows["particles"]["median_run_s"]
-            ratios[f"{model} N={n}"] = {
-                "speedup_default_like_for_like": peer
-                / rows["probinfer (default: quantiles=())"]["median_run_s"],
-                "speedup_with_quantiles": peer
-                / rows["probinfer (quantiles 5/50/95%)"]["median_run_s"],
-            }
-            print(f"{model} N={n} speed-up over particles: {ratios[f'{model} N={n}']}")
-    import particles
-
+    rows, ratios, env_flags = [], {}, {}
+    for precision in args.precisions:
+        env = dict(os.environ, JAX_ENABLE_X64="1" if precision == "float64" else "0")
+        env_flags[precision] = env["JAX_ENABLE_X64"]
+        with tempfile.NamedTemporaryFile(suffix=".json") as part:
+            child = [a for a in (argv if argv is not None else sys.argv[1:])]
+            child += ["--precisions", precision, "--part", part.name]
+            subprocess.run([sys.executable, __file__, *child], env=env, check=True)
+            with open(part.name) as fh:
+                got = json.load(fh)
+        rows += got["rows"]
+        ratios.update(got["speedups_over_particles"])
     path = write_results(
         args.out,
         {
             "description": "bootstrap PF, systematic resampling at ESS < N/2, T=100; "
-            "speed-up = particles median run time / probinfer median run time",
-            "rows": results,
+            "speed-up = median over rounds of particles run time / probinfer run time "
+            "(paired, interleaved), with min and max",
+            "rows": rows,
             "speedups_over_particles": ratios,
-            "versions": {
-                "particles": getattr(particles, "__version__", "?"),
-                "jax": jax.__version__,
-            },
+            "versions": {"particles": version("particles"), "jax": jax.__version__},
             "conditions": {
                 "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+                "JAX_ENABLE_X64 per precision": env_flags,
                 "load_average_before": load_before,
                 "load_average_after": os.getloadavg(),
                 "note": "2-core machine shared with other jobs; contenders interleaved "
-                "round-robin; medians over reps",
+                "round-robin within each precision's process",
                 "jax_devices": [str(d) for d in jax.devices()],
             },
             "command": "python benchmarks/pf_vs_particles.py " + " ".join(sys.argv[1:]),
