@@ -36,7 +36,15 @@ class HFTokenizer:
         return len(self.tok)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+        """Token ids of ``text`` without special tokens; ``ValueError`` when the tokenizer
+        cannot encode it (e.g. a character outside a vocabulary without an unknown token,
+        which ``tokenizers`` raises as a bare ``Exception``), as :class:`CharTokenizer`."""
+        try:
+            return list(self.tok(text, add_special_tokens=False)["input_ids"])
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 (tokenizers' errors are bare Exceptions)
+            raise ValueError(f"text {text[:40]!r} cannot be tokenized: {err}") from None
 
     def decode(self, ids) -> str:
         return self.tok.decode(
