@@ -36,18 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 #: learned tokens
 NO_DECAY = ("*.bias", "*ln_*", "null_token", "copy_embedding")
 
+#: both recipes: batch 256 (raised by a batch_ramp where given), AdamW lr 2e-3, 300 warm-up steps
+_COMMON = dict(batch=256, lr=2e-3, warmup=300)
+
 SETTINGS = {
     # task (a): GMM prior on theta in R^2, y = x^T theta + N(0, 0.5^2)
     "linear-2d": dict(
+        _COMMON,
         name="dt_linear_2d",
         steps=10000,
-        batch=256,
-        d_model=64,
-        layers=3,
-        d_ff=128,
-        lr=2e-3,
-        warmup=300,
-        decoder="natural",
+        model=dict(d_model=64, n_layers=3, d_ff=128, decoder="natural"),
         # the shipped recipe (then resumed with --steps 17000). Tried on 2026-12-02: no decay
         # on NO_DECAY + ("site_heads.*",) with batch 256 -> 512 (step 3000) -> 1024 (step 10400),
         # 11000 steps in 2975 s: KL 0.0152-0.0167 on 1000 problems, worse than the shipped
@@ -58,22 +56,23 @@ SETTINGS = {
         # over the true theta and theta_draws exact-posterior draws), fresh AdamW
         finetune=dict(steps=2000, batch=256, lr=1e-3, warmup=20, theta_draws=31, seed=1),
     ),
-    # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2
+    # task (b): Inverse-Gamma prior on a Normal variance, 5-component fit in log sigma^2;
+    # exact equivariance to the prior's location in log sigma^2 (DTConfig.recentre) and the
+    # Rao-Blackwellised loss (31 exact-posterior draws per problem with the true theta)
     "ig": dict(
+        _COMMON,
         name="dt_invgamma",
         steps=4500,
-        batch=256,
-        d_model=48,
-        layers=2,
-        d_ff=96,
-        lr=2e-3,
-        warmup=300,
-        decoder="relative",
+        model=dict(
+            d_model=48,
+            n_layers=2,
+            d_ff=96,
+            decoder="relative",
+            transforms=("log",),
+            recentre="log-scale",
+        ),
         no_decay=NO_DECAY,
         batch_ramp=((3000, 512), (4000, 1024)),
-        # exact equivariance to the prior's location in log sigma^2 (DTConfig.recentre) and
-        # the Rao-Blackwellised loss (31 exact-posterior draws per problem with the true theta)
-        recentre="log-scale",
         theta_draws=31,
     ),
 }
@@ -119,22 +118,9 @@ def main(argv=None) -> int:
     from amortized.train import OptimConfig
 
     s = SETTINGS[args.task]
-    if args.task == "linear-2d":
-        task = LinearGaussianTask()
-        transforms: tuple[str, ...] = ()
-    else:
-        task = InverseGammaVarianceTask()
-        transforms = ("log",)
+    task = LinearGaussianTask() if args.task == "linear-2d" else InverseGammaVarianceTask()
     cfg = DTConfig(
-        param_dim=task.param_dim,
-        source_dims=tuple(task.source_dims),
-        d_model=s["d_model"],
-        n_heads=4,
-        n_layers=s["layers"],
-        d_ff=s["d_ff"],
-        transforms=transforms,
-        decoder=s["decoder"],
-        recentre=s.get("recentre", "none"),
+        param_dim=task.param_dim, source_dims=tuple(task.source_dims), n_heads=4, **s["model"]
     )
     optim = OptimConfig(
         n_steps=args.steps or s["steps"],
@@ -151,9 +137,7 @@ def main(argv=None) -> int:
         batch_ramp=s["batch_ramp"],
         seed=args.seed,
         theta_draws=s.get("theta_draws", 0) if args.theta_draws is None else args.theta_draws,
-        checkpoint_dir=ckpt,
-        log_file=sys.stdout,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        **_run_options(args, ckpt),
     )
     if _stopped_early(dt, optim, ckpt):
         return 0
@@ -163,6 +147,12 @@ def main(argv=None) -> int:
     dt.save(args.out, name=s["name"])
     print(f"saved {args.out}/{s['name']}.safetensors + .json; training: {dt.meta['training']}")
     return 0
+
+
+def _run_options(args, ckpt: str) -> dict:
+    """The run keywords of both phases (:class:`amortized.train.RunOptions`)."""
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    return dict(checkpoint_dir=ckpt, log_file=sys.stdout, max_seconds=max_seconds)
 
 
 def _stopped_early(dt, optim, ckpt) -> bool:
@@ -207,9 +197,7 @@ def finetune(args) -> int:
         seed=ft["seed"],
         theta_draws=ft["theta_draws"],
         init=init,
-        checkpoint_dir=ckpt,
-        log_file=sys.stdout,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes,
+        **_run_options(args, ckpt),
     )
     if _stopped_early(dt, optim, ckpt):
         return 0
