@@ -19,21 +19,34 @@ import time
 
 import torch
 
+#: model flags -> PFNConfig fields (defaults: PFNConfig's)
+MODEL_FLAGS = {
+    "--d-model": "d_model",
+    "--heads": "n_heads",
+    "--layers": "n_layers",
+    "--d-ff": "d_ff",
+    "--buckets": "n_buckets",
+}
+#: optimisation flags -> (TrainConfig field, default); the dataset sizes are GP_1D_TRAIN's
+TRAIN_FLAGS = {
+    "--steps": ("n_steps", 6000),
+    "--batch-size": ("batch_size", 32),
+    "--lr": ("lr", 1e-3),
+    "--warmup": ("warmup_steps", 200),
+    "--seed": ("seed", 0),
+}
+
 
 def main(argv=None) -> int:
+    from amortized.model import PFNConfig
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="runs/pfn_gp_1d", help="checkpoint directory")
     p.add_argument("--out", default=None, help="where to write the final model (PFN.save)")
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--d-ff", type=int, default=256)
-    p.add_argument("--buckets", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    for flag, (field, default) in TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=field, type=type(default), default=default)
+    for flag, field in MODEL_FLAGS.items():
+        p.add_argument(flag, dest=field, type=int, default=getattr(PFNConfig(), field))
     p.add_argument("--name", default="gp_1d", help="file stem of the saved model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds")
@@ -45,27 +58,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     torch.set_num_threads(a.threads)
-    from amortized.model import PFNConfig
     from amortized.pretrained import GP_1D_PRIOR, GP_1D_TRAIN
     from amortized.train import TrainConfig, train_pfn
 
-    mc = PFNConfig(
-        x_dim=1,
-        d_model=a.d_model,
-        n_heads=a.heads,
-        n_layers=a.layers,
-        d_ff=a.d_ff,
-        n_buckets=a.buckets,
-    )
+    mc = PFNConfig(x_dim=1, **{field: getattr(a, field) for field in MODEL_FLAGS.values()})
     tc = TrainConfig(
-        **{
-            **GP_1D_TRAIN,
-            "n_steps": a.steps,
-            "batch_size": a.batch_size,
-            "lr": a.lr,
-            "warmup_steps": a.warmup,
-            "seed": a.seed,
-        }
+        **GP_1D_TRAIN, **{field: getattr(a, field) for field, _ in TRAIN_FLAGS.values()}
     )
     log = open(a.log, "a") if a.log else None
     t0 = time.time()
@@ -75,18 +73,17 @@ def main(argv=None) -> int:
         tc,
         checkpoint_dir=a.checkpoint,
         checkpoint_every_s=a.checkpoint_every,
-        device="cpu" if not torch.cuda.is_available() else "cuda",
         log_file=log,
         max_seconds=None if a.max_minutes is None else 60 * a.max_minutes,
     )
     done = pfn.meta["training"]["steps_done"]
     print(
-        f"steps {done}/{a.steps}, this run {time.time() - t0:.0f} s, "
+        f"steps {done}/{a.n_steps}, this run {time.time() - t0:.0f} s, "
         f"total {pfn.meta['training']['wall_time_s']} s",
         file=log or sys.stderr,
         flush=True,
     )
-    if a.out and done >= a.steps:
+    if a.out and done >= a.n_steps:
         pfn.meta["training"]["command"] = "python scripts/train_pfn_gp.py " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
