@@ -21,6 +21,7 @@ _LAZY = {
     "to_inference_data": "probinfer.inference_data",
     "kalman_filter": "probinfer.lgssm",
     "LinearGaussianSSM": "probinfer.lgssm",
+    "from_logdensity": "probinfer.targets",
     "from_numpyro": "probinfer.targets",
     "from_pyro": "probinfer.targets",
 }
@@ -31,6 +32,7 @@ _SUBMODULES = {
     "lgssm",
     "llm",
     "particles",
+    "progress",
     "resampling",
     "smc",
     "targets",
@@ -44,6 +46,7 @@ __all__ = [
     "distributions",
     "engine",
     "ess",
+    "from_logdensity",
     "from_numpyro",
     "from_pyro",
     "inference_data",
@@ -53,6 +56,7 @@ __all__ = [
     "log_mean_weight",
     "offspring_counts",
     "particles",
+    "progress",
     "resample",
     "resampling",
     "should_resample",
@@ -70,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
         lgssm,
         llm,
         particles,
+        progress,
         resampling,
         smc,
         targets,
@@ -79,7 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from probinfer.lgssm import LinearGaussianSSM, kalman_filter
     from probinfer.particles import Particles
     from probinfer.resampling import offspring_counts, resample
-    from probinfer.targets import from_numpyro, from_pyro
+    from probinfer.targets import from_logdensity, from_numpyro, from_pyro
     from probinfer.weights import ess, log_mean_weight, should_resample
 
 

@@ -4,6 +4,7 @@
 """
 
 from probinfer.targets.base import LatentSite, Target
+from probinfer.targets.logdensity import LogDensityTarget, from_logdensity
 from probinfer.targets.numpyro import NumPyroTarget, from_numpyro
 
 
@@ -14,4 +15,12 @@ def from_pyro(model, *args, **kwargs):
     return _from_pyro(model, *args, **kwargs)
 
 
-__all__ = ["LatentSite", "NumPyroTarget", "Target", "from_numpyro", "from_pyro"]
+__all__ = [
+    "LatentSite",
+    "LogDensityTarget",
+    "NumPyroTarget",
+    "Target",
+    "from_logdensity",
+    "from_numpyro",
+    "from_pyro",
+]

@@ -53,6 +53,10 @@ class Target:
         inference code takes the data as an argument and is shared by every target of the
         same model and data shapes (NumPyro targets whose model traces with abstract data);
         ``False``: the data are constants of code compiled for this target.
+    has_pointwise
+        Whether ``log_likelihood(theta, pointwise=True)`` is implemented. Results of a
+        target without pointwise terms leave out the ArviZ ``log_likelihood`` group; a
+        subclass that does not implement them sets this to ``False``.
     """
 
     sites: tuple[LatentSite, ...]
@@ -60,6 +64,7 @@ class Target:
     backend: str = field(default="jax")
     has_gradients: bool = field(default=True)
     traced_data = False  # class default; see the docstring
+    has_pointwise = True  # class default; see the docstring
 
     @property
     def dim(self) -> int:
