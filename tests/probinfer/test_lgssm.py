@@ -33,15 +33,19 @@ def _dense_evidence(ssm, ys):
     )
 
 
+#: a 2-D state observed through one linear combination (used by the two tests below)
+SSM_2D = LinearGaussianSSM(
+    A=[[0.9, 0.1], [0.0, 0.8]],
+    Q=np.diag([0.5, 0.3]),
+    C=[[1.0, 0.5]],
+    R=[[0.4]],
+    m0=[0.1, -0.2],
+    P0=np.eye(2),
+)
+
+
 def test_kalman_matches_dense_gaussian():
-    ssm = LinearGaussianSSM(
-        A=[[0.9, 0.1], [0.0, 0.8]],
-        Q=np.diag([0.5, 0.3]),
-        C=[[1.0, 0.5]],
-        R=[[0.4]],
-        m0=[0.1, -0.2],
-        P0=np.eye(2),
-    )
+    ssm = SSM_2D
     _, ys = ssm.simulate(jax.random.key(0), 12)
     res = kalman_filter(ssm, ys)
     assert abs(res.log_evidence - _dense_evidence(ssm, np.asarray(ys, np.float64))) < 1e-8
@@ -49,14 +53,7 @@ def test_kalman_matches_dense_gaussian():
 
 
 def test_bootstrap_filter_wrapper_and_multivariate_particle_filter():
-    ssm = LinearGaussianSSM(
-        A=[[0.9, 0.1], [0.0, 0.8]],
-        Q=np.diag([0.5, 0.3]),
-        C=[[1.0, 0.5]],
-        R=[[0.4]],
-        m0=[0.1, -0.2],
-        P0=np.eye(2),
-    )
+    ssm = SSM_2D
     _, ys = ssm.simulate(jax.random.key(1), 30)
     exact = kalman_filter(ssm, ys)
     res = bootstrap_filter(jax.random.key(2), ssm, ys, 20_000)
