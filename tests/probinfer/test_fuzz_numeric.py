@@ -29,15 +29,8 @@ from calibration import ConformalizedQuantileRegressor, SplitConformalRegressor
 from calibration.cqr import cqr_scores
 from calibration.split import absolute_residual_scores, normalized_residual_scores
 from probinfer import Particles
+from probinfer import weights as pw
 from probinfer.resampling import SCHEMES, offspring_counts, resample
-from probinfer.weights import (
-    check_log_weights,
-    ess,
-    log_mean_weight,
-    log_normalize,
-    normalize,
-    should_resample,
-)
 
 #: examples per fuzz test (their sum is the count reported for the issue)
 EXAMPLES = {"weights": 1500, "resample": 1000, "particles": 1000, "split": 1000, "cqr": 1000}
@@ -148,7 +141,7 @@ thresholds = st.one_of(
 @fuzz("weights", arrays(shapes=("1d", "1d", "1d", "0d", "2d")), thresholds)
 def fuzz_weights(lw, threshold):
     names = ("log_weights",)
-    for fn in (ess, log_mean_weight, normalize, log_normalize, check_log_weights):
+    for fn in (pw.ess, pw.log_mean_weight, pw.normalize, pw.log_normalize, pw.check_log_weights):
         try:
             out = host(fn(lw))
         except Exception as exc:  # noqa: BLE001 - the property is about which exceptions
@@ -158,20 +151,20 @@ def fuzz_weights(lw, threshold):
         n = a.shape[0]
         dead = np.all(a == -np.inf, axis=0)
         assert not np.isnan(out).any(), (fn.__name__, lw, out)
-        if fn is ess:
+        if fn is pw.ess:
             assert np.all(np.where(dead, out == 0, (out >= 1) & (out <= n))), (lw, out)
-        elif fn is log_mean_weight:
+        elif fn is pw.log_mean_weight:
             assert np.all(np.where(dead, out == -np.inf, np.isfinite(out))), (lw, out)
-        elif fn is normalize:
+        elif fn is pw.normalize:
             assert np.all((out >= 0) & (out <= 1)), (lw, out)
             np.testing.assert_allclose(out.sum(axis=0), 1.0, rtol=1e-5)
-        elif fn is log_normalize:
+        elif fn is pw.log_normalize:
             assert not (out == np.inf).any(), (lw, out)
             np.testing.assert_allclose(np.exp(out.astype(np.float64)).sum(axis=0), 1.0, rtol=1e-5)
         else:
             assert out.shape == (n,) and not (out == np.inf).any()
     try:
-        out = host(should_resample(lw, threshold))
+        out = host(pw.should_resample(lw, threshold))
     except Exception as exc:  # noqa: BLE001
         fails_naming(exc, "log_weights", "threshold")
     else:
