@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import functools
 import os
 import sys
 import time
@@ -144,12 +146,14 @@ def _time_weight_bookkeeping() -> list:
     """Accumulate the wall time of the SMC driver's weight handling (log potentials from
     the scores, their check, reweighting with the ESS, resampling) into the returned
     one-element list."""
-    import probinfer.smc.feynman_kac as fk
+    import probinfer.resampling as resampling
+    import probinfer.smc.base as base
     from probinfer.llm.ssm import LLMStateSpaceModel
 
     total, timed = _accumulator()
-    for name in ("_clean_log_potential", "_reweight", "_ancestors"):
-        setattr(fk, name, timed(getattr(fk, name)))
+    patched = ((base, "_clean_log_potential"), (base, "reweight"), (resampling, "resample"))
+    for module, name in patched:
+        setattr(module, name, timed(getattr(module, name)))
     LLMStateSpaceModel.step_log_potential = timed(LLMStateSpaceModel.step_log_potential)
     return total
 
@@ -160,117 +164,65 @@ def _bpe_lm(seed: int = 0):
     pre-split, so merges cross the step delimiter (``";1"``, ``"2|"``)."""
     import torch
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from probinfer.llm.hf import HFCausalLM, HFTokenizer
+    from probinfer.llm.hf import HFCausalLM
     from probinfer.llm.task import ArithmeticTask
+    from probinfer.llm.testing import bpe_tokenizer, tiny_llama
 
     corpus = [p.prompt + p.solution for p in ArithmeticTask().problems(2000, seed=seed + 1)]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        corpus, trainers.BpeTrainer(vocab_size=96, special_tokens=["<pad>", "</s>"])
-    )
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>"
-    )
+    tok = bpe_tokenizer(corpus, 96)
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(fast.get_vocab()),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=fast.pad_token_id,
-        eos_token_id=fast.eos_token_id,
-        bos_token_id=None,
-    )
-    return HFCausalLM(transformers.LlamaForCausalLM(cfg), HFTokenizer(fast), device="cpu")
+    model = tiny_llama(
+        transformers.LlamaForCausalLM, len(tok.tok.get_vocab()), 64, (4, 2),
+        num_hidden_layers=3, max_position_embeddings=256, pad_token_id=tok.tok.pad_token_id,
+        eos_token_id=tok.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    return HFCausalLM(model, tok, device="cpu")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--num-problems", type=int, default=100)
-    ap.add_argument("--budgets", default="4,8,16")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--output", default=None, help="results name (default by --lm)")
-    ap.add_argument(
-        "--lm",
-        choices=["bundled", "bpe"],
-        default="bundled",
-        help="'bundled': the bundled LM and learned PRM; 'bpe': a tiny random Llama LM with "
-        "a byte-level BPE tokenizer and the exact verifier as PRM (wall time and tokens "
-        "only: its answers are random)",
-    )
-    args = ap.parse_args(argv)
+class _Timed:
+    """A stand-in for the backend ``inner`` whose ``methods`` add their wall time to a
+    total (``timed``, from :func:`_accumulator`)."""
 
-    import dataclasses
-    import random
+    def __init__(self, inner, methods, timed):
+        self.inner = inner
+        for name in methods:
+            setattr(self, name, timed(getattr(inner, name)))
 
-    import jax
-    import torch
 
-    torch.set_num_threads(1)
-    import its_hub
+@dataclasses.dataclass
+class _Bench:
+    """Both sides of the comparison, with their timers and counters."""
+
+    model: object  # the probinfer state-space model (untimed backends)
+    ours: object  # the same with timed backends
+    hub_pf: object
+    hub_lm: object
+    counters: dict  # its-hub side: seed, LM/PRM time, tokens
+    lm_time: list  # probinfer side (one-element accumulators)
+    prm_time: list
+    forward_time: list
+    weights_time: list
+
+
+def _bench(model) -> _Bench:
+    """The probinfer model with timed LM/PRM and its-hub's particle filter with the README
+    set-up on the same LM (without KV cache) and PRM."""
     from its_hub.core.algorithms.particle_gibbs import ParticleFiltering
     from its_hub.core.lms.step_generation import StepGeneration
 
-    from probinfer.llm import default_problems, load_default, particle_filter
+    from probinfer.llm.protocols import StatefulRewardModel
 
-    budgets = [int(b) for b in args.budgets.split(",")]
-    problems = default_problems(args.num_problems)
-    model = load_default("learned", device="cpu")
-    fmt = model.step_format
-    if args.lm == "bpe":
-        from probinfer.llm.verifier import VerifierReward
-
-        bpe = _bpe_lm(args.seed)
-        bpe.eos_text = fmt.stop
-        model = dataclasses.replace(model, lm=bpe, reward=VerifierReward(step_format=fmt))
-    output = args.output or ("llm_vs_its_hub" if args.lm == "bundled" else "llm_vs_its_hub_bpe")
-    lm, prm = model.lm, model.reward
-
-    # probinfer, with its LM/PRM time measured (bookkeeping = the rest)
-    ours_t = {"lm": 0.0, "prm": 0.0}
-
-    class TimedLM:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def propose(self, *a, **k):
-            t0 = time.perf_counter()
-            try:
-                return self.inner.propose(*a, **k)
-            finally:
-                ours_t["lm"] += time.perf_counter() - t0
-
-    class TimedPRM:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def score(self, *a, **k):
-            t0 = time.perf_counter()
-            try:
-                return self.inner.score(*a, **k)
-            finally:
-                ours_t["prm"] += time.perf_counter() - t0
-
-    class TimedStatefulPRM(TimedPRM):
-        def score_with_state(self, *a, **k):  # the cache-carrying call the filter makes
-            t0 = time.perf_counter()
-            try:
-                return self.inner.score_with_state(*a, **k)
-            finally:
-                ours_t["prm"] += time.perf_counter() - t0
-
-    timed = TimedStatefulPRM if hasattr(prm, "score_with_state") else TimedPRM
+    lm, prm, fmt = model.lm, model.reward, model.step_format
+    lm_time, lm_timed = _accumulator()
+    prm_time, prm_timed = _accumulator()
+    # the cache-carrying call the filter makes, when the PRM has it
+    scoring = ("score", "score_with_state") if isinstance(prm, StatefulRewardModel) else ("score",)
     forward_time = _time_forward_passes([m for m in (lm, prm) if hasattr(m, "model")])
     weights_time = _time_weight_bookkeeping()
-    ours_model = dataclasses.replace(model, lm=TimedLM(lm), reward=timed(prm))
-
+    ours = dataclasses.replace(
+        model, lm=_Timed(lm, ("propose",), lm_timed), reward=_Timed(prm, scoring, prm_timed)
+    )
     counters = {"seed": 0, "lm_time": 0.0, "prm_time": 0.0, "tokens_generated": 0,
                 "tokens_encoded": 0}  # fmt: skip
     plain_lm = type(lm)(lm.model, lm.tokenizer, device="cpu", kv_cache=False, eos_text=lm.eos_text)
@@ -285,171 +237,221 @@ def main(argv=None) -> int:
         include_stop_str_in_output=True,
     )
     hub_pf = ParticleFiltering(sg, hub_prm)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
+    return _Bench(
+        model, ours, hub_pf, hub_lm, counters, lm_time, prm_time, forward_time, weights_time
+    )
+
+
+def _run_ours(bench: _Bench, key, prompt: str, answer: str, budget: int) -> dict:
+    from probinfer.llm import particle_filter
+
+    lm0, prm0 = bench.lm_time[0], bench.prm_time[0]
+    f0, w0 = bench.forward_time[0], bench.weights_time[0]
+    t0 = time.perf_counter()
+    res = particle_filter(key, bench.ours, prompt, budget)
+    wall = time.perf_counter() - t0
+    u = res.usage
+    return {
+        "correct": res.selected == answer,
+        "wall": wall,
+        "lm_time": bench.lm_time[0] - lm0,
+        "prm_time": bench.prm_time[0] - prm0,
+        "forward_time": bench.forward_time[0] - f0,
+        "weights_time": bench.weights_time[0] - w0,
+        "tokens_generated": u.tokens_generated,
+        "tokens_encoded": u.tokens_encoded,
+        "reward_tokens_encoded": u.reward_tokens_encoded,
+        "lm_calls": u.lm_calls,
+    }
+
+
+def _run_hub(bench: _Bench, prompt: str, answer: str, budget: int) -> dict:
+    counters, fmt = bench.counters, bench.model.step_format
+    c0, f0 = dict(counters), bench.forward_time[0]
+    t0 = time.perf_counter()
+    res = bench.hub_pf.infer(bench.hub_lm, prompt, budget, return_response_only=False)
+    wall = time.perf_counter() - t0
+    text = res.the_one["content"]
+    got = bench.model.answer_extractor(text + ("" if text.endswith(fmt.stop) else fmt.stop))
+    return {
+        "correct": got == answer,
+        "wall": wall,
+        "lm_time": counters["lm_time"] - c0["lm_time"],
+        "prm_time": counters["prm_time"] - c0["prm_time"],
+        "forward_time": bench.forward_time[0] - f0,
+        "tokens_generated": counters["tokens_generated"] - c0["tokens_generated"],
+        "tokens_encoded": counters["tokens_encoded"] - c0["tokens_encoded"],
+    }
+
+
+def _tokens_without_reuse(model, key, prompt: str, budget: int) -> dict:
+    """probinfer's token counts for the same run (same key, same particles) without KV
+    reuse in the LM and the PRM."""
+    from probinfer.llm import particle_filter
+
+    lm, prm = model.lm, model.reward
+    stateful = hasattr(prm, "kv_cache")
+    lm.kv_cache = False
+    if stateful:
+        prm.kv_cache = False
+    try:
+        u = particle_filter(key, model, prompt, budget).usage
+    finally:
+        lm.kv_cache = True
+        if stateful:
+            prm.kv_cache = True
+    return {
+        "tokens_encoded": u.tokens_encoded,
+        "tokens_generated": u.tokens_generated,
+        "reward_tokens_encoded": u.reward_tokens_encoded,
+    }
+
+
+def _run_all(bench: _Bench, problems, budgets, seed: int) -> dict:
+    """Every problem at every budget on both sides, back to back (alternating which goes
+    first); the rows of each side per budget."""
+    import jax
+
+    from probinfer.llm import particle_filter
 
     rows = {b: {"ours": [], "hub": [], "ours_plain_tokens": []} for b in budgets}
-    base = jax.random.key(args.seed)
+    base = jax.random.key(seed)
     # warm-up (compilation, allocator) on a problem outside the set
-    particle_filter(jax.random.key(10**6), ours_model, problems[0][0], 4)
-    hub_pf.infer(hub_lm, problems[0][0], 4, return_response_only=False)
+    particle_filter(jax.random.key(10**6), bench.ours, problems[0][0], 4)
+    bench.hub_pf.infer(bench.hub_lm, problems[0][0], 4, return_response_only=False)
     start_all = time.perf_counter()
     for i, (prompt, answer) in enumerate(problems):
         for b in budgets:
             key = jax.random.fold_in(jax.random.fold_in(base, i), b)
-
-            def run_ours(key=key, prompt=prompt, answer=answer, b=b):
-                lm0, prm0 = ours_t["lm"], ours_t["prm"]
-                f0, w0 = forward_time[0], weights_time[0]
-                t0 = time.perf_counter()
-                res = particle_filter(key, ours_model, prompt, b)
-                wall = time.perf_counter() - t0
-                u = res.usage
-                return {
-                    "correct": res.selected == answer,
-                    "wall": wall,
-                    "lm_time": ours_t["lm"] - lm0,
-                    "prm_time": ours_t["prm"] - prm0,
-                    "forward_time": forward_time[0] - f0,
-                    "weights_time": weights_time[0] - w0,
-                    "tokens_generated": u.tokens_generated,
-                    "tokens_encoded": u.tokens_encoded,
-                    "reward_tokens_encoded": u.reward_tokens_encoded,
-                    "lm_calls": u.lm_calls,
-                }
-
-            def run_hub(prompt=prompt, answer=answer, b=b):
-                c0, f0 = dict(counters), forward_time[0]
-                t0 = time.perf_counter()
-                res = hub_pf.infer(hub_lm, prompt, b, return_response_only=False)
-                wall = time.perf_counter() - t0
-                text = res.the_one["content"]
-                got = model.answer_extractor(text + ("" if text.endswith(fmt.stop) else fmt.stop))
-                return {
-                    "correct": got == answer,
-                    "wall": wall,
-                    "lm_time": counters["lm_time"] - c0["lm_time"],
-                    "prm_time": counters["prm_time"] - c0["prm_time"],
-                    "forward_time": forward_time[0] - f0,
-                    "tokens_generated": counters["tokens_generated"] - c0["tokens_generated"],
-                    "tokens_encoded": counters["tokens_encoded"] - c0["tokens_encoded"],
-                }
-
-            order = [("ours", run_ours), ("hub", run_hub)]
+            order = [
+                ("ours", functools.partial(_run_ours, bench, key, prompt, answer, b)),
+                ("hub", functools.partial(_run_hub, bench, prompt, answer, b)),
+            ]
             if (i + b) % 2:
                 order.reverse()
             for name, fn in order:
                 rows[b][name].append(fn())
             if i < 10:  # tokens without KV reuse, LM and PRM (same key, same particles)
-                stateful = hasattr(prm, "kv_cache")
-                lm.kv_cache = False
-                if stateful:
-                    prm.kv_cache = False
-                try:
-                    u = particle_filter(key, model, prompt, b).usage
-                finally:
-                    lm.kv_cache = True
-                    if stateful:
-                        prm.kv_cache = True
                 rows[b]["ours_plain_tokens"].append(
-                    {
-                        "tokens_encoded": u.tokens_encoded,
-                        "tokens_generated": u.tokens_generated,
-                        "reward_tokens_encoded": u.reward_tokens_encoded,
-                    }
+                    _tokens_without_reuse(bench.model, key, prompt, b)
                 )
         print(f"problem {i + 1}/{len(problems)}  {time.perf_counter() - start_all:.0f} s",
               flush=True)  # fmt: skip
+    return rows
 
-    def summary(rs):
-        n = len(rs)
-        acc = float(np.mean([r["correct"] for r in rs]))
-        out = {
-            "accuracy": acc,
-            "stderr": float(np.sqrt(acc * (1 - acc) / n)),
-            "seconds_per_problem": float(np.mean([r["wall"] for r in rs])),
-            "lm_seconds_per_problem": float(np.mean([r["lm_time"] for r in rs])),
-            "prm_seconds_per_problem": float(np.mean([r["prm_time"] for r in rs])),
-            # inside the LM's and the PRM's forward passes (the network, no sampling, no
-            # text handling): the cost both sides share per pass
-            "forward_seconds_per_problem": float(np.mean([r["forward_time"] for r in rs])),
-            "tokens_generated": float(np.mean([r["tokens_generated"] for r in rs])),
-            "tokens_encoded": float(np.mean([r["tokens_encoded"] for r in rs])),
-        }
-        other = out["seconds_per_problem"] - out["lm_seconds_per_problem"]
-        out["bookkeeping_share_of_lm_time"] = float(
-            (other - out["prm_seconds_per_problem"]) / out["lm_seconds_per_problem"]
-        )
-        if "weights_time" in rs[0]:  # the part of it that handles weights (probinfer)
-            out["weight_bookkeeping_share_of_lm_time"] = float(
-                np.mean([r["weights_time"] for r in rs]) / out["lm_seconds_per_problem"]
-            )
-        return out
 
-    def paired(ours, hub):
-        """Accuracy difference with its standard error across problems (paired: same
-        problems), and the z score."""
-        d = np.array([float(o["correct"]) - float(h["correct"]) for o, h in zip(ours, hub)])
-        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-        mean = float(d.mean())
-        z = mean / se if se > 0 else float("nan")
-        if not np.isfinite(z) or abs(z) < 2:
-            verdict = "within noise (|z| < 2): no significant difference at this budget"
-        else:
-            verdict = f"significant (|z| >= 2): {'probinfer' if z > 0 else 'its-hub'} ahead"
-        return {"mean": mean, "stderr": se, "z": z, "verdict": verdict}
+def _summary(rs) -> dict:
+    n = len(rs)
+    acc = float(np.mean([r["correct"] for r in rs]))
+    out = {
+        "accuracy": acc,
+        "stderr": float(np.sqrt(acc * (1 - acc) / n)),
+        "seconds_per_problem": float(np.mean([r["wall"] for r in rs])),
+        "lm_seconds_per_problem": float(np.mean([r["lm_time"] for r in rs])),
+        "prm_seconds_per_problem": float(np.mean([r["prm_time"] for r in rs])),
+        # inside the LM's and the PRM's forward passes (the network, no sampling, no text
+        # handling): the cost both sides share per pass
+        "forward_seconds_per_problem": float(np.mean([r["forward_time"] for r in rs])),
+        "tokens_generated": float(np.mean([r["tokens_generated"] for r in rs])),
+        "tokens_encoded": float(np.mean([r["tokens_encoded"] for r in rs])),
+    }
+    other = out["seconds_per_problem"] - out["lm_seconds_per_problem"]
+    out["bookkeeping_share_of_lm_time"] = float(
+        (other - out["prm_seconds_per_problem"]) / out["lm_seconds_per_problem"]
+    )
+    if "weights_time" in rs[0]:  # the part of it that handles weights (probinfer)
+        out["weight_bookkeeping_share_of_lm_time"] = float(
+            np.mean([r["weights_time"] for r in rs]) / out["lm_seconds_per_problem"]
+        )
+    return out
 
-    results = []
-    for b in budgets:
-        o, h = summary(rows[b]["ours"]), summary(rows[b]["hub"])
-        plain = rows[b]["ours_plain_tokens"]
-        kv = rows[b]["ours"][: len(plain)]
-        results.append(
-            {
-                "budget": b,
-                "probinfer": o,
-                "its_hub": h,
-                "wall_time_ratio_probinfer_over_its_hub": o["seconds_per_problem"]
-                / h["seconds_per_problem"],
-                "accuracy_difference": o["accuracy"] - h["accuracy"],
-                # probinfer's ratio if everything but its forward passes cost nothing: the
-                # least this comparison can show with the same network code on both sides
-                "wall_time_ratio_floor_forward_passes_only": o["forward_seconds_per_problem"]
-                / h["seconds_per_problem"],
-                # the token work is the same on the bundled LM; with the random BPE LM the
-                # two filters end at different steps, so compare time per generated token
-                "seconds_per_generated_token_ratio": (
-                    o["seconds_per_problem"] / o["tokens_generated"]
-                )
-                / (h["seconds_per_problem"] / h["tokens_generated"]),
-                "tokens_encoded_first_problems": {
-                    "num_problems": len(plain),
-                    "with_kv_reuse": float(np.mean([r["tokens_encoded"] for r in kv])),
-                    "without_kv_reuse": float(np.mean([r["tokens_encoded"] for r in plain])),
-                    "tokens_generated": float(np.mean([r["tokens_generated"] for r in kv])),
-                    "prm_with_kv_reuse": float(np.mean([r["reward_tokens_encoded"] for r in kv])),
-                    "prm_without_kv_reuse": float(
-                        np.mean([r["reward_tokens_encoded"] for r in plain])
-                    ),
-                },
-                "accuracy_difference_paired": paired(rows[b]["ours"], rows[b]["hub"]),
-            }
-        )
-        print(
-            f"budget {b:3d}: accuracy probinfer {o['accuracy']:.2f}±{o['stderr']:.2f}, its-hub "
-            f"{h['accuracy']:.2f}±{h['stderr']:.2f}; s/problem {o['seconds_per_problem']:.3f} "
-            f"vs {h['seconds_per_problem']:.3f} (ratio "
-            f"{results[-1]['wall_time_ratio_probinfer_over_its_hub']:.2f}); bookkeeping "
-            f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time (weights "
-            f"{100 * o['weight_bookkeeping_share_of_lm_time']:.1f}%); ratio floor (forward "
-            f"passes only) {results[-1]['wall_time_ratio_floor_forward_passes_only']:.2f}; "
-            "paired accuracy "
-            f"difference {results[-1]['accuracy_difference_paired']['mean']:+.2f}"
-            f"±{results[-1]['accuracy_difference_paired']['stderr']:.2f}"
-        )
+
+def _paired(ours, hub) -> dict:
+    """Accuracy difference with its standard error across problems (paired: same
+    problems), and the z score."""
+    d = np.array([float(o["correct"]) - float(h["correct"]) for o, h in zip(ours, hub)])
+    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    mean = float(d.mean())
+    z = mean / se if se > 0 else float("nan")
+    if not np.isfinite(z) or abs(z) < 2:
+        verdict = "within noise (|z| < 2): no significant difference at this budget"
+    else:
+        verdict = f"significant (|z| >= 2): {'probinfer' if z > 0 else 'its-hub'} ahead"
+    return {"mean": mean, "stderr": se, "z": z, "verdict": verdict}
+
+
+def _budget_result(b: int, rows: dict) -> dict:
+    """The comparison at budget ``b`` from the rows of :func:`_run_all`."""
+    o, h = _summary(rows["ours"]), _summary(rows["hub"])
+    plain = rows["ours_plain_tokens"]
+    kv = rows["ours"][: len(plain)]
+    return {
+        "budget": b,
+        "probinfer": o,
+        "its_hub": h,
+        "wall_time_ratio_probinfer_over_its_hub": o["seconds_per_problem"]
+        / h["seconds_per_problem"],
+        "accuracy_difference": o["accuracy"] - h["accuracy"],
+        # probinfer's ratio if everything but its forward passes cost nothing: the least
+        # this comparison can show with the same network code on both sides
+        "wall_time_ratio_floor_forward_passes_only": o["forward_seconds_per_problem"]
+        / h["seconds_per_problem"],
+        # the token work is the same on the bundled LM; with the random BPE LM the two
+        # filters end at different steps, so compare time per generated token
+        "seconds_per_generated_token_ratio": (o["seconds_per_problem"] / o["tokens_generated"])
+        / (h["seconds_per_problem"] / h["tokens_generated"]),
+        "tokens_encoded_first_problems": {
+            "num_problems": len(plain),
+            "with_kv_reuse": float(np.mean([r["tokens_encoded"] for r in kv])),
+            "without_kv_reuse": float(np.mean([r["tokens_encoded"] for r in plain])),
+            "tokens_generated": float(np.mean([r["tokens_generated"] for r in kv])),
+            "prm_with_kv_reuse": float(np.mean([r["reward_tokens_encoded"] for r in kv])),
+            "prm_without_kv_reuse": float(np.mean([r["reward_tokens_encoded"] for r in plain])),
+        },
+        "accuracy_difference_paired": _paired(rows["ours"], rows["hub"]),
+    }
+
+
+def _line(r: dict) -> str:
+    """One budget's result as a line of text."""
+    o, h, d = r["probinfer"], r["its_hub"], r["accuracy_difference_paired"]
+    return (
+        f"budget {r['budget']:3d}: accuracy probinfer {o['accuracy']:.2f}±{o['stderr']:.2f}, "
+        f"its-hub {h['accuracy']:.2f}±{h['stderr']:.2f}; s/problem "
+        f"{o['seconds_per_problem']:.3f} vs {h['seconds_per_problem']:.3f} (ratio "
+        f"{r['wall_time_ratio_probinfer_over_its_hub']:.2f}); bookkeeping "
+        f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time (weights "
+        f"{100 * o['weight_bookkeeping_share_of_lm_time']:.1f}%); ratio floor (forward "
+        f"passes only) {r['wall_time_ratio_floor_forward_passes_only']:.2f}; paired accuracy "
+        f"difference {d['mean']:+.2f}±{d['stderr']:.2f}"
+    )
+
+
+def _parse(argv) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--num-problems", type=int, default=100)
+    ap.add_argument("--budgets", default="4,8,16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", default=None, help="results name (default by --lm)")
+    ap.add_argument(
+        "--lm",
+        choices=["bundled", "bpe"],
+        default="bundled",
+        help="'bundled': the bundled LM and learned PRM; 'bpe': a tiny random Llama LM with "
+        "a byte-level BPE tokenizer and the exact verifier as PRM (wall time and tokens "
+        "only: its answers are random)",
+    )
+    return ap.parse_args(argv)
+
+
+def _payload(args, model, problems, budgets, results) -> dict:
+    import its_hub
+    import torch
+
+    fmt = model.step_format
     lm_name = "bundled LM" if args.lm == "bundled" else "tiny random Llama LM, byte-level BPE"
     prm_name = "bundled learned PRM" if args.lm == "bundled" else "exact verifier"
-    payload = {
+    return {
         "lm": args.lm,
         "benchmark": "llm_vs_its_hub",
         "num_problems": len(problems),
@@ -475,7 +477,37 @@ def main(argv=None) -> int:
         "machine": machine(),
         "results": results,
     }
-    path = write_results(output, payload)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    import random
+
+    import torch
+
+    torch.set_num_threads(1)
+    from probinfer.llm import default_problems, load_default
+
+    budgets = [int(b) for b in args.budgets.split(",")]
+    problems = default_problems(args.num_problems)
+    model = load_default("learned", device="cpu")
+    if args.lm == "bpe":
+        from probinfer.llm.verifier import VerifierReward
+
+        bpe = _bpe_lm(args.seed)
+        bpe.eos_text = model.step_format.stop
+        reward = VerifierReward(step_format=model.step_format)
+        model = dataclasses.replace(model, lm=bpe, reward=reward)
+    output = args.output or ("llm_vs_its_hub" if args.lm == "bundled" else "llm_vs_its_hub_bpe")
+    bench = _bench(model)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    rows = _run_all(bench, problems, budgets, args.seed)
+    results = []
+    for b in budgets:
+        results.append(_budget_result(b, rows[b]))
+        print(_line(results[-1]))
+    path = write_results(output, _payload(args, model, problems, budgets, results))
     print(f"wrote {path}")
     return 0
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from probinfer.checks import check_num
 from probinfer.resampling import SCHEMES, resample
+from probinfer.weights import reweight
 
 Array = jax.Array
 
@@ -125,17 +126,14 @@ def importance_resample(
         raise ValueError("log_target returned NaN; return -inf outside the target's support")
     log_w = log_t - _log_prob(proposal, theta)
     log_w = jnp.where(jnp.isnan(log_w), -jnp.inf, log_w)  # -inf - (-inf): no mass
-    top = jnp.max(log_w, axis=0)
-    if not bool(jnp.all(jnp.isfinite(top))):
+    if not bool(jnp.all(jnp.isfinite(jnp.max(log_w, axis=0)))):
         raise ValueError(
             "every proposal of some batch entry has zero target density: the proposal "
             "does not cover the target"
         )
-    w = jnp.exp(log_w - top)
-    total = jnp.sum(w, axis=0)
-    log_evidence = top + jnp.log(total) - jnp.log(m)
-    norm_log_w = log_w - (top + jnp.log(total))
-    ess = total**2 / jnp.sum(w * w, axis=0)
+    # the weights against uniform ones: the increment is the log mean weight
+    uniform = jnp.full(log_w.shape, -jnp.log(m), log_w.dtype)
+    norm_log_w, log_evidence, ess = reweight(uniform, log_w)
     nb = math.prod(batch)
     flat_w = norm_log_w.reshape(m, nb)
     flat_theta = theta.reshape((m, nb) + theta.shape[1 + len(batch) :])

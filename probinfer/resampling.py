@@ -23,6 +23,8 @@ All four are unbiased: ``E[#offspring_i] = M w_i``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
 from typing import Literal
 
 import jax
@@ -36,18 +38,23 @@ Array = jax.Array
 Scheme = Literal["systematic", "stratified", "residual", "multinomial"]
 SCHEMES: tuple[str, ...] = ("systematic", "stratified", "residual", "multinomial")
 
-__all__ = ["SCHEMES", "ancestors_from_counts", "offspring_counts", "resample"]
+__all__ = [
+    "SCHEMES",
+    "ancestors_from_counts",
+    "conditional",
+    "offspring_counts",
+    "resample",
+    "resampler",
+]
 
 
-def _cumsum(x: Array, block: int = 256, xp=jnp) -> Array:
-    """Inclusive cumulative sum along axis 0, two-level blocked (``xp=np``: numpy's).
+def _cumsum(x: Array, block: int = 256) -> Array:
+    """Inclusive cumulative sum along axis 0, two-level blocked.
 
     XLA's CPU cumsum is an associative scan making ``log2(N)`` passes over the
     array; summing within blocks of ``block`` then adding block offsets makes about
     ``log2(block)`` passes, which is what makes the O(N) merge fast on CPU.
     """
-    if xp is np:
-        return np.cumsum(x)
     n = x.shape[0]
     if n <= block:
         return jnp.cumsum(x)
@@ -89,63 +96,47 @@ def ancestors_from_counts(cumulative_counts: Array, num: int, num_valid=None) ->
     return jnp.where(jnp.arange(num) < m, anc, 0)
 
 
-def resample_draws(key: Array, scheme: str, num: int) -> Array:
-    """The random numbers ``scheme`` uses to draw ``num`` (static) ancestor slots.
-
-    Every scheme is a deterministic function of these draws and the weights, so an eager
-    loop can draw all its steps' numbers in one compiled call up front and resample on the
-    host (:func:`resample_host` with ``draws``), with the indices of :func:`resample`.
-    """
-    if scheme == "systematic":
-        return jax.random.uniform(key, (), dtype=jnp.float32)
-    if scheme == "multinomial":
-        return jax.random.exponential(key, (num + 1,), dtype=jnp.float32)
-    return jax.random.uniform(key, (num,), dtype=jnp.float32)
+# Each ``_counts(draws, w, num, m)`` takes the draws of :func:`_resample` at the static size
+# ``num``, uses ``m`` (possibly traced, <= num) of them and returns the cumulative counts
+# ``p_i`` of the module docstring.
+def _systematic_counts(u, w, num: int, m):
+    cum = _cumsum(w)
+    return jnp.ceil(m * cum - u)
 
 
-# Each ``_counts(draws, w, num, m, xp)`` takes the draws of :func:`resample_draws` at the static
-# size ``num``, uses ``m`` (possibly traced, <= num) of them and returns the cumulative counts
-# ``p_i`` of the module docstring; ``xp`` is ``jnp`` (traceable) or ``np`` (host, float32).
-def _systematic_counts(u, w, num: int, m, xp=jnp):
-    cum = _cumsum(w, xp=xp)
-    return xp.ceil(m * cum - u)
-
-
-def _stratified_counts(v, w, num: int, m, xp=jnp):
+def _stratified_counts(v, w, num: int, m):
     # p(c) = #{j : (j + V_j)/M < c} = k + [V_k < cM - k], k = floor(cM).
-    cum = _cumsum(w, xp=xp)
+    cum = _cumsum(w)
     x = m * cum
-    k = xp.floor(x)
-    k_idx = xp.clip(k.astype(xp.int32), 0, m - 1)
+    k = jnp.floor(x)
+    k_idx = jnp.clip(k.astype(jnp.int32), 0, m - 1)
     extra = (v[k_idx] < x - k) & (k < m)
     return k + extra
 
 
-def _residual_counts(v, w, num: int, m, xp=jnp):
+def _residual_counts(v, w, num: int, m):
     scaled = m * w
-    det = xp.floor(scaled)
-    cum_det = _cumsum(det, xp=xp)
-    rest = xp.clip(m - cum_det[-1], 0, m)
+    det = jnp.floor(scaled)
+    cum_det = _cumsum(det)
+    rest = jnp.clip(m - cum_det[-1], 0, m)
     resid = scaled - det  # in [0, 1), sums to `rest` up to rounding
-    total = xp.sum(resid)
-    safe_total = xp.where(total > 0, total, 1.0)
+    total = jnp.sum(resid)
+    safe_total = jnp.where(total > 0, total, 1.0)
     # Stratified draw of `rest` points from the residual weights, on a grid of
     # `num` strata of which only the first `rest` are used (static shapes).
-    cum_r = _cumsum(resid, xp=xp) / safe_total * rest  # in [0, rest]
-    k = xp.floor(cum_r)
-    k_idx = xp.clip(k.astype(xp.int32), 0, num - 1)
+    cum_r = _cumsum(resid) / safe_total * rest  # in [0, rest]
+    k = jnp.floor(cum_r)
+    k_idx = jnp.clip(k.astype(jnp.int32), 0, num - 1)
     extra = (v[k_idx] < cum_r - k) & (k < rest)
-    res_counts = xp.minimum(k + extra, rest)
-    return cum_det + xp.where(total > 0, res_counts, 0.0)
+    res_counts = jnp.minimum(k + extra, rest)
+    return cum_det + jnp.where(total > 0, res_counts, 0.0)
 
 
-def _multinomial_counts(e, w, num: int, m, xp=jnp):
-    cum = _cumsum(w, xp=xp)
-    spacings = xp.cumsum(xp.where(xp.arange(num + 1) <= m, e, 0.0))
+def _multinomial_counts(e, w, num: int, m):
+    cum = _cumsum(w)
+    spacings = jnp.cumsum(jnp.where(jnp.arange(num + 1) <= m, e, 0.0))
     # sorted iid U(0,1) order statistics in the first m slots, +inf (never counted) after
-    u = xp.where(xp.arange(num) < m, spacings[:num] / spacings[m], xp.inf)
-    if xp is np:
-        return np.searchsorted(u, cum, side="left")
+    u = jnp.where(jnp.arange(num) < m, spacings[:num] / spacings[m], jnp.inf)
     return jnp.searchsorted(u, cum, side="left", method="sort")
 
 
@@ -178,7 +169,12 @@ def offspring_counts(
 
 
 def resample(
-    key: Array, log_weights: Array, num: int | None = None, scheme: Scheme = "systematic"
+    key: Array,
+    log_weights: Array,
+    num: int | None = None,
+    scheme: Scheme = "systematic",
+    *,
+    num_valid=None,
 ) -> Array:
     """Draw ancestor indices in proportion to ``exp(log_weights)``.
 
@@ -193,6 +189,9 @@ def resample(
     scheme
         ``"systematic"`` (default; lowest variance in practice), ``"stratified"``,
         ``"residual"`` or ``"multinomial"``.
+    num_valid
+        Under a trace only (bucketed particle counts): draw this many (traced, ``<= num``)
+        indices into the ``num`` static slots; the remaining slots are 0.
 
     Returns
     -------
@@ -212,76 +211,49 @@ def resample(
     Notes
     -----
     Called eagerly, ``N`` and ``M`` are padded to powers of two (at least 16,
-    :func:`probinfer.engine.bucket_size`) with zero-weight
-    particles and unused draws, so a program resampling many different particle counts
-    compiles a bounded number of executables and its memory stays flat. Systematic
-    resampling gives the same indices as without padding; the other schemes draw their
-    uniforms at the padded size (same distribution, other values). Under ``jit`` the
-    shapes are the caller's. Concrete log weights are shifted by their maximum in their own
-    precision before the cast to float32, so float64 values beyond float32's range
-    (``[1e39, 0]``) resample correctly (always index 0 there).
-    """
-    _check_scheme(scheme)
-    if isinstance(log_weights, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
-        lw = check_log_weights(log_weights)
-        num = _check_num(num, lw.shape[0])
-        return _resample(key, lw, num, scheme, num)
-    return jax.device_put(resample_host(key, log_weights, num, scheme))
-
-
-def resample_host(
-    key: Array | None,
-    log_weights,
-    num: int | None = None,
-    scheme: Scheme = "systematic",
-    *,
-    draws=None,
-) -> np.ndarray:
-    """:func:`resample` for concrete weights, returning a numpy array (same indices).
-
-    The check, the padding to a bucketed size and the cut run on the host: a ``jnp`` op on
-    a new shape would compile a new program (and keep it), so only the bucketed resampler
-    itself runs on the device, in one call. Eager loops (the SMC driver's) use it directly.
-
-    With ``draws`` (the host value of ``resample_draws(key, scheme, bucket_size(num, 16))``,
-    drawn ahead of time; ``key`` is then unused) nothing runs on the device: the same
-    algorithm runs in float32 numpy. The indices are those of :func:`resample` for the same
-    key except where a cumulative weight lies within float32 rounding of a draw (the two
-    libraries round ``exp`` and cumulative sums differently): in a check of 600 cases, none
-    differed for ``N <= 300``, and one index in 6 of 120 cases at ``N = 1000``. A device
-    call after milliseconds of other work costs about 0.3-0.7 ms on a CPU (cold caches);
-    that is what an eager loop of LLM steps saves.
+    :func:`probinfer.engine.bucket_size`) with zero-weight particles and unused draws, so a
+    program resampling many different particle counts compiles a bounded number of
+    executables and its memory stays flat; the check, the padding and the cut run on the
+    host (a ``jnp`` op on a new shape would compile a new program). Systematic resampling
+    gives the same indices as without padding; the other schemes draw their uniforms at the
+    padded size (same distribution, other values). Under ``jit`` the shapes are the
+    caller's. Concrete log weights are shifted by their maximum in their own precision
+    before the cast to float32, so float64 values beyond float32's range (``[1e39, 0]``)
+    resample correctly (always index 0 there).
     """
     from probinfer.engine.core import bucket_size
 
     _check_scheme(scheme)
+    if isinstance(log_weights, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
+        lw = check_log_weights(log_weights)
+        num = _check_num(num, lw.shape[0])
+        return _resample(key, lw, num, scheme, num if num_valid is None else num_valid)
     a = check_log_weights_numpy(log_weights)
     n = a.shape[0]
     num = _check_num(num, n)
     n_pad, num_pad = bucket_size(n, 16), bucket_size(num, 16)
     # Shift by the (finite) maximum in the input's precision, then cast: float64 log weights
     # beyond float32's range (1e39) keep their meaning (far below the maximum: -inf, weight 0).
+    padded = np.full(n_pad, -np.inf, np.float32)
     with np.errstate(over="ignore"):
-        a = (a - a.max()).astype(np.float32)
-    if draws is None:
-        padded = np.full(n_pad, -np.inf, np.float32)
-        padded[:n] = a
-        return np.asarray(_resample(key, padded, num_pad, scheme, np.int32(num)))[:num]
-    e = np.exp(a)
-    w = e / e.sum(dtype=np.float32)
-    p = _COUNTS[scheme](np.asarray(draws), w, num_pad, num, np)
-    last_positive = n - 1 if w[-1] > 0 else n - 1 - int(np.argmax(w[::-1] > 0))
-    p = np.minimum(np.maximum(p.astype(np.int32), 0), num)
-    p[last_positive:] = num
-    return np.cumsum(np.bincount(p, minlength=num + 1)[:num], dtype=np.int32)
+        padded[:n] = a - a.max()
+    idx = np.asarray(_resample(key, padded, num_pad, scheme, np.int32(num)))[:num]
+    return jax.device_put(idx)
 
 
 @jax.jit(static_argnums=(2, 3))
 def _resample(key: Array, log_weights: Array, num: int, scheme: str, num_valid) -> Array:
-    """``num`` (static) ancestor slots of which the first ``num_valid`` (traced) are drawn."""
+    """``num`` (static) ancestor slots of which the first ``num_valid`` (traced) are drawn
+    (the compiled body of :func:`resample`)."""
     w = normalize(log_weights.astype(jnp.float32))
     m = jnp.asarray(num_valid, jnp.int32)
-    p = _COUNTS[scheme](resample_draws(key, scheme, num), w, num, m)
+    if scheme == "systematic":
+        draws = jax.random.uniform(key, (), dtype=jnp.float32)
+    elif scheme == "multinomial":
+        draws = jax.random.exponential(key, (num + 1,), dtype=jnp.float32)
+    else:
+        draws = jax.random.uniform(key, (num,), dtype=jnp.float32)
+    p = _COUNTS[scheme](draws, w, num, m)
     # Everything still unassigned when the float32 cumulative weights end below 1
     # goes to the last particle of positive weight (never to a zero-weight one).
     n = w.shape[0]
@@ -290,7 +262,31 @@ def _resample(key: Array, log_weights: Array, num: int, scheme: str, num_valid) 
     return ancestors_from_counts(p, num, m)
 
 
-def resample_padded(key: Array, log_weights: Array, num: int, num_valid, scheme: str) -> Array:
-    """Traceable resampling into ``num`` static slots of which the first ``num_valid``
-    (traced) are drawn and the rest are 0: the driver's bucketed particle counts."""
-    return _resample(key, log_weights, num, scheme, num_valid)
+@cache
+def resampler(scheme: Scheme = "systematic") -> Callable:
+    """:func:`resample` with ``scheme`` fixed: the SMC driver's ``resample_fn(key,
+    log_weights, num, num_valid=None)``. Cached, so equal schemes give the same (hashable)
+    function and compiled runs are reused."""
+    _check_scheme(scheme)
+
+    def resample_fn(key, log_weights, num, num_valid=None):
+        return resample(key, log_weights, num, scheme, num_valid=num_valid)
+
+    return resample_fn
+
+
+@cache
+def conditional(resample_fn: Callable) -> Callable:
+    """The resampler of conditional SMC (Andrieu, Doucet & Holenstein 2010): slot 0 keeps
+    ancestor 0 (the reference trajectory is never resampled away) and slots ``1..num-1``
+    draw their ancestors from all particles with ``resample_fn`` (multinomial in the
+    textbook kernel: ``conditional(resampler("multinomial"))``)."""
+
+    def conditional_fn(key, log_weights, num, num_valid=None):
+        nv = None if num_valid is None else num_valid - 1
+        rest = resample_fn(key, log_weights, num - 1, nv)
+        if isinstance(rest, jax.core.Tracer):
+            return jnp.concatenate([jnp.zeros(1, jnp.int32), rest])
+        return np.concatenate([np.zeros(1, np.int32), np.asarray(rest)])
+
+    return conditional_fn

@@ -37,6 +37,7 @@ __all__ = [
     "log_mean_weight",
     "log_normalize",
     "normalize",
+    "reweight",
     "should_resample",
 ]
 
@@ -268,6 +269,38 @@ def log_mean_weight(log_weights: Array) -> Array:
         return to_output(value, dtype, "log_weights", "the log mean weight")
     lw = jnp.asarray(log_weights)
     return logsumexp(lw, axis=0) - jnp.log(lw.shape[0])
+
+
+def reweight(log_weights, log_potentials):
+    """Multiply weights by potentials: ``(log W', log sum_i W_i G_i, ESS')`` in one pass.
+
+    The update every weighted-particle algorithm makes (an SMC step's reweighting, an
+    importance sampler's weights against uniform ones): ``u_i = log W_i + log G_i`` along
+    the leading axis, its log-sum-exp (with normalised ``log_weights``, the evidence
+    increment ``log sum_i W_i G_i``: a sum of terms of order one, never a difference of two
+    large log sums), the normalised ``u`` and the ESS of the new weights. NumPy inputs are
+    computed on the host in float64 (eager loops; no compilation per particle count),
+    anything else in ``jnp`` (traceable). No checks: when every ``u_i`` is ``-inf`` the
+    increment is ``-inf``, the ESS is 0 and ``u`` is returned unnormalised.
+    """
+    host = isinstance(log_weights, np.ndarray) and isinstance(log_potentials, np.ndarray)
+    xp = np if host else jnp
+    u = log_weights + log_potentials
+    m = u.max(axis=0)
+    if host and np.all(np.isfinite(m)):  # the common case, without an error-state context
+        e = np.exp(u - m)
+        s1, s2 = e.sum(axis=0), (e * e).sum(axis=0)
+        inc = m + np.log(s1)
+        return u - inc, inc, s1 * s1 / s2
+    m = xp.where(xp.isfinite(m), m, 0.0)
+    e = xp.exp(u - m)
+    s1, s2 = xp.sum(e, axis=0), xp.sum(e * e, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inc = m + xp.log(s1)
+        alive = s1 > 0
+        new = xp.where(alive, u - xp.where(alive, inc, 0.0), u)
+        ess_ = xp.where(alive, s1 * s1 / xp.where(alive, s2, 1.0), 0.0)
+    return new, inc, ess_
 
 
 def _check_threshold(threshold) -> float:

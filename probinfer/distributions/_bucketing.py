@@ -4,8 +4,9 @@ A distribution method called eagerly on a new batch or sample shape compiles a n
 program, and every compiled program stays in memory: a long-lived process that evaluates
 many sizes grows without bound. The methods therefore lay their inputs out on the host as
 ``(ns, nb)`` rows (sample points by batch members), pad both axes to powers of two
-(:func:`probinfer.engine.bucket_size`) by repeating the last row (valid parameters, so the
-padding is finite and is simply dropped), run the compiled method at the padded shape and
+(:func:`probinfer.engine.bucket_size`) by repeating the first row (valid parameters, so the
+padding is finite and is simply dropped: the package's one bucketing rule,
+:mod:`probinfer.engine.core`), run the compiled method at the padded shape and
 cut the result back on the host. Inside a trace the shapes are the caller's.
 
 Host arrays cross to the device with ``jax.device_put``

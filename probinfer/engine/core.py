@@ -5,12 +5,25 @@ pointwise values each) on one device:
 
 * **chunking** — particles are processed in chunks of ``chunk_size`` rows, derived from
   ``memory_budget`` and the bytes one particle's evaluation needs;
-* **bucketing** — ``N`` is padded (by repeating row 0) to a bucket size (a power of two,
-  at least ``min_bucket``; multiples of the chunk above it) so that the compiled function
-  is reused across calls with different ``N``;
+* **bucketing** — ``N`` is padded to a bucket size (a power of two, at least
+  ``min_bucket``; multiples of the chunk above it) so that the compiled function is reused
+  across calls with different ``N``;
 * **backends** — ``"jax"`` (``jit`` + ``vmap``; under a JAX trace, ``lax.map`` over
   chunks) and ``"torch"`` (batched ``no_grad`` forward on CUDA when present; arrays cross
   with DLPack; under a JAX trace it runs through ``jax.pure_callback``).
+
+Bucketing, the package's one rule
+---------------------------------
+A compiled function called eagerly on a new shape compiles, and keeps, a new program, so
+every eager entry point that takes a batch of ``n`` rows pads it to :func:`bucket_size`
+rows (a bounded set of sizes, logarithmic in ``n``) and cuts the result back on the host:
+
+* the padding rows repeat row 0 (:func:`pad_rows`): valid inputs, so the padded
+  evaluation is finite, and its rows are simply dropped (this engine, the batched
+  distributions' methods, the particle filter's observations);
+* where the rows are weighted particles (the SMC driver's bucketed runs, resampling) the
+  padding slots also carry weight 0 (log weight ``-inf``): they never enter a weighted
+  sum and are never resampled.
 """
 
 from __future__ import annotations
@@ -73,14 +86,17 @@ def to_device(x, dtype=None) -> jax.Array:
     return jax.device_put(np.asarray(x, dtype))
 
 
-def pad_rows(a: np.ndarray, size: int, axis: int = 0) -> np.ndarray:
-    """``a`` padded along ``axis`` to ``size`` by repeating its last entry."""
+def pad_rows(a, size: int, axis: int = 0):
+    """``a`` padded along ``axis`` to ``size`` by repeating its first entry (the bucketing
+    rule of the module docstring); numpy arrays on the host, JAX arrays with ``jnp``."""
     extra = size - a.shape[axis]
     if extra <= 0:
         return a
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (0, extra)
-    return np.pad(a, widths, mode="edge")
+    xp = np if isinstance(a, np.ndarray) else jnp
+    first = xp.take(a, xp.zeros(1, dtype=np.int32), axis=axis)
+    reps = [1] * a.ndim
+    reps[axis] = extra
+    return xp.concatenate([a, xp.tile(first, reps)], axis=axis)
 
 
 def chunk_size_for(bytes_per_particle: int, memory_budget: int) -> int:
@@ -244,13 +260,7 @@ class LikelihoodEngine:
         return self._eager_jax(theta, n, chunk)
 
     def _pad(self, theta, n, size):
-        def pad(a):
-            a = jnp.asarray(a)
-            if size == n:
-                return a
-            return jnp.concatenate([a, jnp.broadcast_to(a[:1], (size - n,) + a.shape[1:])])
-
-        return jax.tree_util.tree_map(pad, theta)
+        return jax.tree_util.tree_map(lambda a: pad_rows(jnp.asarray(a), size), theta)
 
     def _eager_jax(self, theta, n, chunk):
         size = bucket_size(n, self.min_bucket, chunk)

@@ -3,7 +3,8 @@
 Runs the :class:`~probinfer.llm.LLMStateSpaceModel` on the SMC driver's eager path
 (:func:`probinfer.smc.run_smc` with ``jit=False``): every SMC step is one batched LM call
 for all unfinished particles and one batched reward call. Budget ``N`` = ``N`` particles,
-i.e. ``N`` full-rollout equivalents.
+i.e. ``N`` full-rollout equivalents; ``N = 1`` is the driver run with one particle (one
+LM sample, weighted by its potentials).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from probinfer.llm.protocols import Usage
 from probinfer.llm.result import LLMResult, build_result
 from probinfer.llm.ssm import LLMStateSpaceModel, check_budget, check_prompt
 from probinfer.llm.store import Trajectories
-from probinfer.smc.feynman_kac import check_threshold, run_smc
+from probinfer.smc.base import check_threshold
+from probinfer.smc.run import run_smc
 
 __all__ = ["particle_filter", "sample_rollouts"]
 
@@ -87,20 +89,6 @@ def particle_filter(
     check_threshold(ess_threshold, scheme)
     start = time.perf_counter()
     usage = Usage()
-    if n == 1:
-        store, lw = sample_rollouts(key, model, prompt, 1, usage)
-        return build_result(
-            "particle_filter",
-            model,
-            prompt,
-            store,
-            lw,
-            n,
-            usage,
-            start,
-            select=select,
-            log_evidence=float(lw[0]),
-        )
     fk = model.feynman_kac(prompt, usage)
     res = run_smc(
         key,
@@ -122,7 +110,5 @@ def particle_filter(
         usage,
         start,
         select=select,
-        ess=res.ess,
-        resampled=res.resampled,
-        log_evidence=res.log_evidence,
+        smc=res,
     )

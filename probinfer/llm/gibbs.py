@@ -15,9 +15,10 @@ with probability ``min(1, exp((beta_i - beta_j) (L(x_j) - L(x_i))))``
 (:func:`swap_log_acceptance`; the LM terms cancel).
 
 Each sweep is one run of the single SMC driver (:func:`probinfer.smc.run_smc` on its
-eager path) with ``reference=``: the driver keeps slot 0 pinned and draws the ancestors of
-slots ``1..N-1`` multinomially; the model never extends slot 0, and the run stops as soon
-as every particle (the reference included) has finished.
+eager path) on the conditional SMC kernel that :mod:`probinfer.smc.gibbs` uses
+(:func:`probinfer.smc.conditional.conditional_smc_model`): slot 0 pinned to the reference, the
+ancestors of slots ``1..N-1`` drawn multinomially; the model never extends slot 0, and the
+run stops as soon as every particle (the reference included) has finished.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import time
 import jax
 import numpy as np
 
-from probinfer.llm.filtering import _check_model, sample_rollouts
+from probinfer.llm.filtering import _check_model
 from probinfer.llm.protocols import Usage
 from probinfer.llm.result import LLMResult, build_result
-from probinfer.llm.ssm import LLMStateSpaceModel, check_budget, check_prompt
+from probinfer.llm.ssm import LLMStateSpaceModel, check_budget, check_prompt, pin_prefix
 from probinfer.llm.store import Trajectories
 from probinfer.resampling import resample
-from probinfer.smc.feynman_kac import run_smc
+from probinfer.smc.conditional import conditional_smc_model
+from probinfer.smc.run import run_smc
+from probinfer.weights import host_normalize
 
 __all__ = ["conditional_smc", "parallel_tempering", "particle_gibbs", "swap_log_acceptance"]
 
@@ -66,25 +69,20 @@ def conditional_smc(
     """
     k_run, k_ref = jax.random.split(key)
     fk = model.feynman_kac(prompt, usage, conditional=reference is not None)
+    fk, resample_fn = conditional_smc_model(fk, reference, pin=pin_prefix, scheme="multinomial")
     res = run_smc(
         k_run,
         fk,
         num_particles,
         ess_threshold=1.0,
-        scheme="multinomial",
+        resample_fn=resample_fn,
         jit=False,
         keep_ancestors=False,
-        reference=reference,
     )
     store = res.particles.values.without_state()
     lw = np.asarray(res.particles.log_weights, dtype=np.float64)
     j = int(np.asarray(resample(k_ref, lw, num=1, scheme="multinomial"))[0])
     return store, lw, store.prefix(j, model.max_steps)
-
-
-def _normalized(lw):
-    w = np.exp(lw - np.max(lw))
-    return w / w.sum()
 
 
 def _split_budget(budget, num_particles, chains=1):
@@ -98,7 +96,7 @@ def _pool(iterations):
     store, lws = None, []
     for s, lw in iterations:
         store = s if store is None else store.concat(s)
-        lws.append(np.log(_normalized(lw)) - np.log(len(iterations)))
+        lws.append(np.log(host_normalize(lw)) - np.log(len(iterations)))
     return store, np.concatenate(lws)
 
 
@@ -123,8 +121,8 @@ def particle_gibbs(
     check_prompt(prompt)
     b = check_budget(budget)
     start, usage = time.perf_counter(), Usage()
-    if b == 1:
-        store, lw = sample_rollouts(key, model, prompt, 1, usage)
+    if b == 1:  # one particle: a sample of the LM weighted by its potentials
+        store, lw, _ = conditional_smc(key, model, prompt, 1, None, usage)
         return build_result("particle_gibbs", model, prompt, store, lw, b, usage, start)
     n, iters = _split_budget(b, num_particles)
     if num_iterations is not None:
@@ -134,24 +132,13 @@ def particle_gibbs(
         store, lw, ref = conditional_smc(k, model, prompt, n, ref, usage)
         sweeps.append((store, lw))
         refs.append(ref)
-    pooled, lw = _pool(sweeps)
-    ref_answers = [model.answers(r)[0] for r in refs]
-    return build_result(
-        "particle_gibbs",
-        model,
-        prompt,
-        pooled,
-        lw,
-        b,
-        usage,
-        start,
-        info={
-            "references": refs,
-            "reference_answers": ref_answers,
-            "num_particles": n,
-            "num_iterations": iters,
-        },
-    )
+    info = {
+        "references": refs,
+        "reference_answers": [model.answers(r)[0] for r in refs],
+        "num_particles": n,
+        "num_iterations": iters,
+    }
+    return build_result("particle_gibbs", model, prompt, *_pool(sweeps), b, usage, start, info=info)
 
 
 def parallel_tempering(
@@ -218,22 +205,12 @@ def parallel_tempering(
                 refs[i], refs[i + 1] = refs[i + 1], refs[i]
                 L[i], L[i + 1] = L[i + 1], L[i]
         ref_answers.append(model.answers(refs[0])[0])
+    info = {
+        "swap_acceptance": (accepted / np.maximum(proposed, 1))[: K - 1],
+        "reference_answers": ref_answers,
+        "betas": betas,
+        "num_particles": n,
+        "num_iterations": iters,
+    }
     pooled, lw = _pool(sweeps)
-    rate = (accepted / np.maximum(proposed, 1))[: K - 1]
-    return build_result(
-        "parallel_tempering",
-        model,
-        prompt,
-        pooled,
-        lw,
-        b,
-        usage,
-        start,
-        info={
-            "swap_acceptance": rate,
-            "reference_answers": ref_answers,
-            "betas": betas,
-            "num_particles": n,
-            "num_iterations": iters,
-        },
-    )
+    return build_result("parallel_tempering", model, prompt, pooled, lw, b, usage, start, info=info)

@@ -12,6 +12,8 @@ from probinfer.distributions.answer import AnswerDistribution
 from probinfer.llm.protocols import Usage
 from probinfer.llm.store import Trajectories
 from probinfer.particles import Particles
+from probinfer.smc.result import SMCResult
+from probinfer.weights import host_normalize
 
 __all__ = ["SELECT", "LLMResult", "select_answer"]
 
@@ -30,8 +32,8 @@ def select_answer(answers, log_weights, select: str) -> str | None:
     lw = np.asarray(log_weights, dtype=np.float64)
     if select == "argmax":
         return answers[int(np.argmax(lw))]
-    top = np.max(lw) if lw.size else -np.inf
-    w = np.exp(lw - top) if np.isfinite(top) else np.zeros(lw.shape)
+    alive = lw.size and np.max(lw) > -np.inf
+    w = host_normalize(lw) if alive else np.zeros(lw.shape)
     mass: dict = {}
     for a, wi in zip(answers, w):
         mass[a] = mass.get(a, 0.0) + float(wi)
@@ -42,9 +44,9 @@ def select_answer(answers, log_weights, select: str) -> str | None:
     return ranked[0][0] if ranked else None
 
 
-@dataclass(frozen=True)
-class LLMResult:
-    """What an LLM inference algorithm returns.
+@dataclass(frozen=True, kw_only=True)
+class LLMResult(SMCResult):
+    """What an LLM inference algorithm returns (an :class:`~probinfer.smc.SMCResult`).
 
     Attributes
     ----------
@@ -67,8 +69,9 @@ class LLMResult:
         Full-rollout equivalents granted.
     usage
         :class:`~probinfer.llm.Usage` (tokens generated/encoded, LM and reward calls).
-    ess, resampled
-        Per-step ESS after reweighting and resampling flags (empty for baselines).
+    ess, resampled, log_evidence_increments
+        Per-step ESS after reweighting, resampling flags and evidence increments (empty
+        for baselines).
     log_evidence
         Estimate of ``log Z`` (particle filter; ``None`` elsewhere).
     wall_time
@@ -79,15 +82,14 @@ class LLMResult:
 
     algorithm: str
     prompt: str
-    particles: Particles
     answers: tuple[str | None, ...]
     selected: str | None
     budget: int
     usage: Usage
+    log_evidence: float | None = None
+    log_evidence_increments: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ess: np.ndarray = field(default_factory=lambda: np.zeros(0))
     resampled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    log_evidence: float | None = None
-    wall_time: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
@@ -103,9 +105,7 @@ class LLMResult:
     @property
     def weights(self) -> np.ndarray:
         """Normalised particle weights (float64)."""
-        lw = np.asarray(self.particles.log_weights, dtype=np.float64)
-        w = np.exp(lw - np.max(lw))
-        return w / w.sum()
+        return host_normalize(self.particles.log_weights)
 
     @property
     def texts(self) -> list[str]:
@@ -153,16 +153,23 @@ def build_result(
     start,
     *,
     select="mass",
-    ess=None,
-    resampled=None,
-    log_evidence=None,
+    smc: SMCResult | None = None,
     info=None,
 ):
-    """Assemble an :class:`LLMResult` from a final store and its log weights."""
+    """Assemble an :class:`LLMResult` from a final store and its log weights, with the
+    history and the evidence of the SMC run ``smc`` when there is one."""
     import time
 
     lw = np.asarray(log_weights, dtype=np.float64)
     answers = model.answers(store)
+    history = {}
+    if smc is not None:
+        history = {
+            "ess": np.asarray(smc.ess),
+            "resampled": np.asarray(smc.resampled),
+            "log_evidence": smc.log_evidence,
+            "log_evidence_increments": smc.log_evidence_increments,
+        }
     return LLMResult(
         algorithm=algorithm,
         prompt=prompt,
@@ -173,9 +180,7 @@ def build_result(
         selected=select_answer(answers, lw, select),
         budget=budget,
         usage=usage,
-        ess=np.zeros(0) if ess is None else np.asarray(ess),
-        resampled=np.zeros(0, dtype=bool) if resampled is None else np.asarray(resampled),
-        log_evidence=log_evidence,
         wall_time=time.perf_counter() - start,
         info=info or {},
+        **history,
     )

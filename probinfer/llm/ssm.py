@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import jax
 import numpy as np
 
+from probinfer._random import key_to_seed  # noqa: F401 (its former home: hf.py, server.py)
 from probinfer.checks import check_num
 from probinfer.llm.protocols import (
     LanguageModel,
@@ -42,7 +42,7 @@ from probinfer.llm.protocols import (
 )
 from probinfer.llm.store import Trajectories
 from probinfer.llm.task import regex_extractor
-from probinfer.smc.feynman_kac import FeynmanKac
+from probinfer.smc.base import FeynmanKac
 
 __all__ = ["AGGREGATIONS", "POTENTIALS", "LLMStateSpaceModel", "check_budget", "check_prompt"]
 
@@ -322,9 +322,9 @@ class LLMStateSpaceModel:
         reads the scores attached by the moves (numpy float64), and ``finished`` stops the
         run as soon as every particle has finished. ``usage`` is updated in place.
 
-        With ``conditional=True`` (conditional SMC, ``run_smc(reference=...)``) slot 0 is
-        never extended: ``pin`` writes the reference's first ``t + 1`` steps into it
-        (the reference is a one-particle :class:`~probinfer.llm.store.Trajectories`).
+        With ``conditional=True`` slot 0 is never extended: conditional SMC
+        (:func:`~probinfer.smc.conditional.conditional_smc_model` with ``pin=pin_prefix``) writes
+        the reference's steps into it.
         """
         check_prompt(prompt)
         first = 1 if conditional else 0
@@ -341,17 +341,7 @@ class LLMStateSpaceModel:
         def finished(values, data):
             return all(values.finished) or self.budget_spent(usage)
 
-        def pin(t, values, reference, data):
-            return values.pin(0, reference.prefix(0, t + 1))
-
-        return FeynmanKac(
-            M0,
-            M,
-            logG,
-            num_steps=self.max_steps,
-            finished=finished,
-            pin=pin if conditional else None,
-        )
+        return FeynmanKac(M0, M, logG, num_steps=self.max_steps, finished=finished)
 
     def answers(self, store: Trajectories) -> list[str | None]:
         """The extracted final answer of each particle (``None`` if unfinished)."""
@@ -364,15 +354,7 @@ class LLMStateSpaceModel:
         return out
 
 
-def key_to_seed(key) -> int:
-    """A 31-bit integer seed from a ``jax.random`` key (for torch/numpy generators): an
-    FNV-1a hash of the key's data words, read to the host. A concrete typed key's words
-    are read from its data array directly: ``jax.random.key_data`` dispatches a device
-    call, which costs 0.3-0.7 ms on a CPU after the LM's work has cooled the caches."""
-    data = getattr(key, "_base_array", None)  # PRNGKeyArray's words (concrete keys)
-    if not isinstance(data, (np.ndarray, jax.Array)) or isinstance(data, jax.core.Tracer):
-        data = jax.random.key_data(key)
-    h = 1469598103934665603
-    for w in np.asarray(data).reshape(-1).tolist():
-        h = ((h ^ int(w)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return h % (2**31 - 1)
+def pin_prefix(t, values, reference, data):
+    """Slot 0 holds the first ``t + 1`` steps of ``reference`` (a one-particle
+    :class:`~probinfer.llm.store.Trajectories`): conditional SMC's ``pin``."""
+    return values.pin(0, reference.prefix(0, t + 1))

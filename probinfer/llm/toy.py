@@ -62,7 +62,7 @@ class TabularLM:
         return out
 
     def propose(self, key, contexts, step_end, *, max_new_tokens, temperature=1.0):
-        from probinfer.llm.ssm import key_to_seed
+        from probinfer._random import key_to_seed
 
         rng = np.random.default_rng(key_to_seed(key))
         steps = []

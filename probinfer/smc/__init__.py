@@ -1,32 +1,29 @@
 """Sequential Monte Carlo over the Feynman-Kac form, with one driver.
 
-* :func:`init` / :func:`step` / :func:`run_smc` / :func:`smc_scan`: the driver (jitted
-  ``scan``/``while_loop``, a Python loop over the jitted step, or eager steps for black-box
-  transitions) for any :class:`FeynmanKac` model, with conditional SMC as an option.
+* :func:`init` / :func:`step` (:mod:`~probinfer.smc.base`), :func:`run_smc` and
+  :func:`smc_scan`: the driver (jitted ``scan``/``while_loop``, a Python loop over the
+  jitted step, or eager steps for black-box transitions) for any :class:`FeynmanKac`
+  model; conditional SMC is a model wrapper (:func:`conditional_feynman_kac`) and a
+  resampler that pins slot 0 (:func:`probinfer.resampling.conditional`).
 * :func:`particle_filter`: bootstrap and guided filters for state-space models.
-* :func:`particle_gibbs`: conditional SMC sweeps on trajectories (the driver's
-  ``reference`` option), for any Feynman-Kac model.
+* :func:`particle_gibbs`: conditional SMC sweeps on trajectories, for any Feynman-Kac
+  model.
 * :func:`tempered_smc`: adaptive tempered SMC with MCMC rejuvenation for static models,
   a Feynman-Kac model with an ``adapt`` hook on the same driver.
 """
 
-from probinfer.smc.feynman_kac import (
-    FeynmanKac,
-    SMCOutput,
-    SMCResult,
-    SMCState,
-    StepInfo,
-    init,
-    run_smc,
-    smc_scan,
-    step,
-)
+from probinfer.smc.base import FeynmanKac, SMCState, StepInfo, init, step
+from probinfer.smc.conditional import conditional_feynman_kac
 from probinfer.smc.gibbs import (
     ParticleGibbsResult,
     conditional_smc_kernel,
     particle_gibbs,
     trace_lineage,
 )
+from probinfer.smc.kernel import RunOptions
+from probinfer.smc.result import SMCResult
+from probinfer.smc.run import run_smc
+from probinfer.smc.scan import SMCOutput, smc_scan
 from probinfer.smc.state_space import (
     ParticleFilterResult,
     StateSpaceModel,
@@ -46,6 +43,7 @@ __all__ = [
     "FeynmanKac",
     "ParticleFilterResult",
     "ParticleGibbsResult",
+    "RunOptions",
     "SMCOutput",
     "SMCResult",
     "SMCState",
@@ -54,6 +52,7 @@ __all__ = [
     "TemperedParticles",
     "TemperedSMCResult",
     "TemperingData",
+    "conditional_feynman_kac",
     "conditional_smc_kernel",
     "init",
     "particle_filter",

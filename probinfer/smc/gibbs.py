@@ -1,11 +1,12 @@
 """Particle Gibbs: conditional SMC as a Markov kernel on whole trajectories.
 
 One sweep of the conditional SMC kernel (Andrieu, Doucet & Holenstein 2010) keeps the current
-trajectory in slot 0 of an otherwise ordinary SMC run (the driver's ``reference`` option),
-then draws a new trajectory by picking a particle in proportion to its final weight and
-tracing its ancestry. The kernel leaves the smoothing distribution
-``p(x_{0:T-1} | y_{0:T-1})`` of the Feynman-Kac model invariant for any number of particles
-``N >= 2``; iterating it is the particle Gibbs sampler.
+trajectory in slot 0 of an otherwise ordinary SMC run (a model that pins slot 0,
+:func:`~probinfer.smc.conditional.conditional_feynman_kac`, and a resampler that never
+resamples it away, :func:`~probinfer.resampling.conditional`), then draws a new trajectory
+by picking a particle in proportion to its final weight and tracing its ancestry. The
+kernel leaves the smoothing distribution ``p(x_{0:T-1} | y_{0:T-1})`` of the Feynman-Kac
+model invariant for any number of particles ``N >= 2``; iterating it is the particle Gibbs sampler.
 
 Everything here runs on the one driver (:func:`probinfer.smc.smc_scan`) and is jitted and
 vmappable over keys (many chains at once).
@@ -19,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probinfer.smc.feynman_kac import FeynmanKac, check_num_particles, smc_scan
+from probinfer.smc.base import FeynmanKac, check_num_particles
+from probinfer.smc.conditional import conditional_smc_model
+from probinfer.smc.scan import smc_scan
 
 Array = jax.Array
 
@@ -72,17 +75,10 @@ def conditional_smc_kernel(
     a leading time axis like ``reference``. Traceable and vmappable.
     """
     k_run, k_pick = jax.random.split(key)
-    out = smc_scan(
-        k_run,
-        fk,
-        num_particles,
-        1.0,
-        scheme,
-        summary=_values,
-        reference=reference,
-    )
+    fk, resample_fn = conditional_smc_model(fk, reference, scheme=scheme)
+    out = smc_scan(k_run, fk, num_particles, 1.0, summary=_values, resample_fn=resample_fn)
     index = jax.random.categorical(k_pick, out.state.log_weights)
-    return trace_lineage(out.summaries, out.ancestors, index), out.state.log_evidence
+    return trace_lineage(out.summaries, out.ancestors, index), out.log_evidence
 
 
 class ParticleGibbsResult(NamedTuple):

@@ -23,7 +23,9 @@ import numpy as np
 
 from probinfer.engine.core import bucket_size, pad_rows, to_device
 from probinfer.particles import Particles
-from probinfer.smc.feynman_kac import FeynmanKac, SMCResult, run_smc
+from probinfer.smc.base import FeynmanKac, check_num_particles
+from probinfer.smc.result import SMCResult
+from probinfer.smc.run import run_smc
 
 Array = jax.Array
 
@@ -352,14 +354,8 @@ def particle_filter(
     num_particles: int,
     *,
     proposal: str = "bootstrap",
-    ess_threshold: float = 0.5,
-    scheme: str = "systematic",
     quantiles=(),
-    keep_ancestors: bool = False,
-    jit: bool = True,
-    memory_budget: int | None = None,
-    shard: bool = False,
-    progress: bool | None = False,
+    **options,
 ) -> ParticleFilterResult:
     """Bootstrap or guided particle filter for a state-space model.
 
@@ -376,58 +372,41 @@ def particle_filter(
     proposal
         ``"bootstrap"`` (propose from the transition) or ``"guided"`` (the model's
         proposals; the locally optimal one for a linear-Gaussian model).
-    ess_threshold
-        Resample when ``ESS < ess_threshold * N`` (``1.0``: every step).
-    scheme
-        Resampling scheme.
     quantiles
         Levels of the weighted filtering quantiles to record at every step, e.g.
         ``(0.05, 0.5, 0.95)`` for a band plot. Off by default: each step then sorts all
         ``N`` particles, which costs 14-19x the filter itself at ``N = 10^6`` (see
         ``benchmarks/pf_vs_particles.py``).
-    keep_ancestors
-        Keep the ``(T, N)`` genealogy.
-    jit
-        ``True``: jitted ``lax.scan``; ``False``: the eager driver (same step functions).
-        The jitted filter pads ``N`` to one of four bucket sizes per octave (zero-weight
-        slots, see :func:`~probinfer.smc.run_smc`) and, without a progress bar (one
+    **options
+        Run options (:class:`~probinfer.smc.kernel.RunOptions`): ``ess_threshold`` (0.5;
+        ``1.0``: resample at every step), ``scheme``, ``keep_ancestors`` (here ``False``
+        by default: the ``(T, N)`` genealogy), ``jit``, ``memory_budget`` (bytes the
+        potential evaluation may use at once, chunked with ``lax.map``), ``shard`` (the
+        particles over all devices, ``True``, or a ``jax.sharding.Mesh`` with a
+        ``"particles"`` axis: the multi-GPU and, with ``jax.distributed``, multi-host
+        path), ``progress`` (a bar over the time steps; ``None``: after 2 s) and
+        ``callback``. With ``jit=True`` (default) the filter pads ``N`` to one of four
+        bucket sizes per octave (zero-weight slots) and, without a progress bar (one
         compiled run), the observations to a power of two of steps (at least 16; the
-        padding steps are never run, so the result is that of the unpadded filter): filters
-        with many different particle counts and lengths share compiled code.
-    memory_budget
-        Bytes the potential evaluation may use at once (chunked with ``lax.map``).
-    shard
-        Place the particles over all devices (``True``) or a ``jax.sharding.Mesh`` with a
-        ``"particles"`` axis: the multi-GPU (and, with ``jax.distributed``, multi-host)
-        path. See :func:`~probinfer.smc.run_smc`.
-    progress
-        Show a progress bar over the time steps (``None``: after 2 s).
+        padding steps are never run, so the result is that of the unpadded filter):
+        filters with many different particle counts and lengths share compiled code.
+        ``jit=False`` runs the eager driver (same step functions).
 
     Returns
     -------
     ParticleFilterResult
     """
+    check_num_particles(num_particles)
     levels = tuple(float(q) for q in quantiles)
     if any(not 0.0 <= q <= 1.0 for q in levels):
         raise ValueError(f"quantiles must lie in [0, 1], got {levels}")
+    opts = {"keep_ancestors": False, "progress": False, "desc": "particle filter", **options}
+    jit = opts.setdefault("jit", True)
+    opts.setdefault("bucket", jit)
     # a progress bar counts fk.num_steps: the time axis is padded on the one-program path only
-    pad_time = jit and progress is False
+    pad_time = jit and opts["progress"] is False and opts.get("callback") is None
     fk = _ssm_feynman_kac(ssm, observations, proposal, bucket=pad_time)
-    res = run_smc(
-        key,
-        fk,
-        num_particles,
-        ess_threshold=ess_threshold,
-        scheme=scheme,
-        jit=jit,
-        summary=_summary_fn(levels),
-        keep_ancestors=keep_ancestors,
-        bucket=jit,
-        shard=shard,
-        memory_budget=memory_budget,
-        progress=progress,
-        desc="particle filter",
-    )
+    res = run_smc(key, fk, num_particles, summary=_summary_fn(levels), **opts)
     sums = res.summaries
     return ParticleFilterResult(
         **{f.name: getattr(res, f.name) for f in dataclasses.fields(SMCResult)},

@@ -127,27 +127,6 @@ def test_bad_input_raises(log_weights, kwargs, match):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_host_resampling_from_draws_gives_the_device_indices(scheme):
-    """The eager driver's host path (draws made up front, float32 numpy) returns the
-    indices of the compiled resampler for the same key, zero weights included."""
-    from probinfer.engine.core import bucket_size
-    from probinfer.resampling import resample_draws, resample_host
-
-    draw = jax.jit(resample_draws, static_argnums=(1, 2))
-    rng = np.random.default_rng(0)
-    for n in (1, 13, 300):  # few bucket sizes: few compilations
-        for num in (n, max(n - 1, 1), 2 * n):
-            lw = 3.0 * rng.normal(size=n)
-            lw[rng.random(n) < 0.2] = -np.inf
-            lw[rng.integers(n)] = 0.0
-            key = jax.random.key(n * 1000 + num)
-            draws = np.asarray(draw(key, scheme, bucket_size(num, 16)))
-            host = resample_host(None, lw, num, scheme, draws=draws)
-            assert host.dtype == np.int32 and host.shape == (num,)
-            np.testing.assert_array_equal(host, np.asarray(resample(key, lw, num, scheme)))
-
-
-@pytest.mark.parametrize("scheme", SCHEMES)
 def test_float64_log_weights_beyond_float32_range_resample_correctly(scheme):
     # Issue 22, item 3: [1e39, 0] passed the float64 check, became [inf, 0] in float32 and
     # gave [15, 15] (a padding slot) for N = 2. Shifted in float64 first, index 0 has all

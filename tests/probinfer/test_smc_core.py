@@ -26,7 +26,7 @@ from probinfer.smc import (
     smc_scan,
     ssm_feynman_kac,
 )
-from probinfer.smc.feynman_kac import _run_jit
+from probinfer.smc.scan import _scan_jit
 from probinfer.weights import ess, should_resample
 
 SSM = LinearGaussianSSM(A=0.9, Q=1.0, C=1.0, R=1.0, m0=0.0, P0=1.0)
@@ -59,23 +59,6 @@ def test_constant_potential_3000_steps_exact_log_evidence(jit):
     if jit:
         out = smc_scan(jax.random.key(0), _constant_model(3000), 64, 0.0, keep_ancestors=False)
         assert abs(float(out.log_evidence) - (-10.3 * 3000)) < 1e-2
-
-
-def test_eager_step_keys_stacked_for_long_runs_equal_the_separate_outputs():
-    """Long eager runs take their keys stacked (compile time grows with the number of
-    outputs): the same keys and draws as the separate outputs of short runs."""
-    from probinfer.smc.feynman_kac import _eager_step_keys
-
-    for scheme, num in ((None, 0), ("systematic", 16)):
-        a = _eager_step_keys(jax.random.key(3), 9, scheme, num, True)
-        b = _eager_step_keys(jax.random.key(3), 9, scheme, num, False)
-        assert np.array_equal(jax.random.key_data(a[0]), jax.random.key_data(b[0]))
-        for t in range(8):
-            assert np.array_equal(jax.random.key_data(a[1][t]), jax.random.key_data(b[1][t]))
-            if scheme is None:
-                assert np.array_equal(jax.random.key_data(a[2][t]), jax.random.key_data(b[2][t]))
-        if scheme is not None:
-            assert np.array_equal(np.asarray(a[2]), np.asarray(b[2]))
 
 
 def test_long_lgssm_log_evidence_within_4_se_of_kalman():
@@ -122,11 +105,8 @@ def test_eager_driver_with_numpy_particles():
 
 
 @pytest.mark.parametrize("scheme", ["systematic", "multinomial"])
-def test_eager_loop_resamples_on_the_host_with_the_jitted_indices(monkeypatch, scheme):
-    """The eager loop draws its resampling numbers up front and never calls the compiled
-    resampler per step; its ancestors equal the jitted loop's for the same key."""
-    import probinfer.resampling as resampling
-
+def test_eager_loop_resamples_with_the_jitted_indices(scheme):
+    """The eager loop's ancestors equal the jitted loop's for the same key."""
     fk = FeynmanKac(
         M0=lambda key, n, data: jax.random.normal(key, (n,)),
         M=lambda key, t, x, data: x + jax.random.normal(key, x.shape),
@@ -135,11 +115,6 @@ def test_eager_loop_resamples_on_the_host_with_the_jitted_indices(monkeypatch, s
     )
     kw = dict(ess_threshold=1.0, scheme=scheme, keep_ancestors=True)
     jitted = run_smc(jax.random.key(2), fk, 40, jit=True, **kw)
-
-    def no_device_resampling(*a, **k):
-        raise AssertionError("the eager loop called the compiled resampler")
-
-    monkeypatch.setattr(resampling, "_resample", no_device_resampling)
     eager = run_smc(jax.random.key(2), fk, 40, jit=False, **kw)
     np.testing.assert_array_equal(eager.ancestors, jitted.ancestors)
     np.testing.assert_allclose(eager.log_evidence, jitted.log_evidence, rtol=1e-5)
@@ -186,7 +161,7 @@ def test_particle_filter_many_counts_shares_compiled_code(xla_compiles):
     to its Monte-Carlo error against the Kalman filter."""
     _, ys = SSM.simulate(jax.random.key(3), 20)
     exact = float(kalman_filter(SSM, ys).log_evidence)
-    before = _run_jit._cache_size()
+    before = _scan_jit._cache_size()
     counts = np.random.default_rng(1).choice(np.arange(257, 513), 100, replace=False)
     log_z = []
 
@@ -200,7 +175,7 @@ def test_particle_filter_many_counts_shares_compiled_code(xla_compiles):
     with xla_compiles() as compiled:  # every bucket is warm by now: nothing may compile
         for i, n in enumerate(counts[50:], start=50):
             run(i, n)
-    assert _run_jit._cache_size() - before <= 4  # buckets 320, 384, 448, 512
+    assert _scan_jit._cache_size() - before <= 4  # buckets 320, 384, 448, 512
     assert compiled == [], compiled  # no per-count program (e.g. slicing off the padding)
     ratio = np.exp(np.asarray(log_z) - exact)
     assert abs(ratio.mean() - 1) < 4 * ratio.std(ddof=1) / np.sqrt(len(ratio))

@@ -270,7 +270,7 @@ def test_initial_terms_compiled_equal_the_eager_ones(xla_compiles):
     """The prior draws' log prior, log likelihood and score come from one compiled call
     (eagerly, each operation of the model and its gradient compiles on its own), with the
     eager values; a target that is neither a pytree nor hashable is evaluated eagerly."""
-    from probinfer.smc.tempered import _initial_terms, _terms
+    from probinfer.smc.tempering import _initial_terms, _terms
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(30, 3)).astype(np.float32)
