@@ -92,6 +92,11 @@ class Target:
         return self.log_prior(theta) + self.log_likelihood(theta)
 
     # ---- helpers --------------------------------------------------------------------------
+    def _set(self, **attrs) -> None:
+        """Set attributes of the frozen target (construction only)."""
+        for k, v in attrs.items():
+            object.__setattr__(self, k, v)
+
     def _check_theta(self, theta) -> Array:
         theta = jnp.asarray(theta)
         if theta.ndim != 2 or theta.shape[1] != self.dim:

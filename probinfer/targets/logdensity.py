@@ -110,7 +110,7 @@ class LogDensityTarget(Target):
             if num_obs == 0:
                 raise ValueError("log_likelihood_pointwise returned no terms")
         Target.__init__(self, tuple(sites), num_obs, "jax")
-        for k, v in dict(
+        self._set(
             fn_log_prior=log_prior,
             fn_log_likelihood=log_likelihood,
             fn_sample_prior=sample_prior,
@@ -127,8 +127,7 @@ class LogDensityTarget(Target):
                 jax.tree_util.tree_structure(example),
                 tuple((s.shape, leaf.dtype.str) for s, (_, leaf) in zip(sites, leaves)),
             ),
-        ).items():
-            object.__setattr__(self, k, v)
+        )
 
     def __eq__(self, other) -> bool:
         return isinstance(other, LogDensityTarget) and self._key == other._key

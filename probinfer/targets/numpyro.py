@@ -118,15 +118,14 @@ class NumPyroTarget(Target):
             check_finite_data(name, tr[name]["value"])
             num_obs += int(jnp.size(tr[name]["fn"].log_prob(tr[name]["value"])))
         Target.__init__(self, tuple(sites), num_obs, "jax")
-        for k, v in dict(
+        self._set(
             model=model,
             args=args,
             kwargs=kwargs,
             latent_names=tuple(latent),
             observed_names=tuple(observed),
-        ).items():
-            object.__setattr__(self, k, v)
-        object.__setattr__(self, "memory_budget", int(memory_budget))
+            memory_budget=int(memory_budget),
+        )
         object.__setattr__(self, "traced_data", False)
         object.__setattr__(self, "traced_data", self._check_traced_data())
         self._make_engines()
@@ -185,7 +184,7 @@ class NumPyroTarget(Target):
         model, sites, num_obs, latent, observed, budget, traced = static
         new = object.__new__(cls)
         Target.__init__(new, sites, num_obs, "jax")
-        for k, v in dict(
+        new._set(
             model=model,
             args=args,
             kwargs=kwargs,
@@ -193,8 +192,7 @@ class NumPyroTarget(Target):
             observed_names=observed,
             memory_budget=budget,
             traced_data=traced,
-        ).items():
-            object.__setattr__(new, k, v)
+        )
         new._make_engines()
         return new
 
