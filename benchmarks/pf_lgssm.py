@@ -12,16 +12,13 @@ value over repeated runs. Writes benchmarks/results/pf_lgssm.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import time_interleaved
+from _common import machine, time_interleaved, write_results
 
 from probinfer.lgssm import LinearGaussianSSM, kalman_filter
 from probinfer.smc import smc_scan, ssm_feynman_kac
@@ -151,7 +148,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--out", default="benchmarks/results/pf_lgssm.json")
+    p.add_argument("--out", default="pf_lgssm", help="writes benchmarks/results/<out>.json")
     args = p.parse_args(argv)
     _, ys = SSM.simulate(jax.random.key(0), T)
     ys = np.asarray(ys)
@@ -188,16 +185,10 @@ def main(argv=None):
         "kalman_log_evidence": exact,
         "rows": rows,
         "speed_ratios": ratios,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "jax_devices": [str(d) for d in jax.devices()],
-        },
+        "machine": {**machine(), "jax_devices": [str(d) for d in jax.devices()]},
         "command": "python benchmarks/pf_lgssm.py " + " ".join(argv or []),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {write_results(args.out, result)}")
 
 
 if __name__ == "__main__":
