@@ -107,7 +107,9 @@ class PyroTarget(Target):
             torch_dtype=dtype,
             torch_device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             memory_budget=int(memory_budget),
-            _loop=[False],
+            _mode=["plate"],
+            _reasons=[],
+            _sample_loop=[False],
             _checked=[False],
             _cache=[None],
             _cache_lock=threading.Lock(),
@@ -151,33 +153,59 @@ class PyroTarget(Target):
             lp = lp.reshape((1,) + tuple(lp.shape)).expand((n,) + tuple(lp.shape))
         return lp.reshape(n, -1)
 
+    @property
+    def evaluation(self) -> str:
+        """How the densities are evaluated over particles: ``"plate"`` (an outer particle
+        plate, the model broadcasts), ``"vmap"`` (:func:`torch.func.vmap` of a one-particle
+        evaluation) or ``"loop"`` (one model call per particle)."""
+        return self._mode[0]
+
     def _terms(self, u):
         """Torch ``u (n, D)`` -> (log prior with Jacobian ``(n,)``, pointwise ``(n, M)``).
 
-        Vectorised with an outer particle plate. A model whose code does not broadcast over
-        an extra leading dimension (e.g. ``X @ beta``) raises there, or (checked once on
-        three particles) gives values that differ from a one-particle evaluation;
-        it then falls back, with one warning, to a loop over particles.
+        First vectorised with an outer particle plate. A model whose code does not
+        broadcast over an extra leading dimension (e.g. ``X @ beta``) raises there, or
+        (checked once on three particles) gives values that differ from a one-particle
+        evaluation; it is then evaluated with :func:`torch.func.vmap` over one-particle
+        evaluations (still one batched pass), and only where that fails too (data-dependent
+        Python control flow, ``.item()``) particle by particle, after one warning.
         """
         import torch
 
-        if not self._loop[0]:
+        for mode, terms in (("plate", self._terms_plated), ("vmap", self._terms_vmapped)):
+            if self._mode[0] != mode:
+                continue
             try:
-                out = self._terms_plated(u)
-            except (RuntimeError, ValueError, IndexError) as err:
-                self._fall_back(f"with the particle plate it raised {_first_line(err)}")
+                out = terms(u)
+            except Exception as err:  # noqa: BLE001 - any failure: the next, safer mode
+                self._next_mode(f"{mode}: {_first_line(err)}")
             else:
                 if not self._checked[0]:
-                    self._check_plated(u, out)
-                if not self._loop[0]:
+                    self._check_batched(u, out)
+                if self._mode[0] == mode:
                     return out
         rows = [self._terms_plated(u[i : i + 1], plate=False) for i in range(u.shape[0])]
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
-    def _check_plated(self, u, out) -> None:
-        """Compare the vectorised densities of the first, second and last particle with a
-        one-particle evaluation (once per target, on the first batch of two or more; the
-        engine pads batches at the end, so the second row is a real particle)."""
+    def _terms_vmapped(self, u):
+        """:meth:`_terms` by :func:`torch.func.vmap` of a one-particle evaluation (Pyro's
+        argument validation off: its checks are data-dependent control flow)."""
+        import pyro
+        from torch.func import vmap
+
+        def one(row):
+            lp, pointwise = self._terms_plated(row[None], plate=False)
+            return lp[0], pointwise[0]
+
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            # torch's slow per-sample fallback for ops without a batching rule: still right
+            warnings.filterwarnings("ignore", message=".*performance drop.*", category=UserWarning)
+            return vmap(one)(u)
+
+    def _check_batched(self, u, out) -> None:
+        """Compare the batched densities of the first, second and last particle with a
+        one-particle evaluation (once per target and mode, on the first batch of two or
+        more; the engine pads batches at the end, so the second row is a real particle)."""
         import torch
 
         n = u.shape[0]
@@ -192,25 +220,39 @@ class PyroTarget(Target):
                     if b.shape != s1.shape or not torch.allclose(
                         b, s1, rtol=1e-4, atol=1e-4, equal_nan=True
                     ):
-                        self._fall_back(
-                            "its log densities with the particle plate differ from a "
-                            "one-particle evaluation"
+                        self._next_mode(
+                            f"{self._mode[0]}: its log densities differ from a one-particle "
+                            "evaluation"
                         )
                         return
 
-    def _fall_back(self, reason: str) -> None:
-        """Switch to one model call per particle, with one warning that names the fix."""
-        self._loop[0] = True
+    def _next_mode(self, reason: str) -> None:
+        """Plate -> vmap (silently: still one batched pass) -> loop (with one warning that
+        shows the broadcasting that works inside the particle plate)."""
+        self._reasons.append(reason)
+        self._checked[0] = False
+        if self._mode[0] == "plate":
+            self._mode[0] = "vmap"
+            return
+        self._mode[0] = "loop"
         name = getattr(self.model, "__name__", type(self.model).__name__)
+        dim = -(self.max_plate_nesting + 1)
+        shapes = ", ".join(
+            f"{s.name}: {self._particle_shape(s.name, 'N', s.shape)}".replace("'N'", "N")
+            for s in self.sites
+        )
         warnings.warn(
-            f"the Pyro model {name!r} does not vectorise over particles ({reason}). "
-            "probinfer now calls it once per particle: correct, but about N times slower. "
-            "Fix: write the model so that it broadcasts over extra leading batch dimensions "
-            "(probinfer evaluates all particles at once inside "
-            f"pyro.plate({_PARTICLE_PLATE!r}, N, dim={-(self.max_plate_nesting + 1)})): "
-            "give every pyro.plate an explicit negative dim, index with ellipses "
-            "(x[..., i]) and use broadcasting operations such as (X * beta).sum(-1) "
-            "instead of X @ beta.",
+            f"the Pyro model {name!r} does not vectorise over particles "
+            f"({'; '.join(self._reasons)}). probinfer now calls it once per particle: "
+            "correct, but about N times slower. Fix: write the model so that it broadcasts "
+            "over extra leading batch dimensions. probinfer evaluates all particles at once "
+            f"inside pyro.plate({_PARTICLE_PLATE!r}, N, dim={dim}), where the latents have "
+            f"the shapes {shapes} (one axis of size 1 per plate level of the model, so "
+            "beta.unsqueeze(-2) or X @ beta do not line up). Give every pyro.plate an "
+            "explicit negative dim, index with ellipses (x[..., i]) and contract with "
+            "broadcasting: (X * beta).sum(-1) has shape (N, n) for X (n, d) and beta "
+            "(N, 1, d). Failing that, avoid data-dependent Python control flow and .item() "
+            "so that torch.func.vmap can batch the model.",
             UserWarning,
             stacklevel=2,
         )
@@ -354,12 +396,13 @@ class PyroTarget(Target):
 
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
-            if not self._loop[0]:
+            out = None
+            if not self._sample_loop[0]:  # one pass with the particle plate ...
                 try:
                     out = draw(self._plated(num), num)
-                except (RuntimeError, ValueError, IndexError) as err:
-                    self._fall_back(f"drawing with the particle plate raised {_first_line(err)}")
-            if self._loop[0]:
+                except Exception:  # noqa: BLE001 - ... else one draw per particle
+                    self._sample_loop[0] = True
+            if out is None:
                 out = torch.cat([draw(self.model, 1) for _ in range(num)])
         return to_jax(out.to(self.torch_dtype))
 

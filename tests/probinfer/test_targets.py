@@ -34,7 +34,7 @@ def _pyro_models():
         with pyro.plate("n", X.shape[0], dim=-1):
             pyro.sample("y", pdist.Normal((X * b).sum(-1), s), obs=y)
 
-    def matmul(X, y):  # does not broadcast (X @ b): evaluated particle by particle
+    def matmul(X, y):  # does not broadcast (X @ b): evaluated with torch.func.vmap
         b = pyro.sample("b", pdist.Normal(0.0, 1.0).expand([2]).to_event(1))
         s = pyro.sample("s", pdist.HalfNormal(1.0))
         with pyro.plate("n", X.shape[0]):
