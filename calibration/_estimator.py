@@ -179,13 +179,28 @@ def fit_then_calibrate(est, X, y, names: tuple[str, ...]):
 
 
 class WrapsEstimator:
-    """Mixin: the input tags (sparse input, ...) of the wrapped ``estimator`` are ours."""
+    """Mixin of the estimators that wrap scikit-learn estimators (the parameters named in
+    ``_wrapped``): their ``fit``, and the input tags (sparse input, ...) of the first."""
+
+    _wrapped: tuple[str, ...] = ("estimator",)
+
+    def fit(self, X, y):
+        """Fit clones of the wrapped estimators on a training set (not the calibration set).
+
+        With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
+        ``calibrate`` instead: fitted and calibrated in one call, as a Pipeline needs.
+
+        Returns
+        -------
+        self
+        """
+        return fit_then_calibrate(self, X, y, self._wrapped)
 
     def __sklearn_tags__(self):
         from sklearn.utils import get_tags
 
         tags = super().__sklearn_tags__()
-        inner = getattr(self, "estimator", None) or getattr(self, "lower_estimator", None)
+        inner = getattr(self, self._wrapped[0], None)
         if inner is not None:
             tags.input_tags.sparse = get_tags(inner).input_tags.sparse
         return tags

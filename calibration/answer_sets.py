@@ -45,6 +45,14 @@ Answer or abstain (:class:`SelectiveAnswerer`)
 
 The top answer of a run is its answer of highest posterior mass that is not ``None``
 (unfinished), the ``"mass"`` selection rule of :func:`probinfer.llm.result.select_answer`.
+
+These classes are not scikit-learn estimators, on purpose: their input is one particle run
+per problem (not a numeric feature matrix ``X``), the answers of each problem are its own (no
+fixed ``classes_``), and there is no model to fit before calibrating (the language model has
+already run), so neither a Pipeline nor scikit-learn's estimator checks (numeric ``X``, fixed
+classes) would apply; they validate their parameters when constructed. Their conformal
+core is shared with :class:`~calibration.SplitConformalClassifier` (the same score functions
+and the same order statistic, which warns when ``n`` is too small for ``alpha``).
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._validation import as_float_array, as_generator, check_alpha
+from ._validation import as_float_array, as_generator, check_alpha, check_choice
 from .classification import class_scores, label_scores, prediction_sets
 from .quantile import conformal_quantile
 
@@ -349,8 +357,7 @@ def answer_confidence(runs: Sequence[RunSummary], kind: str | Callable = "mass")
         if np.isnan(out).any():
             raise ValueError("confidence callable returned NaN")
         return out
-    if kind not in _CONFIDENCES:
-        raise ValueError(f"confidence must be one of {_CONFIDENCES} or a callable, got {kind!r}")
+    check_choice(kind, _CONFIDENCES, "confidence")
     out = np.empty(len(runs))
     for i, r in enumerate(runs):
         a, p = r.top
@@ -450,8 +457,7 @@ class ConformalAnswerSets:
     def __init__(
         self, alpha: float = 0.1, *, score: str = "lac", randomized: bool = False, tol=1e-9
     ):
-        if score not in _SCORES:
-            raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+        check_choice(score, _SCORES, "score")
         if randomized and score != "aps":
             raise ValueError("randomized applies to score='aps'")
         if not (isinstance(tol, int | float) and tol >= 0):
@@ -551,14 +557,8 @@ class ConfidenceCalibrator:
     _EPS = 1e-6
 
     def __init__(self, method: str = "isotonic", *, confidence: str | Callable = "mass"):
-        if method not in self._METHODS:
-            raise ValueError(f"method must be one of {self._METHODS}, got {method!r}")
-        if not callable(confidence) and confidence not in _CONFIDENCES:
-            raise ValueError(
-                f"confidence must be one of {_CONFIDENCES} or a callable, got {confidence!r}"
-            )
-        self.method = method
-        self.confidence = confidence
+        self.method = check_choice(method, self._METHODS, "method")
+        self.confidence = check_choice(confidence, _CONFIDENCES, "confidence", allow_callable=True)
 
     def _logit(self, c):
         c = np.clip(c, self._EPS, 1 - self._EPS)
@@ -776,11 +776,7 @@ class SelectiveAnswerer:
     ):
         self.alpha = check_alpha(alpha)
         self.delta = check_alpha(delta, "delta")
-        if not callable(confidence) and confidence not in _CONFIDENCES:
-            raise ValueError(
-                f"confidence must be one of {_CONFIDENCES} or a callable, got {confidence!r}"
-            )
-        self.confidence = confidence
+        self.confidence = check_choice(confidence, _CONFIDENCES, "confidence", allow_callable=True)
         grid = np.linspace(1.0, 0.0, 21) if thresholds is None else thresholds
         grid = as_float_array(grid, "thresholds", allow_inf=False)
         self.thresholds = np.sort(grid)[::-1]

@@ -30,7 +30,6 @@ from ._estimator import (
     calibration_target,
     check_calibrated,
     check_calibration_size,
-    fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
     store_params,
@@ -235,14 +234,6 @@ class SplitConformalClassifier(WrapsEstimator, ClassifierMixin, BaseEstimator):
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
         check_calibration_size(self.calibration_size)
         return check_alpha(self.alpha)
-
-    def fit(self, X, y) -> SplitConformalClassifier:
-        """Fit a clone of ``estimator`` on a training set (not the calibration set).
-
-        With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
-        :meth:`calibrate` instead.
-        """
-        return fit_then_calibrate(self, X, y, ("estimator",))
 
     def _after_fit(self) -> None:
         self.classes_ = np.asarray(self.estimator_.classes_)

@@ -27,7 +27,6 @@ from ._estimator import (
     check_calibrated,
     check_calibration_size,
     distribution_icdf,
-    fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
     store_params,
@@ -98,6 +97,8 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
         Conformal correction ``q`` (``+inf`` if ``n`` is too small).
     """
 
+    _wrapped = ("lower_estimator", "upper_estimator")
+
     def __init__(
         self,
         lower_estimator=None,
@@ -112,14 +113,6 @@ class ConformalizedQuantileRegressor(WrapsEstimator, BaseEstimator):
     def _check_params(self) -> float:
         check_calibration_size(self.calibration_size)
         return check_alpha(self.alpha)
-
-    def fit(self, X, y) -> ConformalizedQuantileRegressor:
-        """Fit clones of both quantile estimators on a training set (not the calibration set).
-
-        With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
-        :meth:`calibrate` instead.
-        """
-        return fit_then_calibrate(self, X, y, ("lower_estimator", "upper_estimator"))
 
     def _band(self, X, lower, upper, distribution) -> tuple[np.ndarray, np.ndarray]:
         alpha = self._check_params()

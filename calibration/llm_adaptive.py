@@ -45,7 +45,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._validation import as_float_array, check_alpha
+from ._validation import as_float_array, check_alpha, check_choice
 from .answer_sets import (
     _COMPUTE,
     _CONFIDENCES,
@@ -156,14 +156,8 @@ class AdaptiveBudget:
         self.budgets = _check_budgets(budgets)
         self.alpha = check_alpha(alpha)
         self.delta = check_alpha(delta, "delta")
-        if loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
-        if not callable(confidence) and confidence not in _CONFIDENCES:
-            raise ValueError(
-                f"confidence must be one of {_CONFIDENCES} or a callable, got {confidence!r}"
-            )
-        self.loss = loss
-        self.confidence = confidence
+        self.loss = check_choice(loss, _LOSSES, "loss")
+        self.confidence = check_choice(confidence, _CONFIDENCES, "confidence", allow_callable=True)
         self.pool = bool(pool)
         grid = np.linspace(1.0, 0.0, 101) if thresholds is None else thresholds
         self.thresholds = np.sort(as_float_array(grid, "thresholds", allow_inf=False))[::-1]

@@ -370,6 +370,7 @@ class SecondOrderCalibrator(BaseEstimator):
 
     def predict_proba(self, X=None, *, p=None, p_same=None) -> np.ndarray:
         """First-order probabilities ``p_hat(y | x)``, shape ``(n, K)``."""
+        self._fitted()
         return self._pair_predictions(X, p, p_same)[0]
 
     def predict(self, X=None, *, p=None, p_same=None) -> np.ndarray:

@@ -17,7 +17,6 @@ from ._estimator import (
     calibration_target,
     check_calibrated,
     check_calibration_size,
-    fit_then_calibrate,
     fitted_or_prefit,
     resolve_array,
     store_params,
@@ -130,14 +129,6 @@ class SplitConformalRegressor(WrapsEstimator, RegressorMixin, BaseEstimator):
         check_choice(self.conformity_score, _SCORES, "conformity_score")
         check_calibration_size(self.calibration_size)
         return check_alpha(self.alpha)
-
-    def fit(self, X, y) -> SplitConformalRegressor:
-        """Fit a clone of ``estimator`` on a training set (not the calibration set).
-
-        With ``calibration_size`` set, a random part of ``(X, y)`` is held out and used to
-        :meth:`calibrate` instead.
-        """
-        return fit_then_calibrate(self, X, y, ("estimator",))
 
     def _scale(self, scale, X) -> np.ndarray | None:
         if self.conformity_score != "normalized":

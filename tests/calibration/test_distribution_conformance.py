@@ -157,12 +157,12 @@ def test_conformal_predictive_cdf_is_exactly_uniform(family):
         cal = np.arange(r * (N + 1), r * (N + 1) + N)
         test = np.array([r * (N + 1) + N])
         cpd = ConformalPredictiveDistribution(random_state=r)
-        cpd.calibrate(family.y[cal], family.make(cal))
-        out = cpd.cdf(family.make(test), family.y[test])
+        cpd.calibrate(y=family.y[cal], distribution=family.make(cal))
+        out = cpd.cdf(y=family.y[test], distribution=family.make(test))
         assert isinstance(out, np.ndarray) and out.shape == (1,)
         vals[r] = out[0]
     assert stats.kstest(vals, "uniform").statistic < 1.95 / np.sqrt(reps)
-    bounds = cpd.cdf_bounds(family.make(test), family.y[test])
+    bounds = cpd.cdf_bounds(y=family.y[test], distribution=family.make(test))
     assert bounds.shape == (1, 2) and bounds[0, 0] <= vals[-1] <= bounds[0, 1]
-    band = cpd.predict_interval(family.make(np.arange(3)), 0.5)
+    band = cpd.predict_interval(distribution=family.make(np.arange(3)), alpha=0.5)
     assert band.shape == (3, 2) and np.all(band[:, 0] <= band[:, 1])

@@ -20,16 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.second_order import (
-    SecondOrderCalibrator,
-    VarianceRescaling,
-    cheat_corrected_confidence,
-    cheat_variance,
-    chebyshev_interval,
-    hallucination_filter,
-    paired_squared_error,
-    squared_error_estimate,
-)
+from calibration import second_order as so
 
 G, Z, K = 6, 3, 4
 
@@ -66,21 +57,21 @@ def test_exact_pair_predictions_give_the_true_second_order_quantities():
     t = _table()
     p_hat, p_same, var, p_zero = _exact(t)
     # V_cheat is exactly the epistemic variance Var_z p(y | x, z)
-    np.testing.assert_allclose(cheat_variance(p_hat, p_same), var, atol=1e-15)
+    np.testing.assert_allclose(so.cheat_variance(p_hat, p_same), var, atol=1e-15)
     # hallucination bound, per (x, y): P(p(y | x) = 0) <= 1 - C_cheat
-    c = cheat_corrected_confidence(p_hat, p_same)
+    c = so.cheat_corrected_confidence(p_hat, p_same)
     assert np.all(p_zero <= 1 - c + 1e-12)
     assert np.any(p_zero > 0) and np.any(1 - c > 0.2)  # the task has impossible answers
     # Chebyshev, exactly over the hidden states: P_z(|p_hat - p| > sqrt(V / beta)) <= beta
     for beta in (0.05, 0.1, 0.3):
-        lo, hi = chebyshev_interval(p_hat, var, beta=beta)
+        lo, hi = so.chebyshev_interval(p_hat, var, beta=beta)
         half = np.sqrt(var / beta)
         miss = (np.abs(t - p_hat[:, None]) > half[:, None]).mean(axis=1)
         assert np.all(miss <= beta + 1e-12)
         np.testing.assert_allclose(lo, np.clip(p_hat - half, 0, 1))
         np.testing.assert_allclose(hi, np.clip(p_hat + half, 0, 1))
         # the filter keeps exactly the answers whose impossibility bound is below beta
-        keep = hallucination_filter(p_hat, p_same, beta=beta)
+        keep = so.hallucination_filter(p_hat, p_same, beta=beta)
         np.testing.assert_array_equal(keep, 1 - c < beta)
         assert np.all(p_zero[keep] < beta)
 
@@ -93,25 +84,25 @@ def test_paired_squared_error_is_unbiased_by_enumeration():
     expect = np.zeros(K)
     for y1 in range(K):
         for y2 in range(K):
-            expect += p[y1] * p[y2] * paired_squared_error(p_hat, [y1], [y2])[0]
+            expect += p[y1] * p[y2] * so.paired_squared_error(p_hat, [y1], [y2])[0]
     np.testing.assert_allclose(expect, (p_hat[0] - p) ** 2, atol=1e-15)
     # the U-statistic over M = 3 responses, by enumeration of the 64 response triples
     expect = np.zeros(K)
     for ys in np.ndindex(K, K, K):
-        expect += np.prod(p[list(ys)]) * squared_error_estimate(p_hat, [ys])[0]
+        expect += np.prod(p[list(ys)]) * so.squared_error_estimate(p_hat, [ys])[0]
     np.testing.assert_allclose(expect, (p_hat[0] - p) ** 2, atol=1e-15)
     # M = 2 is the paired estimator
     y = rng.integers(K, size=(50, 2))
     q = rng.dirichlet(np.ones(K), size=50)
     np.testing.assert_allclose(
-        squared_error_estimate(q, y), paired_squared_error(q, y[:, 0], y[:, 1]), atol=1e-15
+        so.squared_error_estimate(q, y), so.paired_squared_error(q, y[:, 0], y[:, 1]), atol=1e-15
     )
 
 
 def _miss_rate(p_hat, p_true, variance, beta):
     """Chebyshev miss rate (``p`` outside the interval) over all (example, class) entries,
     and weighted by ``p_hat`` (over the answers the model gives)."""
-    lo, hi = chebyshev_interval(p_hat, variance, beta=beta)
+    lo, hi = so.chebyshev_interval(p_hat, variance, beta=beta)
     miss = (p_true < lo) | (p_true > hi)
     return miss.mean(), (miss * p_hat).sum(axis=1).mean()
 
@@ -125,15 +116,15 @@ def test_robust_rescaling_makes_a_never_cheating_model_valid():
     rng = np.random.default_rng(2)
     x, z, (y1, y2) = _sample(rng, t, 20000)
     p_hat = p_hat_g[x]
-    v0 = cheat_variance(p_hat, p_hat)  # never cheats: p_same = p_hat
+    v0 = so.cheat_variance(p_hat, p_hat)  # never cheats: p_same = p_hat
     assert np.all(v0 == 0)
     beta = 0.1
     xt, zt, _ = _sample(rng, t, 20000)
     p_true, p_test = t[xt, zt], p_hat_g[xt]
     assert _miss_rate(p_test, p_true, np.zeros_like(p_test), beta)[0] > 0.5
-    resc = VarianceRescaling.fit(p_hat, v0, y1, y2)
+    resc = so.VarianceRescaling.fit(p_hat, v0, y1, y2)
     assert resc.slope >= 0 and resc.intercept > 0
-    u = paired_squared_error(p_hat, y1, y2)
+    u = so.paired_squared_error(p_hat, y1, y2)
     se = u.mean(axis=1).std(ddof=1) / np.sqrt(len(u))
     err = (p_test - p_true) ** 2
     # V_robust = mean U, which estimates the mean squared error without bias
@@ -142,7 +133,7 @@ def test_robust_rescaling_makes_a_never_cheating_model_valid():
     for rate in _miss_rate(p_test, p_true, v, beta):
         assert rate <= beta
     # an under-cheating model (V reported 3x too small) is rescaled by about 3
-    under = VarianceRescaling.fit(p_hat, var_g[x] / 3, y1, y2)
+    under = so.VarianceRescaling.fit(p_hat, var_g[x] / 3, y1, y2)
     assert abs(under.slope - 3) < 0.5
     assert np.mean(under.transform(var_g[xt] / 3)) == pytest.approx(err.mean(), rel=0.1)
 
@@ -190,7 +181,7 @@ def test_trained_pair_head_recovers_the_epistemic_variance(task):
     assert p.shape == p_same.shape == (len(xt), K) and p.dtype == np.float64
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(p, _exact(t)[0][xt], atol=0.05)
-    v = cheat_variance(p, p_same)
+    v = so.cheat_variance(p, p_same)
     err = (p - p_true) ** 2
     # mean V_cheat within 10% of the true E[(p_hat - p)^2] (whose MC error is ~0.5%)
     se = err.mean(axis=1).std(ddof=1) / np.sqrt(len(err))
@@ -201,13 +192,13 @@ def test_trained_pair_head_recovers_the_epistemic_variance(task):
         for rate in _miss_rate(p, p_true, v, beta):
             assert rate <= beta
     # hallucination bound: P(p(y | x) = 0) <= 1 - E[C_cheat] for y ~ p_hat(. | x)
-    c = cheat_corrected_confidence(p, p_same)
+    c = so.cheat_corrected_confidence(p, p_same)
     impossible = (p * (p_true == 0)).sum(axis=1)
     bound = (p * (1 - c)).sum(axis=1)
     assert impossible.mean() + 4 * impossible.std(ddof=1) / np.sqrt(len(xt)) <= bound.mean()
     # among kept answers the hallucination rate is below beta
     beta = 0.3
-    keep = hallucination_filter(p, p_same, beta=beta)
+    keep = so.hallucination_filter(p, p_same, beta=beta)
     assert 0 < keep.mean() < 1
     kept_rate = (p * keep * (p_true == 0)).sum() / (p * keep).sum()
     assert kept_rate <= beta
@@ -217,14 +208,14 @@ def test_never_cheating_model_is_valid_after_rescaling(task):
     _, (x, y1, y2), (xt, p_true, yt1, yt2) = task
     model = _train(x, y1, y2, cheat=False, seed=1)
     p, p_same = model.predict_pair(_one_hot(xt))
-    v = cheat_variance(p, p_same)
+    v = so.cheat_variance(p, p_same)
     err = (p - p_true) ** 2
     assert v.mean() < 0.05 * err.mean()  # blind to its own error
     beta = 0.1
     assert _miss_rate(p, p_true, v, beta)[0] > 0.5
     # fit the rescaling on one half of the held-out pairs, check on the other
     half = len(xt) // 2
-    resc = VarianceRescaling.fit(p[:half], v[:half], yt1[:half], yt2[:half])
+    resc = so.VarianceRescaling.fit(p[:half], v[:half], yt1[:half], yt2[:half])
     v_robust = resc.transform(v[half:])
     for rate in _miss_rate(p[half:], p_true[half:], v_robust, beta):
         assert rate <= beta
@@ -255,7 +246,7 @@ def test_estimator_matches_the_functions_and_follows_the_contract():
     rng = np.random.default_rng(5)
     x, z, (y1, y2) = _sample(rng, t, 4000)
     X, Y = x[:, None].astype(float), np.stack([y1, y2], axis=1)
-    est = SecondOrderCalibrator(model, beta=0.2)
+    est = so.SecondOrderCalibrator(model, beta=0.2)
     with pytest.raises(NotFittedError):
         est.predict_interval(X)
     assert est.fit(X, Y) is est
@@ -263,42 +254,43 @@ def test_estimator_matches_the_functions_and_follows_the_contract():
     assert c.get_params()["beta"] == 0.2 and not hasattr(c, "rescaling_")
     np.testing.assert_array_equal(c.pair_model.p_hat, model.p_hat)
     p, p_same = model.predict_pair(X)
-    resc = VarianceRescaling.fit(p, cheat_variance(p, p_same), y1, y2)
+    resc = so.VarianceRescaling.fit(p, so.cheat_variance(p, p_same), y1, y2)
     assert (est.rescaling_.intercept, est.rescaling_.slope) == (resc.intercept, resc.slope)
     np.testing.assert_array_equal(est.classes_, np.arange(K))
-    np.testing.assert_allclose(est.predict_variance(X), resc.transform(cheat_variance(p, p_same)))
-    lo, hi = chebyshev_interval(p, est.predict_variance(X), beta=0.2)
+    v_robust = resc.transform(so.cheat_variance(p, p_same))
+    np.testing.assert_allclose(est.predict_variance(X), v_robust)
+    lo, hi = so.chebyshev_interval(p, est.predict_variance(X), beta=0.2)
     np.testing.assert_allclose(est.predict_interval(X), np.stack([lo, hi], -1))
-    np.testing.assert_array_equal(est.predict_keep(X), hallucination_filter(p, p_same, 0.2))
-    np.testing.assert_allclose(est.predict_confidence(X), cheat_corrected_confidence(p, p_same))
+    np.testing.assert_array_equal(est.predict_keep(X), so.hallucination_filter(p, p_same, 0.2))
+    np.testing.assert_allclose(est.predict_confidence(X), so.cheat_corrected_confidence(p, p_same))
     np.testing.assert_array_equal(est.predict(X), p.argmax(1))
     # precomputed outputs give the same answers as X
-    same = SecondOrderCalibrator(beta=0.2).fit(y=Y, p=p, p_same=p_same)
+    same = so.SecondOrderCalibrator(beta=0.2).fit(y=Y, p=p, p_same=p_same)
     np.testing.assert_allclose(same.predict_interval(p=p, p_same=p_same), est.predict_interval(X))
     # the exact pair model is well specified: the rescaling is close to the identity
-    assert abs(resc.slope - 1) < 0.2 and resc.intercept < 0.1 * cheat_variance(p, p_same).mean()
+    assert abs(resc.slope - 1) < 0.2 and resc.intercept < 0.1 * so.cheat_variance(p, p_same).mean()
     # rescale=False reports V_cheat itself
-    raw = SecondOrderCalibrator(model, rescale=False).fit(X, Y)
-    np.testing.assert_allclose(raw.predict_variance(X), cheat_variance(p, p_same))
+    raw = so.SecondOrderCalibrator(model, rescale=False).fit(X, Y)
+    np.testing.assert_allclose(raw.predict_variance(X), so.cheat_variance(p, p_same))
     # a Pipeline final step; set_params is honoured
-    pipe = make_pipeline(FunctionTransformer(), SecondOrderCalibrator(model)).fit(X, Y)
+    pipe = make_pipeline(FunctionTransformer(), so.SecondOrderCalibrator(model)).fit(X, Y)
     np.testing.assert_allclose(pipe.predict_proba(X), p)
     assert pipe.set_params(secondordercalibrator__beta=0.3)[-1].beta == 0.3
     # bad parameters and inputs are reported at fit time, naming the argument
     with pytest.raises(ValueError, match="beta"):
-        SecondOrderCalibrator(model, beta=0).fit(X, Y)
+        so.SecondOrderCalibrator(model, beta=0).fit(X, Y)
     with pytest.raises(TypeError, match="rescale"):
-        SecondOrderCalibrator(model, rescale="yes").fit(X, Y)
+        so.SecondOrderCalibrator(model, rescale="yes").fit(X, Y)
     with pytest.raises(ValueError, match=r"y must have shape \(n, 2\)"):
-        SecondOrderCalibrator(model).fit(X, y1)
+        so.SecondOrderCalibrator(model).fit(X, y1)
     with pytest.raises(ValueError, match="length"):
-        SecondOrderCalibrator(model).fit(X[:-1], Y)
+        so.SecondOrderCalibrator(model).fit(X[:-1], Y)
     with pytest.raises(ValueError, match="pair_model"):
-        SecondOrderCalibrator().fit(X, Y)
+        so.SecondOrderCalibrator().fit(X, Y)
     with pytest.raises(TypeError, match="predict_pair"):
-        SecondOrderCalibrator(object()).fit(X, Y)
+        so.SecondOrderCalibrator(object()).fit(X, Y)
     with pytest.raises(ValueError, match="p_same"):
-        SecondOrderCalibrator().fit(y=Y, p=p)
+        so.SecondOrderCalibrator().fit(y=Y, p=p)
     with pytest.raises(ValueError, match="classes"):
         est.predict_proba(p=p[:, :2] / p[:, :2].sum(1, keepdims=True), p_same=p_same[:, :2])
 
@@ -306,31 +298,31 @@ def test_estimator_matches_the_functions_and_follows_the_contract():
 def test_bad_input_names_the_argument():
     p = np.array([[0.5, 0.5], [0.2, 0.8]])
     with pytest.raises(ValueError, match="p_same"):
-        cheat_variance(p, p[:1])
+        so.cheat_variance(p, p[:1])
     with pytest.raises(ValueError, match="p_same"):
-        cheat_corrected_confidence(p, np.array([[np.nan, 0.5], [0.2, 0.8]]))
+        so.cheat_corrected_confidence(p, np.array([[np.nan, 0.5], [0.2, 0.8]]))
     with pytest.raises(ValueError, match="p "):
-        cheat_variance(p + 0.6, p)
+        so.cheat_variance(p + 0.6, p)
     with pytest.raises(ValueError, match="beta"):
-        chebyshev_interval(p, p * 0.01, beta=1.5)
+        so.chebyshev_interval(p, p * 0.01, beta=1.5)
     with pytest.raises(ValueError, match="variance"):
-        chebyshev_interval(p, -p, beta=0.1)
+        so.chebyshev_interval(p, -p, beta=0.1)
     with pytest.raises(ValueError, match="variance"):
-        chebyshev_interval(p, p[:1], beta=0.1)
+        so.chebyshev_interval(p, p[:1], beta=0.1)
     with pytest.raises(ValueError, match="length"):
-        paired_squared_error(p, [0, 1], [0])
+        so.paired_squared_error(p, [0, 1], [0])
     with pytest.raises(ValueError, match="y2"):
-        paired_squared_error(p, [0, 1], [0, 2])
+        so.paired_squared_error(p, [0, 1], [0, 2])
     with pytest.raises(ValueError, match="y1"):
-        paired_squared_error(p, [0, np.nan], [0, 1])
+        so.paired_squared_error(p, [0, np.nan], [0, 1])
     with pytest.raises(ValueError, match="responses"):
-        squared_error_estimate(p, [[0], [1]])
+        so.squared_error_estimate(p, [[0], [1]])
     with pytest.raises(ValueError, match="responses"):
-        squared_error_estimate(p, [[0, 3], [1, 1]])
+        so.squared_error_estimate(p, [[0, 3], [1, 1]])
     with pytest.raises(ValueError, match="v_cheat"):
-        VarianceRescaling.fit(p, p[:1], [0, 1], [1, 0])
+        so.VarianceRescaling.fit(p, p[:1], [0, 1], [1, 0])
     with pytest.raises(ValueError, match="at least 2"):
-        VarianceRescaling.fit(p[:1], p[:1], [0], [1])
+        so.VarianceRescaling.fit(p[:1], p[:1], [0], [1])
 
 
 def test_pair_classifier_bad_input_names_the_argument():

@@ -162,8 +162,10 @@ def test_conformal_predictive_distribution_coverage_beta():
     y = mu + rng.normal(size=(R, N))
     cov = []
     for r in range(R):
-        cpd = ConformalPredictiveDistribution().calibrate(y[r], _ScipyNormal(mu[r], 2.0))
-        lo, hi = cpd.predict_interval(_ScipyNormal([0.0], 2.0), ALPHA)[0]
+        cpd = ConformalPredictiveDistribution().calibrate(
+            y=y[r], distribution=_ScipyNormal(mu[r], 2.0)
+        )
+        lo, hi = cpd.predict_interval(distribution=_ScipyNormal([0.0], 2.0), alpha=ALPHA)[0]
         cov.append(stats.norm.cdf(hi) - stats.norm.cdf(lo))
     # k_hi - k_lo = 96 - 5 = 91: the same Beta(91, 10) law
     _check_beta(cov)
@@ -178,14 +180,16 @@ def test_cpd_randomized_pit_is_uniform_and_numpyro_interface():
     vals = []
     for r in range(reps):
         cpd = ConformalPredictiveDistribution(random_state=r)
-        cpd.calibrate(y[r, :n], _ScipyNormal(np.zeros(n), 1.0))
-        vals.append(cpd.cdf(_ScipyNormal([0.0], 1.0), [y[r, n]])[0])
+        cpd.calibrate(y=y[r, :n], distribution=_ScipyNormal(np.zeros(n), 1.0))
+        vals.append(cpd.cdf(y=[y[r, n]], distribution=_ScipyNormal([0.0], 1.0))[0])
     # exactly uniform: KS at the 0.1% level
     assert stats.kstest(vals, "uniform").statistic < 1.95 / np.sqrt(reps)
-    cpd = ConformalPredictiveDistribution().calibrate(y[0, :n], dist.Normal(np.zeros(n), 1.0))
-    ((lower, upper),) = cpd.cdf_bounds(dist.Normal(0.0, 1.0), [0.0])
+    cpd = ConformalPredictiveDistribution().calibrate(
+        y=y[0, :n], distribution=dist.Normal(np.zeros(n), 1.0)
+    )
+    ((lower, upper),) = cpd.cdf_bounds(y=[0.0], distribution=dist.Normal(0.0, 1.0))
     assert 0 <= lower < upper <= 1
-    assert cpd.predict_interval(dist.Normal(np.zeros(2), 1.0), 0.1).shape == (2, 2)
+    assert cpd.predict_interval(distribution=dist.Normal(np.zeros(2), 1.0)).shape == (2, 2)
 
 
 # ---- issue 22, item 5: infinite point predictions, crossing quantiles ------------------------

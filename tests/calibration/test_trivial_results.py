@@ -131,12 +131,14 @@ def test_predictive_distribution_warns_when_an_end_is_infinite():
     assert n_min == _least_n(ALPHA / 2) == 19
     for n, expect_warning in [(n_min - 1, True), (n_min, False)]:
         y = np.linspace(-1.0, 1.0, n)
-        cpd = ConformalPredictiveDistribution().calibrate(y, _Normal(np.zeros(n)))
+        cpd = ConformalPredictiveDistribution().calibrate(y=y, distribution=_Normal(np.zeros(n)))
         if expect_warning:
             with pytest.warns(UserWarning, match=_message(n, ALPHA, n_min)) as record:
-                band = cpd.predict_interval(_Normal([0.0]), ALPHA)
+                band = cpd.predict_interval(distribution=_Normal([0.0]), alpha=ALPHA)
             assert len(record) == 1 and np.isinf(band).all()
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                assert np.isfinite(cpd.predict_interval(_Normal([0.0]), ALPHA)).all()
+                assert np.isfinite(
+                    cpd.predict_interval(distribution=_Normal([0.0]), alpha=ALPHA)
+                ).all()
