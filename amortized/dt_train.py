@@ -27,7 +27,14 @@ import torch
 
 from amortized.dt import DistributionTransformer
 from amortized.dt_model import DTConfig, DTNetwork, gmm_log_prob
-from amortized.train import OptimConfig, RunOptions, open_run, seeded_init, train_loop
+from amortized.train import (
+    OptimConfig,
+    RunOptions,
+    open_run,
+    run_summary,
+    seeded_init,
+    train_loop,
+)
 
 __all__ = ["batch_tensors", "dt_loss", "train_dt"]
 
@@ -105,6 +112,53 @@ def train_dt(
     """
     import jax
 
+    ramp = _checked_ramp(task, model_config, batch_size, batch_ramp, theta_draws, init)
+    network = seeded_init(lambda: DTNetwork(model_config), seed)
+    init_meta = None
+    if init is not None:
+        network.load_state_dict(init.network.state_dict())
+        init_meta = dict(init.meta.get("training") or {})
+    base = jax.random.key(int(seed))
+    settings = {
+        "batch_size": batch_size,
+        "batch_ramp": [list(r) for r in ramp],
+        "seed": seed,
+        "prior_weight": prior_weight,
+    }
+    record = {"model": model_config.to_dict(), "task": task.to_dict(), **settings}
+    if not ramp:  # records of runs without a ramp are unchanged (their checkpoints resume)
+        del record["batch_ramp"]
+    extra = {"theta_draws": theta_draws} if theta_draws else {}
+    if init_meta is not None:
+        extra["init"] = init_meta
+    record.update(extra)
+
+    def size_at(step: int) -> int:
+        return next((b for a, b in reversed(ramp) if step >= a), batch_size)
+
+    def batch_fn(step: int) -> dict:
+        key = jax.random.fold_in(base, step)
+        if theta_draws:
+            return batch_tensors(task.sample(key, size_at(step), theta_draws), device)
+        return batch_tensors(task.sample(key, size_at(step)), device)
+
+    def loss_fn(net, t):
+        return dt_loss(net, t, prior_weight)
+
+    with open_run(run) as (device, ckpt, loop_options):
+        network.to(device)
+        state = train_loop(
+            network, loss_fn, batch_fn, optim, record=record, checkpoint=ckpt, **loop_options
+        )
+    training = {**asdict(optim), **settings, **run_summary(state, device), **extra}
+    if init_meta is not None:
+        before = init_meta.get("total_wall_time_s", init_meta.get("wall_time_s", 0.0))
+        training["total_wall_time_s"] = round(state["elapsed_s"] + float(before), 1)
+    return DistributionTransformer(network, task, {"training": training})
+
+
+def _checked_ramp(task, model_config, batch_size, batch_ramp, theta_draws, init) -> list:
+    """Validate :func:`train_dt`'s arguments; return ``batch_ramp`` as ``(step, size)`` ints."""
     if task.param_dim != model_config.param_dim or tuple(task.source_dims) != tuple(
         model_config.source_dims
     ):
@@ -130,71 +184,4 @@ def train_dt(
             f"init's config {init.config.to_dict()} differs from model_config "
             f"{model_config.to_dict()}"
         )
-    network = seeded_init(lambda: DTNetwork(model_config), seed)
-    init_meta = None
-    if init is not None:
-        network.load_state_dict(init.network.state_dict())
-        init_meta = dict(init.meta.get("training") or {})
-    base = jax.random.key(int(seed))
-    record = {
-        "model": model_config.to_dict(),
-        "task": task.to_dict(),
-        "batch_size": batch_size,
-        "batch_ramp": [list(r) for r in ramp],
-        "seed": seed,
-        "prior_weight": prior_weight,
-    }
-    if not ramp:  # records of runs without a ramp are unchanged (their checkpoints resume)
-        del record["batch_ramp"]
-    if theta_draws:
-        record["theta_draws"] = theta_draws
-    if init_meta is not None:
-        record["init"] = init_meta
-
-    def size_at(step: int) -> int:
-        return next((b for a, b in reversed(ramp) if step >= a), batch_size)
-
-    def batch_fn(step: int) -> dict:
-        key = jax.random.fold_in(base, step)
-        if theta_draws:
-            return batch_tensors(task.sample(key, size_at(step), theta_draws), device)
-        return batch_tensors(task.sample(key, size_at(step)), device)
-
-    def loss_fn(net, t):
-        return dt_loss(net, t, prior_weight)
-
-    def meta(state: dict) -> dict:
-        extra = {}
-        if theta_draws:
-            extra["theta_draws"] = theta_draws
-        if init_meta is not None:
-            extra["init"] = init_meta
-            extra["total_wall_time_s"] = round(
-                state["elapsed_s"]
-                + float(init_meta.get("total_wall_time_s", init_meta.get("wall_time_s", 0.0))),
-                1,
-            )
-        return {
-            "training": {
-                **asdict(optim),
-                "batch_size": batch_size,
-                "batch_ramp": [list(r) for r in ramp],
-                "seed": seed,
-                "prior_weight": prior_weight,
-                "steps_done": state["step"],
-                # [step, old n_steps, new n_steps] for each resume that changed the schedule
-                "n_steps_changes": state.get("n_steps_changes", []),
-                "final_loss": state["losses"][-1][1] if state["losses"] else None,
-                "wall_time_s": round(state["elapsed_s"], 1),
-                "device": str(device),
-                "torch_threads": torch.get_num_threads(),
-                **extra,
-            }
-        }
-
-    with open_run(run) as (device, ckpt, loop_options):
-        network.to(device)
-        state = train_loop(
-            network, loss_fn, batch_fn, optim, record=record, checkpoint=ckpt, **loop_options
-        )
-    return DistributionTransformer(network, task, meta(state))
+    return ramp

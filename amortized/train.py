@@ -44,10 +44,13 @@ from amortized.priors import indexed_key, key_words
 from probinfer.progress import progress_bar
 
 __all__ = [
+    "LOOP_DEFAULTS",
+    "LoopOptions",
     "OptimConfig",
     "RunOptions",
     "TrainConfig",
     "open_run",
+    "run_summary",
     "seeded_init",
     "param_groups",
     "split_position",
@@ -217,14 +220,7 @@ def train_pfn(
         )
     meta = {
         "prior": _prior_description(prior),
-        "training": {
-            **asdict(tc),
-            "steps_done": state["step"],
-            "n_steps_changes": state.get("n_steps_changes", []),
-            "wall_time_s": round(state["elapsed_s"], 1),
-            "device": str(device),
-            "torch_threads": torch.get_num_threads(),
-        },
+        "training": {**asdict(tc), **run_summary(state, device)},
     }
     return PFN(model, borders, meta)
 
@@ -233,21 +229,13 @@ def train_pfn(
 # The model-agnostic loop (shared by every amortized network)
 
 
-class RunOptions(TypedDict, total=False):
-    """The keywords of a training run, shared by :func:`train_pfn` and
-    :func:`amortized.dt_train.train_dt` (all optional).
+class LoopOptions(TypedDict, total=False):
+    """How :func:`train_loop` runs (all optional; the defaults are :data:`LOOP_DEFAULTS`).
 
     Attributes
     ----------
-    checkpoint_dir : path or None
-        Where checkpoints are committed every ``checkpoint_every_s`` seconds and at the end
-        (see :mod:`amortized.checkpoint`). If it already holds a checkpoint, training resumes
-        from it. The directory is locked while training: a second trainer on it gets
-        :class:`~amortized.checkpoint.CheckpointLockedError`.
     checkpoint_every_s : float
         Seconds between checkpoints (0: after every step; default 180).
-    device : str or torch.device or None
-        ``"cuda"`` when available unless given.
     progress : bool or None
         ``None`` (default): a tqdm bar when ``log_file`` (stderr when None) is a terminal or
         in a Jupyter kernel with widgets, else one summary line at the end; ``True``: the
@@ -258,12 +246,47 @@ class RunOptions(TypedDict, total=False):
         Stop (after checkpointing) when this wall time is exceeded; resume later.
     """
 
-    checkpoint_dir: str | os.PathLike | None
     checkpoint_every_s: float
-    device: str | torch.device | None
     progress: bool | None
     log_file: IO[str] | None
     max_seconds: float | None
+
+
+#: The defaults of :class:`LoopOptions`.
+LOOP_DEFAULTS: LoopOptions = {
+    "checkpoint_every_s": 180.0,
+    "progress": None,
+    "log_file": None,
+    "max_seconds": None,
+}
+
+
+class RunOptions(LoopOptions, total=False):
+    """The keywords of a training run, shared by :func:`train_pfn` and
+    :func:`amortized.dt_train.train_dt` (all optional): those of :class:`LoopOptions`, and
+
+    Attributes
+    ----------
+    checkpoint_dir : path or None
+        Where checkpoints are committed every ``checkpoint_every_s`` seconds and at the end
+        (see :mod:`amortized.checkpoint`). If it already holds a checkpoint, training resumes
+        from it. The directory is locked while training: a second trainer on it gets
+        :class:`~amortized.checkpoint.CheckpointLockedError`.
+    device : str or torch.device or None
+        ``"cuda"`` when available unless given.
+    """
+
+    checkpoint_dir: str | os.PathLike | None
+    device: str | torch.device | None
+
+
+def _check_keywords(given: dict, allowed) -> None:
+    """``TypeError`` naming the keywords of ``given`` not in ``allowed`` (a misspelt option)."""
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword arguments {unknown}; expected some of {sorted(allowed)}"
+        )
 
 
 @contextmanager
@@ -276,12 +299,7 @@ def open_run(run: RunOptions) -> Iterator[tuple[str | torch.device, CheckpointDi
     TypeError
         If ``run`` has a key that is not one of :class:`RunOptions` (a misspelt keyword).
     """
-    unknown = sorted(set(run) - set(RunOptions.__annotations__))
-    if unknown:
-        raise TypeError(
-            f"unexpected keyword arguments {unknown}; expected some of "
-            f"{list(RunOptions.__annotations__)}"
-        )
+    _check_keywords(run, RunOptions.__annotations__)
     loop_options = dict(run)
     device = loop_options.pop("device", None)
     if device is None:
@@ -290,6 +308,20 @@ def open_run(run: RunOptions) -> Iterator[tuple[str | torch.device, CheckpointDi
     ckpt = CheckpointDir(path) if path is not None else None
     with ckpt if ckpt is not None else nullcontext():
         yield device, ckpt, loop_options
+
+
+def run_summary(state: dict, device) -> dict:
+    """What a finished (or stopped) :func:`train_loop` run did, for a model's
+    ``meta["training"]``."""
+    return {
+        "steps_done": state["step"],
+        # [step, old n_steps, new n_steps] for each resume that changed the schedule
+        "n_steps_changes": state.get("n_steps_changes", []),
+        "final_loss": state["losses"][-1][1] if state["losses"] else None,
+        "wall_time_s": round(state["elapsed_s"], 1),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def seeded_init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
@@ -360,10 +392,7 @@ def train_loop(
     record: dict,
     extra_tensors: dict | None = None,
     checkpoint: CheckpointDir | None = None,
-    checkpoint_every_s: float = 180.0,
-    progress: bool | None = None,
-    log_file: IO[str] | None = None,
-    max_seconds: float | None = None,
+    **options: Unpack[LoopOptions],
 ) -> dict:
     """Minimise ``loss_fn(model, batch_fn(step))`` over steps, with checkpoint and resume.
 
@@ -385,6 +414,8 @@ def train_loop(
     checkpoint : CheckpointDir, optional
         The run's (locked) checkpoint directory: model weights, ``extra_tensors`` and the AdamW
         state in one tensor file, the loop state in the manifest, committed atomically.
+    **options
+        Checkpoint interval, progress display, time limit: :class:`LoopOptions`.
 
     Returns
     -------
@@ -392,36 +423,16 @@ def train_loop(
         ``{"step", "losses", "elapsed_s", "loss_ema", "n_steps_changes"}``; ``losses`` is a
         list of ``[step, ema_loss]``.
     """
+    _check_keywords(options, LOOP_DEFAULTS)
+    o: LoopOptions = {**LOOP_DEFAULTS, **options}
     opt = torch.optim.AdamW(param_groups(model, optim), lr=optim.lr)
-    state = {"step": 0, "losses": [], "elapsed_s": 0.0, "loss_ema": None, "n_steps_changes": []}
     saved = checkpoint.load() if checkpoint is not None else None
+    state = {"step": 0, "losses": [], "elapsed_s": 0.0, "loss_ema": None, "n_steps_changes": []}
     if saved is not None:
-        step0, tensors, st = saved
-        # JSON round trip (tuples are saved as lists); fields newer than the checkpoint default
-        defaults = json.loads(json.dumps(asdict(OptimConfig())))
-        mine = {k: v for k, v in json.loads(json.dumps(asdict(optim))).items() if k != "n_steps"}
-        theirs = {k: v for k, v in {**defaults, **st.get("optim", {})}.items() if k != "n_steps"}
-        theirs_rec, mine_rec = st.get("record") or {}, json.loads(json.dumps(record))
-        differ = sorted(
-            k for k in set(theirs_rec) | set(mine_rec) if theirs_rec.get(k) != mine_rec.get(k)
-        ) + (["optim"] if mine != theirs else [])
-        if differ:
-            raise ValueError(
-                f"checkpoint in {str(checkpoint.path)!r} does not match this run: {differ} "
-                "differ (only n_steps may change on resume)"
-            )
-        model.load_state_dict(
-            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-        )
-        _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
-        state = {k: st[k] for k in state}
-        state["step"] = step0
-        if st["optim"]["n_steps"] != optim.n_steps:  # the recomputed schedule is recorded
-            state["n_steps_changes"].append([step0, st["optim"]["n_steps"], optim.n_steps])
+        state = _resume(saved, str(checkpoint.path), model, opt, optim, record)
     step = int(state["step"])
     ema = state["loss_ema"]
-    for g in opt.param_groups:
-        g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)
+    _set_lr(opt, optim, step)
     t0 = time.time()
     elapsed_before = float(state["elapsed_s"])
     committed = step if saved is not None else -1
@@ -431,11 +442,7 @@ def train_loop(
         state.update(step=step, elapsed_s=elapsed_before + time.time() - t0, loss_ema=ema)
         if checkpoint is None or committed == step:
             return
-        tensors = {
-            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-        }
-        tensors.update({k: v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()})
-        tensors.update(_optimizer_tensors(opt))
+        tensors = _checkpoint_tensors(model, extra_tensors or {}, opt)
         checkpoint.save(step, tensors, {**state, "optim": asdict(optim), "record": record})
         committed = step
 
@@ -443,8 +450,8 @@ def train_loop(
     bar = progress_bar(
         optim.n_steps,
         desc="training",
-        progress=progress,
-        file=log_file,
+        progress=o["progress"],
+        file=o["log_file"],
         unit="step",
         initial=step,
         mininterval=5.0,
@@ -457,8 +464,7 @@ def train_loop(
         torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         opt.step()
         step += 1
-        for g in opt.param_groups:
-            g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)
+        _set_lr(opt, optim, step)
         lv = float(loss.detach())
         ema = lv if ema is None else 0.99 * ema + 0.01 * lv
         if step % 50 == 0 or step == optim.n_steps:
@@ -467,12 +473,61 @@ def train_loop(
         if step % 25 == 0 or step == optim.n_steps:
             bar.set_postfix(loss=f"{ema:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
         now = time.time()
-        if now - last_ckpt >= checkpoint_every_s:
+        if now - last_ckpt >= o["checkpoint_every_s"]:
             commit()
             last_ckpt = now
-        if max_seconds is not None and now - t0 >= max_seconds:
+        if o["max_seconds"] is not None and now - t0 >= o["max_seconds"]:
             break
     bar.close()
     commit()
     model.eval()
     return dict(state)
+
+
+def _checkpoint_tensors(model: torch.nn.Module, extra: dict, opt) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint: ``model.*`` weights, the caller's extra tensors and the
+    ``optimizer.*`` state, on the CPU."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(extra)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return {**tensors, **_optimizer_tensors(opt)}
+
+
+def _set_lr(opt: torch.optim.Optimizer, optim: OptimConfig, step: int) -> None:
+    """The learning rate of ``step`` on the schedule (warm-up, then cosine decay)."""
+    for g in opt.param_groups:
+        g["lr"] = optim.lr * lr_factor(step, optim.warmup_steps, optim.n_steps)
+
+
+def _resume(saved: tuple, where: str, model, opt, optim: OptimConfig, record: dict) -> dict:
+    """Restore ``model`` and ``opt`` from a loaded checkpoint and return the loop state.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint's record or optimiser settings (``n_steps`` aside) differ from this
+        run's.
+    """
+    step0, tensors, st = saved
+    # JSON round trip (tuples are saved as lists); fields newer than the checkpoint default
+    defaults = json.loads(json.dumps(asdict(OptimConfig())))
+    mine = {k: v for k, v in json.loads(json.dumps(asdict(optim))).items() if k != "n_steps"}
+    theirs = {k: v for k, v in {**defaults, **st.get("optim", {})}.items() if k != "n_steps"}
+    theirs_rec, mine_rec = st.get("record") or {}, json.loads(json.dumps(record))
+    differ = sorted(
+        k for k in set(theirs_rec) | set(mine_rec) if theirs_rec.get(k) != mine_rec.get(k)
+    ) + (["optim"] if mine != theirs else [])
+    if differ:
+        raise ValueError(
+            f"checkpoint in {where!r} does not match this run: {differ} "
+            "differ (only n_steps may change on resume)"
+        )
+    model.load_state_dict(
+        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    )
+    _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optimizer.")})
+    state = {k: st[k] for k in ("step", "losses", "elapsed_s", "loss_ema", "n_steps_changes")}
+    state["step"] = step0
+    if st["optim"]["n_steps"] != optim.n_steps:  # the recomputed schedule is recorded
+        state["n_steps_changes"].append([step0, st["optim"]["n_steps"], optim.n_steps])
+    return state
