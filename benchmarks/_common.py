@@ -24,13 +24,13 @@ def time_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 2) -> f
     return times[len(times) // 2]
 
 
-def time_interleaved(
+def interleaved_runs(
     fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2
-) -> dict[str, float]:
-    """Median wall times (s) of several blocking callables, run round-robin.
+) -> dict[str, list[float]]:
+    """Wall times (s) of every run of several blocking callables, run round-robin.
 
-    Interleaving exposes every contender to the same background load, so their
-    ratios stay meaningful on a shared, noisy machine.
+    Interleaving exposes every contender to the same background load, so the times of one
+    round can be compared pairwise (:func:`paired_ratio`) on a shared, noisy machine.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -41,7 +41,31 @@ def time_interleaved(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return times
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 10, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall times (s) of several blocking callables, run round-robin
+    (:func:`interleaved_runs`)."""
+    runs = interleaved_runs(fns, repeats, warmup)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in runs.items()}
+
+
+def paired_ratio(numerator, denominator, scale: float = 1.0) -> dict:
+    """Spread of a speed-up measured in rounds: ``scale * numerator[r] / denominator[r]``
+    for each round ``r`` (both timed in the same round, under the same load); its median,
+    min and max and the number of rounds."""
+    import numpy as np
+
+    r = scale * np.asarray(numerator, dtype=float) / np.asarray(denominator, dtype=float)
+    return {
+        "median": float(np.median(r)),
+        "min": float(r.min()),
+        "max": float(r.max()),
+        "n": r.size,
+    }
 
 
 def machine() -> dict:

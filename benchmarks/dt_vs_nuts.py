@@ -6,15 +6,26 @@ shipped model ``dt-linear-2d`` with a key that training never used.
 
 * **DT**: the posteriors of all 1000 problems in ONE batched call of
   ``load_pretrained("dt-linear-2d").posterior`` (ragged priors as zero-weight padding, ragged
-  data with a mask); median wall time of repeated calls.
-* **NUTS**: NumPyro NUTS per problem (500 warm-up + 2000 kept draws, one chain), the same
-  padded model compiled once (``jit_model_args``). It is run on the first ``--subset``
-  problems (default 40) and its time per problem (median over the subset, compilation
-  excluded: the first problem is reported separately) is scaled to 1000 problems.
-* **SMC**: the repo's adaptive tempered SMC (:func:`probinfer.smc.tempered_smc`, 2000
-  particles, HMC moves) per problem on the first ``--smc-subset`` problems (default 10; a
+  data with a mask) *and their 2000 draws each* (what NUTS's time includes); the forward
+  pass alone is reported beside it.
+* **NUTS**: NumPyro NUTS per problem, the same padded model compiled once
+  (``jit_model_args``), in two set-ups: one chain of 500 warm-up + 2000 kept draws, and 4
+  chains of 500 warm-up + 500 draws run as one vectorised program
+  (``chain_method="vectorized"``, NumPyro's way to batch chains; the problems themselves
+  cannot share a vectorised run since NumPyro's chains share the model's data). Run on the
+  first ``--subset`` problems (default 40), compilation excluded (the first problem is
+  reported separately); per-problem time scaled to 1000 problems.
+* **SMC**: the repo's adaptive tempered SMC (2000 particles, HMC moves), per problem with
+  :func:`probinfer.smc.tempered_smc` on the first ``--smc-subset`` problems (default 10; a
   NumPyro target is a pytree of its data, so the padded model compiles once for all
-  problems); time per problem from a second run on the same target, scaled to 1000.
+  problems; time from a second run on the same target), and vmapped over those problems
+  (:func:`probinfer.smc.tempered_smc_loop`, one program for the whole batch); time per
+  problem scaled to 1000.
+
+Timing is interleaved: every NUTS problem (both set-ups) and every repetition of the vmapped
+SMC batch is paired with one DT call (with draws) run in the same round, so each speed-up is a
+per-round ratio under the same load, quoted as the median with its min and max over the
+rounds (>= 5).
 * **DT + importance resampling**: the DT's posteriors as proposals
   (:func:`probinfer.importance.importance_resample`, ``--is-proposals`` per problem, 5,000
   by default), weighted by the exact unnormalised posterior (the GMM prior times the
@@ -46,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from _common import time_call, write_results
+from _common import paired_ratio, time_call, write_results
 from scipy.spatial.distance import cdist, pdist
 
 N_PROBLEMS, N_DRAWS = 1000, 2000
@@ -114,6 +125,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subset", type=int, default=40, help="problems run by NUTS")
     p.add_argument("--smc-subset", type=int, default=10, help="problems run by SMC (<= subset)")
+    p.add_argument("--smc-reps", type=int, default=5, help="timed runs of the vmapped SMC batch")
     p.add_argument("--dt-accuracy-problems", type=int, default=1000)
     p.add_argument("--is-proposals", type=int, default=5_000, help="DT + IS proposals")
     p.add_argument("--model-dir", help="a saved DT directory instead of the shipped model")
@@ -129,7 +141,7 @@ def main(argv=None) -> int:
     from amortized.pretrained import load_pretrained
     from probinfer.distributions import GaussianMixture
     from probinfer.importance import importance_resample
-    from probinfer.smc import tempered_smc
+    from probinfer.smc import tempered_smc, tempered_smc_loop
     from probinfer.targets import from_numpyro
 
     dt = (
@@ -147,17 +159,28 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- DT: one batched call
     prior = GaussianMixture(P["mu"], scale_trils=P["tril"], weights=P["w"])
 
-    def dt_call():
+    def dt_forward():
         post = dt.posterior(prior, P["x"], P["y"], mask=P["mask"])
         return jax.block_until_ready(post.logits)
 
+    def dt_call():  # what a user needs for 2000 draws of every posterior
+        post = dt.posterior(prior, P["x"], P["y"], mask=P["mask"])
+        return jax.block_until_ready(post.sample(jax.random.key(args.seed), (N_DRAWS,)))
+
     t0 = time.perf_counter()
-    post = dt.posterior(prior, P["x"], P["y"], mask=P["mask"])
-    jax.block_until_ready(post.logits)
+    dt_draws = np.asarray(dt_call(), dtype=np.float64)
     dt_first = time.perf_counter() - t0
+    dt_forward_time = time_call(dt_forward, repeats=7, warmup=1)
     dt_time = time_call(dt_call, repeats=7, warmup=1)
-    dt_draws = np.asarray(post.sample(jax.random.key(args.seed), (N_DRAWS,)), dtype=np.float64)
-    print(f"DT: 1000 problems in one call: {dt_time:.4f} s (first call {dt_first:.3f} s)")
+    print(
+        f"DT: 1000 problems in one call with {N_DRAWS} draws each: {dt_time:.4f} s "
+        f"(forward pass alone {dt_forward_time:.4f} s; first call {dt_first:.3f} s)"
+    )
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0
 
     # ------------------------------------------------- DT + importance resampling (all problems)
     noise = task.noise_std
@@ -222,10 +245,57 @@ def main(argv=None) -> int:
         progress_bar=False,
         jit_model_args=True,
     )
-    times = {"nuts": [], "smc_first": [], "smc": []}
-    sub_ed = {"dt": [], "dt_is": [], "nuts": [], "exact_floor": []}
+    chains = 4
+    mcmc_vec = MCMC(
+        NUTS(model),
+        num_warmup=500,
+        num_samples=N_DRAWS // chains,
+        num_chains=chains,
+        chain_method="vectorized",
+        progress_bar=False,
+        jit_model_args=True,
+    )
+    times = {"nuts": [], "nuts_vec": [], "dt_paired": [], "smc_first": [], "smc": []}
+    sub_ed = {"dt": [], "dt_is": [], "nuts": [], "nuts_vec": [], "exact_floor": []}
     smc_ed = {"dt": [], "smc": [], "exact_floor": []}
     smc_steps = []
+    # ---------------------------------------------------------------- SMC vmapped over problems
+    n_smc = args.smc_subset
+    batch = tuple(
+        jnp.asarray(P[k][:n_smc], jnp.float32) if k != "mask" else jnp.asarray(P[k][:n_smc])
+        for k in ("w", "mu", "tril", "x", "y", "mask")
+    )
+
+    @jax.jit
+    def smc_batch(key):
+        def one(k, w, mu, tril, x, y, mask):
+            target = from_numpyro(model, w, mu, tril, x, y, mask, task.noise_std)
+            return tempered_smc_loop(k, target, N_DRAWS, kernel="hmc").state.values.theta
+
+        return jax.vmap(one)(jax.random.split(key, n_smc), *batch)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, smc_vmap_first = timed(lambda: jax.block_until_ready(smc_batch(jax.random.key(3000))))
+        times["smc_vmap"], times["dt_paired_smc"] = [], []
+        for r in range(args.smc_reps):
+            _, t_dt = timed(dt_call)
+            smc_vm, t_smc = timed(
+                lambda r=r: jax.block_until_ready(smc_batch(jax.random.key(3001 + r)))
+            )
+            times["dt_paired_smc"].append(t_dt)
+            times["smc_vmap"].append(t_smc)
+    smc_vm = np.asarray(smc_vm, dtype=np.float64)
+    smc_vmap_ed = []
+    for i in range(n_smc):
+        ref = exact_draws(rng, ew[i], emu[i], ecov[i], N_DRAWS)
+        smc_vmap_ed.append(energy_distance(ref, smc_vm[i].reshape(N_DRAWS, -1)))
+    print(
+        f"SMC vmapped over {n_smc} problems: {np.median(times['smc_vmap']):.2f} s per batch "
+        f"(first call {smc_vmap_first:.1f} s)",
+        flush=True,
+    )
+
     for i in sub:
         a = (
             jnp.asarray(P["w"][i]),
@@ -236,20 +306,35 @@ def main(argv=None) -> int:
             jnp.asarray(P["mask"][i]),
             task.noise_std,
         )
-        t0 = time.perf_counter()
-        mcmc.run(jax.random.key(1000 + i), *a)
-        nuts = np.asarray(jax.block_until_ready(mcmc.get_samples()["theta"]), dtype=np.float64)
-        times["nuts"].append(time.perf_counter() - t0)
+
+        def nuts_run(m, i=i, a=a):
+            m.run(jax.random.key(1000 + i), *a)
+            return np.asarray(jax.block_until_ready(m.get_samples()["theta"]), dtype=np.float64)
+
+        # one round: DT (all problems, with draws), NUTS one chain, NUTS 4 vectorised chains
+        for name, fn in (
+            ("dt_paired", dt_call),
+            ("nuts", lambda: nuts_run(mcmc)),
+            ("nuts_vec", lambda: nuts_run(mcmc_vec)),
+        ):
+            out, dt_s = timed(fn)
+            times[name].append(dt_s)
+            if name == "nuts":
+                nuts = out
+            elif name == "nuts_vec":
+                nuts_vec = out
 
         ref = exact_draws(rng, ew[i], emu[i], ecov[i], N_DRAWS)
         ref2 = exact_draws(rng, ew[i], emu[i], ecov[i], N_DRAWS)
         sub_ed["dt"].append(energy_distance(ref, dt_draws[:, i]))
         sub_ed["dt_is"].append(energy_distance(ref, is_draws[:, i]))
         sub_ed["nuts"].append(energy_distance(ref, nuts))
+        sub_ed["nuts_vec"].append(energy_distance(ref, nuts_vec))
         sub_ed["exact_floor"].append(energy_distance(ref, ref2))
         line = (
             f"problem {i:3d}: K={int((P['w'][i] > 0).sum())} n={int(P['mask'][i].sum()):2d} "
             f"NUTS {times['nuts'][-1]:6.2f}s ED {sub_ed['nuts'][-1]:.4f} | "
+            f"NUTS x{chains} vec {times['nuts_vec'][-1]:6.2f}s ED {sub_ed['nuts_vec'][-1]:.4f} | "
             f"DT ED {sub_ed['dt'][-1]:.4f} | DT+IS ED {sub_ed['dt_is'][-1]:.4f} | "
             f"floor {sub_ed['exact_floor'][-1]:.4f}"
         )
@@ -276,6 +361,17 @@ def main(argv=None) -> int:
             line += f" | SMC {times['smc'][-1]:6.2f}s ED {smc_ed['smc'][-1]:.4f}"
         print(line, flush=True)
 
+    rounds = slice(1, None) if args.subset > 1 else slice(None)  # first: NUTS compiles
+    speedups = {
+        "nuts_one_chain": paired_ratio(times["nuts"][rounds], times["dt_paired"][rounds], 1000),
+        f"nuts_{chains}_vectorized_chains": paired_ratio(
+            times["nuts_vec"][rounds], times["dt_paired"][rounds], 1000
+        ),
+        "smc_vmapped_over_problems": paired_ratio(
+            times["smc_vmap"], times["dt_paired_smc"], 1000 / n_smc
+        ),
+    }
+    print(f"per-round speed-ups of the DT (with draws): {speedups}", flush=True)
     nuts_per = float(np.median(times["nuts"][1:])) if args.subset > 1 else times["nuts"][0]
     diff = np.subtract(sub_ed["dt"], sub_ed["nuts"])
     diff_is = np.subtract(sub_ed["dt_is"], sub_ed["nuts"])
@@ -290,11 +386,25 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "timing_note": (
-            f"DT: median of 7 batched calls for all {N_PROBLEMS} problems. NUTS on "
+            f"DT: one batched call for all {N_PROBLEMS} problems including {N_DRAWS} draws "
+            f"each (median of 7; the forward pass alone in dt_forward_s_per_1000). NUTS on "
             f"{args.subset} problems and SMC on {args.smc_subset}: per-problem time (median, "
-            f"compilation excluded) scaled x{N_PROBLEMS}"
+            f"compilation excluded) scaled x{N_PROBLEMS}. speedups_per_round: one DT call "
+            "timed in every round beside each NUTS problem (both set-ups) and each vmapped "
+            "SMC batch; median/min/max over rounds of the paired ratio"
         ),
+        "speedups_per_round": speedups,
         "dt_s_per_1000": dt_time,
+        "dt_forward_s_per_1000": dt_forward_time,
+        "dt_paired_s_median": float(np.median(times["dt_paired"])),
+        "nuts_vectorized_chains": chains,
+        "nuts_vectorized_s_per_problem": float(np.median(times["nuts_vec"][rounds])),
+        "nuts_vectorized_first_problem_s_incl_compile": times["nuts_vec"][0],
+        "smc_vmapped_problems": n_smc,
+        "smc_vmapped_s_per_batch": float(np.median(times["smc_vmap"])),
+        "smc_vmapped_s_per_batch_runs": times["smc_vmap"],
+        "smc_vmapped_first_call_s_incl_compile": smc_vmap_first,
+        "energy_distance_smc_vmapped": _summary(smc_vmap_ed),
         "dt_first_call_s": dt_first,
         "nuts_s_per_problem": nuts_per,
         "nuts_first_problem_s_incl_compile": times["nuts"][0],

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
-from _common import write_results
+from _common import paired_ratio, write_results
 
 from probinfer.lgssm import LinearGaussianSSM, kalman_filter
 from probinfer.smc import StateSpaceModel, particle_filter
@@ -152,17 +152,6 @@ def bench(runners: dict, reps: int, seed0: int) -> dict:
             "dtype": getattr(runners[name], "dtype", "float64"),
         }
         for name in runners
-    }
-
-
-def paired_ratio(peer: list[float], ours: list[float]) -> dict:
-    """Median, min and max over rounds of ``peer time / our time`` (same round, same load)."""
-    r = np.asarray(peer) / np.asarray(ours)
-    return {
-        "median": float(np.median(r)),
-        "min": float(r.min()),
-        "max": float(r.max()),
-        "n": len(r),
     }
 
 

@@ -8,9 +8,13 @@ benchmarks/results/tempered_smc.json.
 
 Wall times are medians of interleaved runs (same background load for both); the
 log-evidence error uses ``--accuracy-reps`` seeds per method (with 2-3 seeds an RMSE is
-mostly noise). Both libraries resample at every step.
+mostly noise). Both libraries resample at every step. The adaptive temperatures give the
+libraries different numbers of steps (each library's own count: BlackJAX's ``smc.step``
+calls; probinfer's ``num_steps``, the final move at lambda = 1 included), so the time per
+tempering step is reported beside the time per run; each ratio to BlackJAX is the median over
+the ``--reps`` interleaved rounds of the per-round ratio, with its min and max.
 
-    python benchmarks/tempered_smc.py [--reps 3] [--accuracy-reps 20] [--ess-targets 0.5 0.7]
+    python benchmarks/tempered_smc.py [--reps 5] [--accuracy-reps 20] [--ess-targets 0.5 0.7]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from _common import time_interleaved
+from _common import interleaved_runs, paired_ratio
 from scipy import optimize, stats
 from scipy.special import log_expit, logsumexp
 
@@ -153,7 +157,7 @@ def blackjax_runner(target, step_size, ess_target):
     return once
 
 
-def _row(name, estimator, outs, ref, first_s, time_s):
+def _row(name, estimator, outs, ref, first_s, runs_s, timed_steps):
     """Accuracy of one estimator over the seeds, with the run's timing."""
     lz = [o[0][estimator] for o in outs]
     err = np.asarray(lz) - ref
@@ -162,7 +166,10 @@ def _row(name, estimator, outs, ref, first_s, time_s):
         "library": f"{name} [{estimator}]" if not name.startswith("blackjax") else name,
         "estimator": estimator,
         "first_call_s": first_s,
-        "median_run_s": time_s,
+        "median_run_s": float(np.median(runs_s)),
+        "run_s": list(runs_s),
+        "timed_run_tempering_steps": timed_steps,
+        "median_s_per_tempering_step": float(np.median(runs_s)) / timed_steps,
         "log_z": lz,
         "log_z_bias": float(err.mean()),
         "log_z_sd": float(err.std(ddof=1)),
@@ -173,7 +180,9 @@ def _row(name, estimator, outs, ref, first_s, time_s):
         "mean_realised_ess_fraction": float(np.mean([o[2] for o in outs])),
     }
     print(
-        f"{row['library']:<60} run {time_s:6.2f}s (first {first_s:5.1f}s)  "
+        f"{row['library']:<60} run {row['median_run_s']:6.2f}s "
+        f"({row['median_s_per_tempering_step']:.3f}s x {timed_steps} steps; "
+        f"first {first_s:5.1f}s)  "
         f"bias {row['log_z_bias']:+.3f} sd {row['log_z_sd']:.3f} "
         f"rmse {rmse:.3f}+-{row['rmse_se']:.3f}  steps {row['tempering_steps']}  "
         f"ESS/N {row['mean_realised_ess_fraction']:.2f}"
@@ -189,7 +198,7 @@ def _ratio_se(a, b):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=3, help="interleaved timing repetitions")
+    p.add_argument("--reps", type=int, default=5, help="interleaved timing repetitions")
     p.add_argument("--accuracy-reps", type=int, default=40, help="seeds for the log-evidence error")
     p.add_argument(
         "--blackjax-step-size",
@@ -235,28 +244,39 @@ def main(argv=None):
         t0 = time.perf_counter()
         once(jax.random.key(999))
         first[name] = time.perf_counter() - t0
-    times = time_interleaved(
+    times = interleaved_runs(
         {name: partial(once, jax.random.key(7)) for name, once in runners.items()},
         repeats=args.reps,
         warmup=0,
     )
+    # the timed runs use one key: their numbers of tempering steps are those of that key
+    steps = {name: once(jax.random.key(7))[1] for name, once in runners.items()}
     rows = []
     for name, once in runners.items():
         outs = [once(jax.random.key(100 + r)) for r in range(args.accuracy_reps)]
         for estimator in outs[0][0]:
-            rows.append(_row(name, estimator, outs, ref, first[name], times[name]))
+            rows.append(_row(name, estimator, outs, ref, first[name], times[name], steps[name]))
     bj = rows[-1]
     ratios = {
         r["library"]: {
-            "wall_time_ratio": r["median_run_s"] / bj["median_run_s"],
+            "wall_time_ratio": paired_ratio(r["run_s"], bj["run_s"]),
+            "time_per_tempering_step_ratio": paired_ratio(
+                r["run_s"],
+                bj["run_s"],
+                bj["timed_run_tempering_steps"] / r["timed_run_tempering_steps"],
+            ),
+            "tempering_steps": [r["timed_run_tempering_steps"], bj["timed_run_tempering_steps"]],
             "rmse_ratio": r["rmse"] / bj["rmse"],
             "rmse_ratio_se": _ratio_se(r, bj),
         }
         for r in rows[:-1]
     }
     for name, rt in ratios.items():
+        w, s_ = rt["wall_time_ratio"], rt["time_per_tempering_step_ratio"]
         print(
-            f"{name}: wall time / blackjax = {rt['wall_time_ratio']:.2f}, "
+            f"{name}: wall time / blackjax = {w['median']:.2f} [{w['min']:.2f}, {w['max']:.2f}], "
+            f"per tempering step {s_['median']:.2f} [{s_['min']:.2f}, {s_['max']:.2f}] "
+            f"(steps {rt['tempering_steps']}), "
             f"log Z rmse / blackjax = {rt['rmse_ratio']:.2f} +- {rt['rmse_ratio_se']:.2f}"
         )
     result = {
@@ -285,7 +305,8 @@ def main(argv=None):
             "and moving, so its realised ESS of the incremental weights is above its "
             "target; mean_realised_ess_fraction reports it for both",
             "timing": f"median of {args.reps} interleaved runs (same key), compilation "
-            "excluded (first_call_s includes it)",
+            "excluded (first_call_s includes it); ratios: median [min, max] over the rounds of "
+            "the per-round ratio, per run and per tempering step (each library's own count)",
             "accuracy": f"{args.accuracy_reps} seeds per method",
         },
         "reference_log_z": ref,
