@@ -20,7 +20,15 @@ import numpy as np
 
 from probinfer._version import __version__
 
-__all__ = ["STEPS_GROUP", "combine_chains", "import_arviz", "to_inference_data", "values_to_dict"]
+__all__ = [
+    "STEPS_GROUP",
+    "combine_chains",
+    "import_arviz",
+    "sample_stats_group",
+    "site_dims",
+    "to_inference_data",
+    "values_to_dict",
+]
 
 STEPS_GROUP = "smc_steps"
 
@@ -84,6 +92,89 @@ def _attr_value(v):
     return arr.tolist()
 
 
+def site_dims(
+    name: str,
+    ndim: int,
+    plates: Mapping[int, str],
+    event_ndim: int | None = None,
+    event_dims: Sequence[str] = (),
+) -> list[str]:
+    """ArviZ dimension names of a site's value (without ``chain``/``draw``), as
+    ``az.from_numpyro`` names them: each batch dimension after the plate at its position,
+    the event dimensions after ``event_dims`` (a model's ``infer={"event_dims": [...]}``),
+    and any other dimension ``{name}_dim_{i}``.
+
+    Parameters
+    ----------
+    name
+        The site (variable) name.
+    ndim
+        Number of dimensions of one value of the site.
+    plates
+        The plates the site sits in, ``{dim: name}`` (``dim = -1`` is the rightmost batch
+        dimension).
+    event_ndim
+        Number of event (rightmost, non-batch) dimensions; default: ``len(event_dims)``,
+        or, without those, the dimensions right of the plates' batch shape.
+    event_dims
+        Names of the event dimensions, or none.
+    """
+    if event_dims:
+        event_ndim = len(event_dims)
+    elif event_ndim is None:
+        event_ndim = ndim - min(ndim, max((-d for d in plates), default=0))
+    num_batch = ndim - event_ndim
+    names = [plates.get(i - num_batch, f"{name}_dim_{i}") for i in range(num_batch)]
+    if event_dims:
+        return names + list(event_dims)
+    return names + [f"{name}_dim_{i}" for i in range(num_batch, ndim)]
+
+
+def sample_stats_group(
+    log_prior=None, log_likelihood=None, log_density=None
+) -> dict[str, np.ndarray]:
+    """The ArviZ ``sample_stats`` variables of equally weighted draws: ``lp`` (the log
+    posterior density up to a constant: ``log_prior + log_likelihood``, or ``log_density``
+    when given) and ``log_likelihood`` (its total over observations, the name
+    ``az.from_numpyro`` and ``az.from_pymc`` use), each with the draws' leading axes.
+
+    Raises
+    ------
+    ValueError
+        If nothing is given, or the shapes differ.
+    """
+    out: dict[str, np.ndarray] = {}
+    if log_density is None and log_prior is not None and log_likelihood is not None:
+        lp, ll = np.asarray(log_prior), np.asarray(log_likelihood)
+        if lp.shape != ll.shape:
+            raise ValueError(
+                f"log_prior and log_likelihood must have one shape, got {lp.shape}, {ll.shape}"
+            )
+        log_density = lp + ll
+    if log_density is not None:
+        out["lp"] = np.asarray(log_density)
+    if log_likelihood is not None:
+        out["log_likelihood"] = np.asarray(log_likelihood)
+    if not out:
+        raise ValueError("give log_density, or log_prior and log_likelihood")
+    return out
+
+
+def _named_dims(name: str, arr: np.ndarray, lead: list[str], dims: Mapping | None) -> list[str]:
+    """``lead`` + the dimension names of variable ``name`` (from ``dims``, else
+    ``{name}_dim_{i}``)."""
+    rest = arr.ndim - len(lead)
+    names = list((dims or {}).get(name, []))
+    if len(names) != rest:
+        if names:
+            raise ValueError(
+                f"dims[{name!r}] names {len(names)} dimensions, but the variable has {rest} "
+                f"(shape {arr.shape[len(lead) :]})"
+            )
+        names = [f"{name}_dim_{i}" for i in range(rest)]
+    return lead + names
+
+
 def to_inference_data(
     runs: Sequence,
     *,
@@ -95,6 +186,8 @@ def to_inference_data(
     attrs: Mapping[str, Any] | None = None,
     var_name: str = "x",
     groups: Mapping[str, Mapping[str, Any]] | None = None,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, Any] | None = None,
 ):
     """Build an ArviZ ``InferenceData`` (or ``DataTree`` on ArviZ 1.x) from particle runs.
 
@@ -123,7 +216,21 @@ def to_inference_data(
     groups
         Extra groups stored as they are, ``{group: {variable: array}}``; a variable
         whose leading axes are ``(chain, draw)`` gets those dimensions (``log_likelihood``,
-        ``posterior_predictive``), others (``observed_data``) get their own.
+        ``posterior_predictive``, ``sample_stats``), others (``observed_data``) get their
+        own.
+    dims
+        ``{variable: [dimension names]}`` for the dimensions after ``(chain, draw)``, as in
+        ``az.from_dict``; a variable of another group with the same name (an observed
+        site in ``log_likelihood``, ``posterior_predictive`` and ``observed_data``) gets
+        the same names. Targets give the plate names (``target.dims()``). Default:
+        ``{variable}_dim_{i}``.
+    coords
+        ``{dimension: values}`` (default: ``0..size-1``).
+
+    Raises
+    ------
+    ValueError
+        On runs of different variables or sizes, or ``dims`` that do not fit a variable.
     """
     import xarray as xr
 
@@ -170,11 +277,21 @@ def to_inference_data(
             {k: _attr_value(v) if not isinstance(v, str) else v for k, v in attrs.items()}
         )
 
+    post_dims = {n: _named_dims(n, v, ["chain", "draw"], dims) for n, v in posterior.items()}
     params = inspect.signature(az.from_dict).parameters
     if "posterior" in params:  # ArviZ 0.x
-        idata = az.from_dict(posterior=posterior, attrs=all_attrs)
+        idata = az.from_dict(
+            posterior=posterior,
+            attrs=all_attrs,
+            dims={n: d[2:] for n, d in post_dims.items()},
+            coords=dict(coords or {}),
+        )
     else:  # ArviZ 1.x (arviz_base): nested dict of groups, returns an xarray.DataTree
-        idata = az.from_dict({"posterior": posterior})
+        idata = az.from_dict(
+            {"posterior": posterior},
+            dims={n: d[2:] for n, d in post_dims.items()},
+            coords=dict(coords or {}),
+        )
     idata["posterior"].attrs.update(all_attrs)
 
     for group, variables in (groups or {}).items():
@@ -182,9 +299,13 @@ def to_inference_data(
         for n, v in variables.items():
             arr = np.asarray(v)
             lead = ["chain", "draw"] if arr.shape[:2] == (len(runs), sizes_n) else []
-            dims = lead + [f"{n}_dim_{i}" for i in range(arr.ndim - len(lead))]
-            data_vars[n] = (dims, arr)
-        ds = xr.Dataset(data_vars, attrs=all_attrs)
+            data_vars[n] = (_named_dims(n, arr, lead, dims), arr)
+        used = {d for dd, _ in data_vars.values() for d in dd}
+        ds = xr.Dataset(
+            data_vars,
+            coords={d: np.asarray(c) for d, c in (coords or {}).items() if d in used},
+            attrs=all_attrs,
+        )
         if hasattr(idata, "add_groups"):
             idata.add_groups({group: ds})
         else:
@@ -193,8 +314,8 @@ def to_inference_data(
     if steps or log_evidence is not None:
         data_vars = {}
         for n, arr in steps.items():
-            dims = ["chain", "step"] + [f"{n}_dim_{i}" for i in range(arr.ndim - 2)]
-            data_vars[n] = (dims, arr)
+            step_dims = ["chain", "step"] + [f"{n}_dim_{i}" for i in range(arr.ndim - 2)]
+            data_vars[n] = (step_dims, arr)
         if log_evidence is not None:
             data_vars["log_evidence"] = (["chain"], le)
         ds = xr.Dataset(data_vars, coords={"chain": np.arange(len(runs))}, attrs=all_attrs)
@@ -209,7 +330,15 @@ def to_inference_data(
 _SHARED_GROUPS = ("observed_data", "constant_data")
 
 
-def combine_chains(results: Sequence, key=None, *, scheme: str = "systematic", attrs=None):
+def combine_chains(
+    results: Sequence,
+    key=None,
+    *,
+    scheme: str = "systematic",
+    attrs=None,
+    dims: Mapping[str, Sequence[str]] | None = None,
+    coords: Mapping[str, Any] | None = None,
+):
     """ArviZ ``InferenceData`` with one chain per independent SMC run.
 
     Parameters
@@ -224,6 +353,8 @@ def combine_chains(results: Sequence, key=None, *, scheme: str = "systematic", a
         Resampling scheme of that resample.
     attrs
         Extra attributes.
+    dims, coords
+        Dimension names and coordinates, as in :func:`to_inference_data`.
 
     Raises
     ------
@@ -286,4 +417,6 @@ def combine_chains(results: Sequence, key=None, *, scheme: str = "systematic", a
         step_stats=steps,
         attrs=merged,
         groups=groups,
+        dims=dims,
+        coords=coords,
     )

@@ -87,6 +87,11 @@ class Target:
         """Constrained site values ``{name: (N, *shape)}`` of unconstrained ``theta``."""
         raise NotImplementedError
 
+    def dims(self) -> dict[str, list[str]]:
+        """ArviZ dimension names per site (after the model's plates); ``{}``: ArviZ's
+        defaults (``{site}_dim_{i}``)."""
+        return {}
+
     def log_joint(self, theta) -> Array:
         """``log_prior + log_likelihood``, ``(N,)``."""
         return self.log_prior(theta) + self.log_likelihood(theta)

@@ -314,6 +314,54 @@ class NumPyroTarget(Target):
             object.__setattr__(self, "_constrainer", constrainer)
         return constrainer(theta)
 
+    def dims(self) -> dict[str, list[str]]:
+        """ArviZ dimension names of the latent, deterministic and observed sites, after the
+        plates they sit in (as ``az.from_numpyro`` names them; others ``{site}_dim_{i}``)."""
+        from numpyro import handlers
+
+        from probinfer.inference_data import site_dims
+
+        tr = handlers.trace(handlers.seed(self.model, jax.random.key(0))).get_trace(
+            *self.args, **self.kwargs
+        )
+        out = {}
+        for name, site in tr.items():
+            if site["type"] not in ("sample", "deterministic"):
+                continue
+            if site["type"] == "sample" and name not in self.latent_names + self.observed_names:
+                continue  # auxiliary sites
+            plates = {f.dim: f.name for f in site.get("cond_indep_stack", ()) if f.dim is not None}
+            event_ndim = site["fn"].event_dim if site["type"] == "sample" else None
+            event_dims = site.get("infer", {}).get("event_dims", ())
+            out[name] = site_dims(name, jnp.ndim(site["value"]), plates, event_ndim, event_dims)
+        return out
+
+    def posterior_predictive(self, key: Array, samples: dict) -> dict[str, np.ndarray]:
+        """Draws of the observed sites given posterior draws of the latents (NumPyro's
+        ``Predictive``, the observations left out), ``{observed site: (N, *shape)}``.
+
+        Parameters
+        ----------
+        key
+            ``jax.random`` key.
+        samples
+            Constrained latent draws ``{site: (N, *shape)}`` (e.g. ``result.samples``;
+            deterministic sites in it are ignored).
+        """
+        from numpyro.infer import Predictive
+
+        missing = [n for n in self.latent_names if n not in samples]
+        if missing:
+            raise ValueError(f"samples lacks the latent sites {missing}")
+        latents = {n: jnp.asarray(samples[n]) for n in self.latent_names}
+        predictive = Predictive(
+            _unobserved(self.model, self.observed_names),
+            posterior_samples=latents,
+            return_sites=list(self.observed_names),
+        )
+        out = predictive(key, *self.args, **self.kwargs)
+        return {n: np.asarray(out[n]) for n in self.observed_names}
+
     def observed_data(self) -> dict[str, np.ndarray]:
         """The observed values, ``{site: array}``, in the order of the pointwise terms."""
         from numpyro import handlers
@@ -344,6 +392,19 @@ def _sample_prior_of(target: NumPyroTarget, keys) -> Array:
 @jax.jit
 def _constrain_of(target: NumPyroTarget, theta) -> dict[str, Array]:
     return jax.vmap(target.constrain_one)(theta)
+
+
+def _unobserved(model, names):
+    """``model`` with the observed sites ``names`` sampled instead of observed (for
+    posterior predictive draws)."""
+    from numpyro.primitives import Messenger
+
+    class Unobserve(Messenger):
+        def process_message(self, msg):
+            if msg["type"] == "sample" and msg["name"] in names and msg["is_observed"]:
+                msg["value"], msg["is_observed"] = None, False
+
+    return Unobserve(model)
 
 
 class _Identity:

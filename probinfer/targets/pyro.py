@@ -91,6 +91,14 @@ class PyroTarget(Target):
         for name in observed:
             check_finite_data(name, tr.nodes[name]["value"].detach().cpu().numpy())
             num_obs += int(tr.nodes[name]["fn"].log_prob(tr.nodes[name]["value"]).numel())
+        from probinfer.inference_data import site_dims
+
+        dims = {}
+        for name in latent + observed:
+            site = tr.nodes[name]
+            plates = {f.dim: f.name for f in site["cond_indep_stack"] if f.dim is not None}
+            dims[name] = site_dims(name, site["value"].dim(), plates, site["fn"].event_dim)
+        observed_values = {n: tr.nodes[n]["value"].detach().cpu().numpy() for n in observed}
         if dtype is None:
             dtype = tr.nodes[observed[0]]["value"].dtype
             dtype = dtype if dtype.is_floating_point else torch.get_default_dtype()
@@ -107,6 +115,8 @@ class PyroTarget(Target):
             torch_dtype=dtype,
             torch_device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             memory_budget=int(memory_budget),
+            _dims=dims,
+            _observed_values=observed_values,
             _mode=["plate"],
             _reasons=[],
             _sample_loop=[False],
@@ -405,6 +415,62 @@ class PyroTarget(Target):
             if out is None:
                 out = torch.cat([draw(self.model, 1) for _ in range(num)])
         return to_jax(out.to(self.torch_dtype))
+
+    def dims(self) -> dict[str, list[str]]:
+        """ArviZ dimension names of the latent and observed sites, after the vectorised
+        ``pyro.plate`` they sit in (others ``{site}_dim_{i}``)."""
+        return {k: list(v) for k, v in self._dims.items()}
+
+    def observed_data(self) -> dict[str, np.ndarray]:
+        """The observed values, ``{site: array}``, in the order of the pointwise terms."""
+        return {k: v.copy() for k, v in self._observed_values.items()}
+
+    def posterior_predictive(self, key: Array, samples: dict) -> dict[str, np.ndarray]:
+        """Draws of the observed sites given posterior draws of the latents (Pyro's
+        ``Predictive`` on ``poutine.uncondition(model)``: one vectorised pass where the
+        densities were checked to broadcast over the particle plate, else one model call
+        per draw),
+        ``{observed site: (N, *shape)}``; ``samples`` as in ``result.samples``."""
+        import pyro.poutine as poutine
+        import torch
+        from pyro.infer import Predictive
+
+        missing = [n for n in self.latent_names if n not in samples]
+        if missing:
+            raise ValueError(f"samples lacks the latent sites {missing}")
+        latents = {
+            n: torch.as_tensor(np.array(samples[n]), dtype=self.torch_dtype)
+            for n in self.latent_names
+        }
+        num = next(iter(latents.values())).shape[0]
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        out = None
+        # one vectorised pass where the densities were checked to broadcast right over the
+        # particle plate; else one model call per draw
+        vectorised = self._mode[0] == "plate" and self._checked[0]
+        for parallel in (True, False) if vectorised else (False,):
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(seed)
+                predictive = Predictive(
+                    poutine.uncondition(self.model),
+                    posterior_samples=latents,
+                    return_sites=list(self.observed_names),
+                    parallel=parallel,
+                )
+                try:
+                    out = predictive(*self.args, **self.kwargs)
+                    shapes_ok = all(
+                        out[n].numel() == num * self._observed_values[n].size
+                        for n in self.observed_names
+                    )
+                except Exception:  # noqa: BLE001 - the model does not broadcast: per draw
+                    shapes_ok = False
+            if shapes_ok:
+                break
+        return {
+            n: out[n].detach().cpu().numpy().reshape((num,) + self._observed_values[n].shape)
+            for n in self.observed_names
+        }
 
     def constrain(self, theta) -> dict[str, Array]:
         import torch
