@@ -57,8 +57,8 @@ def check_class_codes(y, n_classes: int, name: str = "y", *, ndim: int | None = 
     if ndim is not None and y.ndim != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array of class labels, got shape {y.shape}")
     if y.dtype.kind == "f":
-        if np.isnan(y).any():
-            raise ValueError(f"{name} contains NaN; class labels expected")
+        if not np.isfinite(y).all():
+            raise ValueError(f"{name} contains NaN or infinite values; class labels expected")
         if (y != np.round(y)).any():
             raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}")
     elif y.dtype.kind not in "iub":

@@ -29,8 +29,10 @@ def _intervals_or_sets(y_pred) -> tuple[np.ndarray, bool]:
     """``(array, is_sets)``: boolean ``(n, K)`` sets, or float ``(n, 2)`` intervals."""
     arr = np.asarray(y_pred)
     if arr.dtype == bool:
-        if arr.ndim != 2:
-            raise ValueError(f"y_pred sets must have shape (n, n_classes), got {arr.shape}")
+        if arr.ndim != 2 or arr.size == 0:
+            raise ValueError(
+                f"y_pred sets must have a non-empty shape (n, n_classes), got {arr.shape}"
+            )
         return arr, True
     arr = as_float_array(y_pred, "y_pred", ndim=2)
     if arr.shape[1] != 2:
@@ -40,6 +42,8 @@ def _intervals_or_sets(y_pred) -> tuple[np.ndarray, bool]:
         )
     if (arr[:, 0] > arr[:, 1]).any():
         raise ValueError("y_pred intervals must have lower <= upper")
+    if (np.isinf(arr[:, 0]) & (arr[:, 0] == arr[:, 1])).any():
+        raise ValueError("y_pred intervals must not have both ends at the same infinity")
     return arr, False
 
 

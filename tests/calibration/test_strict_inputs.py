@@ -151,6 +151,25 @@ def test_fuzz_classifier(proba, y, alpha):
     assert sets.dtype == bool and sets.shape == proba.shape
 
 
+@FUZZ
+@given(arrays, arrays, arrays, st.lists(st.booleans(), min_size=0, max_size=24).map(np.array))
+def test_fuzz_coverage_and_width(y, lo, hi, flags):
+    for pred in (np.stack([lo, hi], axis=-1) if len(lo) == len(hi) else lo, flags.reshape(-1, 3)
+                 if flags.size % 3 == 0 else flags):  # fmt: skip
+        try:
+            cov = cal.coverage_score(y, pred)
+        except (ValueError, TypeError):
+            pass
+        else:
+            assert 0.0 <= cov <= 1.0
+        try:
+            width = cal.mean_width_score(pred)
+        except (ValueError, TypeError):
+            continue
+        _no_silent_nan(width)
+        assert width >= 0.0
+
+
 @jax.jit
 def _bar_outputs(d, y):
     u = d.cdf(y)
