@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import IO, TypedDict, Unpack
+from typing import IO, Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -385,15 +385,15 @@ def param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict]:
 
 def train_loop(
     model: torch.nn.Module,
-    loss_fn,
-    batch_fn,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    batch_fn: Callable[[int], Any],
     optim: OptimConfig,
     *,
-    record: dict,
-    extra_tensors: dict | None = None,
+    record: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
     checkpoint: CheckpointDir | None = None,
     **options: Unpack[LoopOptions],
-) -> dict:
+) -> dict[str, Any]:
     """Minimise ``loss_fn(model, batch_fn(step))`` over steps, with checkpoint and resume.
 
     Parameters
