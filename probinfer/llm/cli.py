@@ -29,6 +29,21 @@ _ALGOS = (
 )
 
 
+_MODEL_CHOICES = {  # flag: (choices, default, help)
+    "--potential": (
+        ["logit", "log"],
+        "log",
+        "log potential of a score r: log r (bundled default) or logit r (the paper's)",
+    ),
+    "--aggregation": (
+        ["model", "last", "min", "product"],
+        "model",
+        "how the step scores of a partial answer make its reward ('model': the PRM scores "
+        "the whole prefix)",
+    ),
+}
+
+
 def _budget_list(text: str) -> list[int]:
     try:
         vals = [int(x) for x in text.split(",") if x.strip()]
@@ -98,6 +113,24 @@ def _add_scale(sub, extensions: Sequence[ScaleExtension] = ()) -> None:
         default=100,
         help="problems to run (the first ones of --problems)",
     )
+    _add_model_arguments(p)
+    _add_server_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the jax.random key of the runs")
+    p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: at most 2; use 1 on a machine busy with other work)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for ext in extensions:
+        ext.add_arguments(p)
+    p.set_defaults(func=_run_scale, scale_extensions=tuple(extensions))
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The task, the local models and the state-space model's settings."""
     p.add_argument(
         "--prm",
         default="learned",
@@ -124,22 +157,15 @@ def _add_scale(sub, extensions: Sequence[ScaleExtension] = ()) -> None:
     p.add_argument(
         "--max-tokens-per-step", type=_positive_int, default=6, help="tokens per step at most"
     )
-    p.add_argument(
-        "--potential",
-        choices=["logit", "log"],
-        default="log",
-        help="log potential of a score r: log r (bundled default) or logit r (the paper's)",
-    )
-    p.add_argument(
-        "--aggregation",
-        choices=["model", "last", "min", "product"],
-        default="model",
-        help="how the step scores of a partial answer make its reward ('model': the PRM "
-        "scores the whole prefix)",
-    )
+    for flag, (choices, default, text) in _MODEL_CHOICES.items():
+        p.add_argument(flag, choices=choices, default=default, help=text)
     p.add_argument(
         "--reward-temperature", type=float, default=1.0, help="log potentials are divided by it"
     )
+
+
+def _add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """The OpenAI-compatible servers of the LM and the PRM."""
     p.add_argument(
         "--server",
         default=None,
@@ -172,18 +198,6 @@ def _add_scale(sub, extensions: Sequence[ScaleExtension] = ()) -> None:
         default="OPENAI_API_KEY",
         help="environment variable holding the servers' API key (never printed)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the jax.random key of the runs")
-    p.add_argument("--output", default="out/scale.json", help="JSON report (PNG next to it)")
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="torch CPU threads (default: at most 2; use 1 on a machine busy with other work)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    for ext in extensions:
-        ext.add_arguments(p)
-    p.set_defaults(func=_run_scale, scale_extensions=tuple(extensions))
 
 
 def _load_problems(args) -> list[tuple[str, str]]:
@@ -218,8 +232,7 @@ def _check_prm(args) -> None:
 def _build_model(args):
     import torch
 
-    from probinfer.llm.default import ASSETS, PRMS, bundled_reward, default_model_kwargs
-    from probinfer.llm.hf import HFCausalLM, HFRewardModel
+    from probinfer.llm.default import default_model_kwargs
     from probinfer.llm.protocols import StepFormat
     from probinfer.llm.ssm import LLMStateSpaceModel
     from probinfer.llm.task import regex_extractor
@@ -242,40 +255,54 @@ def _build_model(args):
         reward_temperature=args.reward_temperature,
         answer_extractor=regex_extractor(args.answer_regex),
     )
-    if args.server:
-        from probinfer.llm.hf import load_tokenizer
-        from probinfer.llm.server import OpenAICompatibleLM
+    lm = _language_model(args)
+    return LLMStateSpaceModel(lm, _reward_model(args, lm, fmt), **settings)
 
-        if not args.model:
-            raise ValueError("--model must name the served model when --server is given")
-        lm = OpenAICompatibleLM(
-            args.server,
-            args.model,
-            tokenizer=load_tokenizer(args.tokenizer) if args.tokenizer else None,
-            api_key_env=args.api_key_env,
-            eos_text=args.stop,
-        )
-    else:
-        lm = HFCausalLM.from_pretrained(args.model or ASSETS / "lm", eos_text=args.stop)
+
+def _served(cls, urls: str, name: str | None, flags: tuple[str, str], args, **kw):
+    """``cls`` (a server client) on ``urls`` serving the model ``name``; ``ValueError``
+    naming the flags when the name is missing."""
+    if not name:
+        raise ValueError(f"{flags[1]} must name the served model when {flags[0]} is given")
+    return cls(urls, name, api_key_env=args.api_key_env, **kw)
+
+
+def _language_model(args):
+    """The local LM (``--model``, default the bundled one) or the served one (``--server``)."""
+    from probinfer.llm.default import ASSETS
+    from probinfer.llm.hf import HFCausalLM
+    from probinfer.llm.tokenizers import load_tokenizer
+
+    if not args.server:
+        return HFCausalLM.from_pretrained(args.model or ASSETS / "lm", eos_text=args.stop)
+    from probinfer.llm.server import OpenAICompatibleLM
+
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    flags = ("--server", "--model")
+    return _served(
+        OpenAICompatibleLM, args.server, args.model, flags, args, tokenizer=tokenizer,
+        eos_text=args.stop,
+    )  # fmt: skip
+
+
+def _reward_model(args, lm, fmt):
+    """The served PRM (``--prm-server``), a bundled one or a local model directory."""
+    from probinfer.llm.default import PRMS, bundled_reward
+    from probinfer.llm.hf import HFRewardModel
+
     if args.prm_server:
         from probinfer.llm.server import OpenAICompatiblePRM
 
-        if not args.prm_model:
-            raise ValueError("--prm-model must name the served PRM when --prm-server is given")
-        reward = OpenAICompatiblePRM(
-            args.prm_server,
-            args.prm_model,
-            kind=args.prm_kind,
-            step_tag=args.step_tag,
-            api_key_env=args.api_key_env,
-        )
-    elif args.prm in PRMS:
+        flags = ("--prm-server", "--prm-model")
+        return _served(
+            OpenAICompatiblePRM, args.prm_server, args.prm_model, flags, args,
+            kind=args.prm_kind, step_tag=args.step_tag,
+        )  # fmt: skip
+    if args.prm in PRMS:
         if args.prm == "likelihood" and args.server:
             raise ValueError("--prm likelihood needs a local LM; use --prm-server")
-        reward = bundled_reward(args.prm, lm, step_format=fmt)
-    else:
-        reward = HFRewardModel.from_pretrained(args.prm)
-    return LLMStateSpaceModel(lm, reward, **settings)
+        return bundled_reward(args.prm, lm, step_format=fmt)
+    return HFRewardModel.from_pretrained(args.prm)
 
 
 def _run_scale(args: argparse.Namespace) -> int:

@@ -17,15 +17,14 @@ Torch and transformers are imported inside the functions, never at module import
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from probinfer._random import key_to_seed
 from probinfer.checks import check_num
 from probinfer.llm.decode import StepDecoder, step_proposal
-from probinfer.llm.protocols import StepProposal
-from probinfer.llm.ssm import key_to_seed
+from probinfer.llm.protocols import StepEnd, StepProposal
 from probinfer.llm.tokenizers import HFTokenizer, load_tokenizer, never_sampled
 
 __all__ = ["HFCausalLM", "HFRewardModel", "HFTokenizer", "context_limit", "load_tokenizer"]
@@ -276,13 +275,7 @@ class HFCausalLM:
         ]
 
     def propose(
-        self,
-        key,
-        contexts,
-        step_end: Callable[[str], int | None],
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
+        self, key, contexts, step_end: StepEnd, *, max_new_tokens: int, temperature: float = 1.0
     ) -> StepProposal:
         import torch
 
@@ -469,20 +462,10 @@ class HFRewardModel:
             self._good_bad = (ids[0][0], ids[1][0])
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path,
-        *,
-        kind: str | None = None,
-        step_separator: str | None = None,
-        good_token: str = "+",
-        bad_token: str = "-",
-        positive_label: int = 1,
-        device=None,
-        kv_cache: bool = True,
-    ) -> HFRewardModel:
+    def from_pretrained(cls, path, *, kind: str | None = None, **options) -> HFRewardModel:
         """Load a local PRM directory; ``kind=None`` detects it from ``config.json``
-        (``ValueError`` listing the kinds when it cannot). No network access."""
+        (``ValueError`` listing the kinds when it cannot). ``options``: the constructor's
+        other keyword arguments (``step_separator``, ``device``, ...). No network access."""
         import transformers
 
         p = _check_dir(path, "path")
@@ -502,17 +485,7 @@ class HFRewardModel:
             "causal": transformers.AutoModelForCausalLM,
         }[kind]
         model = auto.from_pretrained(p, local_files_only=True)
-        return cls(
-            model,
-            load_tokenizer(p),
-            kind=kind,
-            step_separator=step_separator,
-            good_token=good_token,
-            bad_token=bad_token,
-            positive_label=positive_label,
-            device=device,
-            kv_cache=kv_cache,
-        )
+        return cls(model, load_tokenizer(p), kind=kind, **options)
 
     def _ids(self, prompt: str, steps) -> list[int]:
         tok = self.tokenizer

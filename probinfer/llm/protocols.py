@@ -21,10 +21,16 @@ __all__ = [
     "RewardModel",
     "StatefulRewardModel",
     "StepFormat",
+    "StepEnd",
     "StepProposal",
     "Usage",
     "check_rewards",
 ]
+
+
+StepEnd = Callable[[str], int | None]
+"""``text -> int | None``: the end index (exclusive) of the first step in ``text``, or
+``None`` when the step has not ended (:meth:`StepFormat.step_end`)."""
 
 
 @dataclass(frozen=True)
@@ -130,13 +136,7 @@ class LanguageModel(Protocol):
     """A causal language model that proposes the next reasoning step of many contexts."""
 
     def propose(
-        self,
-        key,
-        contexts,
-        step_end: Callable[[str], int | None],
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
+        self, key, contexts, step_end: StepEnd, *, max_new_tokens: int, temperature: float = 1.0
     ) -> StepProposal:
         """Sample one step for each particle of ``contexts`` in one batch.
 

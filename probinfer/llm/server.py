@@ -67,15 +67,15 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from urllib.parse import unquote
 
 import numpy as np
 
+from probinfer._random import key_to_seed
 from probinfer.checks import check_num
 from probinfer.llm.decode import StepDecoder, step_proposal
-from probinfer.llm.protocols import StepFormat, StepProposal
-from probinfer.llm.ssm import key_to_seed
+from probinfer.llm.protocols import StepEnd, StepFormat, StepProposal
 
 __all__ = ["OpenAICompatibleLM", "OpenAICompatiblePRM", "ServerError", "parse_urls", "redact_url"]
 
@@ -204,11 +204,11 @@ class _Client:
         self,
         base_urls,
         *,
-        api_key_env: str | None,
-        max_concurrency: int,
-        timeout: float,
-        max_retries: int,
-        backoff: float,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        max_concurrency: int = 32,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         cooldown: float = 30.0,
     ):
@@ -531,27 +531,15 @@ def _count(usage, name: str) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
-_CLIENT_OPTIONS = (
-    "api_key_env",
-    "max_concurrency",
-    "timeout",
-    "max_retries",
-    "backoff",
-    "max_response_bytes",
-    "cooldown",
-)
-"""The constructor arguments of a served model that configure its HTTP client."""
-
-
 class _Served:
     """What the LM and the PRM clients share: the served model's name and one HTTP
-    :class:`_Client`, configured by the constructor's arguments ``options`` (its
-    ``locals()``; the names in :data:`_CLIENT_OPTIONS` are taken)."""
+    :class:`_Client`, configured by the keyword arguments ``client`` (its options, with
+    their defaults; an unknown one is a ``TypeError`` naming it)."""
 
-    def __init__(self, base_urls, model: str, options: dict):
+    def __init__(self, base_urls, model: str, **client):
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be a non-empty string, got {model!r}")
-        self.client = _Client(base_urls, **{k: options[k] for k in _CLIENT_OPTIONS})
+        self.client = _Client(base_urls, **client)
         self.model = model
 
     def __repr__(self) -> str:
@@ -578,20 +566,25 @@ class OpenAICompatibleLM(_Served):
         The model's tokenizer (e.g. :func:`probinfer.llm.hf.load_tokenizer` on a local copy
         of the tokenizer files): prompts are then token ids and steps token-exact. ``None``:
         text prompts.
-    api_key_env
-        The environment variable holding the API key (``None``: no key).
-    max_concurrency, timeout, max_retries, backoff
-        At most this many requests in flight; the deadline of one HTTP request in seconds
-        (connecting, sending, waiting and reading the whole answer); retries on connection
-        errors, deadlines, 429, 5xx and malformed answers, on the next healthy replica, and
-        after ``backoff * 2**k`` seconds times a jitter factor in ``[0.5, 1.5)`` before
-        retry ``k + 1`` when there is none. Other 4xx answers are not retried.
-    max_response_bytes
-        Size cap of one response body: a larger one is not read further and raises
-        :class:`ServerError` naming the URL and the cap.
-    cooldown
-        Seconds a replica that failed (connection error, deadline, 5xx) is skipped; the
-        warning logged names its URL (redacted).
+    max_concurrency
+        At most this many requests in flight.
+    **client
+        The HTTP client's options, each with its default:
+
+        ``api_key_env="OPENAI_API_KEY"``
+            The environment variable holding the API key (``None``: no key).
+        ``timeout=60.0``, ``max_retries=4``, ``backoff=0.5``
+            The deadline of one HTTP request in seconds (connecting, sending, waiting and
+            reading the whole answer); retries on connection errors, deadlines, 429, 5xx
+            and malformed answers, on the next healthy replica, and after
+            ``backoff * 2**k`` seconds times a jitter factor in ``[0.5, 1.5)`` before retry
+            ``k + 1`` when there is none. Other 4xx answers are not retried.
+        ``max_response_bytes=MAX_RESPONSE_BYTES`` (32 MiB)
+            Size cap of one response body: a larger one is not read further and raises
+            :class:`ServerError` naming the URL and the cap.
+        ``cooldown=30.0``
+            Seconds a replica that failed (connection error, deadline, 5xx) is skipped; the
+            warning logged names its URL (redacted).
     eos_text
         Text that the end of a generation by the model (not at a stop string) stands for,
         as in :class:`~probinfer.llm.HFCausalLM`.
@@ -605,33 +598,20 @@ class OpenAICompatibleLM(_Served):
         model: str,
         *,
         tokenizer=None,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        max_concurrency: int = 32,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        backoff: float = 0.5,
-        max_response_bytes: int = MAX_RESPONSE_BYTES,
-        cooldown: float = 30.0,
         eos_text: str | None = None,
         extra_body: dict | None = None,
+        max_concurrency: int = 32,
+        **client,
     ):
-        super().__init__(base_urls, model, locals())
+        super().__init__(base_urls, model, max_concurrency=max_concurrency, **client)
         self.tokenizer = tokenizer
         self.eos_text = eos_text
         self.extra_body = dict(extra_body or {})
 
     def propose(
-        self,
-        key,
-        contexts,
-        step_end: Callable[[str], int | None],
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
+        self, key, contexts, step_end: StepEnd, *, max_new_tokens: int, temperature: float = 1.0
     ) -> StepProposal:
-        b = len(contexts)
-        if b == 0:
-            return StepProposal([], [])
+        b = len(contexts)  # an empty batch sends no request
         tok = self.tokenizer
         exact = tok is not None and (contexts.step_tokens is not None or not any(contexts.steps))
         if exact:
@@ -745,10 +725,12 @@ class OpenAICompatiblePRM(_Served):
         ``"token"``: the index of the "correct" class.
     logits
         ``"sequence"``: the server returns a logit rather than a probability.
-    api_key_env, max_concurrency, timeout, max_retries, backoff, max_response_bytes, cooldown
-        As for :class:`OpenAICompatibleLM`.
     batch_size
         Inputs per request.
+    max_concurrency
+        At most this many requests in flight.
+    **client
+        The HTTP client's options, as for :class:`OpenAICompatibleLM`.
     """
 
     def __init__(
@@ -760,19 +742,14 @@ class OpenAICompatiblePRM(_Served):
         step_tag: str = "<extra_0>",
         positive_label: int = 1,
         logits: bool = False,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        max_concurrency: int = 8,
-        timeout: float = 60.0,
-        max_retries: int = 4,
-        backoff: float = 0.5,
-        max_response_bytes: int = MAX_RESPONSE_BYTES,
-        cooldown: float = 30.0,
         batch_size: int = 32,
+        max_concurrency: int = 8,
+        **client,
     ):
         if kind is not None and kind not in PRM_SERVER_KINDS:
             raise ValueError(f"kind must be one of {PRM_SERVER_KINDS} or None, got {kind!r}")
         check_num(batch_size, "batch_size")
-        super().__init__(base_urls, model, locals())
+        super().__init__(base_urls, model, max_concurrency=max_concurrency, **client)
         self.kind, self.step_tag = kind, step_tag
         self.positive_label, self.logits, self.batch_size = int(positive_label), logits, batch_size
 

@@ -186,21 +186,9 @@ class Trajectories:
             s[i], f[i], r[i] = steps[j], finished[j], scores[j]
         toks, car = self.step_tokens, self.carries
         if step_tokens is not None or toks is not None:
-            toks = list(self.token_fields()[0])
-            for j, i in enumerate(indices):
-                if step_tokens is not None:
-                    toks[i] = step_tokens[j]
-                else:
-                    toks[i] = toks[i] + ((),) * (len(s[i]) - len(toks[i]))
-            toks = tuple(toks)
+            toks = _replaced(self.token_fields()[0], step_tokens, indices, s, ())
         if carries is not None or car is not None:
-            car = list(self.token_fields()[1])
-            for j, i in enumerate(indices):
-                if carries is not None:
-                    car[i] = carries[j]
-                else:
-                    car[i] = car[i] + ("",) * (len(s[i]) - len(car[i]))
-            car = tuple(car)
+            car = _replaced(self.token_fields()[1], carries, indices, s, "")
         return Trajectories(
             self.prompt, tuple(s), tuple(f), tuple(r), toks, car, lm_state, prm_state
         )
@@ -243,3 +231,13 @@ class Trajectories:
             "finished": np.asarray(self.finished, dtype=bool),
             "last_score": np.array([r[-1] if r else np.nan for r in self.scores]),
         }
+
+
+def _replaced(per_step, new, indices, steps, fill) -> tuple:
+    """``per_step`` (one tuple per particle, one entry per step) with the particles at
+    ``indices`` given ``new`` entries, or, when ``new`` is ``None``, padded with ``fill``
+    to their number of ``steps``."""
+    out = list(per_step)
+    for j, i in enumerate(indices):
+        out[i] = new[j] if new is not None else out[i] + (fill,) * (len(steps[i]) - len(out[i]))
+    return tuple(out)

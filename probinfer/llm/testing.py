@@ -1,4 +1,8 @@
-"""A small OpenAI-compatible test server for local models (the bundled LM and PRM).
+"""Test utilities: a small OpenAI-compatible server for local models, and tiny models.
+
+:func:`bpe_tokenizer` and :func:`tiny_llama` build the small tokenizers and networks that
+the tests and the benchmarks use in place of downloaded ones (random weights, fixed by the
+torch seed; torch and transformers are imported when they are called).
 
 :func:`serve` starts a threaded ``http.server`` on ``host:port`` that answers
 
@@ -33,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from probinfer.llm.decode import StepDecoder
 from probinfer.llm.tokenizers import never_sampled
 
-__all__ = ["serve"]
+__all__ = ["bpe_tokenizer", "serve", "tiny_llama"]
 
 MAX_BODY_BYTES = 8 * 2**20
 MAX_N = 256
@@ -281,3 +285,44 @@ def serve(lm=None, prm=None, *, host: str = "127.0.0.1", port: int = 0):
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def bpe_tokenizer(corpus, vocab_size: int, special_tokens=("<pad>", "</s>")):
+    """A byte-level BPE tokenizer trained on the texts ``corpus`` without a regex pre-split,
+    so that merges cross step delimiters (``";1"``, ``"2|"``), as an
+    :class:`~probinfer.llm.tokenizers.HFTokenizer`; ``special_tokens`` are the padding token
+    and, when given, the end-of-sequence token."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from probinfer.llm.tokenizers import HFTokenizer
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens))
+    )
+    pad, *eos = special_tokens
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=pad, **({"eos_token": eos[0]} if eos else {})
+    )
+    return HFTokenizer(fast)
+
+
+def tiny_llama(cls, vocab_size: int, hidden_size: int, heads: tuple[int, int], **config):
+    """A small Llama-architecture ``cls`` (e.g. ``transformers.LlamaForCausalLM``) with
+    random weights drawn from torch's global generator: ``heads`` is ``(attention heads,
+    key/value heads)``, the MLP twice as wide as ``hidden_size``, and ``config`` the other
+    ``LlamaConfig`` fields (``num_hidden_layers``, ``max_position_embeddings``, ...)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_attention_heads=heads[0],
+        num_key_value_heads=heads[1],
+        **config,
+    )
+    return cls(cfg)

@@ -22,6 +22,7 @@ from probinfer.llm import (  # noqa: E402
     particle_filter,
 )
 from probinfer.llm.hf import HFCausalLM, HFRewardModel  # noqa: E402
+from probinfer.llm.testing import tiny_llama  # noqa: E402
 from probinfer.llm.tokenizers import HFTokenizer, load_tokenizer, never_sampled  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
@@ -53,21 +54,14 @@ def _save(model, folder, fmt: str) -> None:
         _fast(TOK).save_pretrained(folder)
 
 
-def _config(**kw):
-    return transformers.LlamaConfig(
-        vocab_size=TOK.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=None,
-        initializer_range=0.3,
-        **kw,
-    )
+SETTINGS = {
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 64,
+    "pad_token_id": 0,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "initializer_range": 0.3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +69,12 @@ def folders(tmp_path_factory):
     """An LM and a token-classification PRM, each saved with the three tokenizer files."""
     torch.manual_seed(0)
     models = {
-        "lm": transformers.LlamaForCausalLM(_config()),
-        "prm": transformers.LlamaForTokenClassification(_config(num_labels=2)),
-    }
+        "lm": tiny_llama(transformers.LlamaForCausalLM, TOK.vocab_size, 32, (2, 2), **SETTINGS),
+        "prm": tiny_llama(
+            transformers.LlamaForTokenClassification, TOK.vocab_size, 32, (2, 2), num_labels=2,
+            **SETTINGS,
+        ),
+    }  # fmt: skip
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, model in models.items():

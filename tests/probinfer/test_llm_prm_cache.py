@@ -18,7 +18,8 @@ from probinfer.llm import (  # noqa: E402
     load_default,
     particle_filter,
 )
-from probinfer.llm.hf import HFRewardModel, HFTokenizer  # noqa: E402
+from probinfer.llm.hf import HFRewardModel  # noqa: E402
+from probinfer.llm.testing import bpe_tokenizer, tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
 
@@ -42,14 +43,28 @@ def _gpt2(cls, **kw):
     return cls(cfg).eval()
 
 
+def _transformers_forward(model, first, then):
+    """transformers' own forward with a ``DynamicCache``: ``first`` (ids, mask, positions)
+    encoded, then the logits of ``then`` after it, and the cache."""
+    from transformers import DynamicCache
+
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        ids, mask, pos = first
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        ids, mask, pos = then
+        want = model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+        ).logits
+    return want, cache
+
+
 @pytest.mark.parametrize(
     "cls", [transformers.GPT2LMHeadModel, transformers.GPT2ForTokenClassification]
 )
 def test_lean_forward_equals_transformers(cls):
     """Padded rows, masked cached positions, a two-token block: same outputs and keys and
     values as transformers' forward with a DynamicCache."""
-    from transformers import DynamicCache
-
     model = _gpt2(cls)
     assert lean.supports(model)
     b, length = 3, 7
@@ -62,12 +77,8 @@ def test_lean_forward_equals_transformers(cls):
     new = torch.randint(1, TOK.vocab_size, (b, 2), generator=g)
     full = torch.cat([mask, torch.ones(b, 2, dtype=torch.long)], 1)
     new_pos = pos[:, -1:] + 1 + torch.arange(2)
+    want, cache = _transformers_forward(model, (ids, mask, pos), (new, full, new_pos))
     with torch.no_grad():
-        cache = DynamicCache(config=model.config)
-        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-        want = model(
-            input_ids=new, attention_mask=full, position_ids=new_pos, cache=cache, use_cache=True
-        ).logits
         _, layers = lean.lean_forward(model, ids, mask, pos, ())
         got, layers2 = lean.lean_forward(model, new, full, new_pos, layers)
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
@@ -87,8 +98,6 @@ def test_lean_decoding_step_equals_transformers_bit_for_bit_with_the_general_pat
     """One new token per row (the decoding fast path), with a padding query, left padding
     and masked cached positions: transformers' outputs, and bit for bit the outputs, keys
     and values of the general path (so sampling is unchanged by the fast path)."""
-    from transformers import DynamicCache
-
     model = _gpt2(cls)
     b, length = 4, 6
     g = torch.Generator().manual_seed(1)
@@ -101,12 +110,8 @@ def test_lean_decoding_step_equals_transformers_bit_for_bit_with_the_general_pat
     full = torch.cat([mask, torch.ones(b, 1, dtype=torch.long)], 1)
     full[3, -1] = 0  # row 3 is padding at this step (a finished particle)
     new_pos = pos[:, -1:] + 1
+    want, cache = _transformers_forward(model, (ids, mask, pos), (new, full, new_pos))
     with torch.no_grad():
-        cache = DynamicCache(config=model.config)
-        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-        want = model(
-            input_ids=new, attention_mask=full, position_ids=new_pos, cache=cache, use_cache=True
-        ).logits
         _, layers = lean.lean_forward(model, ids, mask, pos, ())
         got, got_layers = lean.lean_forward(model, new, full, new_pos, layers, last=last)
         ref, ref_layers = lean._forward(model, new, full, new_pos, layers, last)
@@ -120,29 +125,15 @@ def test_lean_decoding_step_equals_transformers_bit_for_bit_with_the_general_pat
 def _bpe_prm():
     """A Llama token classifier (transformers' forward path) with a byte-level BPE whose
     merges cross the delimiter, so a longer text can re-tokenize the previous tail."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     rng = np.random.default_rng(0)
     corpus = [";".join(str(int(x)) for x in rng.integers(0, 40, size=3)) + "|" for _ in range(300)]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=48, special_tokens=["<pad>"]))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>")
+    tok = bpe_tokenizer(corpus, 48, special_tokens=("<pad>",))
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=fast.vocab_size,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=96,
-        num_labels=2,
-        pad_token_id=0,
-    )
-    model = transformers.LlamaForTokenClassification(cfg)
-    return HFRewardModel(model, HFTokenizer(fast), kind="token", device="cpu")
+    model = tiny_llama(
+        transformers.LlamaForTokenClassification, tok.tok.vocab_size, 16, (2, 1),
+        num_hidden_layers=2, max_position_embeddings=96, num_labels=2, pad_token_id=0,
+    )  # fmt: skip
+    return HFRewardModel(model, tok, kind="token", device="cpu")
 
 
 def _prms():

@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from probinfer.llm import LLMStateSpaceModel, StepFormat, particle_filter  # noqa: E402
-from probinfer.llm.hf import HFCausalLM, HFTokenizer  # noqa: E402
+from probinfer.llm.hf import HFCausalLM  # noqa: E402
+from probinfer.llm.testing import bpe_tokenizer, tiny_llama  # noqa: E402
 from probinfer.llm.toy import FunctionReward  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
@@ -28,23 +29,12 @@ def _answer(text: str) -> str:
 
 
 def _bpe_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     rng = np.random.default_rng(0)
     corpus = []
     for _ in range(400):
         k = int(rng.integers(1, 5))
         corpus.append(";".join(str(int(x)) for x in rng.integers(0, 40, size=k)) + "|")
-    tok = Tokenizer(models.BPE(unk_token=None))
-    # no regex split: merges may cross the delimiter
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=48, special_tokens=["<pad>", "</s>"])
-    tok.train_from_iterator(corpus, trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>"
-    )
-    return HFTokenizer(fast)
+    return bpe_tokenizer(corpus, 48)  # no regex split: merges may cross the delimiter
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +45,11 @@ def bpe_lm():
     crossing = [t for t in vocab if (";" in t or "|" in t) and len(t) > 1]
     assert crossing, "the BPE merges must cross the delimiter for this test to mean anything"
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=96,
-        initializer_range=0.3,  # context-dependent next-token laws
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-    )
-    model = transformers.LlamaForCausalLM(cfg)
+    model = tiny_llama(
+        transformers.LlamaForCausalLM, len(vocab), 32, (4, 2), num_hidden_layers=2,
+        max_position_embeddings=96, initializer_range=0.3,  # context-dependent next-token laws
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
     return HFCausalLM(model, tok, device="cpu")
 
 
