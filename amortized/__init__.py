@@ -39,8 +39,8 @@ _LAZY = {
     "load_pretrained": "amortized.pretrained",
     "available_pretrained": ("amortized.pretrained", "available"),
     "nll_vs_gp": "amortized.evaluate",
-    "OptimConfig": "amortized.train",
-    "train_loop": "amortized.train",
+    "OptimConfig": "amortized.loop",
+    "train_loop": "amortized.loop",
     # Distribution Transformers
     "DistributionTransformer": "amortized.dt",
     "gmm_prior": "amortized.dt",

@@ -5,7 +5,7 @@ Each step draws ``batch_size`` problems ``(prior GMM, theta, data)`` from the ta
 minimises the NLL of the true ``theta`` under the predicted
 posterior GMM, optionally plus ``prior_weight`` times its NLL under the network's reconstruction
 of the prior (the output given no data). The loop itself (AdamW, warm-up + cosine, clipping,
-checkpoint/resume, progress) is :func:`amortized.train.train_loop`, shared with the PFN.
+checkpoint/resume, progress) is :func:`amortized.loop.train_loop`, shared with the PFN.
 
 Rao-Blackwellised loss (``theta_draws=S``): the expected loss ``E[-log q(theta | prior, data)]``
 over the joint of (prior, theta, data) equals ``E_data[ E_{theta ~ p(. | prior, data)}
@@ -27,7 +27,7 @@ import torch
 
 from amortized.dt import DistributionTransformer
 from amortized.dt_model import DTConfig, DTNetwork, gmm_log_prob
-from amortized.train import (
+from amortized.loop import (
     OptimConfig,
     RunOptions,
     open_run,
@@ -102,7 +102,7 @@ def train_dt(
         optimiser; its ``meta["training"]`` is recorded as ``training["init"]`` and its wall
         time is added to ``training["total_wall_time_s"]``.
     **run
-        Where and how the run goes: the keywords of :class:`amortized.train.RunOptions`
+        Where and how the run goes: the keywords of :class:`amortized.loop.RunOptions`
         (checkpoint directory, device, progress, time limit).
 
     Returns

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     from amortized.dt_model import DTConfig
     from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
     from amortized.dt_train import train_dt
-    from amortized.train import OptimConfig
+    from amortized.loop import OptimConfig
 
     s = SETTINGS[args.task]
     task = LinearGaussianTask() if args.task == "linear-2d" else InverseGammaVarianceTask()
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
 
 
 def _run_options(args, ckpt: str) -> dict:
-    """The run keywords of both phases (:class:`amortized.train.RunOptions`)."""
+    """The run keywords of both phases (:class:`amortized.loop.RunOptions`)."""
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     return dict(checkpoint_dir=ckpt, log_file=sys.stdout, max_seconds=max_seconds)
 
@@ -168,7 +168,7 @@ def finetune(args) -> int:
     """Phase 2: the saved phase-1 model, trained further with exact-posterior draws."""
     from amortized.dt import DistributionTransformer
     from amortized.dt_train import train_dt
-    from amortized.train import OptimConfig
+    from amortized.loop import OptimConfig
 
     s = SETTINGS[args.task]
     ft = dict(s["finetune"])

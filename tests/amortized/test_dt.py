@@ -14,7 +14,7 @@ from amortized.dt import DistributionTransformer, gmm_prior
 from amortized.dt_model import DTConfig, DTNetwork
 from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
 from amortized.dt_train import train_dt
-from amortized.train import OptimConfig, param_groups, train_loop
+from amortized.loop import OptimConfig, param_groups, train_loop
 from probinfer.distributions import GaussianMixture
 
 W = np.array([0.5, 0.3, 0.2])

@@ -186,7 +186,7 @@ def test_loss_with_exact_draws_has_the_expectation_of_the_one_theta_loss(task):
 
 def test_finetune_from_a_model_with_draws_records_and_resumes(tmp_path):
     from amortized.dt_train import train_dt
-    from amortized.train import OptimConfig
+    from amortized.loop import OptimConfig
 
     cfg = DTConfig(d_model=16, n_layers=1, d_ff=16, decoder="natural")
     first = train_dt(
