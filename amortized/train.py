@@ -1,8 +1,7 @@
 """Training a PFN, through the one training loop :func:`amortized.loop.train_loop`.
 
 The loop (AdamW, warm-up then cosine decay, clipping, progress, crash-safe checkpoint and
-resume) is shared with :func:`amortized.dt_train.train_dt`; its names (``OptimConfig``,
-``RunOptions``, ``train_loop``, ...) are re-exported here.
+resume) is shared with :func:`amortized.dt_train.train_dt`.
 
 PFN training: each step draws ``batch_size`` datasets of ``n_points`` points from the prior,
 picks one random split position ``n_train`` for the whole batch, and minimises the
@@ -26,40 +25,12 @@ import numpy as np
 import torch
 
 from amortized.bar_torch import bar_nll, borders_from_samples
-from amortized.loop import (
-    LOOP_DEFAULTS,
-    LoopOptions,
-    OptimConfig,
-    RunOptions,
-    lr_factor,
-    open_run,
-    param_groups,
-    run_summary,
-    seeded_init,
-    train_loop,
-)
+from amortized.loop import OptimConfig, RunOptions, open_run, run_summary, seeded_init, train_loop
 from amortized.model import PFNConfig, PFNTransformer
 from amortized.pfn import PFN
 from amortized.priors import indexed_key, key_words
 
-__all__ = [
-    # the PFN's own
-    "TrainConfig",
-    "split_position",
-    "step_key",
-    "train_pfn",
-    # re-exported from amortized.loop
-    "LOOP_DEFAULTS",
-    "LoopOptions",
-    "OptimConfig",
-    "RunOptions",
-    "lr_factor",
-    "open_run",
-    "param_groups",
-    "run_summary",
-    "seeded_init",
-    "train_loop",
-]
+__all__ = ["TrainConfig", "split_position", "step_key", "train_pfn"]
 
 _BORDER_STEP = 2**32 - 1  # reserved "step" for the draws that place the borders
 
@@ -126,7 +97,7 @@ def train_pfn(
     model_config, train_config : PFNConfig, TrainConfig
     **run
         Where and how the run goes (checkpoint directory, device, progress, time limit):
-        the keywords of :class:`RunOptions`. On resume the configs must match the
+        the keywords of :class:`~amortized.loop.RunOptions`. On resume the configs must match the
         checkpoint's, except ``n_steps``, which may be changed to extend or shorten a run (the
         cosine schedule is recomputed for the new total).
 
@@ -141,7 +112,7 @@ def train_pfn(
         If the checkpoint's configs differ, or its files are damaged (the message names the
         file and how to recover).
     TypeError
-        If a keyword is not one of :class:`RunOptions`.
+        If a keyword is not one of :class:`~amortized.loop.RunOptions`.
     """
     if getattr(prior, "x_dim", None) != model_config.x_dim:
         raise ValueError(
