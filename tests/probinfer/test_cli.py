@@ -56,3 +56,33 @@ def test_demo_rejects_bad_arguments(capsys):
     except SystemExit as exc:
         assert exc.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_probinfer_never_imports_calibration():
+    """Layering: no module of the probinfer package imports the calibration package (the
+    command line loads its ``--calibrate`` part by name, only when the flag is given), and
+    building the parser and parsing ``scale`` arguments load none of it."""
+    import ast
+    from pathlib import Path
+
+    import probinfer
+
+    root = Path(probinfer.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(n == "calibration" or n.startswith("calibration.") for n in names):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []
+    code = (
+        "import sys, probinfer.cli; p = probinfer.cli.build_parser(); "
+        "a = p.parse_args(['scale', '--calibrate', '3', '--budgets', '1,2']); "
+        "assert a.calibrate == 3 and a.alpha == 0.1; "
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'calibration'], 'loaded'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
