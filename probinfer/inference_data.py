@@ -338,6 +338,7 @@ def combine_chains(
     attrs=None,
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Any] | None = None,
+    groups: Mapping[str, Mapping[str, Any]] | None = None,
 ):
     """ArviZ ``InferenceData`` with one chain per independent SMC run.
 
@@ -355,6 +356,10 @@ def combine_chains(
         Extra attributes.
     dims, coords
         Dimension names and coordinates, as in :func:`to_inference_data`.
+    groups
+        Extra groups, ``{group: {variable: array (chain, draw, ...)}}``, e.g.
+        ``posterior_predictive`` from ``target.posterior_predictive(key, r.samples)`` per
+        run, stacked; they replace a result's group of the same name.
 
     Raises
     ------
@@ -391,16 +396,18 @@ def combine_chains(
                 for r in rows
             ]
         )
-    groups: dict[str, dict[str, np.ndarray]] = {}
+    found: dict[str, dict[str, np.ndarray]] = {}
     extra = [r._arviz_groups() for r in results]
     for group in extra[0]:
         for name in extra[0][group]:
             if group in _SHARED_GROUPS:
-                groups.setdefault(group, {})[name] = np.asarray(extra[0][group][name])
+                found.setdefault(group, {})[name] = np.asarray(extra[0][group][name])
             else:
-                groups.setdefault(group, {})[name] = np.stack(
+                found.setdefault(group, {})[name] = np.stack(
                     [np.asarray(e[group][name]) for e in extra]
                 )
+    for group, variables in (groups or {}).items():
+        found[group] = dict(variables)
     merged = {}
     for r in results:
         merged.update(r._attrs())
@@ -416,7 +423,7 @@ def combine_chains(
         else results[0].log_evidence,
         step_stats=steps,
         attrs=merged,
-        groups=groups,
+        groups=found,
         dims=dims,
         coords=coords,
     )
