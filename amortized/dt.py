@@ -15,9 +15,7 @@ Pickle is never used.
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,13 +23,12 @@ import torch
 from amortized.checks import finite_array
 from amortized.dt_model import DTConfig, DTNetwork
 from amortized.dt_tasks import InverseGammaVarianceTask, LinearGaussianTask
-from amortized.model_files import load_weights, read_model, save_model
+from amortized.model_files import SavedModel, load_weights
 from amortized.pfn import _to_jax
 
 __all__ = ["FORMAT", "DistributionTransformer", "gmm_prior", "task_from_dict"]
 
 FORMAT = "probinfer-dt"
-_VERSION = 1
 _TASKS = {c.__name__: c for c in (LinearGaussianTask, InverseGammaVarianceTask)}
 
 
@@ -67,7 +64,7 @@ def gmm_prior(weights, means, covariances):
     return GaussianMixture(means, covariances, weights=weights)
 
 
-class DistributionTransformer:
+class DistributionTransformer(SavedModel):
     """A trained Distribution Transformer with the task it was trained on.
 
     Parameters
@@ -79,6 +76,9 @@ class DistributionTransformer:
     meta : dict, optional
         JSON-serialisable description of the training run, saved with the model.
     """
+
+    FORMAT = FORMAT  # the module constant, read by SavedModel.save/load
+    CONFIG = DTConfig
 
     def __init__(self, network: DTNetwork, task=None, meta: dict | None = None):
         if not isinstance(network, DTNetwork):
@@ -318,31 +318,16 @@ class DistributionTransformer:
         return np.asarray(posterior.log_prob(z)) - jac
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | os.PathLike, name: str | None = None) -> Path:
-        """Write the weights and the JSON config (atomically); see the module docstring."""
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        cfg = {
-            "format": FORMAT,
-            "version": _VERSION,
-            "model": self.config.to_dict(),
-            "task": self.task.to_dict() if self.task is not None else None,
-            **self.meta,
-        }
-        return save_model(directory, name, sd, cfg)
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+
+    def _header(self) -> dict:
+        return {"task": self.task.to_dict() if self.task is not None else None}
 
     @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike,
-        device: str | torch.device = "cpu",
-        name: str | None = None,
-    ) -> DistributionTransformer:
-        """Load a model saved by :meth:`save` (``ValueError`` on missing or mismatched files)."""
-        cfg, tensors, w_file = read_model(directory, name, FORMAT)
-        config = DTConfig.from_dict(cfg["model"])
+    def _from_files(cls, config, rest, tensors, w_file, device) -> DistributionTransformer:
         network = DTNetwork(config)
         load_weights(network, tensors, w_file, config)
-        network.to(device).eval()
-        task = task_from_dict(cfg["task"]) if cfg.get("task") else None
-        meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "model", "task")}
-        return cls(network, task, meta)
+        meta = {k: v for k, v in rest.items() if k != "task"}
+        task = task_from_dict(rest["task"]) if rest.get("task") else None
+        return cls(network.to(device).eval(), task, meta)

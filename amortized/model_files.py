@@ -14,12 +14,13 @@ import json
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
 from amortized.checkpoint import _write_atomic
 
-__all__ = ["JSONConfig", "file_names", "load_weights", "read_model", "save_model"]
+__all__ = ["JSONConfig", "SavedModel", "file_names", "load_weights", "read_model", "save_model"]
 
 
 class JSONConfig:
@@ -96,3 +97,67 @@ def load_weights(
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise ValueError(f"weights in {w_file.name} do not match config {config}: {e}") from e
+
+
+class SavedModel:
+    """Save and load of a trained network with its config and metadata, in the two files of
+    this module (:class:`amortized.pfn.PFN`, :class:`amortized.dt.DistributionTransformer`).
+
+    A subclass sets ``FORMAT`` (the JSON ``"format"``) and ``CONFIG`` (its
+    :class:`JSONConfig` type), has ``config`` and ``meta`` attributes, and implements
+    :meth:`_tensors` (what is saved), :meth:`_header` (JSON entries besides ``format``,
+    ``version``, ``model`` and the metadata; none by default) and :meth:`_from_files` (the
+    object back).
+    """
+
+    FORMAT: ClassVar[str]
+    CONFIG: ClassVar[type[JSONConfig]]
+    VERSION: ClassVar[int] = 1
+    config: Any
+    meta: dict
+
+    def save(self, directory: str | os.PathLike, name: str | None = None) -> Path:
+        """Write the tensors and the JSON config into ``directory`` (each atomically).
+
+        File names: ``model.safetensors`` + ``config.json``, or ``{name}.safetensors`` +
+        ``{name}.json`` when ``name`` is given.
+        """
+        cfg = {"format": self.FORMAT, "version": self.VERSION, "model": self.config.to_dict()}
+        return save_model(directory, name, self._tensors(), {**cfg, **self._header(), **self.meta})
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        expected_config: JSONConfig | None = None,
+        name: str | None = None,
+    ):
+        """Load a model written by :meth:`save`, in eval mode on ``device``.
+
+        Raises
+        ------
+        ValueError
+            When the files are missing, the JSON is not of this model's format, the config
+            differs from ``expected_config``, or the weights do not match the config.
+        """
+        cfg, tensors, w_file = read_model(directory, name, cls.FORMAT)
+        config = cls.CONFIG.from_dict(cfg["model"])
+        if expected_config is not None and config != expected_config:
+            raise ValueError(
+                f"checkpoint config {config} does not match the expected config {expected_config}"
+            )
+        rest = {k: v for k, v in cfg.items() if k not in ("format", "version", "model")}
+        return cls._from_files(config, rest, tensors, w_file, device)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _header(self) -> dict:
+        return {}
+
+    @classmethod
+    def _from_files(cls, config, rest: dict, tensors: dict, w_file: Path, device):
+        """The model from its config, the rest of its JSON (header entries and metadata), its
+        tensors (and their file, for error messages), on ``device``."""
+        raise NotImplementedError

@@ -32,21 +32,18 @@ prior up to that affine map (e.g. the same lengthscale relative to the ``x`` ran
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from amortized.checks import finite_array
 from amortized.model import PFNConfig, PFNTransformer
-from amortized.model_files import load_weights, read_model, save_model
+from amortized.model_files import SavedModel, load_weights
 
 __all__ = ["PFN", "FORMAT", "PFNRangeWarning"]
 
 FORMAT = "probinfer-pfn"
-_VERSION = 1
 
 
 def _x_layouts(shape: tuple[int, ...], d: int) -> set[bool]:
@@ -79,7 +76,7 @@ def _to_jax(t: torch.Tensor):
         return jax.numpy.asarray(t.cpu().numpy())
 
 
-class PFN:
+class PFN(SavedModel):
     """A prior-data fitted network with its bucket borders.
 
     Parameters
@@ -90,6 +87,9 @@ class PFN:
     meta : dict, optional
         JSON-serialisable description (prior, training command, metrics), saved with the model.
     """
+
+    FORMAT = FORMAT  # the module constant, read by SavedModel.save/load
+    CONFIG = PFNConfig
 
     def __init__(self, model: PFNTransformer, borders, meta: dict | None = None):
         if not isinstance(model, PFNTransformer):
@@ -268,39 +268,14 @@ class PFN:
         sd["borders"] = torch.from_numpy(self.borders.copy())
         return sd
 
-    def save(self, directory: str | os.PathLike, name: str | None = None) -> Path:
-        """Write the weights and the JSON config into ``directory`` (atomically).
-
-        File names: ``model.safetensors`` + ``config.json``, or ``{name}.safetensors`` +
-        ``{name}.json`` when ``name`` is given.
-        """
-        cfg = {"format": FORMAT, "version": _VERSION, "model": self.config.to_dict(), **self.meta}
-        return save_model(directory, name, self.state_tensors(), cfg)
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return self.state_tensors()
 
     @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike,
-        device: str | torch.device = "cpu",
-        expected_config: PFNConfig | None = None,
-        name: str | None = None,
-    ) -> PFN:
-        """Load a PFN saved by :meth:`save`.
-
-        Raises ``ValueError`` when the files are missing, the JSON is not a PFN config, the
-        config differs from ``expected_config``, or the weights do not match the config.
-        """
-        cfg, tensors, w_file = read_model(directory, name, FORMAT)
-        config = PFNConfig.from_dict(cfg["model"])
-        if expected_config is not None and config != expected_config:
-            raise ValueError(
-                f"checkpoint config {config} does not match the expected config {expected_config}"
-            )
+    def _from_files(cls, config, rest, tensors, w_file, device) -> PFN:
         borders = tensors.pop("borders", None)
         if borders is None:
             raise ValueError(f"{w_file.name} has no 'borders' tensor")
         model = PFNTransformer(config)
         load_weights(model, tensors, w_file, config)
-        model.to(device).eval()
-        meta = {k: v for k, v in cfg.items() if k not in ("format", "version", "model")}
-        return cls(model, borders.numpy(), meta)
+        return cls(model.to(device).eval(), borders.numpy(), rest)

@@ -162,6 +162,10 @@ def test_task_is_exposed_as_attributes_and_survives_save_load(tmp_path):
     np.testing.assert_array_equal(np.asarray(p0.means), np.asarray(p1.means))
     with pytest.raises(ValueError, match="contain"):
         DistributionTransformer.load(tmp_path, name="missing")
+    same = DistributionTransformer.load(tmp_path, expected_config=dt.config, name="m")
+    assert same.task == dt.task
+    with pytest.raises(ValueError, match="expected config"):
+        DistributionTransformer.load(tmp_path, expected_config=DTConfig(d_model=8), name="m")
     with pytest.raises(AttributeError):
         _ = dt.no_such_attribute
 
