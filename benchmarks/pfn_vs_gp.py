@@ -95,14 +95,14 @@ _nuts_predictive_nll.cache = {}
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n-datasets", type=int, default=100)
-    p.add_argument("--n-train", type=int, nargs="+", default=[5, 10, 20, 50])
-    p.add_argument("--n-test", type=int, default=50)
-    p.add_argument("--nuts-datasets", type=int, default=10)
-    p.add_argument("--nuts-warmup", type=int, default=500)
-    p.add_argument("--nuts-samples", type=int, default=1000)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--n-datasets", type=int, default=100, help="fresh datasets per size")
+    p.add_argument("--n-train", type=int, nargs="+", default=[5, 10, 20, 50], help="context sizes")
+    p.add_argument("--n-test", type=int, default=50, help="held-out points per dataset")
+    p.add_argument("--nuts-datasets", type=int, default=10, help="the first k datasets get NUTS")
+    p.add_argument("--nuts-warmup", type=int, default=500, help="NUTS warm-up steps")
+    p.add_argument("--nuts-samples", type=int, default=1000, help="NUTS draws per dataset")
+    p.add_argument("--repeats", type=int, default=5, help="timings per method (the minimum)")
+    p.add_argument("--seed", type=int, default=2024, help="root of the dataset keys")
     p.add_argument("--model-dir", default=None, help="a saved PFN instead of the shipped gp-1d")
     a = p.parse_args()
 
