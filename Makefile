@@ -51,4 +51,4 @@ $(VLLM_STAMP):
 	touch $(VLLM_STAMP)
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
-	PROBINFER_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q -p no:xdist tests/vllm
+	PROBINFER_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -p no:xdist tests/vllm

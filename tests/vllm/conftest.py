@@ -41,7 +41,8 @@ def vllm_python() -> Path:
     """The interpreter of the vLLM virtualenv (skip, or fail when named explicitly, if it
     does not exist)."""
     named = os.environ.get("PROBINFER_VLLM_PYTHON")
-    python = Path(named) if named else REPO / ".venv-vllm" / "bin" / "python"
+    # absolute, not resolved: the venv's python is a symlink to the base interpreter
+    python = Path(os.path.abspath(named)) if named else REPO / ".venv-vllm" / "bin" / "python"
     if not python.exists():
         msg = f"no vLLM interpreter at {python} (make .venv-vllm/.installed builds it)"
         if named:
@@ -105,11 +106,15 @@ class VLLMServer:
         self.stop()
         pytest.fail(f"vLLM server {self.name} not healthy in time:\n" + self.log_tail())
 
-    def metric(self, name: str) -> float:
-        """The sum over labels of a counter in the server's ``/metrics``."""
-        text = _get(self.root + "/metrics")[1]
-        pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.M)
-        return sum(float(v) for v in pattern.findall(text))
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a counter in the server's ``/metrics`` over the samples carrying
+        ``labels`` (e.g. ``handler="/v1/completions"``)."""
+        total = 0.0
+        for line in _get(self.root + "/metrics")[1].splitlines():
+            m = re.fullmatch(rf"{re.escape(name)}(?:\{{(.*)\}})? (\S+)", line)
+            if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+                total += float(m.group(2))
+        return total
 
     def kill(self) -> None:
         """SIGKILL the whole process group (a replica dying abruptly)."""
@@ -154,6 +159,8 @@ def start_vllm(name: str, model_dir: Path, served: str, log_dir: Path, *, poolin
         "--enable-prefix-caching",
         "--max-num-seqs",
         "64",
+        # no torch.compile warm-up: minutes on a small shared CPU, for a model this size
+        "--enforce-eager",
     ]
     if pooling:
         cmd += ["--runner", "pooling"]

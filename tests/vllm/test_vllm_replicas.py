@@ -14,7 +14,11 @@ from probinfer.llm.default import default_model_kwargs
 from probinfer.llm.hf import load_tokenizer
 
 N = 8
-FINISHED = "vllm:request_success_total"
+
+
+def _requests(server) -> float:
+    """Completion requests the server answered (HTTP requests, not samples)."""
+    return server.metric("http_requests_total", handler="/v1/completions", status="2xx")
 
 
 def _model(served_lm, servers, **kw):
@@ -24,11 +28,11 @@ def _model(served_lm, servers, **kw):
 
 def test_requests_are_balanced(vllm_servers, served_lm):
     replicas = (vllm_servers["lm_a"], vllm_servers["lm_b"])
-    before = [r.metric(FINISHED) for r in replicas]
+    before = [_requests(r) for r in replicas]
     model = _model(served_lm, vllm_servers)
     for j, (prompt, _) in enumerate(default_problems(6, seed=41)):
         sample_rollouts(jax.random.key(j), model, prompt, N, Usage())
-    counts = [r.metric(FINISHED) - b for r, b in zip(replicas, before)]
+    counts = [_requests(r) - b for r, b in zip(replicas, before)]
     total = sum(counts)
     assert total >= 30, counts
     # round-robin over the requests: the replicas' counts differ by at most one
@@ -50,7 +54,7 @@ def test_run_survives_a_dead_replica(vllm_servers, served_lm, lm_dir, check_part
     ]
     model = _model(served_lm, vllm_servers, timeout=30.0, cooldown=600.0)
     stores, errors = [], []
-    b_before = b.metric(FINISHED)
+    b_before = _requests(b)
 
     def run():
         try:
@@ -63,7 +67,7 @@ def test_run_survives_a_dead_replica(vllm_servers, served_lm, lm_dir, check_part
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 120
-    while b.metric(FINISHED) - b_before < 5 and worker.is_alive():
+    while _requests(b) - b_before < 5 and worker.is_alive():
         assert time.monotonic() < deadline, "replica B got no requests"
         time.sleep(0.05)
     assert worker.is_alive(), "the run ended before the replica could be killed"
