@@ -413,6 +413,7 @@ class PyroTarget(Target):
                 except Exception:  # noqa: BLE001 - ... else one draw per particle
                     self._sample_loop[0] = True
             if out is None:
+                torch.manual_seed(seed)  # same key, same draws, whichever pass failed before
                 out = torch.cat([draw(self.model, 1) for _ in range(num)])
         return to_jax(out.to(self.torch_dtype))
 
