@@ -8,7 +8,15 @@ Monte-Carlo standard error is reported. Wall times are medians of interleaved ro
 (every contender sees the same background load); the first call of each (compilation,
 tracing) is timed separately. Writes benchmarks/results/pyro_targets.json.
 
+The same regression written the usual way (``X @ b``, which does not broadcast over the
+particle plate) is evaluated through ``torch.func.vmap`` and, for comparison, by the
+per-particle loop it fell back to before: the log likelihood and its gradient for all
+particles (the unit of work of an HMC leapfrog step) and a whole tempered SMC (HMC) run,
+interleaved; both must give the same densities. ``--only usual-way`` runs just that part
+(writes benchmarks/results/pyro_targets_usual_way.json).
+
     OMP_NUM_THREADS=1 python benchmarks/pyro_targets.py [--reps 3] [--particles 1000]
+    OMP_NUM_THREADS=1 python benchmarks/pyro_targets.py --only usual-way --particles 500
 """
 
 from __future__ import annotations
@@ -46,6 +54,74 @@ def pyro_model(X, y):
     b = pyro.sample("b", pdist.Normal(0.0, 1.0).expand([X.shape[-1]]).to_event(1))
     with pyro.plate("n", X.shape[0], dim=-1):
         pyro.sample("y", pdist.Normal((X * b).sum(-1), SIGMA), obs=y)
+
+
+def pyro_model_matmul(X, y):
+    """The model written the usual way: ``X @ b`` does not broadcast over the particle
+    plate (``b`` has shape ``(N, 1, D)`` there), so it runs through ``torch.func.vmap``."""
+    import pyro
+    import pyro.distributions as pdist
+
+    b = pyro.sample("b", pdist.Normal(0.0, 1.0).expand([X.shape[-1]]).to_event(1))
+    with pyro.plate("n", X.shape[0]):
+        pyro.sample("y", pdist.Normal(X @ b, SIGMA), obs=y)
+
+
+def usual_way(X, y, num_particles: int, mcmc_steps: int, reps: int) -> dict:
+    """``torch.func.vmap`` against the per-particle loop on the ``X @ b`` model."""
+    import torch
+
+    from probinfer.targets import from_pyro
+
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    t_vmap = from_pyro(pyro_model_matmul, Xt, yt)
+    t_loop = from_pyro(pyro_model_matmul, Xt, yt)
+    t_loop._mode[0] = "loop"  # the evaluation the model fell back to before vmap
+    theta = t_vmap.sample_prior(jax.random.key(0), num_particles)
+
+    def grad_of(t):
+        fn = jax.jit(jax.value_and_grad(lambda th: jnp.sum(t.log_likelihood(th))))
+        return lambda: jax.block_until_ready(fn(theta + 1e-3 * next(shifts)))
+
+    shifts = iter(range(1, 10_000_000))  # a new point per call (no cached callback result)
+    v_vmap, g_vmap = jax.value_and_grad(lambda th: jnp.sum(t_vmap.log_likelihood(th)))(theta)
+    v_loop, g_loop = jax.value_and_grad(lambda th: jnp.sum(t_loop.log_likelihood(th)))(theta)
+    assert t_vmap.evaluation == "vmap", t_vmap.evaluation
+    agreement = {
+        "max_rel_diff_log_lik": float(
+            np.max(
+                np.abs(np.asarray(t_vmap.log_likelihood(theta)) - t_loop.log_likelihood(theta))
+                / np.abs(np.asarray(t_loop.log_likelihood(theta)))
+            )
+        ),
+        "max_abs_diff_grad": float(np.max(np.abs(np.asarray(g_vmap) - np.asarray(g_loop)))),
+        "rel_diff_sum": float(abs(v_vmap - v_loop) / abs(v_loop)),
+    }
+    eval_times = time_interleaved(
+        {"vmap": grad_of(t_vmap), "loop": grad_of(t_loop)}, repeats=max(reps, 3), warmup=1
+    )
+    smc = {"vmap": smc_runner(t_vmap, num_particles, mcmc_steps)}
+    smc["loop"] = smc_runner(t_loop, num_particles, mcmc_steps)
+    seeds = iter(range(1, 10_000))
+    smc_times = time_interleaved(
+        {k: (lambda once=once: once(next(seeds))) for k, once in smc.items()},
+        repeats=reps,
+        warmup=1,
+    )
+    row = {
+        "num_particles": num_particles,
+        "num_mcmc_steps": mcmc_steps,
+        "evaluation": t_vmap.evaluation,
+        "log_lik_and_grad_median_s": eval_times,
+        "tempered_smc_hmc_median_s": smc_times,
+        "loop_over_vmap": {
+            "log_lik_and_grad": eval_times["loop"] / eval_times["vmap"],
+            "tempered_smc_hmc": smc_times["loop"] / smc_times["vmap"],
+        },
+        "agreement": agreement,
+    }
+    print("usual way (X @ b):", row, flush=True)
+    return row
 
 
 def numpyro_model(X, y):
@@ -102,8 +178,25 @@ def main(argv=None) -> None:
     p.add_argument("--mcmc-steps", type=int, default=3)
     p.add_argument("--nuts-warmup", type=int, default=500)
     p.add_argument("--nuts-samples", type=int, default=1000)
-    p.add_argument("--out", default="pyro_targets")
+    p.add_argument("--out", default=None, help="result name (default from --only)")
+    p.add_argument("--only", choices=["all", "usual-way"], default="all")
     args = p.parse_args(argv)
+    if args.only == "usual-way":
+        import torch
+
+        X, y = make_data()
+        row = usual_way(X, y, args.particles, args.mcmc_steps, args.reps)
+        path = write_results(
+            args.out or "pyro_targets_usual_way",
+            {
+                "model": f"Bayesian linear regression, D={D}, M={M}, written with X @ b",
+                "usual_way": row,
+                "conditions": _conditions(torch),
+                "command": "python benchmarks/pyro_targets.py " + " ".join(sys.argv[1:]),
+            },
+        )
+        print(f"wrote {path}")
+        return
 
     import arviz as az
     import torch
@@ -175,25 +268,30 @@ def main(argv=None) -> None:
         "smc_pyro_time_over_smc_numpyro": smc_pyro / times["tempered SMC (HMC), NumPyro model"],
     }
     print("ratios:", ratios)
+    usual = usual_way(X, y, args.particles, args.mcmc_steps, args.reps)
     path = write_results(
-        args.out,
+        args.out or "pyro_targets",
         {
             "model": f"Bayesian linear regression, D={D}, M={M}, known noise sd {SIGMA}; "
             "exact Gaussian posterior",
             "rows": rows,
             "ratios": ratios,
-            "conditions": {
-                "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
-                "torch_threads": torch.get_num_threads(),
-                "load_average_before": load_before,
-                "load_average_after": os.getloadavg(),
-                "note": "2-core machine shared with other jobs; contenders interleaved",
-                "jax_devices": [str(d) for d in jax.devices()],
-            },
+            "usual_way": usual,
+            "conditions": {**_conditions(torch), "load_average_before": load_before},
             "command": "python benchmarks/pyro_targets.py " + " ".join(sys.argv[1:]),
         },
     )
     print(f"wrote {path}")
+
+
+def _conditions(torch) -> dict:
+    return {
+        "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+        "torch_threads": torch.get_num_threads(),
+        "load_average_after": os.getloadavg(),
+        "note": "2-core machine shared with other jobs; contenders interleaved",
+        "jax_devices": [str(d) for d in jax.devices()],
+    }
 
 
 if __name__ == "__main__":
