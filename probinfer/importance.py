@@ -83,7 +83,7 @@ def importance_resample(
     Parameters
     ----------
     key
-        ``jax.random`` key.
+        ``jax.random`` key of the proposals and of the resampling.
     proposal
         A distribution with ``sample(key, sample_shape)`` and ``log_prob`` (a
         :mod:`probinfer.distributions` one, e.g. a Distribution Transformer's posterior),

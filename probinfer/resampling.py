@@ -181,7 +181,7 @@ def resample(
     Parameters
     ----------
     key
-        A ``jax.random`` key.
+        A ``jax.random`` key (the uniforms of the scheme are drawn from it).
     log_weights
         Unnormalised log weights, shape ``(N,)``. ``-inf`` entries get no offspring.
     num

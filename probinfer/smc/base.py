@@ -224,6 +224,14 @@ def _uniform_log_weights(n: int, dtype, eager: bool, num_valid=None):
     return jnp.where(jnp.arange(n) < num_valid, lw, -jnp.inf).astype(dtype)
 
 
+@jax.jit
+def _split_in_two(key):
+    """``jax.random.split(key)`` as two outputs: eagerly one device call (unpacking the
+    split array would make another per key)."""
+    k_res, k_move = jax.random.split(key)
+    return k_res, k_move
+
+
 def init(
     key: Array,
     fk: FeynmanKac,
@@ -268,7 +276,7 @@ def step(
     wrapper for conditional SMC); default systematic.
     """
     resample_fn = resampler("systematic") if resample_fn is None else resample_fn
-    k_res, k_move = jax.random.split(key)
+    k_res, k_move = _split_in_two(key)
     lw, nv = state.log_weights, state.num_particles  # nv: None unless bucketed
     n = lw.shape[0]
     if eager:

@@ -107,7 +107,7 @@ def particle_gibbs(
     Parameters
     ----------
     key
-        ``jax.random`` key.
+        ``jax.random`` key of the chain (one per sweep is split from it).
     fk
         The model, e.g. :func:`probinfer.smc.ssm_feynman_kac` of a state-space model.
     num_particles

@@ -43,6 +43,7 @@ def run_loop(
 
     n = num_particles
     k0, keys = run_keys(key, num_steps)
+    keys = list(keys)  # one device call per 100 keys; indexing the array makes one a step
     state, (info, sv), done = kernel.init(k0)
     rows, sums = [], []
     delay = 0 if opts.progress else 2.0

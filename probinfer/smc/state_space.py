@@ -362,7 +362,7 @@ def particle_filter(
     Parameters
     ----------
     key
-        ``jax.random`` key.
+        ``jax.random`` key; same key, same filter.
     ssm
         A :class:`StateSpaceModel` or a :class:`~probinfer.lgssm.LinearGaussianSSM`.
     observations

@@ -191,7 +191,7 @@ def tempered_smc(
     Parameters
     ----------
     key
-        ``jax.random`` key.
+        ``jax.random`` key of the prior draws and of the run.
     target
         A :class:`~probinfer.targets.Target` (``from_numpyro``/``from_pyro``).
     num_particles
