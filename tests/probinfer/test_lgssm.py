@@ -59,7 +59,9 @@ def test_bootstrap_filter_wrapper_and_multivariate_particle_filter():
     res = bootstrap_filter(jax.random.key(2), ssm, ys, 20_000)
     se = np.sqrt(np.diagonal(exact.covariances, axis1=1, axis2=2) / res.ess[:, None])
     assert np.max(np.abs(res.filtering_means - exact.means) / se) < 5.0
-    assert abs(res.log_evidence - exact.log_evidence) < 0.2
+    # measured: run-to-run sd of this log evidence (N = 20,000, 16 seeds) 0.046, mean error
+    # +0.009; 4.5 sd
+    assert abs(res.log_evidence - exact.log_evidence) < 4.5 * 0.046
 
 
 def test_bad_model_input():

@@ -87,6 +87,17 @@ def _probs(dist, support):
     return np.array([d.get(a, 0.0) for a in support])
 
 
+def _chain_se(chain, support, p, num_batches: int = 20) -> np.ndarray:
+    """Monte-Carlo standard error of the answer frequencies of an autocorrelated chain,
+    measured on the chain by batch means (``num_batches`` consecutive batches), never below
+    the iid value ``sqrt(p (1 - p) / len)``."""
+    hits = np.array([[a == s for s in support] for a in chain], dtype=np.float64)
+    size = len(chain) // num_batches
+    means = hits[: size * num_batches].reshape(num_batches, size, len(support)).mean(axis=1)
+    batch_se = means.std(axis=0, ddof=1) / np.sqrt(num_batches)
+    return np.maximum(batch_se, np.sqrt(p * (1 - p) / len(chain)))
+
+
 def _total_variation(p: dict, q: dict) -> float:
     return 0.5 * sum(abs(p.get(a, 0.0) - q.get(a, 0.0)) for a in set(p) | set(q))
 
@@ -215,11 +226,12 @@ def test_particle_gibbs_keeps_reference_and_targets_posterior():
     support = list(exact)
     freq = np.array([np.mean([a == s for a in chain]) for s in support])
     p = _probs(exact, support)
-    # autocorrelated chain: 5 standard errors with an effective size of len/4
-    se = np.sqrt(p * (1 - p) / (len(chain) / 4))
-    assert np.all(np.abs(freq - p) < 5 * se + 1e-3), (freq, p)
+    # autocorrelated chain: 5 standard errors measured by batch means (measured effective
+    # size 0.22-0.77 of the 300 iterations across the answers; the old assumption was 1/4)
+    se = _chain_se(chain, support, p)
+    assert np.all(np.abs(freq - p) < 5 * se), (freq, p, se)
     pooled = _probs(res.answer_distribution, support)
-    assert np.all(np.abs(pooled - p) < 5 * se + 1e-3), (pooled, p)
+    assert np.all(np.abs(pooled - p) < 5 * se), (pooled, p, se)
 
 
 def test_swap_acceptance_rule():
@@ -239,8 +251,10 @@ def test_parallel_tempering_cold_chain_targets_posterior():
     support = list(exact)
     freq = np.array([np.mean([a == s for a in chain]) for s in support])
     p = _probs(exact, support)
-    se = np.sqrt(p * (1 - p) / (len(chain) / 4))
-    assert np.all(np.abs(freq - p) < 5 * se + 1e-3), (freq, p)
+    # 5 standard errors measured by batch means (measured effective size 0.19-0.71 of the
+    # 200 iterations across the answers; the old assumption was 1/4)
+    se = _chain_se(chain, support, p)
+    assert np.all(np.abs(freq - p) < 5 * se), (freq, p, se)
 
 
 def test_baselines_run_with_budget_semantics():

@@ -68,7 +68,9 @@ def test_filtering_means_and_quantiles_match_kalman(data100):
         se_q = np.sqrt(q * (1 - q)) / (norm.pdf(norm.ppf(q)) / sd) / np.sqrt(res.ess)
         assert np.max(np.abs(res.filtering_quantiles[:, j, 0] - true_q) / se_q) < 5.0
     assert res.log_evidence_increments.dtype == np.float64
-    assert abs(res.log_evidence - exact.log_evidence) < 1.0
+    # measured: run-to-run sd of this log evidence (N = 20,000, 16 seeds) 0.144, mean
+    # error -0.03; 4.5 sd
+    assert abs(res.log_evidence - exact.log_evidence) < 4.5 * 0.144
 
 
 def test_same_key_same_result_and_eager_matches_jit(data100):

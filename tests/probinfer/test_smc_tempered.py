@@ -84,7 +84,10 @@ def test_normal_mean_result_api_and_arviz(normal_mean):
     assert np.isnan(res.acceptance_rates[0])
     assert np.all((res.acceptance_rates[1:] > 0) & (res.acceptance_rates[1:] <= 1))
     mu = np.asarray(res.samples["mu"])
-    assert abs(mu.mean() - m) < 5 * np.sqrt(v / 100)
+    # measured over 32 seeds (tempered_smc_loop, same settings): run-to-run sd of the
+    # posterior-mean estimate 0.0103 (bias -0.004), of the ZV log evidence 0.055
+    assert abs(mu.mean() - m) < 5 * 0.0103, (mu.mean(), m)
+    assert abs(res.log_evidence - log_z) < 5 * 0.055, (res.log_evidence, log_z)
     idata = res.to_arviz()
     assert idata.posterior["mu"].shape == (1, 400)
     assert idata["smc_steps"]["temperature"].shape == (1, res.num_steps)
@@ -152,9 +155,10 @@ def test_nuts_kernel_normal_mean(normal_mean):
         jax.random.key(3), target, 200, kernel="nuts", num_mcmc_steps=1, progress=False
     )
     mu = np.asarray(res.samples["mu"])
-    # 200 equally weighted particles, correlated by resampling: generous 6 x iid SE
-    assert abs(mu.mean() - m) < 6 * np.sqrt(v / 200)
-    assert abs(res.log_evidence - log_z) < 0.5
+    # measured over 32 seeds (tempered_smc_loop, same settings): run-to-run sd of the
+    # posterior-mean estimate 0.0167 (iid would be 0.0157), of the ZV log evidence 0.085
+    assert abs(mu.mean() - m) < 4.5 * 0.0167, (mu.mean(), m)
+    assert abs(res.log_evidence - log_z) < 4.5 * 0.085, (res.log_evidence, log_z)
 
 
 def test_bad_input(normal_mean):
@@ -213,7 +217,9 @@ def test_pyro_target_with_rwmh():
     res = tempered_smc(jax.random.key(0), target, 300, num_mcmc_steps=3, jit=False)
     post_var = 1.0 / (1.0 / TAU0**2 + N_OBS / SIGMA**2)
     post_mean = post_var * (MU0 / TAU0**2 + y.sum() / SIGMA**2)
-    assert abs(float(jnp.mean(res.samples["mu"])) - post_mean) < 6 * np.sqrt(post_var / 300)
+    # measured over 32 seeds (the same sampler on the NumPyro model, tempered_smc_loop):
+    # run-to-run sd of the posterior-mean estimate 0.0151 (iid would be 0.0128)
+    assert abs(float(jnp.mean(res.samples["mu"])) - post_mean) < 4.5 * 0.0151
     assert res.evidence == "is" and res.log_evidence == res.log_evidence_is
     assert target.has_gradients  # HMC/NUTS on Pyro: tests/probinfer/test_targets_pyro.py
 
@@ -221,8 +227,11 @@ def test_pyro_target_with_rwmh():
 def test_new_data_of_the_same_shapes_reuses_the_compiled_run(xla_compiles):
     """A NumPyro target is a pytree of its data: tempered SMC on new datasets of the same
     model and shapes compiles no program (the first run compiles for seconds), and each
-    run's evidence is that of its own data: over 8 datasets, the mean of
-    ``Z_hat / Z_exact`` is 1 within 3 standard errors (exact marginal likelihood)."""
+    run's evidence is that of its own data (exact marginal likelihood): every log evidence
+    within 5 run-to-run sds of its own, and their mean error within 4.5 sds / sqrt(8). The
+    measured sd of the standard (IS) estimate with these settings: 0.065 over 32 seeds
+    (bias -0.013); the datasets' exact log evidences differ by several nats, so a run on
+    the wrong data fails."""
     rng = np.random.default_rng(5)
     datasets = [
         rng.normal(rng.normal(MU0, TAU0), SIGMA, N_OBS).astype(np.float32) for _ in range(9)
@@ -235,15 +244,17 @@ def test_new_data_of_the_same_shapes_reuses_the_compiled_run(xla_compiles):
         return tempered_smc(jax.random.key(i), target, 500, progress=False)
 
     run(0, datasets[0])  # the first dataset compiles everything
-    ratios = []
+    errors = []
     with xla_compiles() as compiled:
         for i, y in enumerate(datasets[1:], start=1):
             res = run(i, y)
             exact = multivariate_normal(np.full(N_OBS, MU0), cov).logpdf(y)
-            ratios.append(np.exp(res.log_evidence_is - exact))
+            errors.append(res.log_evidence_is - exact)
     assert compiled == [], compiled
-    ratios = np.asarray(ratios)
-    assert abs(ratios.mean() - 1) <= 3 * ratios.std(ddof=1) / np.sqrt(len(ratios)) + 1e-3
+    errors = np.asarray(errors)
+    sd = 0.065  # measured, see the docstring
+    assert np.all(np.abs(errors) < 5 * sd), errors
+    assert abs(errors.mean()) < 4.5 * sd / np.sqrt(errors.size), errors
 
 
 def test_a_model_that_needs_concrete_data_keeps_it_constant():
