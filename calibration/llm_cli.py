@@ -47,5 +47,5 @@ def finish(
         args.alpha,
         json_path,
         png_path,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,
     )

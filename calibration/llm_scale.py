@@ -268,20 +268,20 @@ def calibrate_scale(
     json_path,
     png_path,
     *,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> str:
     """Add the calibrated section to a ``probinfer scale`` report, rewrite its JSON and plot,
     and return the table text."""
     import jax
-    from tqdm.auto import tqdm
 
     from probinfer.llm.filtering import particle_filter
+    from probinfer.progress import progress_bar
 
     budgets = sorted(set(report["budgets"]))
     n_cal, alpha = check_scale_calibration(n_cal, alpha, len(problems), len(budgets))
     base = jax.random.key(report["seed"])
     runs = {b: [] for b in budgets}
-    bar = tqdm(total=len(problems) * len(budgets), disable=not progress, desc="calibrate")
+    bar = progress_bar(len(problems) * len(budgets), desc="calibrate", progress=progress)
     for i, (prompt, _) in enumerate(problems):
         for b in budgets:
             key = jax.random.fold_in(jax.random.fold_in(base, i), b)

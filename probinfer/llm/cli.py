@@ -123,7 +123,11 @@ def _add_scale(sub, extensions: Sequence[ScaleExtension] = ()) -> None:
         default=None,
         help="torch CPU threads (default: at most 2; use 1 on a machine busy with other work)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output (default: a bar on a terminal, else one line a stage)",
+    )
     for ext in extensions:
         ext.add_arguments(p)
     p.set_defaults(func=_run_scale, scale_extensions=tuple(extensions))
@@ -236,11 +240,13 @@ def _build_model(args):
     from probinfer.llm.protocols import StepFormat
     from probinfer.llm.ssm import LLMStateSpaceModel
     from probinfer.llm.task import regex_extractor
+    from probinfer.progress import use_bar
 
     # the bundled models are tiny: more threads than 2 only add synchronisation, and on a
     # busy machine even 2 contend with the other processes (--threads 1)
     torch.set_num_threads(args.threads or max(1, min(2, torch.get_num_threads())))
-    if args.no_progress or args.quiet:  # transformers' own weight-loading bars too
+    # transformers' own weight-loading bars follow the package's convention too
+    if args.no_progress or args.quiet or not use_bar(None):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -320,7 +326,7 @@ def _run_scale(args: argparse.Namespace) -> int:
         algorithms=args.algorithms,
         budgets=args.budgets,
         seed=args.seed,
-        progress=not args.no_progress,
+        progress=False if args.no_progress else None,
     )
     report["model"] = str(args.model or "bundled")
     report["prm"] = str(args.prm_model if args.prm_server else args.prm)

@@ -20,6 +20,7 @@ from probinfer.llm.filtering import particle_filter
 from probinfer.llm.gibbs import parallel_tempering, particle_gibbs
 from probinfer.llm.protocols import Usage
 from probinfer.llm.ssm import LLMStateSpaceModel, check_budget
+from probinfer.progress import progress_bar
 
 __all__ = ["ALGORITHMS", "format_table", "plot_scaling", "run_scaling"]
 
@@ -41,7 +42,7 @@ def run_scaling(
     algorithms: Sequence[str] = ("particle_filter", "best_of_n", "beam_search"),
     budgets: Sequence[int] = (1, 2, 4, 8, 16, 32),
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> dict:
     """Accuracy of each algorithm at each budget over ``problems``.
 
@@ -58,7 +59,9 @@ def run_scaling(
     seed
         Base seed of the keys.
     progress
-        Show a tqdm progress bar.
+        ``None`` (default): a live bar when stderr is a terminal (or a widget notebook),
+        otherwise one summary line at the end (:mod:`probinfer.progress`); ``True``/``False``
+        force or silence it.
 
     Returns
     -------
@@ -75,11 +78,9 @@ def run_scaling(
     budgets = [check_budget(b) for b in budgets]
     if not budgets:
         raise ValueError("budgets must be non-empty")
-    from tqdm.auto import tqdm
-
     base = jax.random.key(seed)
     total = len(problems) * len(algorithms) * len(budgets) + len(problems)
-    bar = tqdm(total=total, disable=not progress, desc="probinfer scale", unit="run")
+    bar = progress_bar(total, desc="probinfer scale", progress=progress, unit="run")
     single = []
     for i, (prompt, answer) in enumerate(problems):
         res = particle_filter(jax.random.fold_in(jax.random.fold_in(base, i), 0), model, prompt, 1)
@@ -95,7 +96,7 @@ def run_scaling(
                 res = fn(key, model, prompt, b)
                 correct.append(res.selected == answer)
                 usage.add(res.usage)
-                bar.set_postfix_str(f"{name} budget {b}")
+                bar.set_postfix(algorithm=name, budget=b)
                 bar.update()
             n = len(problems)
             acc = float(np.mean(correct))
