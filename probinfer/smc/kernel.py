@@ -51,7 +51,9 @@ class RunOptions:
         ``callback(t, particles, info)`` after every step (progress, logging,
         checkpointing).
     progress
-        Show a tqdm bar over the steps (``None``: after 2 s).
+        Progress over the steps (:mod:`probinfer.progress`): ``None`` shows a bar after
+        2 s when stderr is a terminal (else one summary line at the end), ``True`` at once,
+        ``False`` nothing and keeps the whole run in one compiled program.
     desc
         The bar's label.
     bucket

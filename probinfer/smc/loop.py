@@ -9,6 +9,7 @@ import warnings
 import jax
 import numpy as np
 
+from probinfer.progress import progress_bar
 from probinfer.smc.base import SMCState, log_evidence_of
 from probinfer.smc.kernel import RunOptions, SMCKernel, run_keys
 from probinfer.smc.layout import unpad
@@ -36,18 +37,31 @@ def raise_dead(t: int):
 
 
 def run_loop(
-    key, kernel: SMCKernel, num_steps: int, num_particles: int, opts: RunOptions, start: float
+    key,
+    kernel: SMCKernel,
+    num_steps: int,
+    num_particles: int,
+    opts: RunOptions,
+    start: float,
+    known_length: bool = True,
 ) -> SMCResult:
-    """Run ``kernel`` for at most ``num_steps`` steps in a Python loop."""
-    from tqdm.auto import tqdm
+    """Run ``kernel`` for at most ``num_steps`` steps in a Python loop.
 
+    ``known_length=False`` (a model with a ``finished`` rule): the progress output shows
+    counts without a percentage, since ``num_steps`` is only a cap.
+    """
     n = num_particles
     k0, keys = run_keys(key, num_steps)
     keys = list(keys)  # one device call per 100 keys; indexing the array makes one a step
     state, (info, sv), done = kernel.init(k0)
     rows, sums = [], []
-    delay = 0 if opts.progress else 2.0
-    bar = tqdm(total=num_steps, desc=opts.desc, delay=delay, disable=opts.progress is False)
+    bar = progress_bar(
+        num_steps if known_length else None,
+        desc=opts.desc,
+        progress=opts.progress,
+        unit="step",
+        delay=0.0 if opts.progress else 2.0,
+    )
     try:
         for t in range(num_steps):
             if t > 0:

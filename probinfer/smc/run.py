@@ -65,7 +65,9 @@ def run_smc(key: Array, fk: FeynmanKac, num_particles: int, **options) -> SMCRes
         )
         return _from_output(out, fk, num_particles, opts, start)
     kernel = build_kernel(fk, num_particles, opts)
-    return run_loop(key, kernel, int(fk.num_steps), num_particles, opts, start)
+    # a model that stops by its own rule (tempered SMC) has no known number of steps
+    known = fk.finished is None
+    return run_loop(key, kernel, int(fk.num_steps), num_particles, opts, start, known)
 
 
 def _from_output(out: SMCOutput, fk: FeynmanKac, n: int, opts: RunOptions, start) -> SMCResult:

@@ -297,6 +297,8 @@ def _pointwise_groups(target, theta, num: int) -> tuple[dict | None, dict | None
     """The pointwise log likelihood of the first ``num`` rows of ``theta`` split per
     observed site, and the observed values."""
     observed = target.observed_data() if hasattr(target, "observed_data") else None
+    if not getattr(target, "has_pointwise", True):  # no pointwise terms: no log_likelihood group
+        return None, observed
     pointwise = np.asarray(target.log_likelihood(theta, pointwise=True), np.float64)[:num]
     if not observed:
         return {"obs": pointwise}, None

@@ -135,12 +135,6 @@ def test_without_pointwise_terms():
         t.log_likelihood(theta, pointwise=True)
 
 
-@pytest.mark.xfail(
-    raises=NotImplementedError,
-    strict=False,
-    reason="needs probinfer/smc/tempered.py _pointwise_groups to skip targets with "
-    "has_pointwise = False (owned by the SMC rewrite)",
-)
 def test_tempered_smc_leaves_out_the_log_likelihood_group():
     t = from_logdensity(log_prior, log_lik, sample_prior)
     res = tempered_smc(jax.random.key(1), t, 64, progress=False)
