@@ -235,6 +235,58 @@ def to_inference_data(
     import xarray as xr
 
     az = import_arviz()
+    posterior = _posterior(runs, key, scheme, num_draws, var_name)
+    num_chains, num_draws = next(iter(posterior.values())).shape[:2]
+    steps = _step_stats(step_stats, num_chains)
+    all_attrs: dict[str, Any] = {
+        "inference_library": "probinfer",
+        "inference_library_version": __version__,
+    }
+    le = None
+    if log_evidence is not None:
+        le = np.atleast_1d(np.asarray(log_evidence, dtype=np.float64))
+        if le.shape != (num_chains,):
+            raise ValueError(f"log_evidence must have one value per chain ({num_chains})")
+        all_attrs["log_evidence"] = _attr_value(le if num_chains > 1 else le[0])
+        all_attrs["log_evidence_pooled"] = float(np.logaddexp.reduce(le) - np.log(len(le)))
+    if attrs:
+        all_attrs.update(
+            {k: _attr_value(v) if not isinstance(v, str) else v for k, v in attrs.items()}
+        )
+
+    post_dims = {n: _named_dims(n, v, ["chain", "draw"], dims)[2:] for n, v in posterior.items()}
+    if "posterior" in inspect.signature(az.from_dict).parameters:  # ArviZ 0.x
+        idata = az.from_dict(
+            posterior=posterior, attrs=all_attrs, dims=post_dims, coords=dict(coords or {})
+        )
+    else:  # ArviZ 1.x (arviz_base): nested dict of groups, returns an xarray.DataTree
+        idata = az.from_dict({"posterior": posterior}, dims=post_dims, coords=dict(coords or {}))
+    idata["posterior"].attrs.update(all_attrs)
+
+    for group, variables in (groups or {}).items():
+        data_vars = {}
+        for n, v in variables.items():
+            arr = np.asarray(v)
+            lead = ["chain", "draw"] if arr.shape[:2] == (num_chains, num_draws) else []
+            data_vars[n] = (_named_dims(n, arr, lead, dims), arr)
+        used = {d for dd, _ in data_vars.values() for d in dd}
+        group_coords = {d: np.asarray(c) for d, c in (coords or {}).items() if d in used}
+        _add_group(idata, group, xr.Dataset(data_vars, coords=group_coords, attrs=all_attrs))
+
+    if steps or le is not None:
+        data_vars = {
+            n: (["chain", "step"] + [f"{n}_dim_{i}" for i in range(arr.ndim - 2)], arr)
+            for n, arr in steps.items()
+        }
+        if le is not None:
+            data_vars["log_evidence"] = (["chain"], le)
+        ds = xr.Dataset(data_vars, coords={"chain": np.arange(num_chains)}, attrs=all_attrs)
+        _add_group(idata, STEPS_GROUP, ds)
+    return idata
+
+
+def _posterior(runs: Sequence, key, scheme: str, num_draws, var_name: str) -> dict:
+    """Equally weighted draws of every run, stacked as ``{variable: (chain, draw, ...)}``."""
     if len(runs) == 0:
         raise ValueError("runs must contain at least one particle set")
     keys = [None] * len(runs) if key is None else list(jax.random.split(key, len(runs)))
@@ -246,84 +298,31 @@ def to_inference_data(
     sizes = {c[names[0]].shape[0] for c in per_chain}
     if len(sizes) != 1:
         raise ValueError(f"all runs must give the same number of draws, got {sorted(sizes)}")
-    posterior = {n: np.stack([c[n] for c in per_chain]) for n in names}
-    sizes_n = next(iter(sizes))
+    return {n: np.stack([c[n] for c in per_chain]) for n in names}
 
-    all_attrs: dict[str, Any] = {
-        "inference_library": "probinfer",
-        "inference_library_version": __version__,
-    }
+
+def _step_stats(step_stats, num_chains: int) -> dict[str, np.ndarray]:
+    """Per-step statistics as ``(chain, step, ...)`` arrays (a 1-chain ``(step,)`` is lifted)."""
     steps: dict[str, np.ndarray] = {}
-    if step_stats:
-        for n, v in step_stats.items():
-            arr = np.asarray(v)
-            if arr.ndim == 1 and len(runs) == 1:
-                arr = arr[None]
-            if arr.ndim < 2 or arr.shape[0] != len(runs):
-                raise ValueError(
-                    f"step_stats[{n!r}] must have shape (chain, step, ...) with "
-                    f"{len(runs)} chains, got {arr.shape}"
-                )
-            steps[n] = arr
-    if log_evidence is not None:
-        le = np.atleast_1d(np.asarray(log_evidence, dtype=np.float64))
-        if le.shape != (len(runs),):
-            raise ValueError(f"log_evidence must have one value per chain ({len(runs)})")
-        all_attrs["log_evidence"] = _attr_value(le if len(runs) > 1 else le[0])
-        pooled = np.logaddexp.reduce(le) - np.log(len(le))
-        all_attrs["log_evidence_pooled"] = float(pooled)
-    if attrs:
-        all_attrs.update(
-            {k: _attr_value(v) if not isinstance(v, str) else v for k, v in attrs.items()}
-        )
+    for n, v in (step_stats or {}).items():
+        arr = np.asarray(v)
+        if arr.ndim == 1 and num_chains == 1:
+            arr = arr[None]
+        if arr.ndim < 2 or arr.shape[0] != num_chains:
+            raise ValueError(
+                f"step_stats[{n!r}] must have shape (chain, step, ...) with "
+                f"{num_chains} chains, got {arr.shape}"
+            )
+        steps[n] = arr
+    return steps
 
-    post_dims = {n: _named_dims(n, v, ["chain", "draw"], dims) for n, v in posterior.items()}
-    params = inspect.signature(az.from_dict).parameters
-    if "posterior" in params:  # ArviZ 0.x
-        idata = az.from_dict(
-            posterior=posterior,
-            attrs=all_attrs,
-            dims={n: d[2:] for n, d in post_dims.items()},
-            coords=dict(coords or {}),
-        )
-    else:  # ArviZ 1.x (arviz_base): nested dict of groups, returns an xarray.DataTree
-        idata = az.from_dict(
-            {"posterior": posterior},
-            dims={n: d[2:] for n, d in post_dims.items()},
-            coords=dict(coords or {}),
-        )
-    idata["posterior"].attrs.update(all_attrs)
 
-    for group, variables in (groups or {}).items():
-        data_vars = {}
-        for n, v in variables.items():
-            arr = np.asarray(v)
-            lead = ["chain", "draw"] if arr.shape[:2] == (len(runs), sizes_n) else []
-            data_vars[n] = (_named_dims(n, arr, lead, dims), arr)
-        used = {d for dd, _ in data_vars.values() for d in dd}
-        ds = xr.Dataset(
-            data_vars,
-            coords={d: np.asarray(c) for d, c in (coords or {}).items() if d in used},
-            attrs=all_attrs,
-        )
-        if hasattr(idata, "add_groups"):
-            idata.add_groups({group: ds})
-        else:
-            idata[group] = ds
-
-    if steps or log_evidence is not None:
-        data_vars = {}
-        for n, arr in steps.items():
-            step_dims = ["chain", "step"] + [f"{n}_dim_{i}" for i in range(arr.ndim - 2)]
-            data_vars[n] = (step_dims, arr)
-        if log_evidence is not None:
-            data_vars["log_evidence"] = (["chain"], le)
-        ds = xr.Dataset(data_vars, coords={"chain": np.arange(len(runs))}, attrs=all_attrs)
-        if hasattr(idata, "add_groups"):
-            idata.add_groups({STEPS_GROUP: ds})
-        else:
-            idata[STEPS_GROUP] = ds
-    return idata
+def _add_group(idata, name: str, ds) -> None:
+    """Add the ``xarray.Dataset`` ``ds`` as group ``name`` (ArviZ 0.x and 1.x)."""
+    if hasattr(idata, "add_groups"):
+        idata.add_groups({name: ds})
+    else:
+        idata[name] = ds
 
 
 # Groups without (chain, draw) axes: stored once, not per chain.

@@ -98,6 +98,17 @@ def _chain_se(chain, support, p, num_batches: int = 20) -> np.ndarray:
     return np.maximum(batch_se, np.sqrt(p * (1 - p) / len(chain)))
 
 
+def _check_chain(chain, exact) -> tuple[list, np.ndarray, np.ndarray]:
+    """Assert the answer frequencies of ``chain`` are within 5 batch-means standard errors
+    of the ``exact`` posterior; return the support, its probabilities and the SE."""
+    support = list(exact)
+    freq = np.array([np.mean([a == s for a in chain]) for s in support])
+    p = _probs(exact, support)
+    se = _chain_se(chain, support, p)
+    assert np.all(np.abs(freq - p) < 5 * se), (freq, p, se)
+    return support, p, se
+
+
 def _total_variation(p: dict, q: dict) -> float:
     return 0.5 * sum(abs(p.get(a, 0.0) - q.get(a, 0.0)) for a in set(p) | set(q))
 
@@ -222,14 +233,9 @@ def test_particle_gibbs_keeps_reference_and_targets_posterior():
         ref = new
     exact, _ = _enumerate()
     res = particle_gibbs(jax.random.key(6), model, "q", 4 * 300, num_particles=4)
-    chain = res.info["reference_answers"]
-    support = list(exact)
-    freq = np.array([np.mean([a == s for a in chain]) for s in support])
-    p = _probs(exact, support)
     # autocorrelated chain: 5 standard errors measured by batch means (measured effective
     # size 0.22-0.77 of the 300 iterations across the answers; the old assumption was 1/4)
-    se = _chain_se(chain, support, p)
-    assert np.all(np.abs(freq - p) < 5 * se), (freq, p, se)
+    support, p, se = _check_chain(res.info["reference_answers"], exact)
     pooled = _probs(res.answer_distribution, support)
     assert np.all(np.abs(pooled - p) < 5 * se), (pooled, p, se)
 
@@ -247,14 +253,9 @@ def test_parallel_tempering_cold_chain_targets_posterior():
     res = parallel_tempering(jax.random.key(7), model, "q", 2 * 4 * 200, betas=(1.0, 0.3))
     acc = res.info["swap_acceptance"]
     assert 0.0 < acc[0] < 1.0
-    chain = res.info["reference_answers"]
-    support = list(exact)
-    freq = np.array([np.mean([a == s for a in chain]) for s in support])
-    p = _probs(exact, support)
     # 5 standard errors measured by batch means (measured effective size 0.19-0.71 of the
     # 200 iterations across the answers; the old assumption was 1/4)
-    se = _chain_se(chain, support, p)
-    assert np.all(np.abs(freq - p) < 5 * se), (freq, p, se)
+    _check_chain(res.info["reference_answers"], exact)
 
 
 def test_baselines_run_with_budget_semantics():
