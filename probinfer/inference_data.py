@@ -354,7 +354,9 @@ def combine_chains(
     attrs
         Extra attributes.
     dims, coords
-        Dimension names and coordinates, as in :func:`to_inference_data`.
+        Dimension names and coordinates, as in :func:`to_inference_data`. ``dims`` adds to
+        (and overrides per variable) the results' own: a tempered SMC run names the
+        dimensions after its model's plates (``target.dims()``).
     groups
         Extra groups, ``{group: {variable: array (chain, draw, ...)}}``, e.g.
         ``posterior_predictive`` from ``target.posterior_predictive(key, r.samples)`` per
@@ -369,8 +371,11 @@ def combine_chains(
     Notes
     -----
     Per-step histories of different lengths (adaptive tempering) are padded with NaN to the
-    longest. The ``log_likelihood`` group (``az.loo``, ``az.waic``) and ``observed_data``
-    come from the results' extra groups, when their model provides them.
+    longest. The ``log_likelihood`` group (``az.loo``, ``az.waic``), ``observed_data``,
+    ``sample_stats`` and ``posterior_predictive`` come from the results' extra groups, when
+    their model provides them. Their per-draw rows are taken as they are (row ``i`` belongs to
+    particle ``i``): they match the posterior draws of equally weighted particles (tempered
+    SMC), which are exported without a resample.
     """
     results = list(results)
     if not results:
@@ -413,6 +418,7 @@ def combine_chains(
     merged.update(attrs or {})
     if len(results) > 1:
         merged = {k: v for k, v in merged.items() if not isinstance(v, int | float)}
+    dims = {**results[0]._arviz_dims(), **(dims or {})}
     return to_inference_data(
         runs,
         key=key,

@@ -21,7 +21,7 @@ from probinfer.smc.gibbs import (
     trace_lineage,
 )
 from probinfer.smc.kernel import RunOptions
-from probinfer.smc.result import SMCResult
+from probinfer.smc.result import SMCChains, SMCResult
 from probinfer.smc.run import run_smc
 from probinfer.smc.scan import SMCOutput, smc_scan
 from probinfer.smc.state_space import (
@@ -44,6 +44,7 @@ __all__ = [
     "ParticleFilterResult",
     "ParticleGibbsResult",
     "RunOptions",
+    "SMCChains",
     "SMCOutput",
     "SMCResult",
     "SMCState",

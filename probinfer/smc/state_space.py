@@ -24,7 +24,7 @@ import numpy as np
 from probinfer.engine.core import bucket_size, pad_rows, to_device
 from probinfer.particles import Particles
 from probinfer.smc.base import FeynmanKac, check_num_particles
-from probinfer.smc.result import SMCResult
+from probinfer.smc.result import SMCChains, SMCResult, check_num_chains, run_chains
 from probinfer.smc.run import run_smc
 
 Array = jax.Array
@@ -353,10 +353,11 @@ def particle_filter(
     observations,
     num_particles: int,
     *,
+    num_chains: int | None = None,
     proposal: str = "bootstrap",
     quantiles=(),
     **options,
-) -> ParticleFilterResult:
+) -> ParticleFilterResult | SMCChains:
     """Bootstrap or guided particle filter for a state-space model.
 
     Parameters
@@ -369,6 +370,12 @@ def particle_filter(
         ``(T,)`` or ``(T, p)`` array ``y_0..y_{T-1}`` (finite).
     num_particles
         ``N >= 2``.
+    num_chains
+        ``None`` (default): one filter, a :class:`ParticleFilterResult`. An integer
+        ``C >= 1``: ``C`` independent filters with the keys ``jax.random.split(key, C)``,
+        one after another, returned as an :class:`~probinfer.smc.SMCChains` (``C`` ArviZ
+        chains; the spread of ``log_evidence`` measures its Monte Carlo error). ``C``
+        filters cost ``C`` times one.
     proposal
         ``"bootstrap"`` (propose from the transition) or ``"guided"`` (the model's
         proposals; the locally optimal one for a linear-Gaussian model).
@@ -395,11 +402,18 @@ def particle_filter(
     Returns
     -------
     ParticleFilterResult
+        or :class:`~probinfer.smc.SMCChains` of them with ``num_chains``.
     """
     check_num_particles(num_particles)
     levels = tuple(float(q) for q in quantiles)
     if any(not 0.0 <= q <= 1.0 for q in levels):
         raise ValueError(f"quantiles must lie in [0, 1], got {levels}")
+    chains = check_num_chains(num_chains)
+    if chains is not None:
+        one = dict(proposal=proposal, quantiles=levels, **options)
+        return run_chains(
+            key, chains, lambda k: particle_filter(k, ssm, observations, num_particles, **one)
+        )
     opts = {"keep_ancestors": False, "progress": False, "desc": "particle filter", **options}
     jit = opts.setdefault("jit", True)
     opts.setdefault("bucket", jit)

@@ -43,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from probinfer.engine.core import pad_rows
+from probinfer.inference_data import sample_stats_group
 from probinfer.particles import Particles
 from probinfer.smc.base import check_num_particles
-from probinfer.smc.result import SMCResult
+from probinfer.smc.result import SMCChains, SMCResult, check_num_chains, run_chains
 from probinfer.smc.run import run_smc
 from probinfer.smc.scan import SMCOutput, smc_scan
 from probinfer.smc.tempering import (
@@ -102,9 +103,21 @@ class TemperedSMCResult(SMCResult):
         ``{name: (N, *shape)}``.
     log_likelihood
         Pointwise log likelihood of each particle, ``{observed site: (N, *obs_shape)}`` (the
-        ArviZ ``log_likelihood`` group: ``az.loo``/``az.waic``), or ``None``.
+        ArviZ ``log_likelihood`` group: ``az.loo``/``az.waic``), or ``None`` when the target
+        has no pointwise terms.
     observed_data
         The observed values, ``{observed site: array}`` (the ``observed_data`` group).
+    sample_stats
+        ``lp`` (log prior density of the unconstrained particle, Jacobian included, plus log
+        likelihood: ``az.from_numpyro``'s ``lp``) and ``log_likelihood`` (the total) per
+        particle, ``(N,)`` each (the ``sample_stats`` group).
+    posterior_predictive
+        Draws of the observed sites given each particle, ``{observed site: (N, *shape)}``
+        (``tempered_smc(..., posterior_predictive=True)``; the ``posterior_predictive``
+        group: ``az.plot_ppc``), or ``None``.
+    dims
+        ArviZ dimension names per site, after the model's plates (``target.dims()``); the
+        default ``dims`` of :meth:`to_arviz`.
     log_evidence
         ``log p(y)`` estimate (float64 sum of the increments) from the ``evidence``
         estimator.
@@ -142,14 +155,19 @@ class TemperedSMCResult(SMCResult):
     kernel: str
     log_likelihood: dict[str, np.ndarray] | None = None
     observed_data: dict[str, np.ndarray] | None = None
+    sample_stats: dict[str, np.ndarray] | None = None
+    posterior_predictive: dict[str, np.ndarray] | None = None
+    dims: dict[str, list[str]] | None = None
 
     def _arviz_groups(self) -> dict:
         groups = {}
-        if self.log_likelihood:
-            groups["log_likelihood"] = self.log_likelihood
-        if self.observed_data:
-            groups["observed_data"] = self.observed_data
+        for name in ("log_likelihood", "observed_data", "sample_stats", "posterior_predictive"):
+            if getattr(self, name):
+                groups[name] = getattr(self, name)
         return groups
+
+    def _arviz_dims(self) -> dict[str, list[str]]:
+        return dict(self.dims or {})
 
     def _arviz_particles(self) -> Particles:
         return Particles(
@@ -175,17 +193,24 @@ class TemperedSMCResult(SMCResult):
         }
 
 
+# fold_in tag of the posterior predictive draws' key: a stream of ``key`` that the run never
+# uses (the run uses ``jax.random.split(key)``'s two keys)
+_PREDICTIVE_STREAM = 0x5050
+
+
 def tempered_smc(
     key: Array,
     target,
     num_particles: int,
     *,
+    num_chains: int | None = None,
+    posterior_predictive: bool = False,
     jit: bool = True,
     progress: bool | None = None,
     shard: bool = False,
     bucket: bool = True,
     **settings,
-) -> TemperedSMCResult:
+) -> TemperedSMCResult | SMCChains:
     """Adaptive tempered SMC from the prior to the posterior of a static model.
 
     Parameters
@@ -196,6 +221,20 @@ def tempered_smc(
         A :class:`~probinfer.targets.Target` (``from_numpyro``/``from_pyro``).
     num_particles
         ``N >= 2``.
+    num_chains
+        ``None`` (default): one run, a :class:`TemperedSMCResult`. An integer ``C >= 1``:
+        ``C`` independent runs with the keys ``jax.random.split(key, C)``, one after
+        another (adaptive tempering gives each run its own number of steps), returned as
+        an :class:`~probinfer.smc.SMCChains` whose ``to_arviz`` has ``C`` chains (ArviZ's
+        ``r_hat``) and whose ``log_evidence`` spread measures the evidence's Monte Carlo
+        error. ``C`` runs cost ``C`` times one run.
+    posterior_predictive
+        ``True``: draw the observed sites given each final particle with the target's
+        ``posterior_predictive(key, samples)`` (NumPyro's / Pyro's ``Predictive``; the key
+        is ``jax.random.fold_in(key, 0x5050)``, a stream the run does not use, so the
+        posterior is the same with or without it), stored in
+        ``result.posterior_predictive`` and exported as the ``posterior_predictive``
+        group (``az.plot_ppc``). Off by default: it runs the model once more per particle.
     **settings
         The tempering settings, :class:`~probinfer.smc.tempering.TemperingSettings`:
         ``kernel`` (``"rwmh"``, ``"hmc"``, ``"nuts"``), ``num_mcmc_steps`` (5),
@@ -223,9 +262,35 @@ def tempered_smc(
     Returns
     -------
     TemperedSMCResult
+        or :class:`~probinfer.smc.SMCChains` of them with ``num_chains``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad ``num_particles``, ``num_chains``, ``posterior_predictive`` or setting, or
+        ``posterior_predictive=True`` with a target that has no ``posterior_predictive``.
     """
     check_num_particles(num_particles)
     st = TemperingSettings(**settings)
+    chains = check_num_chains(num_chains)
+    if not isinstance(posterior_predictive, bool | np.bool_):
+        raise TypeError(
+            f"posterior_predictive must be a bool, got {type(posterior_predictive).__name__}"
+        )
+    if posterior_predictive and not callable(getattr(target, "posterior_predictive", None)):
+        raise ValueError(
+            "posterior_predictive=True needs a target with a posterior_predictive(key, samples) "
+            f"method (from_numpyro, from_pyro); {type(target).__name__} has none"
+        )
+    if chains is not None:
+        options = dict(jit=jit, progress=progress, shard=shard, bucket=bucket, **settings)
+        return run_chains(
+            key,
+            chains,
+            lambda k: tempered_smc(
+                k, target, num_particles, posterior_predictive=posterior_predictive, **options
+            ),
+        )
     start = time.perf_counter()
     bucket = bool(bucket) and jit and (shard is False or shard is None)
     k_init, k_run = jax.random.split(key)
@@ -247,12 +312,16 @@ def tempered_smc(
         shard=shard,
         bucket=bucket,
     )
-    return _result(res, target, num_particles, st, cfg, bucket, start)
+    k_pred = jax.random.fold_in(key, _PREDICTIVE_STREAM) if posterior_predictive else None
+    return _result(res, target, num_particles, st, cfg, bucket, start, k_pred)
 
 
-def _result(res: SMCResult, target, n: int, st, cfg, bucket: bool, start) -> TemperedSMCResult:
-    """The result of a tempering run: the history, the particles' constrained values and
-    pointwise log likelihoods, and the evidence of the chosen estimator."""
+def _result(
+    res: SMCResult, target, n: int, st, cfg, bucket: bool, start, k_pred=None
+) -> TemperedSMCResult:
+    """The result of a tempering run: the history, the particles' constrained values,
+    pointwise log likelihoods, log densities and (with ``k_pred``) posterior predictive
+    draws, and the evidence of the chosen estimator."""
     stats = res.summaries
     lams = np.asarray(stats.lam)
     if res.num_steps < 2 or lams[-1] < 1.0 or lams[-2] < 1.0:
@@ -271,6 +340,12 @@ def _result(res: SMCResult, target, n: int, st, cfg, bucket: bool, start) -> Tem
     padded = jnp.asarray(pad_rows(np.asarray(theta), _bucket(n))) if bucket else theta
     samples = {k: np.asarray(v)[:n] for k, v in target.constrain(padded).items()}
     log_lik, observed = _pointwise_groups(target, padded, n)
+    final = res.particles.values  # the last move's log densities of the final particles
+    stats_group = sample_stats_group(
+        log_prior=np.asarray(final.log_prior)[:n], log_likelihood=np.asarray(final.log_lik)[:n]
+    )
+    predictive = None if k_pred is None else target.posterior_predictive(k_pred, samples)
+    dims = target.dims() if callable(getattr(target, "dims", None)) else {}
     return TemperedSMCResult(
         particles=particles,
         log_evidence=res.log_evidence if log_z is None else log_z,
@@ -290,6 +365,9 @@ def _result(res: SMCResult, target, n: int, st, cfg, bucket: bool, start) -> Tem
         kernel=st.kernel,
         log_likelihood=log_lik,
         observed_data=observed,
+        sample_stats=stats_group,
+        posterior_predictive=predictive,
+        dims=dims,
     )
 
 

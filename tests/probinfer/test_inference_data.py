@@ -125,3 +125,28 @@ def test_combine_chains_of_different_sizes_names_the_runs_and_sizes():
     # numpy's "all input arrays must have the same shape" from the log_likelihood stack)
     with pytest.raises(ValueError, match=r"results: .*same number of particles, got \[8, 12, 8\]"):
         combine_chains([_smc_result(8), _smc_result(12, 1), _smc_result(8, 2)])
+
+
+def test_combine_chains_takes_the_results_dims_and_overrides_them():
+    from probinfer.inference_data import combine_chains
+    from probinfer.smc import SMCResult
+
+    class Named(SMCResult):
+        def _arviz_dims(self):
+            return {"beta": ["coef"]}
+
+    runs = [
+        Named(
+            particles=Particles({"beta": jax.random.normal(jax.random.key(s), (6, 3))}),
+            log_evidence=-1.0,
+            log_evidence_increments=np.zeros(1),
+            ess=np.full(1, 6.0),
+            resampled=np.zeros(1, bool),
+        )
+        for s in range(2)
+    ]
+    assert combine_chains(runs).posterior["beta"].dims == ("chain", "draw", "coef")
+    assert runs[0].to_arviz().posterior["beta"].dims == ("chain", "draw", "coef")
+    idata = combine_chains(runs, dims={"beta": ["k"]}, coords={"k": ["a", "b", "c"]})
+    assert idata.posterior["beta"].dims == ("chain", "draw", "k")
+    assert list(idata.posterior["k"].values) == ["a", "b", "c"]
