@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probinfer._random import key_to_seed  # noqa: F401 (its former home: hf.py, server.py)
 from probinfer.checks import check_num
 from probinfer.llm.protocols import (
     LanguageModel,
     RewardModel,
+    StatefulRewardModel,
     StepFormat,
     Usage,
     check_rewards,
@@ -251,7 +251,7 @@ class LLMStateSpaceModel:
         where = np.array([first[tuple(q)] for q in queries])
         unique = list(first)
         rows = None
-        if callable(getattr(self.reward, "score_with_state", None)):
+        if isinstance(self.reward, StatefulRewardModel):
             if state is not None:
                 state = state.take(at)
             r, rows, encoded = self.reward.score_with_state(prompt, unique, state)
