@@ -44,7 +44,7 @@ def select_answer(answers, log_weights, select: str) -> str | None:
     return ranked[0][0] if ranked else None
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # the base's one-line repr
 class LLMResult(SMCResult):
     """What an LLM inference algorithm returns (an :class:`~probinfer.smc.SMCResult`).
 

@@ -94,18 +94,8 @@ def weighted_summary(runs: Sequence[Particles], prob: float = 0.94):
     )
 
 
-class _ShortRepr:
-    """Gives dataclass subclasses the base's one-line repr: ``@dataclass`` writes a repr
-    listing every field (whole arrays) into each subclass, unless the class has one."""
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "__repr__" not in cls.__dict__:
-            cls.__repr__ = SMCResult.__repr__
-
-
-@dataclass(frozen=True, kw_only=True)
-class SMCResult(_ShortRepr):
+@dataclass(frozen=True, kw_only=True, repr=False)
+class SMCResult:
     """What every SMC run returns (the base of the algorithms' results).
 
     Attributes

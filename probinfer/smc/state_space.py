@@ -309,7 +309,7 @@ def _summary_fn(levels: tuple[float, ...]):
     return summary
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # the base's one-line repr
 class ParticleFilterResult(SMCResult):
     """Result of :func:`particle_filter` (an :class:`~probinfer.smc.SMCResult`).
 

@@ -90,7 +90,7 @@ def tempered_smc_loop(key, target, num_particles: int, **settings) -> SMCOutput:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, repr=False)  # the base's one-line repr
 class TemperedSMCResult(SMCResult):
     """Result of :func:`tempered_smc` (an :class:`~probinfer.smc.SMCResult`).
 
