@@ -221,13 +221,19 @@ def resample(
     before the cast to float32, so float64 values beyond float32's range (``[1e39, 0]``)
     resample correctly (always index 0 there).
     """
-    from probinfer.engine.core import bucket_size
-
     _check_scheme(scheme)
     if isinstance(log_weights, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
         lw = check_log_weights(log_weights)
         num = _check_num(num, lw.shape[0])
         return _resample(key, lw, num, scheme, num if num_valid is None else num_valid)
+    return jax.device_put(_resample_concrete(key, log_weights, num, scheme))
+
+
+def _resample_concrete(key: Array, log_weights, num: int | None, scheme: str) -> np.ndarray:
+    """:func:`resample` of concrete log weights, as host indices (the eager SMC driver
+    reads them on the host: no round trip through the device)."""
+    from probinfer.engine.core import bucket_size
+
     a = check_log_weights_numpy(log_weights)
     n = a.shape[0]
     num = _check_num(num, n)
@@ -237,8 +243,7 @@ def resample(
     padded = np.full(n_pad, -np.inf, np.float32)
     with np.errstate(over="ignore"):
         padded[:n] = a - a.max()
-    idx = np.asarray(_resample(key, padded, num_pad, scheme, np.int32(num)))[:num]
-    return jax.device_put(idx)
+    return np.asarray(_resample(key, padded, num_pad, scheme, np.int32(num)))[:num]
 
 
 @jax.jit(static_argnums=(2, 3))
@@ -265,12 +270,15 @@ def _resample(key: Array, log_weights: Array, num: int, scheme: str, num_valid) 
 @cache
 def resampler(scheme: Scheme = "systematic") -> Callable:
     """:func:`resample` with ``scheme`` fixed: the SMC driver's ``resample_fn(key,
-    log_weights, num, num_valid=None)``. Cached, so equal schemes give the same (hashable)
-    function and compiled runs are reused."""
+    log_weights, num, num_valid=None)``. Concrete log weights give host (numpy) indices,
+    traced ones traced indices. Cached, so equal schemes give the same (hashable) function
+    and compiled runs are reused."""
     _check_scheme(scheme)
 
     def resample_fn(key, log_weights, num, num_valid=None):
-        return resample(key, log_weights, num, scheme, num_valid=num_valid)
+        if isinstance(log_weights, jax.core.Tracer) or isinstance(key, jax.core.Tracer):
+            return resample(key, log_weights, num, scheme, num_valid=num_valid)
+        return _resample_concrete(key, log_weights, num, scheme)
 
     return resample_fn
 
