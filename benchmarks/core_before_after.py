@@ -42,7 +42,7 @@ ROOT = HERE.parent
 
 BENCHMARKS = {
     "pf": ["pf_vs_particles.py", "--sizes", "100000", "1000000", "--quantile-sizes", "--reps", "5"],
-    "llm": ["llm_vs_its_hub.py", "--num-problems", "20", "--budgets", "4,8,16"],
+    "llm": ["llm_vs_its_hub.py", "--num-problems", "50", "--budgets", "4,8,16"],
     "tsmc": ["tempered_smc.py", "--reps", "5", "--accuracy-reps", "8", "--pilot-reps", "2"],
     "mem": ["many_sizes_memory.py", "--phase-seconds", "30"],
 }
@@ -92,7 +92,7 @@ def _tsmc(d: dict) -> dict:
             out[f"{r['library']} run_s"] = r["median_run_s"]
     for k, v in d["ratios_vs_blackjax"].items():
         if k.endswith("[zv]"):
-            out[f"{k} / BlackJAX wall time"] = v["wall_time_ratio"]
+            out[f"{k} / BlackJAX wall time"] = v["wall_time_ratio"]["median"]
     return out
 
 

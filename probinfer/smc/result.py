@@ -293,24 +293,14 @@ class SMCChains(tuple):
         """Seconds, all runs together."""
         return float(sum(r.wall_time for r in self))
 
-    def to_arviz(
-        self,
-        key: Array | None = None,
-        *,
-        scheme: str = "systematic",
-        attrs: dict | None = None,
-        dims: Mapping[str, Sequence[str]] | None = None,
-        coords: Mapping[str, Any] | None = None,
-        groups: Mapping[str, Mapping[str, Any]] | None = None,
-    ):
+    def to_arviz(self, key: Array | None = None, **options):
         """ArviZ ``InferenceData`` with one chain per run
-        (:func:`probinfer.inference_data.combine_chains`; arguments as in
-        :meth:`SMCResult.to_arviz`, ``groups`` arrays ``(chain, draw, ...)``)."""
+        (:func:`probinfer.inference_data.combine_chains`; ``scheme``, ``attrs``, ``dims``,
+        ``coords`` and ``groups`` as in :meth:`SMCResult.to_arviz`, ``groups`` arrays
+        ``(chain, draw, ...)``)."""
         from probinfer.inference_data import combine_chains
 
-        return combine_chains(
-            self, key, scheme=scheme, attrs=attrs, dims=dims, coords=coords, groups=groups
-        )
+        return combine_chains(self, key, **options)
 
     def summary(self, key: Array | None = None, prob: float = 0.94):
         """The pooled weighted table of :meth:`SMCResult.summary` over all runs (each run
