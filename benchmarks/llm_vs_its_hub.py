@@ -19,10 +19,11 @@ Setup (fair by construction):
   which is what its-hub's text interface implies, in one prefill pass that also gives the
   first new token's logits (as a serving engine does; no extra pass for the last token);
 * probinfer's ``particle_filter`` with the bundled defaults (``load_default``), token-exact
-  particles with the LM's and the PRM's key/value caches carried through resampling (each
-  step encodes only its new tokens, in the LM and in the PRM);
-* both sides run the same backend classes (``HFCausalLM``, ``HFRewardModel``), so both get
-  the lean GPT-2 forward pass (:mod:`probinfer.llm.lean`);
+  particles with the LM's key/value cache carried through resampling (each step encodes
+  only its new tokens; the bundled PRM is a sequence classifier, which re-reads each
+  partial answer, as its-hub's does);
+* both sides run the same backend classes (``HFCausalLM``, ``HFRewardModel``) and
+  transformers' forward passes;
 * budgets 4, 8, 16, interleaved problem by problem (for each problem and budget, both
   libraries run back to back, alternating which goes first) in one process.
 
@@ -130,15 +131,10 @@ def _accumulator():
 
 def _time_forward_passes(backends) -> list:
     """Accumulate the wall time spent inside the backends' network forward passes (the
-    lean GPT-2 pass, or the ``transformers`` model's forward) into the returned one-element
-    list."""
-    import probinfer.llm.lean as lean
-
+    ``transformers`` models' forward) into the returned one-element list."""
     total, timed = _accumulator()
-    lean.lean_forward = timed(lean.lean_forward)  # imported at call time by the backends
     for b in backends:
-        if not lean.supports(b.model):
-            b.model.forward = timed(b.model.forward)
+        b.model.forward = timed(b.model.forward)
     return total
 
 
@@ -211,13 +207,11 @@ def _bench(model) -> _Bench:
     from its_hub.core.algorithms.particle_gibbs import ParticleFiltering
     from its_hub.core.lms.step_generation import StepGeneration
 
-    from probinfer.llm.protocols import StatefulRewardModel
-
     lm, prm, fmt = model.lm, model.reward, model.step_format
     lm_time, lm_timed = _accumulator()
     prm_time, prm_timed = _accumulator()
     # the cache-carrying call the filter makes, when the PRM has it
-    scoring = ("score", "score_with_state") if isinstance(prm, StatefulRewardModel) else ("score",)
+    scoring = tuple(m for m in ("score", "score_with_state") if callable(getattr(prm, m, None)))
     forward_time = _time_forward_passes([m for m in (lm, prm) if hasattr(m, "model")])
     weights_time = _time_weight_bookkeeping()
     ours = dataclasses.replace(

@@ -31,27 +31,17 @@ Stages, written to ``--out`` (default ``probinfer/llm/assets/``) as safetensors 
   labels on the newest step's LM log-probability and length, fitted on the LM's own
   samples (``prm_likelihood/prm.json``). It cannot see earlier steps.
 
-Commands that produced the staged Llama models (``/work/staging/assets``, one CPU thread, on a
-2-core machine shared with five other jobs: load average 13-17, about a quarter of a core for
-this job, hence the cut-down PRM run)::
+Commands that produced the bundled models (one CPU thread each, on a 2-core machine whose
+other core ran benchmarks; trained into a staging folder, then copied into the package)::
 
-    .venv/bin/python scripts/train_llm_default.py --stage lm --lm-steps 1500 --lm-minutes 40 \
-        --out /work/staging/assets     # 1288 s, final loss 0.369 (the GPT-2: 0.377 at 4000)
-    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-problems 1000 \
-        --prm-extra-layers 2 --prm-freeze-lm --prm-steps 1500 --prm-minutes 20 \
-        --prm-target-accuracy 0.98 --out /work/staging/assets
-        # 610 s sampling + 1201 s training (stopped by --prm-minutes at step 1179):
-        # 77.8% held-out step accuracy, too weak to replace the bundled PRM
-
-The full recipe, which produced the previous bundled GPT-2 models (head size 16) in ~7 and
-~11 min on an idle machine (97.9% held-out step accuracy), to rerun for the Llama models when a
-core is free (``--lm-minutes`` caps the LM run at 9 minutes by default)::
-
-    .venv/bin/python scripts/train_llm_default.py --stage lm                # 4000 steps
+    .venv/bin/python scripts/train_llm_default.py --stage lm --lm-minutes 14
+        # 4000 steps in 621 s, final loss 0.294 (the earlier GPT-2: 0.377)
     .venv/bin/python scripts/train_llm_default.py --stage prm --prm-problems 8000 \
         --prm-extra-layers 2 --prm-freeze-lm --prm-steps 14000 --prm-minutes 28 \
         --prm-target-accuracy 0.98
-    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-kind likelihood  # ~30 s
+        # 370 s sampling + 788 s training (14000 steps): 91.1% held-out step accuracy
+        # (the earlier GPT-2 token-head PRM: 97.9%; this one plateaued from step 13000)
+    .venv/bin/python scripts/train_llm_default.py --stage prm --prm-kind likelihood  # 7 s
 
 ``--stage all`` runs the first two.
 

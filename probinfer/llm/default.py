@@ -1,16 +1,19 @@
 """The bundled offline default: tiny arithmetic LM, learned PRM and verifier.
 
-The assets under ``probinfer/llm/assets/`` (``lm/`` and ``prm/``: safetensors + JSON,
-about 1 MB) are trained by ``scripts/train_llm_default.py``. The LM makes mistakes on
-purpose (about one operation in five is wrong in its training data), so a single sample
-is right only about a quarter of the time.
+The assets under ``probinfer/llm/assets/`` (``lm/`` and ``prm/``: safetensors + JSON with a
+character-level ``tokenizer.json``, about 1.4 MB) are trained by
+``scripts/train_llm_default.py``. Both are standard Hugging Face architectures, so a serving
+engine serves them as they are (vLLM, its CPU build included: ``make test-vllm``): the LM a
+``LlamaForCausalLM`` (hidden size 64, 2 heads of size 32, 3 layers), the PRM a
+``LlamaForSequenceClassification``. The LM makes mistakes on purpose (about one operation in
+five is wrong in its training data), so a single sample is right only about 40% of the time.
 
 The learned PRM (``"learned"``, ``assets/prm/``) scores the *whole* partial answer (prompt
-and every step so far; the paper's "model" aggregation): the LM's transformer, frozen,
-with two new blocks and a one-logit token head trained on the LM's own samples labelled by
-the verifier ("every step so far correct"), read at the last character. It is informative
-but imperfect (its held-out step accuracy is in ``assets/prm/training.json``), so reward
-hacking by greedy selection still shows. ``"likelihood"`` is a weaker learned PRM that only
+and every step so far; the paper's "model" aggregation): the LM's transformer, frozen, with
+two new blocks and a one-logit sequence-classification head read at the last token, trained
+on the LM's own samples labelled by the verifier ("every step so far correct"). It is
+informative but imperfect (91% held-out step accuracy, in ``assets/prm/training.json``), so
+reward hacking by greedy selection shows. ``"likelihood"`` is a weaker learned PRM that only
 sees the newest step's LM log-likelihood (:class:`~probinfer.llm.reward.LikelihoodPRM`).
 """
 
@@ -38,7 +41,8 @@ def default_model_kwargs() -> dict:
         # log r rather than the paper's logit r: with "model" aggregation the potential of
         # every step multiplies in, and the odds of a confident PRM let its false positives
         # dominate at large budgets; measured on held-out tuning problems (seed 7) with the
-        # bundled PRM, PF accuracy at budgets 8/16/32 was 68/68/75% (log) vs 67/60/68% (logit)
+        # previously bundled GPT-2 PRM, PF accuracy at budgets 8/16/32 was 68/68/75% (log) vs
+        # 67/60/68% (logit); the README's logit row is the current models' test figure
         "potential": "log",
         "aggregation": "model",
     }

@@ -68,13 +68,8 @@ def _cache(config, layers):
 
 def forward_cached(model, ids, mask, position, layers, *, last: bool = False):
     """``model``'s output on ``ids`` after the cached ``layers`` (``(keys, values)`` per
-    layer) and the new layers; ``mask`` covers the cached and new positions. GPT-2 models
-    take the lean path (:mod:`probinfer.llm.lean`), others transformers' forward with a
-    fresh cache object (the stored layers are never mutated)."""
-    from probinfer.llm.lean import lean_forward, supports
-
-    if supports(model):
-        return lean_forward(model, ids, mask, position, layers, last=last)
+    layer) and the new layers; ``mask`` covers the cached and new positions. transformers'
+    forward with a fresh cache object (the stored layers are never mutated)."""
     cache = _cache(model.config, layers)
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=position, cache=cache, use_cache=True
@@ -540,8 +535,6 @@ class HFRewardModel:
     def _score_rows(self, rows) -> np.ndarray:
         import torch
 
-        from probinfer.llm.lean import lean_forward, supports
-
         if not rows:
             return np.zeros(0)
         out = np.empty(len(rows))
@@ -555,11 +548,7 @@ class HFRewardModel:
                     ids[i, : len(r)] = torch.tensor(r)
                     mask[i, : len(r)] = 1
                 ids, mask = ids.to(self.device), mask.to(self.device)
-                if supports(self.model):
-                    pos = torch.arange(w, device=self.device).expand(len(chunk), w)
-                    logits, _ = lean_forward(self.model, ids, mask, pos, ())
-                else:
-                    logits = self.model(input_ids=ids, attention_mask=mask).logits
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
                 at = mask.sum(-1) - 1  # the last token: the step's separator when there is one
                 out[a : a + len(chunk)] = self._probability(logits, at).cpu().numpy()
         return out.astype(np.float64)

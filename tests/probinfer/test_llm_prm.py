@@ -16,10 +16,10 @@ from probinfer.llm import ArithmeticTask, HFRewardModel  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[2] / "probinfer" / "llm" / "assets"
 
 # Pairwise ranking accuracy of the bundled PRM (correct prefix scored above a wrong one,
-# pairs from `_pairs` below), measured on 2 x 2000 pairs from seeds 11 and 12: 0.877 and
-# 0.876. With N_PAIRS pairs the observed rate has standard error
+# pairs from `_pairs` below), measured on 2 x 2000 pairs from seeds 11 and 12: 0.832 and
+# 0.849. With N_PAIRS pairs the observed rate has standard error
 # sqrt(PAIR_RATE (1 - PAIR_RATE) / N_PAIRS) (~0.04); the test allows 4.5 of them.
-PAIR_RATE = 0.875
+PAIR_RATE = 0.84
 N_PAIRS = 80
 
 
@@ -102,7 +102,9 @@ def test_bad_input_raises(prm):
         prm.score(["3+5="], [("x;",)])
     with pytest.raises(ValueError, match="same length"):
         prm.score(["3+5=", "3+5="], [("3;",)])
+    from probinfer.llm.hf import context_limit
+
     with pytest.raises(ValueError, match="context window"):
-        prm.score(["3+5="], [("1;" * 40,)])
+        prm.score(["3+5="], [("1;" * (context_limit(prm.model.config) // 2),)])
     with pytest.raises(ValueError, match="path"):
         HFRewardModel.from_pretrained(ASSETS / "missing")

@@ -1,6 +1,6 @@
-"""The reward model's key/value cache carried through resampling, and the lean GPT-2
-forward pass: same scores as a plain forward of the whole text, each PRM token encoded
-once, and the same particle filter result for the same key with and without reuse."""
+"""The reward model's key/value cache carried through resampling: same scores as a plain
+forward of the whole text, each PRM token encoded once, and the same particle filter result
+for the same key with and without reuse."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ transformers = pytest.importorskip("transformers")
 from probinfer.llm import (  # noqa: E402
     CharTokenizer,
     default_problems,
-    lean,
     load_default,
     particle_filter,
 )
@@ -41,85 +40,6 @@ def _gpt2(cls, **kw):
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cls(cfg).eval()
-
-
-def _transformers_forward(model, first, then):
-    """transformers' own forward with a ``DynamicCache``: ``first`` (ids, mask, positions)
-    encoded, then the logits of ``then`` after it, and the cache."""
-    from transformers import DynamicCache
-
-    with torch.no_grad():
-        cache = DynamicCache(config=model.config)
-        ids, mask, pos = first
-        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-        ids, mask, pos = then
-        want = model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
-        ).logits
-    return want, cache
-
-
-@pytest.mark.parametrize(
-    "cls", [transformers.GPT2LMHeadModel, transformers.GPT2ForTokenClassification]
-)
-def test_lean_forward_equals_transformers(cls):
-    """Padded rows, masked cached positions, a two-token block: same outputs and keys and
-    values as transformers' forward with a DynamicCache."""
-    model = _gpt2(cls)
-    assert lean.supports(model)
-    b, length = 3, 7
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, TOK.vocab_size, (b, length), generator=g)
-    mask = torch.ones(b, length, dtype=torch.long)
-    mask[0, :3] = 0  # left padding
-    mask[1, 2:4] = 0  # positions dropped in the middle
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    new = torch.randint(1, TOK.vocab_size, (b, 2), generator=g)
-    full = torch.cat([mask, torch.ones(b, 2, dtype=torch.long)], 1)
-    new_pos = pos[:, -1:] + 1 + torch.arange(2)
-    want, cache = _transformers_forward(model, (ids, mask, pos), (new, full, new_pos))
-    with torch.no_grad():
-        _, layers = lean.lean_forward(model, ids, mask, pos, ())
-        got, layers2 = lean.lean_forward(model, new, full, new_pos, layers)
-    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
-    real = full.bool().numpy()  # masked positions are never attended: their values are free
-    for (k, v), layer in zip(layers2, cache.layers):
-        for x, y in ((k, layer.keys), (v, layer.values)):  # (b, heads, L, d)
-            x, y = x.transpose(1, 2).numpy()[real], y.transpose(1, 2).numpy()[real]
-            np.testing.assert_allclose(x, y, atol=1e-5)
-    assert not lean.supports(_gpt2(cls, scale_attn_by_inverse_layer_idx=True))
-
-
-@pytest.mark.parametrize(
-    "cls", [transformers.GPT2LMHeadModel, transformers.GPT2ForTokenClassification]
-)
-@pytest.mark.parametrize("last", [True, False])
-def test_lean_decoding_step_equals_transformers_bit_for_bit_with_the_general_path(cls, last):
-    """One new token per row (the decoding fast path), with a padding query, left padding
-    and masked cached positions: transformers' outputs, and bit for bit the outputs, keys
-    and values of the general path (so sampling is unchanged by the fast path)."""
-    model = _gpt2(cls)
-    b, length = 4, 6
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, TOK.vocab_size, (b, length), generator=g)
-    mask = torch.ones(b, length, dtype=torch.long)
-    mask[0, :2] = 0
-    mask[2, 3] = 0
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    new = torch.randint(1, TOK.vocab_size, (b, 1), generator=g)
-    full = torch.cat([mask, torch.ones(b, 1, dtype=torch.long)], 1)
-    full[3, -1] = 0  # row 3 is padding at this step (a finished particle)
-    new_pos = pos[:, -1:] + 1
-    want, cache = _transformers_forward(model, (ids, mask, pos), (new, full, new_pos))
-    with torch.no_grad():
-        _, layers = lean.lean_forward(model, ids, mask, pos, ())
-        got, got_layers = lean.lean_forward(model, new, full, new_pos, layers, last=last)
-        ref, ref_layers = lean._forward(model, new, full, new_pos, layers, last)
-    assert got.shape == ref.shape == ((b, want.shape[-1]) if last else want.shape)
-    assert torch.equal(got, ref)
-    for (k, v), (rk, rv) in zip(got_layers, ref_layers):
-        assert torch.equal(k, rk) and torch.equal(v, rv)
-    np.testing.assert_allclose(got.reshape(b, -1)[:3], want.reshape(b, -1)[:3], atol=1e-5)
 
 
 def _bpe_prm():
@@ -194,21 +114,23 @@ def test_sequence_kind_and_kv_cache_false_do_not_keep_rows():
 
 
 def test_particle_filter_identical_with_and_without_prm_reuse(monkeypatch):
-    """The bundled LM and learned PRM: same particles, answers and selection for the same
-    key with and without PRM cache reuse (weights equal up to float rounding); tokens
-    through the PRM's forward counted: with reuse at most N prompts + generated tokens."""
-    model = load_default("learned", device="cpu")
-    prm = model.reward
-    assert prm.reuses_cache and lean.supports(prm.model)
+    """The bundled LM with a token-classifier PRM (the kind whose rows are kept): same
+    particles, answers and selection for the same key with and without PRM cache reuse
+    (weights equal up to float rounding); tokens through the PRM's forward counted: with
+    reuse at most N prompts + generated tokens."""
+    import dataclasses
+
+    prm = _prms()["gpt2-token-last"]
+    model = dataclasses.replace(load_default("verifier", device="cpu"), reward=prm)
+    assert prm.reuses_cache
     counted = {"tokens": 0}
-    inner = lean.lean_forward
+    inner = prm.model.forward
 
-    def counting(m, ids, mask, *a, **k):
-        if m is prm.model:
-            counted["tokens"] += int(mask[:, -ids.shape[1] :].sum())
-        return inner(m, ids, mask, *a, **k)
+    def counting(*a, input_ids=None, attention_mask=None, **k):
+        counted["tokens"] += int(attention_mask[:, -input_ids.shape[1] :].sum())
+        return inner(*a, input_ids=input_ids, attention_mask=attention_mask, **k)
 
-    monkeypatch.setattr(lean, "lean_forward", counting)
+    monkeypatch.setattr(prm.model, "forward", counting)
     n = 8
     for i, (prompt, _) in enumerate(default_problems(4, seed=11)):
         key = jax.random.key(40 + i)
