@@ -151,7 +151,9 @@ def main(argv=None) -> int:
                     runs[name][tree].append(json.loads(path.read_text()))
     table = summarise(runs)
     for key, v in table.items():
-        print(f"{key:80s} after/before {v['after_over_before']:.3f}")
+        ratio = v["after_over_before"]
+        shown = "-" if ratio is None else f"{ratio:.3f}"
+        print(f"{key:80s} after/before {shown} ({v['before']} -> {v['after']})")
     write_results(
         "core_before_after",
         {
