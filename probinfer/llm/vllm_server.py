@@ -198,7 +198,8 @@ def start_vllm(
     Parameters
     ----------
     python
-        The interpreter of the virtualenv holding vLLM.
+        The interpreter of the virtualenv holding vLLM (a relative path is taken from the
+        current directory).
     name
         A label; the log is ``{log_dir}/{name}.log``.
     model_dir
@@ -218,8 +219,9 @@ def start_vllm(
         The started server.
     """
     port = free_port()
+    # absolute (the server runs in log_dir), not resolved: a venv's python is a symlink
     cmd = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server",
+        os.path.abspath(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir), "--served-model-name", served,
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "128", "--enable-prefix-caching",
