@@ -201,11 +201,26 @@ class _Bench:
     weights_time: list
 
 
+def its_hub_step_generation(model):
+    """its-hub's ``StepGeneration`` as its README sets up particle filtering, for the
+    probinfer ``model``'s step format: step tokens, the stop token kept in the output, and
+    ``max_steps`` (its count is of steps *before* the new one, hence - 1)."""
+    from its_hub.core.lms.step_generation import StepGeneration
+
+    fmt = model.step_format
+    return StepGeneration(
+        step_token=[fmt.delimiter, fmt.stop],
+        max_steps=model.max_steps - 1,
+        stop_token=fmt.stop,
+        temperature=model.sampling_temperature,
+        include_stop_str_in_output=True,
+    )
+
+
 def _bench(model) -> _Bench:
     """The probinfer model with timed LM/PRM and its-hub's particle filter with the README
     set-up on the same LM (without KV cache) and PRM."""
     from its_hub.core.algorithms.particle_gibbs import ParticleFiltering
-    from its_hub.core.lms.step_generation import StepGeneration
 
     lm, prm, fmt = model.lm, model.reward, model.step_format
     lm_time, lm_timed = _accumulator()
@@ -221,16 +236,7 @@ def _bench(model) -> _Bench:
                 "tokens_encoded": 0}  # fmt: skip
     plain_lm = type(lm)(lm.model, lm.tokenizer, device="cpu", kv_cache=False, eos_text=lm.eos_text)
     hub_lm, hub_prm = _its_hub_wrappers(plain_lm, prm, fmt, model.max_tokens_per_step, counters)
-    # its-hub's README set-up for particle filtering: step token, stop token kept in the
-    # output, max_steps (its count is of steps *before* the new one, hence - 1)
-    sg = StepGeneration(
-        step_token=[fmt.delimiter, fmt.stop],
-        max_steps=model.max_steps - 1,
-        stop_token=fmt.stop,
-        temperature=model.sampling_temperature,
-        include_stop_str_in_output=True,
-    )
-    hub_pf = ParticleFiltering(sg, hub_prm)
+    hub_pf = ParticleFiltering(its_hub_step_generation(model), hub_prm)
     return _Bench(
         model, ours, hub_pf, hub_lm, counters, lm_time, prm_time, forward_time, weights_time
     )

@@ -70,7 +70,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
-from llm_vs_its_hub import _paired  # noqa: E402
+from llm_vs_its_hub import _paired, its_hub_step_generation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -245,7 +245,6 @@ def _its_hub(lm_v1: str, prm_root: str, model, meters: dict, restore_stop: bool)
     ``benchmarks/llm_vs_its_hub.py``) on the served LM's chat route and the served PRM."""
     from its_hub.core.algorithms.particle_gibbs import ParticleFiltering
     from its_hub.core.lms.openai_lm import OpenAICompatibleLanguageModel
-    from its_hub.core.lms.step_generation import StepGeneration
 
     from probinfer.llm.vllm_server import LM_NAME
 
@@ -257,17 +256,8 @@ def _its_hub(lm_v1: str, prm_root: str, model, meters: dict, restore_stop: bool)
         max_completion_tokens=model.max_tokens_per_step,  # probinfer's per-step cap
     )
     lm._agenerate = meters["lm"].awrap(lm._agenerate, lambda messages_lst, *a: len(messages_lst))
-    # step token, stop token kept in the output, max_steps (its count is of steps *before*
-    # the new one, hence - 1)
-    sg = StepGeneration(
-        step_token=[fmt.delimiter, fmt.stop],
-        max_steps=model.max_steps - 1,
-        stop_token=fmt.stop,
-        temperature=model.sampling_temperature,
-        include_stop_str_in_output=True,
-    )
     prm = _its_hub_prm(prm_root, fmt, meters["prm"], restore_stop)
-    return ParticleFiltering(sg, prm), lm
+    return ParticleFiltering(its_hub_step_generation(model), prm), lm
 
 
 def _measured(servers: dict, meters: dict, run) -> dict:
@@ -356,12 +346,12 @@ def _side_summary(rs: list) -> dict:
 def _budget_result(b: int, rows: dict) -> dict:
     o, h = _side_summary(rows["probinfer"]), _side_summary(rows["its_hub"])
     ratios = np.array([p["wall"] / q["wall"] for p, q in zip(rows["probinfer"], rows["its_hub"])])
+    wall_ratio = o["seconds_per_problem"] / h["seconds_per_problem"]
     return {
         "budget": b,
         "probinfer": o,
         "its_hub": h,
-        "wall_time_ratio_probinfer_over_its_hub": o["seconds_per_problem"]
-        / h["seconds_per_problem"],
+        "wall_time_ratio_probinfer_over_its_hub": wall_ratio,
         "per_problem_wall_time_ratio": {
             "median": float(np.median(ratios)),
             "q25": float(np.quantile(ratios, 0.25)),
