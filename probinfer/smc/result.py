@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from probinfer.checks import check_num
 from probinfer.particles import Particles
 
 Array = jax.Array
@@ -234,17 +234,11 @@ def check_num_chains(num_chains) -> int | None:
     """
     if num_chains is None:
         return None
-    if isinstance(num_chains, bool):
-        raise TypeError("num_chains must be None or an integer >= 1, got a bool")
-    try:
-        value = operator.index(num_chains)
-    except TypeError:
+    if isinstance(num_chains, bool) or not isinstance(num_chains, int | np.integer):
         raise TypeError(
             f"num_chains must be None or an integer >= 1, got {type(num_chains).__name__}"
-        ) from None
-    if value < 1:
-        raise ValueError(f"num_chains must be >= 1, got {value}")
-    return value
+        )
+    return check_num(num_chains, "num_chains")
 
 
 def run_chains(key: Array, num_chains: int, run: Callable[[Array], SMCResult]) -> SMCChains:
