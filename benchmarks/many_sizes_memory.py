@@ -199,7 +199,13 @@ def main(argv=None) -> None:
 
         def call(n):
             res = tempered_smc(
-                jax.random.key(n), target, n, num_mcmc_steps=2, max_steps=4, progress=False
+                jax.random.key(n),
+                target,
+                n,
+                num_mcmc_steps=2,
+                max_steps=4,
+                progress=False,
+                bucket=True,
             )
             assert np.isfinite(res.log_evidence)
 

@@ -25,10 +25,10 @@ every step; each step ``t``
 
 A last move at ``lambda = 1`` makes the output equally weighted. The run is one jitted
 ``lax.while_loop`` (``progress=False``; :func:`tempered_smc_loop` is vmappable over keys),
-a Python loop over the jitted step (progress bar), or eager steps (``jit=False``). Jitted
-runs pad the particle count to a bucketed size (``bucket=True``): the padding slots carry
-weight 0 and are masked out of the kernel tuning, the temperature choice and the evidence,
-so many different particle counts reuse a bounded set of compiled programs.
+a Python loop over the jitted step (progress bar), or eager steps (``jit=False``). With
+``bucket=True`` jitted runs pad the particle count to a bucketed size: the padding slots
+carry weight 0 and are masked out of the kernel tuning, the temperature choice and the
+evidence, so many different particle counts reuse a bounded set of compiled programs.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def tempered_smc(
     jit: bool = True,
     progress: bool | None = None,
     shard: bool = False,
-    bucket: bool = True,
+    bucket: bool = False,
     **settings,
 ) -> TemperedSMCResult | SMCChains:
     """Adaptive tempered SMC from the prior to the posterior of a static model.
@@ -257,7 +257,13 @@ def tempered_smc(
         temperature choice and the evidence, so that runs with many different
         ``num_particles`` reuse a bounded set of compiled programs. The result for a given
         ``num_particles`` has the distribution of the unpadded run (its random numbers
-        differ); the same key gives the same result.
+        differ); the same key gives the same result. Off by default: a padded size can
+        be much slower than the requested one. On XLA's CPU backend a likelihood mapped
+        over the particles and the observations transposes ``(N, num_obs)`` arrays, and at
+        ``N`` a multiple of 512 those transposes thrash the cache: the logistic regression
+        of ``benchmarks/tempered_smc.py`` (``N = 1000``, padded to 1024) ran 3.5x slower
+        padded. Turn it on when one process runs many particle counts (each unpadded count
+        compiles its own program, 10-20 s for HMC moves).
 
     Returns
     -------

@@ -166,7 +166,13 @@ def test_tempered_smc_in_the_number_of_particles(xla_compiles):
 
     def call(n):
         res = tempered_smc(
-            jax.random.key(n), target, n, num_mcmc_steps=1, max_steps=3, progress=False
+            jax.random.key(n),
+            target,
+            n,
+            num_mcmc_steps=1,
+            max_steps=3,
+            progress=False,
+            bucket=True,
         )
         assert np.isfinite(res.log_evidence)
 

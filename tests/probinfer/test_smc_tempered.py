@@ -308,8 +308,8 @@ def test_initial_terms_compiled_equal_the_eager_ones(xla_compiles):
 
 
 def test_many_particle_counts_compile_a_bounded_number_of_programs(xla_compiles, normal_mean):
-    """Particle counts 48, 50, ..., 70: the run is padded to bucketed sizes (48, 56, 64,
-    80 here), so the second half compiles only at the one bucket change (measured: 12
+    """Particle counts 48, 50, ..., 70 with ``bucket=True``: the run is padded to bucketed
+    sizes (48, 56, 64, 80 here), so the second half compiles only at the one bucket change (measured: 12
     programs; before, every new count compiled the run, the prior sampler, the initial
     terms, the constraining and the pointwise terms again)."""
     target = normal_mean[0]
@@ -318,7 +318,7 @@ def test_many_particle_counts_compile_a_bounded_number_of_programs(xla_compiles,
         for i, n in enumerate(sizes):
             if i == len(sizes) // 2:
                 compiled.clear()
-            res = tempered_smc(jax.random.key(i), target, n, progress=False)
+            res = tempered_smc(jax.random.key(i), target, n, progress=False, bucket=True)
             assert res.particles.values.shape == (n, 1) and res.samples["mu"].shape == (n,)
             assert res.log_likelihood["y"].shape == (n, N_OBS)
     assert len(compiled) <= 16, compiled
@@ -344,5 +344,5 @@ def test_bucketed_run_has_the_distribution_of_the_unpadded_one(normal_mean):
         se_a, se_b = a.std(ddof=1) / 4.0, b.std(ddof=1) / 4.0
         assert abs(a.mean() - b.mean()) < 4.5 * np.hypot(se_a, se_b), (a.mean(), b.mean())
         assert abs(a.mean() - exact) < 4.5 * se_a + 0.01, (a.mean(), exact)
-    again = tempered_smc(jax.random.key(200), target, 65, progress=False)
+    again = tempered_smc(jax.random.key(200), target, 65, progress=False, bucket=True)
     assert again.log_evidence == runs[True][0][0]
