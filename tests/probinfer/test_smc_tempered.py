@@ -150,15 +150,19 @@ def _tempered_log_z(X, y, lam, noise_var=0.25):
 
 
 def test_nuts_kernel_normal_mean(normal_mean):
+    """16 vmapped runs (200 particles, one NUTS move per temperature) against the exact
+    posterior moments and evidence, with tolerances from their spread (:func:`_check_runs`):
+    one run's posterior-mean sd is 0.0167 (32 seeds), too close to plausible bugs (a move
+    that drifts by 0.05 passed a single-run check) to test one run."""
     target, m, v, log_z = normal_mean
-    res = tempered_smc(
-        jax.random.key(3), target, 200, kernel="nuts", num_mcmc_steps=1, progress=False
-    )
-    mu = np.asarray(res.samples["mu"])
-    # measured over 32 seeds (tempered_smc_loop, same settings): run-to-run sd of the
-    # posterior-mean estimate 0.0167 (iid would be 0.0157), of the ZV log evidence 0.085
-    assert abs(mu.mean() - m) < 4.5 * 0.0167, (mu.mean(), m)
-    assert abs(res.log_evidence - log_z) < 4.5 * 0.085, (res.log_evidence, log_z)
+    keys = jax.random.split(jax.random.key(3), 16)
+    out = jax.vmap(
+        lambda k: tempered_smc_loop(k, target, 200, kernel="nuts", num_mcmc_steps=1)
+    )(keys)
+    lz = np.nansum(np.asarray(out.summaries.log_evidence_increment_zv, np.float64), axis=1)
+    assert np.all(np.asarray(out.state.data.lam) == 1.0)
+    mu = np.asarray(out.state.values.theta[..., 0])  # Normal prior: unconstrained
+    _check_runs(lz, mu.mean(1)[:, None], mu.var(1)[:, None], m, v, log_z)
 
 
 def test_bad_input(normal_mean):
