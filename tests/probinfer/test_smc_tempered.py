@@ -313,8 +313,8 @@ def test_initial_terms_compiled_equal_the_eager_ones(xla_compiles):
 
 def test_many_particle_counts_compile_a_bounded_number_of_programs(xla_compiles, normal_mean):
     """Particle counts 48, 50, ..., 70 with ``bucket=True``: the run is padded to bucketed
-    sizes (48, 56, 64, 80 here), so the second half compiles only at the one bucket change (measured: 12
-    programs; before, every new count compiled the run, the prior sampler, the initial
+    sizes (48, 56, 64, 80 here), so the second half compiles only at the one bucket change
+    (measured: 12 programs; before, every new count compiled the run, the prior sampler, the initial
     terms, the constraining and the pointwise terms again)."""
     target = normal_mean[0]
     sizes = list(range(48, 72, 2))
