@@ -28,7 +28,8 @@ Setup (fair by construction):
   libraries run back to back, alternating which goes first) in one process.
 
 Reported: accuracy (binomial standard error) and the paired accuracy difference across
-problems with its standard error, wall time per problem and the ratio, tokens generated and
+problems with its standard error, wall time per problem and the ratio (with its spread: the
+ratio in each of 5 blocks of consecutive problems, median/min/max), tokens generated and
 encoded per problem (probinfer's LM and PRM with and without KV reuse), probinfer's
 bookkeeping time (everything outside the LM and PRM calls) as a share of the LM time, and
 the part of it that handles weights (log potentials, reweighting, ESS, resampling), the
@@ -51,7 +52,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_results  # noqa: E402
+from _common import machine, paired_ratio, write_results  # noqa: E402
+
+BLOCKS = 5
+"""Blocks of consecutive problems whose wall-time ratios give its spread."""
 
 
 def _its_hub_wrappers(lm, prm, step_format, max_tokens_per_step, counters):
@@ -380,6 +384,16 @@ def _paired(ours, hub) -> dict:
     return {"mean": mean, "stderr": se, "z": z, "verdict": verdict}
 
 
+def _block_ratio(ours, hub, blocks: int = BLOCKS) -> dict:
+    """Spread of the wall-time ratio: the ratio in each of ``blocks`` consecutive blocks of
+    problems (both sides ran each problem back to back, so a block is a repetition under
+    the same load), with its median, min and max (:func:`_common.paired_ratio`)."""
+    parts = np.array_split(np.arange(len(ours)), blocks)
+    num = [sum(ours[i]["wall"] for i in p) for p in parts if len(p)]
+    den = [sum(hub[i]["wall"] for i in p) for p in parts if len(p)]
+    return paired_ratio(num, den)
+
+
 def _budget_result(b: int, rows: dict) -> dict:
     """The comparison at budget ``b`` from the rows of :func:`_run_all`."""
     o, h = _summary(rows["ours"]), _summary(rows["hub"])
@@ -391,6 +405,7 @@ def _budget_result(b: int, rows: dict) -> dict:
         "its_hub": h,
         "wall_time_ratio_probinfer_over_its_hub": o["seconds_per_problem"]
         / h["seconds_per_problem"],
+        "wall_time_ratio_spread": _block_ratio(rows["ours"], rows["hub"]),
         "accuracy_difference": o["accuracy"] - h["accuracy"],
         # probinfer's ratio if everything but its forward passes cost nothing: the least
         # this comparison can show with the same network code on both sides
@@ -419,7 +434,9 @@ def _line(r: dict) -> str:
         f"budget {r['budget']:3d}: accuracy probinfer {o['accuracy']:.2f}±{o['stderr']:.2f}, "
         f"its-hub {h['accuracy']:.2f}±{h['stderr']:.2f}; s/problem "
         f"{o['seconds_per_problem']:.3f} vs {h['seconds_per_problem']:.3f} (ratio "
-        f"{r['wall_time_ratio_probinfer_over_its_hub']:.2f}); bookkeeping "
+        f"{r['wall_time_ratio_probinfer_over_its_hub']:.2f}, {BLOCKS} blocks "
+        f"{r['wall_time_ratio_spread']['min']:.2f}-{r['wall_time_ratio_spread']['max']:.2f}); "
+        f"bookkeeping "
         f"{100 * o['bookkeeping_share_of_lm_time']:.1f}% of LM time (weights "
         f"{100 * o['weight_bookkeeping_share_of_lm_time']:.1f}%); ratio floor (forward "
         f"passes only) {r['wall_time_ratio_floor_forward_passes_only']:.2f}; paired accuracy "
