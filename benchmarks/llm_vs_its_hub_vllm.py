@@ -12,7 +12,7 @@ What is compared, and how (fair by construction):
 * one LM server (the bundled LM, ``LlamaForCausalLM`` with a character tokenizer) and one
   PRM server (the bundled learned PRM, a sequence classifier, ``--runner pooling``), both
   vLLM on 127.0.0.1, started by :mod:`probinfer.llm.vllm_server` with the flags of the
-  integration tests, prefix caching on and ``--block-size 32`` (the least vLLM's CPU
+  integration tests: prefix caching on, ``--block-size 32`` (the least vLLM's CPU
   attention takes; its default, 128, is the whole context here, so no block would ever
   fill and the prefix cache could never hit). The LM server has a chat template that
   concatenates the message contents, so its chat route sees exactly the text the
@@ -74,8 +74,6 @@ from llm_vs_its_hub import _paired, its_hub_step_generation  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-BLOCK_SIZE = 32
-"""KV-cache block size of the servers (prefix caching works on whole blocks)."""
 LM_ROUTES = ("/v1/completions", "/v1/chat/completions")
 PRM_ROUTE = "/pooling"
 COUNTERS = {
@@ -94,17 +92,14 @@ def _start_servers(python, lm_dir, prm_dir, replicas: int, log_dir: Path) -> dic
 
     template = log_dir / "concat.jinja"
     template.write_text(CHAT_TEMPLATE)
-    common = ["--block-size", str(BLOCK_SIZE)]
     servers = {}
     try:
         for r in range(replicas):
             servers[f"lm{r}"] = start_vllm(
                 python, f"lm{r}", lm_dir, LM_NAME, log_dir,
-                extra_args=[*common, "--chat-template", template],
+                extra_args=["--chat-template", template],
             )  # fmt: skip
-        servers["prm"] = start_vllm(
-            python, "prm", prm_dir, PRM_NAME, log_dir, pooling=True, extra_args=common
-        )
+        servers["prm"] = start_vllm(python, "prm", prm_dir, PRM_NAME, log_dir, pooling=True)
         deadline = time.monotonic() + START_DEADLINE
         for s in servers.values():
             s.wait_healthy(deadline)
@@ -480,7 +475,7 @@ def main(argv=None) -> int:
 
     from probinfer.llm import default_problems, particle_filter
     from probinfer.llm.default import ASSETS
-    from probinfer.llm.vllm_server import SERVER_ENV
+    from probinfer.llm.vllm_server import BLOCK_SIZE, SERVER_ENV
 
     budgets = [int(b) for b in args.budgets.split(",")]
     problems = default_problems(args.num_problems)

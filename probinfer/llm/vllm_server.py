@@ -9,8 +9,11 @@ output goes to a log file, whose tail every error carries. Stop it with
 :meth:`VLLMServer.stop` (SIGTERM, then SIGKILL).
 
 The flags fit the bundled models on a small CPU machine: ``--dtype float32
---max-model-len 128 --enable-prefix-caching --max-num-seqs 64 --enforce-eager`` (no
-``torch.compile`` warm-up: minutes on a small shared CPU, for a model this size), and
+--max-model-len 128 --enable-prefix-caching --block-size 32 --max-num-seqs 64
+--enforce-eager``. Prefix caching works on whole KV blocks, and the CPU default block of 128
+tokens is the whole context here, so the cache could never hit; 32 is the smallest block
+vLLM's CPU attention takes. ``--enforce-eager`` skips the ``torch.compile`` warm-up
+(minutes on a small shared CPU, for a model this size); and
 ``--runner pooling`` for a reward model served through ``POST /pooling``.
 
 Example::
@@ -38,12 +41,22 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LM_NAME", "PRM_NAME", "START_DEADLINE", "VLLMServer", "free_port", "start_vllm"]
+__all__ = [
+    "BLOCK_SIZE",
+    "LM_NAME",
+    "PRM_NAME",
+    "START_DEADLINE",
+    "VLLMServer",
+    "free_port",
+    "start_vllm",
+]
 
 START_DEADLINE = 600.0
 """Seconds a server may take to answer ``/health`` (about 50 s on an idle 2-core machine)."""
 LM_NAME, PRM_NAME = "probinfer-lm", "probinfer-prm"
 """The served names of the bundled LM and PRM."""
+BLOCK_SIZE = 32
+"""KV-cache block size of the servers (prefix caching works on whole blocks)."""
 
 SERVER_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -225,7 +238,7 @@ def start_vllm(
         "--model", str(model_dir), "--served-model-name", served,
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "128", "--enable-prefix-caching",
-        "--max-num-seqs", "64", "--enforce-eager",
+        "--block-size", str(BLOCK_SIZE), "--max-num-seqs", "64", "--enforce-eager",
     ]  # fmt: skip
     if pooling:
         cmd += ["--runner", "pooling"]
