@@ -21,6 +21,7 @@ from probinfer.smc.gibbs import (
     trace_lineage,
 )
 from probinfer.smc.kernel import RunOptions
+from probinfer.smc.pmmh import PMMHResult, pmmh
 from probinfer.smc.result import SMCChains, SMCResult
 from probinfer.smc.run import run_smc
 from probinfer.smc.scan import SMCOutput, smc_scan
@@ -42,6 +43,7 @@ from probinfer.smc.tempered import (
 __all__ = [
     "FeynmanKac",
     "ParticleFilterResult",
+    "PMMHResult",
     "ParticleGibbsResult",
     "RunOptions",
     "SMCChains",
@@ -58,6 +60,7 @@ __all__ = [
     "init",
     "particle_filter",
     "particle_gibbs",
+    "pmmh",
     "run_smc",
     "smc_scan",
     "ssm_feynman_kac",
