@@ -25,6 +25,7 @@ from probinfer.smc.pmmh import PMMHResult, pmmh
 from probinfer.smc.result import SMCChains, SMCResult
 from probinfer.smc.run import run_smc
 from probinfer.smc.scan import SMCOutput, smc_scan
+from probinfer.smc.smc2 import SMC2Result, smc2, smc2_feynman_kac
 from probinfer.smc.state_space import (
     ParticleFilterResult,
     StateSpaceModel,
@@ -46,6 +47,7 @@ __all__ = [
     "PMMHResult",
     "ParticleGibbsResult",
     "RunOptions",
+    "SMC2Result",
     "SMCChains",
     "SMCOutput",
     "SMCResult",
@@ -62,6 +64,8 @@ __all__ = [
     "particle_gibbs",
     "pmmh",
     "run_smc",
+    "smc2",
+    "smc2_feynman_kac",
     "smc_scan",
     "ssm_feynman_kac",
     "step",
