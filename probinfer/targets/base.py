@@ -120,6 +120,11 @@ class Target:
 
 
 def check_finite_data(name: str, value) -> None:
+    """``ValueError`` if the observed site ``name`` holds NaN or inf. Data traced by an
+    enclosing ``jit``/``vmap`` (a target built per problem inside a vmapped run) has no
+    values to check here and is let through."""
+    if isinstance(value, jax.core.Tracer):
+        return
     arr = np.asarray(value)
     if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
         raise ValueError(f"observed site {name!r} contains NaN or inf values")

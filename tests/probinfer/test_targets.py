@@ -112,6 +112,13 @@ def test_bad_input():
         from_numpyro(np_model, X, bad)
     with pytest.raises(ValueError, match="NaN"):
         from_pyro(_pyro_models()[0], torch.tensor(X), torch.tensor(bad))
+    # built per problem inside vmap (traced data: nothing to check on the host), the
+    # densities are those of the targets built from each problem's concrete data
+    ys = np.stack([Y, Y[::-1]])
+    u = jnp.asarray(RNG.normal(size=(3, 3)), jnp.float32)
+    traced = jax.vmap(lambda y: from_numpyro(np_model, X, y).log_likelihood(u))(ys)
+    eager = np.stack([from_numpyro(np_model, X, y).log_likelihood(u) for y in ys])
+    np.testing.assert_allclose(traced, eager, rtol=1e-6)
     t = from_numpyro(np_model, X, Y)
     with pytest.raises(ValueError, match="theta must have shape"):
         t.log_prior(jnp.zeros((4, 5)))
