@@ -21,7 +21,12 @@ Log-likelihood estimate
     ``ssm_fn(data["theta"])``), so the filter for every parameter value, traced or
     vmapped, is one compiled program of the driver (:func:`~probinfer.smc.smc_scan`).
     The estimate ``log p_hat(y | theta)`` is unbiased for ``p(y | theta)`` on the natural
-    scale, which is what makes the pseudo-marginal algorithms exact.
+    scale, which is what makes the pseudo-marginal algorithms exact. A NaN log potential
+    gives that filter particle weight 0 (the driver's rule: where the density underflows,
+    e.g. ``Normal(0, exp(x))`` at a very negative ``x`` in float32, its value is ~0), so an
+    estimate is never NaN; a parameter value whose filter particles all have NaN potentials
+    has likelihood 0. Every filter run that met a NaN potential is counted, and PMMH and
+    SMC² report the count in one warning.
 
 Pseudo-marginal step
     :func:`pm_step` proposes ``u' = u + L z`` (``z ~ N(0, I)``), estimates the
@@ -361,9 +366,9 @@ class FilterModel(NamedTuple):
         """The filter of ``theta`` on ``ys`` as a Feynman-Kac model (for ``init``/``step``)."""
         return FeynmanKac(*self.fns(), ys.shape[0], {"theta": theta, "ys": ys})
 
-    def log_likelihood(self, key, theta, ys) -> Array:
-        """``log p_hat(y_{0:T-1} | theta)`` from one filter run (:func:`smc_scan`); NaN when
-        a log potential was NaN (the caller gives that value zero weight and reports it)."""
+    def log_likelihood(self, key, theta, ys) -> tuple[Array, Array]:
+        """``log p_hat(y_{0:T-1} | theta)`` from one filter run (:func:`smc_scan`; ``-inf``
+        for a zero estimate) and whether the run met a NaN log potential."""
         out = smc_scan(
             key,
             self.model(theta, ys),
@@ -372,12 +377,12 @@ class FilterModel(NamedTuple):
             self.scheme,
             keep_ancestors=False,
         )
-        return jnp.where(jnp.sum(out.num_nan) > 0, jnp.nan, out.log_evidence)
+        return _estimate(out)
 
     def run_until(self, key, theta, ys, last):
         """The filter of ``theta`` run on ``y_0..y_last`` (``last`` may be traced): its
-        state (``data`` dropped) and ``log p_hat(y_{0:last} | theta)`` (NaN as in
-        :meth:`log_likelihood`).
+        state (``data`` dropped), ``log p_hat(y_{0:last} | theta)`` and whether the run met
+        a NaN log potential.
 
         The driver's stop rule (:func:`probinfer.smc.state_space._stopping_fns`, the
         ``finished`` pattern of the padded filters) runs the first ``last + 1`` steps in
@@ -395,8 +400,14 @@ class FilterModel(NamedTuple):
         out = smc_scan(
             key, fk, self.num_particles, self.ess_threshold, self.scheme, keep_ancestors=False
         )
-        ll = jnp.where(jnp.sum(out.num_nan) > 0, jnp.nan, out.log_evidence)
-        return out.state._replace(data=None), ll
+        return (out.state._replace(data=None), *_estimate(out))
+
+
+def _estimate(out) -> tuple[Array, Array]:
+    """The log-likelihood estimate of a filter run (``-inf``, never NaN, for a zero one) and
+    whether it met NaN log potentials."""
+    ll = out.log_evidence
+    return jnp.where(jnp.isnan(ll), -jnp.inf, ll), jnp.sum(out.num_nan) > 0
 
 
 # ---- the pseudo-marginal random-walk step ---------------------------------------------------
@@ -423,21 +434,21 @@ def pm_step(key: Array, state: PMState, chol: Array, prior: Mapping, estimate: C
     prior
         The prior dict (:func:`check_prior`).
     estimate
-        ``estimate(key, u) -> (log_lik, aux)``: a fresh likelihood estimate at ``u``
-        (NaN: treated as zero likelihood, so the proposal is rejected).
+        ``estimate(key, u) -> (log_lik, aux, met_nan)``: a fresh likelihood estimate at
+        ``u`` (NaN is treated as zero likelihood: the proposal is rejected), what it
+        carries along, and whether the estimate met NaN log potentials.
 
     Returns
     -------
-    (PMState, accepted, nan)
-        The new state, whether the proposal was accepted, whether its estimate was NaN.
+    (PMState, accepted, met_nan)
+        The new state, whether the proposal was accepted, ``met_nan`` of its estimate.
     """
     k_prop, k_est, k_acc = jax.random.split(key, 3)
     u_new = state.u + chol @ jax.random.normal(k_prop, state.u.shape, state.u.dtype)
     lp_new = log_prior(prior, u_new)
-    ll_new, aux_new = estimate(k_est, u_new)
-    nan = jnp.isnan(ll_new)
-    ll_new = jnp.where(nan, -jnp.inf, ll_new)
+    ll_new, aux_new, met_nan = estimate(k_est, u_new)
+    ll_new = jnp.where(jnp.isnan(ll_new), -jnp.inf, ll_new)
     ok, _ = _mh_accept(k_acc, lp_new + ll_new - state.log_prior - state.log_lik)
     new = PMState(u_new, lp_new, ll_new, aux_new)
     out = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, state)
-    return out, ok, nan
+    return out, ok, met_nan

@@ -80,7 +80,8 @@ class PMMHResult:
     num_warmup
         Warm-up iterations per chain.
     num_nan
-        Likelihood estimates that were NaN (treated as zero likelihood: rejected).
+        Likelihood estimates (filter runs) that met NaN log potentials: those filter
+        particles got weight 0 (an estimate whose particles all did is 0: rejected).
     wall_time
         Seconds (compilation included on the first call with these shapes).
     """
@@ -184,7 +185,8 @@ def _run(key, prior, ys, u0, cov0, *, cfg: _Config):
     num_warmup, total = cfg.num_warmup, cfg.num_warmup + cfg.num_samples
 
     def estimate(k, u):
-        return filt.log_likelihood(k, constrain(prior, u), ys), None
+        ll, met_nan = filt.log_likelihood(k, constrain(prior, u), ys)
+        return ll, None, met_nan
 
     step = jax.vmap(lambda k, s, chol: pm_step(k, s, chol, prior, estimate), in_axes=(0, 0, None))
     # The chains start with log_lik = -inf and make one step with a zero proposal, which is
@@ -338,8 +340,9 @@ def pmmh(
 
     Notes
     -----
-    A NaN likelihood estimate (a NaN log potential in the filter) counts as zero
-    likelihood: the proposal is rejected, and one ``RuntimeWarning`` reports how many.
+    A NaN log potential in a filter gives that filter particle weight 0 (so a proposal
+    whose filter particles all have NaN potentials has likelihood 0 and is rejected); one
+    ``RuntimeWarning`` reports how many estimates met NaN potentials.
     """
     start_time = time.perf_counter()
     prior = check_prior(prior)
@@ -375,8 +378,8 @@ def pmmh(
     num_nan = int(num_nan)
     if num_nan:
         warnings.warn(
-            f"{num_nan} likelihood estimate(s) were NaN (a NaN log potential in the filter); "
-            "they were treated as zero likelihood (proposals rejected)",
+            f"{num_nan} likelihood estimate(s) met NaN log potentials; those filter particles "
+            "were given weight 0 (where all were, the proposal had likelihood 0: rejected)",
             RuntimeWarning,
             stacklevel=2,
         )

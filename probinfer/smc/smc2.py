@@ -87,9 +87,9 @@ class SMC2Particles(NamedTuple):
     u: Array  # (N, D) unconstrained parameters
     log_prior: Array  # (N,) log prior density of u (Jacobian included)
     filters: SMCState  # each particle's filter (num_x particles; data None)
-    increment: Array  # (N,) last log p_hat(y_t | y_{0:t-1}, theta) (NaN: a NaN potential)
+    increment: Array  # (N,) last log p_hat(y_t | y_{0:t-1}, theta)
     acceptance: Array  # (N,) fraction of this step's moves accepted (0 without a move)
-    nan_proposals: Array  # (N,) proposals of this step's move with a NaN estimate
+    num_nan: Array  # (N,) this step's filter runs (move proposals, step) meeting NaN potentials
 
 
 class SMC2Data(NamedTuple):
@@ -101,7 +101,7 @@ class SMC2Data(NamedTuple):
     move: Array  # bool: rejuvenate before advancing at the next step
     moved: Array  # bool: rejuvenated at this step
     acceptance: Array  # acceptance rate of this step's move (NaN without a move)
-    num_nan_moves: Array  # proposals so far whose likelihood estimate was NaN
+    num_nan: Array  # filter runs so far that met NaN log potentials
 
 
 def log_likelihoods(values: SMC2Particles) -> Array:
@@ -110,15 +110,16 @@ def log_likelihoods(values: SMC2Particles) -> Array:
 
 
 def _start(filt: FilterModel, key, theta, ys):
-    """A filter for one parameter value, started on ``y_0``: its state and increment."""
+    """A filter for one parameter value, started on ``y_0``: its state, increment and
+    whether it met NaN log potentials."""
     fk = filt.model(theta, ys)
     state, info = smc_init(key, fk, filt.num_particles)
-    inc = jnp.where(info.num_nan > 0, jnp.nan, info.log_evidence_increment)
-    return state._replace(data=None), inc
+    return state._replace(data=None), *_increment(info)
 
 
 def _advance(filt: FilterModel, key, t, theta, state: SMCState, ys):
-    """One filter step ``t`` of one parameter value's filter: its state and increment."""
+    """One filter step ``t`` of one parameter value's filter: its state, increment and
+    whether it met NaN log potentials."""
     fk = filt.model(theta, ys)
     state, info = smc_step(
         key,
@@ -128,8 +129,14 @@ def _advance(filt: FilterModel, key, t, theta, state: SMCState, ys):
         resampler(filt.scheme),
         filt.ess_threshold,
     )
-    inc = jnp.where(info.num_nan > 0, jnp.nan, info.log_evidence_increment)
-    return state._replace(data=None), inc
+    return state._replace(data=None), *_increment(info)
+
+
+def _increment(info) -> tuple[Array, Array]:
+    """A filter step's evidence increment (``-inf``, never NaN, for zero) and whether it met
+    NaN log potentials (those particles got weight 0)."""
+    inc = info.log_evidence_increment
+    return jnp.where(jnp.isnan(inc), -jnp.inf, inc), info.num_nan > 0
 
 
 def rejuvenate(key, values: SMC2Particles, data: SMC2Data, last, filt: FilterModel, num_steps):
@@ -139,16 +146,16 @@ def rejuvenate(key, values: SMC2Particles, data: SMC2Data, last, filt: FilterMod
     The proposal covariance is ``2.38^2 / D`` times the particles' covariance (computed
     once, before the moves, so the kernel is fixed while it moves them); a proposal's filter
     is re-run on ``y_0..y_last`` (:meth:`FilterModel.run_until`) and replaces the particle's
-    filter when accepted. Returns the moved values (``acceptance`` and ``nan_proposals``
-    filled in).
+    filter when accepted. Returns the moved values (``acceptance`` and ``num_nan``, the
+    proposals whose filter met NaN log potentials, filled in).
     """
     prior, ys = data.prior, data.ys
     n, d = values.u.shape
     chol = jnp.sqrt(RR_SCALE**2 / d) * _particle_chol(values.u)
 
     def estimate(k, u):
-        state, ll = filt.run_until(k, constrain(prior, u), ys, last)
-        return ll, state
+        state, ll, met_nan = filt.run_until(k, constrain(prior, u), ys, last)
+        return ll, state, met_nan
 
     move = jax.vmap(lambda k, s: pm_step(k, s, chol, prior, estimate))
 
@@ -163,7 +170,7 @@ def rejuvenate(key, values: SMC2Particles, data: SMC2Data, last, filt: FilterMod
         log_prior=state.log_prior,
         filters=state.aux,
         acceptance=jnp.mean(oks, axis=0, dtype=jnp.float32),
-        nan_proposals=jnp.sum(nans, axis=0, dtype=jnp.int32),
+        num_nan=jnp.sum(nans, axis=0, dtype=jnp.int32),
     )
 
 
@@ -176,12 +183,12 @@ def _smc2_fns(filt: FilterModel, num_mcmc_steps: int, ess_threshold: float) -> t
     def M0(key, n, data: SMC2Data):
         u = data.initial
         theta = jax.vmap(lambda r: constrain(data.prior, r))(u)
-        filters, inc = jax.vmap(lambda k, th: _start(filt, k, th, data.ys))(
+        filters, inc, met_nan = jax.vmap(lambda k, th: _start(filt, k, th, data.ys))(
             jax.random.split(key, n), theta
         )
         lp = jax.vmap(lambda r: log_prior(data.prior, r))(u)
         zeros = jnp.zeros(n, jnp.float32)
-        return SMC2Particles(u, lp, filters, inc, zeros, jnp.zeros(n, jnp.int32))
+        return SMC2Particles(u, lp, filters, inc, zeros, met_nan.astype(jnp.int32))
 
     def M(key, t, values: SMC2Particles, data: SMC2Data):
         k_move, k_step = jax.random.split(key)
@@ -191,24 +198,22 @@ def _smc2_fns(filt: FilterModel, num_mcmc_steps: int, ess_threshold: float) -> t
             return rejuvenate(k_move, v, data, t - 1, filt, num_mcmc_steps)
 
         def stay(v):
-            return v._replace(
-                acceptance=jnp.zeros(n, jnp.float32), nan_proposals=jnp.zeros(n, jnp.int32)
-            )
+            return v._replace(acceptance=jnp.zeros(n, jnp.float32), num_nan=jnp.zeros(n, jnp.int32))
 
         values = jax.lax.cond(data.move, move, stay, values)
         theta = jax.vmap(lambda r: constrain(data.prior, r))(values.u)
-        filters, inc = jax.vmap(lambda k, th, s: _advance(filt, k, t, th, s, data.ys))(
+        filters, inc, met_nan = jax.vmap(lambda k, th, s: _advance(filt, k, t, th, s, data.ys))(
             jax.random.split(k_step, n), theta, values.filters
         )
-        return values._replace(filters=filters, increment=inc)
+        num_nan = values.num_nan + met_nan
+        return values._replace(filters=filters, increment=inc, num_nan=num_nan)
 
     def logG(t, prev, values: SMC2Particles, data):
         return values.increment
 
     def adapt(t, values: SMC2Particles, log_weights, data: SMC2Data):
         # the ESS the driver will compute after this step's reweighting (its rule below)
-        log_g = jnp.where(jnp.isnan(values.increment), -jnp.inf, values.increment)
-        _, _, ess = reweight(log_weights, log_g)
+        _, _, ess = reweight(log_weights, values.increment)
         n = log_weights.shape[0]
         move = jnp.logical_or(jnp.asarray(ess_threshold) >= 1.0, ess < ess_threshold * n)
         moved = jnp.asarray(data.move)
@@ -216,7 +221,7 @@ def _smc2_fns(filt: FilterModel, num_mcmc_steps: int, ess_threshold: float) -> t
             move=move,
             moved=moved,
             acceptance=jnp.where(moved, jnp.mean(values.acceptance), jnp.nan),
-            num_nan_moves=data.num_nan_moves + jnp.sum(values.nan_proposals),
+            num_nan=data.num_nan + jnp.sum(values.num_nan),
         )
 
     return M0, M, logG, adapt
@@ -288,7 +293,8 @@ class SMC2Result(SMCResult):
     num_x
         Particles of each filter.
     num_nan
-        Likelihood estimates that were NaN (zero weight / rejected proposals).
+        Filter runs (steps and move proposals) that met NaN log potentials: those filter
+        particles got weight 0.
     """
 
     acceptance_rate: np.ndarray
@@ -384,10 +390,11 @@ def smc2(
 
     Notes
     -----
-    A parameter particle whose filter meets a NaN log potential gets weight 0 (and a
-    proposal with a NaN likelihood estimate is rejected); one ``RuntimeWarning`` reports
-    how many. The whole run is one compiled program, reused by later calls with the same
-    ``ssm_fn``, prior families, data shape and settings.
+    A NaN log potential gives that filter particle weight 0, so a parameter particle
+    whose filter particles all have NaN potentials gets weight 0 (a proposal like it is
+    rejected); one ``RuntimeWarning`` reports how many filter runs met NaN potentials.
+    The whole run is one compiled program, reused by later calls with the same ``ssm_fn``,
+    prior families, data shape and settings.
     """
     start_time = time.perf_counter()
     if kernel not in KERNELS:
@@ -414,11 +421,11 @@ def smc2(
     out = smc_scan(k_run, fk, num_theta, thr, scheme, summary=_summary, keep_ancestors=False)
     jax.block_until_ready(out)
     incs = np.asarray(out.log_evidence_increments, np.float64)
-    num_nan = int(np.sum(np.asarray(out.num_nan))) + int(out.state.data.num_nan_moves)
+    num_nan = int(out.state.data.num_nan)
     if num_nan:
         warnings.warn(
-            f"{num_nan} likelihood estimate(s) were NaN (a NaN log potential in a filter); "
-            "those parameter values were given weight 0 (proposals: rejected)",
+            f"{num_nan} filter run(s) met NaN log potentials; those filter particles were "
+            "given weight 0 (a parameter value where all were has weight 0)",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -104,7 +104,7 @@ def _step_draws(ar1, ys, rho0, power: float):
     u0 = jnp.asarray(np.log1p(rho0) - np.log1p(-rho0), jnp.float32)  # logit((rho + 1) / 2)
 
     def estimate(key, u):
-        return power * log_lik(jnp.tanh(u[0] / 2)), None  # rho = 2 sigmoid(u) - 1
+        return power * log_lik(jnp.tanh(u[0] / 2)), None, False  # rho = 2 sigmoid(u) - 1
 
     def one(key, u):
         u = u[None]
