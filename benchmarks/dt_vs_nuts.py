@@ -74,7 +74,8 @@ def model(w, mu, tril, x, y, mask, noise_std):
         dist.Categorical(probs=w), dist.MultivariateNormal(mu, scale_tril=tril)
     )
     theta = numpyro.sample("theta", mix)
-    numpyro.sample("y", dist.Normal(x @ theta, noise_std).mask(mask).to_event(1), obs=y)
+    # mask: bool, or float (data, so a target built per problem inside vmap traces it)
+    numpyro.sample("y", dist.Normal(x @ theta, noise_std).mask(mask > 0.5).to_event(1), obs=y)
 
 
 def problems(task, seed: int):
@@ -262,8 +263,7 @@ def main(argv=None) -> int:
     # ---------------------------------------------------------------- SMC vmapped over problems
     n_smc = args.smc_subset
     batch = tuple(
-        jnp.asarray(P[k][:n_smc], jnp.float32) if k != "mask" else jnp.asarray(P[k][:n_smc])
-        for k in ("w", "mu", "tril", "x", "y", "mask")
+        jnp.asarray(P[k][:n_smc], jnp.float32) for k in ("w", "mu", "tril", "x", "y", "mask")
     )
 
     @jax.jit
