@@ -10,6 +10,10 @@
   model.
 * :func:`tempered_smc`: adaptive tempered SMC with MCMC rejuvenation for static models,
   a Feynman-Kac model with an ``adapt`` hook on the same driver.
+* :func:`pmmh` and :func:`smc2`: the parameters of a state-space model, from particle
+  filters on the same driver (vmapped over parameter values): particle marginal
+  Metropolis-Hastings chains, and SMC² (a filter per parameter particle, pseudo-marginal
+  rejuvenation moves, the model evidence).
 """
 
 from probinfer.smc.base import FeynmanKac, SMCState, StepInfo, init, step
