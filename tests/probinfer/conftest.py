@@ -110,6 +110,19 @@ def ar1_rho(theta) -> StateSpaceModel:
     )
 
 
+def ar1_nan_above(theta) -> StateSpaceModel:
+    """The model with unknown ``rho`` whose observation density is NaN for ``rho > 0.9``."""
+    import jax.numpy as jnp
+
+    rho = theta["rho"]
+    scale = jnp.where(rho > 0.9, jnp.nan, SIGMA_Y)
+    return StateSpaceModel(
+        initial=dist.Normal(0.0, 1.0),
+        transition=lambda x, t: dist.Normal(rho * x, SIGMA_X),
+        observation=lambda x, t: dist.Normal(x, scale),
+    )
+
+
 def ar1_rho_sigma(theta) -> StateSpaceModel:
     """The model with unknown ``rho`` and ``sigma_x``."""
     rho, sigma_x = theta["rho"], theta["sigma_x"]
@@ -134,6 +147,7 @@ def ar1():
         GridPosterior=GridPosterior,
         ar1_rho=ar1_rho,
         ar1_rho_sigma=ar1_rho_sigma,
+        ar1_nan_above=ar1_nan_above,
     )
 
 

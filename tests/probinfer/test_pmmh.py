@@ -16,7 +16,7 @@ from scipy import stats
 
 from probinfer.inference_data import import_arviz
 from probinfer.lgssm import LinearGaussianSSM
-from probinfer.smc import PMMHResult, StateSpaceModel, pmmh
+from probinfer.smc import PMMHResult, pmmh
 from probinfer.smc.parameters import PMState, check_prior, log_prior, pm_step
 
 az = import_arviz()
@@ -238,15 +238,7 @@ def test_nan_likelihood_is_rejected_with_one_warning(ar1, data50):
     rejected (no draw above 0.9) and one RuntimeWarning reports them."""
     ys, _ = data50
 
-    def nan_above(theta):
-        rho = theta["rho"]
-        scale = jnp.where(rho > 0.9, jnp.nan, ar1.SIGMA_Y)
-        return StateSpaceModel(
-            initial=dist.Normal(0.0, 1.0),
-            transition=lambda x, t: dist.Normal(rho * x, ar1.SIGMA_X),
-            observation=lambda x, t: dist.Normal(x, scale),
-        )
-
+    nan_above = ar1.ar1_nan_above
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = pmmh(

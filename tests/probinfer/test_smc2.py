@@ -10,12 +10,11 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
 import pytest
 
 from probinfer.particles import take
 from probinfer.resampling import resample
-from probinfer.smc import SMC2Result, StateSpaceModel, smc2, smc2_feynman_kac, smc_scan
+from probinfer.smc import SMC2Result, smc2, smc2_feynman_kac, smc_scan
 from probinfer.smc.parameters import FilterModel, prior_draws
 from probinfer.smc.smc2 import rejuvenate
 
@@ -212,15 +211,7 @@ def test_nan_likelihood_gets_zero_weight_with_one_warning(ar1, data50):
     weight 0 (and such proposals are rejected), reported by one RuntimeWarning."""
     ys, _ = data50
 
-    def nan_above(theta):
-        rho = theta["rho"]
-        scale = jnp.where(rho > 0.9, jnp.nan, ar1.SIGMA_Y)
-        return StateSpaceModel(
-            initial=dist.Normal(0.0, 1.0),
-            transition=lambda x, t: dist.Normal(rho * x, ar1.SIGMA_X),
-            observation=lambda x, t: dist.Normal(x, scale),
-        )
-
+    nan_above = ar1.ar1_nan_above
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = smc2(jax.random.key(5), nan_above, ar1.PRIOR_RHO, ys, NUM_THETA, NUM_X)
