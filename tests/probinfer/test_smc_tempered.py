@@ -156,9 +156,9 @@ def test_nuts_kernel_normal_mean(normal_mean):
     that drifts by 0.05 passed a single-run check) to test one run."""
     target, m, v, log_z = normal_mean
     keys = jax.random.split(jax.random.key(3), 16)
-    out = jax.vmap(
-        lambda k: tempered_smc_loop(k, target, 200, kernel="nuts", num_mcmc_steps=1)
-    )(keys)
+    out = jax.vmap(lambda k: tempered_smc_loop(k, target, 200, kernel="nuts", num_mcmc_steps=1))(
+        keys
+    )
     lz = np.nansum(np.asarray(out.summaries.log_evidence_increment_zv, np.float64), axis=1)
     assert np.all(np.asarray(out.state.data.lam) == 1.0)
     mu = np.asarray(out.state.values.theta[..., 0])  # Normal prior: unconstrained
