@@ -49,6 +49,7 @@ import numpy as np
 from probinfer.smc.base import FeynmanKac, check_num_particles, check_threshold
 from probinfer.smc.kernels import _mh_accept
 from probinfer.smc.scan import smc_scan
+from probinfer.smc.state_space import check_observations
 from probinfer.targets.base import LatentSite
 
 Array = jax.Array
@@ -213,17 +214,8 @@ def check_particles(num, name: str) -> int:
 # ---- observations and the model function ----------------------------------------------------
 def check_ys(ys) -> np.ndarray:
     """The observations as a finite float array ``(T,)`` or ``(T, p)``; ``ValueError``
-    naming ``ys`` otherwise."""
-    try:
-        a = np.asarray(ys, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError("ys must be a numeric array of shape (T,) or (T, p)") from err
-    if a.ndim not in (1, 2) or a.shape[0] == 0:
-        raise ValueError(f"ys must have shape (T,) or (T, p) with T >= 1, got {a.shape}")
-    if not np.all(np.isfinite(a)):
-        bad = int(np.argmax(~np.isfinite(a.reshape(a.shape[0], -1)).any(axis=1)))
-        raise ValueError(f"ys contain NaN or inf (first at t={bad})")
-    return a
+    naming ``ys`` otherwise (:func:`~probinfer.smc.state_space.check_observations`)."""
+    return check_observations(ys, "ys")
 
 
 def _as_ssm(ssm):

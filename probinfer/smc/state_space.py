@@ -199,16 +199,18 @@ def _lgssm_fns(guided: bool):
     return M0, M, logG
 
 
-def _check_observations(observations) -> np.ndarray:
+def check_observations(observations, name: str = "observations") -> np.ndarray:
+    """The observations as a finite float64 array ``(T,)`` or ``(T, p)``; a ``ValueError``
+    naming the argument ``name`` otherwise."""
     try:
         ys = np.asarray(observations, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError("observations must be a numeric array of shape (T,) or (T, p)") from err
+        raise ValueError(f"{name} must be a numeric array of shape (T,) or (T, p)") from err
     if ys.ndim not in (1, 2) or ys.shape[0] == 0:
-        raise ValueError(f"observations must have shape (T,) or (T, p) with T >= 1, got {ys.shape}")
+        raise ValueError(f"{name} must have shape (T,) or (T, p) with T >= 1, got {ys.shape}")
     if not np.all(np.isfinite(ys)):
         bad = int(np.argmax(~np.isfinite(ys.reshape(ys.shape[0], -1)).any(axis=1)))
-        raise ValueError(f"observations contain NaN or inf (first at t={bad})")
+        raise ValueError(f"{name} contain NaN or inf (first at t={bad})")
     return ys
 
 
@@ -224,7 +226,7 @@ def _ssm_feynman_kac(ssm, observations, proposal: str, bucket: bool) -> FeynmanK
 
     if proposal not in ("bootstrap", "guided"):
         raise ValueError(f"proposal must be 'bootstrap' or 'guided', got {proposal!r}")
-    ys = _check_observations(observations)
+    ys = check_observations(observations)
     guided = proposal == "guided"
     if isinstance(ssm, LinearGaussianSSM):
         if ys.ndim == 1:
