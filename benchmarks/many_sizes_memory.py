@@ -197,16 +197,10 @@ def main(argv=None) -> None:
 
         target = from_numpyro(model, np.float32(0.5))
 
+        settings = dict(num_mcmc_steps=2, max_steps=4, progress=False, bucket=True)
+
         def call(n):
-            res = tempered_smc(
-                jax.random.key(n),
-                target,
-                n,
-                num_mcmc_steps=2,
-                max_steps=4,
-                progress=False,
-                bucket=True,
-            )
+            res = tempered_smc(jax.random.key(n), target, n, **settings)
             assert np.isfinite(res.log_evidence)
 
         return call

@@ -164,16 +164,10 @@ def test_tempered_smc_in_the_number_of_particles(xla_compiles):
 
     target = from_numpyro(model, np.float32(0.5))
 
+    settings = dict(num_mcmc_steps=1, max_steps=3, progress=False, bucket=True)
+
     def call(n):
-        res = tempered_smc(
-            jax.random.key(n),
-            target,
-            n,
-            num_mcmc_steps=1,
-            max_steps=3,
-            progress=False,
-            bucket=True,
-        )
+        res = tempered_smc(jax.random.key(n), target, n, **settings)
         assert np.isfinite(res.log_evidence)
 
     # 100 sizes, not 300: each bucket of N compiles a whole tempered-SMC program (10-20 s
