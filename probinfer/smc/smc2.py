@@ -71,7 +71,7 @@ from probinfer.smc.parameters import (
     prior_draws,
 )
 from probinfer.smc.pmmh import RR_SCALE
-from probinfer.smc.result import SMCResult
+from probinfer.smc.result import SMCResult, _final_ess
 from probinfer.smc.scan import smc_scan
 
 Array = jax.Array
@@ -308,11 +308,11 @@ class SMC2Result(SMCResult):
         moves = f"{int(self.moved.sum())} moves"
         if acc.size:
             moves += f" (acceptance {np.min(acc):.2f}-{np.max(acc):.2f})"
-        w = np.asarray(self.particles.normalized_weights, np.float64)
         return (
             f"SMC2Result(num_theta={self.num_particles}, num_x={self.num_x}, "
             f"num_steps={self.num_steps}, log_evidence={self.log_evidence:.2f}, {moves}, "
-            f"final_ess={1.0 / np.sum(w * w):.1f}, wall_time={self.wall_time:.1f}s)"
+            f"final_ess={_final_ess(self.particles.log_weights):.1f}, "
+            f"wall_time={self.wall_time:.1f}s)"
         )
 
     def _step_stats(self) -> dict[str, np.ndarray]:
