@@ -22,6 +22,7 @@ Array = jax.Array
 __all__ = [
     "KERNELS",
     "Densities",
+    "chol_or_diag",
     "hmc_move",
     "log_target_and_score",
     "max_hmc_step_size",
@@ -76,12 +77,17 @@ def _cov(theta, mask):
     return c.T @ c / (jnp.sum(mask) - 1)
 
 
+def chol_or_diag(cov):
+    """Cholesky factor of ``cov``, or the square root of its diagonal where ``cov`` is not
+    numerically positive definite (the factorisation then fails with NaN)."""
+    chol = jnp.linalg.cholesky(cov)
+    return jnp.where(jnp.all(jnp.isfinite(chol)), chol, jnp.diag(jnp.sqrt(jnp.diag(cov))))
+
+
 def _particle_chol(theta, mask=None):
     """Cholesky factor of the particle covariance (diagonal fallback if not PD)."""
     d = theta.shape[1]
-    cov = _cov(theta, mask) + 1e-8 * jnp.eye(d)
-    chol = jnp.linalg.cholesky(cov)
-    return jnp.where(jnp.all(jnp.isfinite(chol)), chol, jnp.diag(jnp.sqrt(jnp.diag(cov))))
+    return chol_or_diag(_cov(theta, mask) + 1e-8 * jnp.eye(d))
 
 
 def rwmh_move(key, theta, lp, ll, lam, dens: Densities, scale, num_steps: int, mask=None):

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probinfer.checks import check_num
+from probinfer.smc.kernels import chol_or_diag
 from probinfer.smc.parameters import (
     FilterModel,
     PMState,
@@ -164,9 +165,7 @@ class _Adapt(NamedTuple):
 def _chol(cov):
     """Cholesky factor of a covariance, with a small ridge (and the diagonal as fallback)."""
     d = cov.shape[0]
-    cov = cov + (1e-8 + 1e-8 * jnp.trace(cov) / d) * jnp.eye(d, dtype=cov.dtype)
-    chol = jnp.linalg.cholesky(cov)
-    return jnp.where(jnp.all(jnp.isfinite(chol)), chol, jnp.diag(jnp.sqrt(jnp.diag(cov))))
+    return chol_or_diag(cov + (1e-8 + 1e-8 * jnp.trace(cov) / d) * jnp.eye(d, dtype=cov.dtype))
 
 
 def _proposal_cov(adapt: _Adapt, cov0, min_count: int):
@@ -349,14 +348,14 @@ def pmmh(
     ys_host = check_ys(ys)
     filt = FilterModel.checked(ssm_fn, proposal, num_particles, ess_threshold, scheme)
     num_samples = check_num(num_samples, "num_samples")
-    if isinstance(num_chains, bool) or not isinstance(num_chains, int | np.integer):
-        raise ValueError(f"num_chains must be a positive integer, got {num_chains!r}")
     num_chains = check_num(num_chains, "num_chains")
     if num_warmup is None:
         num_warmup = num_samples
-    if isinstance(num_warmup, bool) or not isinstance(num_warmup, int | np.integer):
-        raise ValueError(f"num_warmup must be a non-negative integer, got {num_warmup!r}")
-    if num_warmup < 0:
+    if (
+        isinstance(num_warmup, bool)
+        or not isinstance(num_warmup, int | np.integer)
+        or num_warmup < 0
+    ):
         raise ValueError(f"num_warmup must be a non-negative integer, got {num_warmup!r}")
     d = sum(s.size for s in prior_sites(prior))
     k_draw, k_run = jax.random.split(key)
