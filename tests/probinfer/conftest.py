@@ -14,7 +14,7 @@ Jacobian enters: the grid density is the constrained posterior).
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import sys
 
 import numpy as np
 import numpyro.distributions as dist
@@ -137,18 +137,7 @@ def ar1_rho_sigma(theta) -> StateSpaceModel:
 def ar1():
     """The AR(1) plus noise oracle: true values, priors, models, ``simulate`` and
     ``GridPosterior``."""
-    return SimpleNamespace(
-        RHO=RHO,
-        SIGMA_X=SIGMA_X,
-        SIGMA_Y=SIGMA_Y,
-        PRIOR_RHO=PRIOR_RHO,
-        PRIOR_RHO_SIGMA=PRIOR_RHO_SIGMA,
-        simulate=simulate,
-        GridPosterior=GridPosterior,
-        ar1_rho=ar1_rho,
-        ar1_rho_sigma=ar1_rho_sigma,
-        ar1_nan_above=ar1_nan_above,
-    )
+    return sys.modules[__name__]
 
 
 @pytest.fixture(scope="session")
